@@ -1,0 +1,432 @@
+"""Model arguments and presets.
+
+One dataclass, `ModelArgs`, describes every model dsim builds or costs. Its field names follow
+deepseek-ai/DeepSeek-V3 `inference/model.py` so that a reader can hold dsim against the reference:
+`dim`, `inter_dim`, `moe_inter_dim`, `n_routed_experts`, `kv_lora_rank`, ... The real model
+(`dsim.model`) and the cost models (`dsim.cost`) read the same fields.
+
+Beyond DeepSeek's fields there are a few that a comparison needs: the attention type (`mla`,
+`mha`, `gqa`), the depth of multi-token prediction, tied embeddings, and the choices DeepSeek-V2 and
+Mixtral make differently from V3 (how a group of experts is scored, whether top-k weights are
+renormalised).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass
+class ModelArgs:
+    """Hyper-parameters of a decoder-only MoE transformer (DeepSeek's names).
+
+    Sizes:
+        vocab_size: tokens in the vocabulary.
+        dim: model (hidden) width.
+        inter_dim: hidden width of the dense SwiGLU FFN (the first `n_dense_layers` layers).
+        moe_inter_dim: hidden width of one routed (and one shared) expert.
+        n_layers: transformer blocks; the first `n_dense_layers` use a dense FFN, the rest MoE.
+        n_heads: attention (query) heads.
+    MoE:
+        n_routed_experts, n_shared_experts, n_activated_experts (top-k).
+        n_expert_groups, n_limited_groups: group-limited routing (a token may only pick experts
+            in its `n_limited_groups` best groups out of `n_expert_groups`).
+        score_func: "softmax" (DeepSeek-V2, DeepSeekMoE, Mixtral) or "sigmoid" (DeepSeek-V3).
+        route_scale: multiplies the combine weights (V3: 2.5, V2: 16).
+        route_norm: renormalise the top-k weights to sum to one (V3 and Mixtral yes, V2 no).
+            None means DeepSeek's rule: renormalise exactly when score_func is "sigmoid".
+        group_score: how a group is scored: "top2_sum" (V3: sum of its two best scores) or
+            "max" (V2's group-limited greedy).
+        capacity_factor: 0 disables token dropping (DeepSeek-V3's default); otherwise each expert
+            takes at most ceil(capacity_factor * tokens * top_k / n_routed_experts) tokens.
+        drop_policy: which tokens an over-full expert drops: "score" (lowest score) or
+            "position" (latest in the batch).
+    Attention:
+        attn_type: "mla" (multi-head latent attention), "mha" or "gqa".
+        q_lora_rank: 0 means a full-rank query projection (V2-Lite); >0 the low-rank query.
+        kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim: MLA sizes.
+        head_dim, n_kv_heads: MHA/GQA sizes (head_dim 0 means dim // n_heads; n_kv_heads 0 means
+            n_heads, i.e. MHA).
+        attn_impl: MLA computed "naive" (decompress K and V, cache them per head) or "absorb"
+            (fold W_UK into the query and W_UV after attention; cache only the latent + RoPE key).
+    RoPE / YaRN:
+        max_seq_len, original_seq_len, rope_theta, rope_factor, beta_fast, beta_slow, mscale:
+            YaRN is applied when max_seq_len > original_seq_len, as in DeepSeek's reference.
+    Other:
+        n_mtp_layers: depth D of multi-token prediction modules (V3: 1).
+        tie_embeddings: share the input embedding and the output head.
+        norm_eps: RMSNorm epsilon.
+        expert_impl: "grouped" (sorted tokens, grouped GEMM) or "loop" (one expert at a time).
+        max_batch_size: batch rows the KV cache is allocated for.
+    """
+    # sizes
+    vocab_size: int = 256
+    dim: int = 64
+    inter_dim: int = 192
+    moe_inter_dim: int = 32
+    n_layers: int = 2
+    n_dense_layers: int = 1
+    n_heads: int = 4
+    # moe
+    n_routed_experts: int = 8
+    n_shared_experts: int = 1
+    n_activated_experts: int = 2
+    n_expert_groups: int = 1
+    n_limited_groups: int = 1
+    score_func: Literal["softmax", "sigmoid"] = "softmax"
+    route_scale: float = 1.0
+    route_norm: bool | None = None
+    group_score: Literal["top2_sum", "max"] = "top2_sum"
+    capacity_factor: float = 0.0
+    drop_policy: Literal["score", "position"] = "score"
+    # attention
+    attn_type: Literal["mla", "mha", "gqa"] = "mla"
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 32
+    qk_nope_head_dim: int = 16
+    qk_rope_head_dim: int = 8
+    v_head_dim: int = 16
+    head_dim: int = 0
+    n_kv_heads: int = 0
+    attn_impl: Literal["naive", "absorb"] = "naive"
+    # rope / yarn
+    max_seq_len: int = 256
+    original_seq_len: int = 4096
+    rope_theta: float = 10000.0
+    rope_factor: float = 40.0
+    beta_fast: int = 32
+    beta_slow: int = 1
+    mscale: float = 1.0
+    # other
+    n_mtp_layers: int = 0
+    tie_embeddings: bool = False
+    norm_eps: float = 1e-6
+    expert_impl: Literal["grouped", "loop"] = "grouped"
+    max_batch_size: int = 8
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- derived quantities (one place, used by the model and the cost models alike) ----
+    @property
+    def is_moe(self) -> bool:
+        return self.n_routed_experts > 0 and self.n_layers > self.n_dense_layers
+
+    @property
+    def n_moe_layers(self) -> int:
+        return self.n_layers - self.n_dense_layers if self.n_routed_experts > 0 else 0
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Query/key width per head: for MLA the no-RoPE part plus the decoupled RoPE part."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim if self.attn_type == "mla" else self.head_size
+
+    @property
+    def head_size(self) -> int:
+        """Per-head width of MHA/GQA (`head_dim`, or dim // n_heads when 0)."""
+        return self.head_dim or self.dim // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads of MHA/GQA (n_heads for MHA)."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def rope_dim(self) -> int:
+        """Dimensions that RoPE rotates: MLA's decoupled key, or the whole head otherwise."""
+        return self.qk_rope_head_dim if self.attn_type == "mla" else self.head_size
+
+    @property
+    def renormalize(self) -> bool:
+        """Whether top-k weights are renormalised (DeepSeek's rule when route_norm is None)."""
+        return self.score_func == "sigmoid" if self.route_norm is None else self.route_norm
+
+    @property
+    def uses_yarn(self) -> bool:
+        return self.max_seq_len > self.original_seq_len
+
+    @property
+    def softmax_scale(self) -> float:
+        """1/sqrt(d_qk), times YaRN's mscale^2 when the context is extended (DeepSeek's rule)."""
+        scale = self.qk_head_dim ** -0.5
+        if self.uses_yarn:
+            m = 0.1 * self.mscale * math.log(self.rope_factor) + 1.0
+            scale *= m * m
+        return scale
+
+    def replace(self, **changes: Any) -> "ModelArgs":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ---- validation ----
+    def validate(self) -> None:
+        """Raise ValueError naming the field and its allowed range for any invalid value."""
+        def need(ok: bool, name: str, allowed: str) -> None:
+            if not ok:
+                raise ValueError(f"ModelArgs.{name} = {getattr(self, name)!r} is invalid: must be {allowed}")
+
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "max_batch_size",
+                     "original_seq_len"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
+        for name in ("inter_dim", "moe_inter_dim", "n_dense_layers", "n_routed_experts", "n_shared_experts",
+                     "n_activated_experts", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
+                     "qk_rope_head_dim", "v_head_dim", "head_dim", "n_kv_heads", "n_mtp_layers"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "an integer >= 0")
+        need(self.n_dense_layers <= self.n_layers, "n_dense_layers", f"between 0 and n_layers={self.n_layers}")
+        need(self.score_func in ("softmax", "sigmoid"), "score_func", "'softmax' or 'sigmoid'")
+        need(self.group_score in ("top2_sum", "max"), "group_score", "'top2_sum' or 'max'")
+        need(self.attn_type in ("mla", "mha", "gqa"), "attn_type", "'mla', 'mha' or 'gqa'")
+        need(self.attn_impl in ("naive", "absorb"), "attn_impl", "'naive' or 'absorb'")
+        need(self.expert_impl in ("grouped", "loop"), "expert_impl", "'grouped' or 'loop'")
+        need(self.drop_policy in ("score", "position"), "drop_policy", "'score' or 'position'")
+        need(self.route_norm in (None, True, False), "route_norm", "None, True or False")
+        need(self.route_scale > 0, "route_scale", "> 0")
+        need(self.capacity_factor >= 0, "capacity_factor", ">= 0 (0 disables token dropping)")
+        need(self.norm_eps > 0, "norm_eps", "> 0")
+        need(self.rope_theta > 0, "rope_theta", "> 0")
+        need(self.rope_factor >= 1, "rope_factor", ">= 1")
+        need(self.n_dense_layers == self.n_layers or self.inter_dim >= 0, "inter_dim", ">= 0")
+        need(self.n_dense_layers == 0 or self.inter_dim >= 1, "inter_dim", ">= 1 when there are dense layers")
+        if self.n_routed_experts > 0 and self.n_layers > self.n_dense_layers:
+            need(self.moe_inter_dim >= 1, "moe_inter_dim", ">= 1 when there are MoE layers")
+            need(1 <= self.n_activated_experts <= self.n_routed_experts, "n_activated_experts",
+                 f"between 1 and n_routed_experts={self.n_routed_experts}")
+            need(self.n_expert_groups >= 1 and self.n_routed_experts % self.n_expert_groups == 0,
+                 "n_expert_groups", f"a divisor of n_routed_experts={self.n_routed_experts}")
+            need(1 <= self.n_limited_groups <= self.n_expert_groups, "n_limited_groups",
+                 f"between 1 and n_expert_groups={self.n_expert_groups}")
+            per_group = self.n_routed_experts // self.n_expert_groups
+            if self.n_expert_groups > 1:
+                need(self.group_score == "max" or per_group >= 2, "n_expert_groups",
+                     "such that each group holds >= 2 experts (group score = sum of the top-2)")
+                need(self.n_limited_groups * per_group >= self.n_activated_experts, "n_limited_groups",
+                     f">= n_activated_experts / experts per group = {self.n_activated_experts}/{per_group}")
+        elif self.n_layers > self.n_dense_layers:
+            raise ValueError("ModelArgs.n_routed_experts = 0 is invalid: must be >= 1 when n_dense_layers < n_layers")
+        if self.attn_type == "mla":
+            need(self.kv_lora_rank >= 1, "kv_lora_rank", ">= 1 for MLA")
+            need(self.qk_rope_head_dim >= 2 and self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim",
+                 "an even integer >= 2 for MLA")
+            need(self.qk_nope_head_dim >= 1, "qk_nope_head_dim", ">= 1 for MLA")
+            need(self.v_head_dim >= 1, "v_head_dim", ">= 1 for MLA")
+        else:
+            need(self.head_size >= 2 and self.head_size % 2 == 0, "head_dim",
+                 "0 (dim // n_heads) or an even integer >= 2")
+            need(self.n_heads % self.kv_heads == 0, "n_kv_heads", f"a divisor of n_heads={self.n_heads}")
+            if self.attn_type == "mha":
+                need(self.kv_heads == self.n_heads, "n_kv_heads", "0 or n_heads for MHA (use attn_type='gqa')")
+        if self.tie_embeddings:
+            pass  # any size works: the head reuses the embedding matrix
+
+    # ---- Hugging Face configs ----
+    @classmethod
+    def from_hf_config(cls, path_or_dict: str | Path | dict[str, Any], **overrides: Any) -> "ModelArgs":
+        """Read a Hugging Face `config.json` of the DeepSeek-V2/V3 or Mixtral families."""
+        return _from_hf_config(path_or_dict, overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets. Values come from the published Hugging Face configs and papers (sources per preset).
+# ---------------------------------------------------------------------------------------------
+_PRESETS: dict[str, dict[str, Any]] = {
+    # A model that trains on a CPU in seconds: byte vocabulary, 2 layers (1 dense, 1 MoE).
+    "tiny": dict(vocab_size=256, dim=64, inter_dim=192, moe_inter_dim=32, n_layers=2, n_dense_layers=1,
+                 n_heads=4, n_routed_experts=8, n_shared_experts=1, n_activated_experts=2,
+                 kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+                 max_seq_len=256, original_seq_len=256),
+    # deepseek-ai/DeepSeek-V3 config.json and inference/configs/config_671B.json; arXiv:2412.19437.
+    "deepseek-v3": dict(vocab_size=129280, dim=7168, inter_dim=18432, moe_inter_dim=2048, n_layers=61,
+                        n_dense_layers=3, n_heads=128, n_routed_experts=256, n_shared_experts=1,
+                        n_activated_experts=8, n_expert_groups=8, n_limited_groups=4, score_func="sigmoid",
+                        route_scale=2.5, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+                        qk_rope_head_dim=64, v_head_dim=128, max_seq_len=163840, original_seq_len=4096,
+                        rope_theta=10000.0, rope_factor=40, beta_fast=32, beta_slow=1, mscale=1.0,
+                        n_mtp_layers=1),
+    # deepseek-ai/DeepSeek-V2 config.json; arXiv:2405.04434 (topk_method group_limited_greedy).
+    "deepseek-v2": dict(vocab_size=102400, dim=5120, inter_dim=12288, moe_inter_dim=1536, n_layers=60,
+                        n_dense_layers=1, n_heads=128, n_routed_experts=160, n_shared_experts=2,
+                        n_activated_experts=6, n_expert_groups=8, n_limited_groups=3, score_func="softmax",
+                        route_scale=16.0, route_norm=False, group_score="max", q_lora_rank=1536,
+                        kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+                        max_seq_len=163840, original_seq_len=4096, rope_factor=40, mscale=0.707),
+    # deepseek-ai/DeepSeek-V2-Lite config.json (no query compression, no group limit).
+    "deepseek-v2-lite": dict(vocab_size=102400, dim=2048, inter_dim=10944, moe_inter_dim=1408, n_layers=27,
+                             n_dense_layers=1, n_heads=16, n_routed_experts=64, n_shared_experts=2,
+                             n_activated_experts=6, score_func="softmax", route_scale=1.0, route_norm=False,
+                             q_lora_rank=0, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                             v_head_dim=128, max_seq_len=163840, original_seq_len=4096, rope_factor=40,
+                             mscale=0.707),
+    # deepseek-ai/deepseek-moe-16b-base config.json; arXiv:2401.06066 (MHA, 4k context).
+    "deepseekmoe-16b": dict(vocab_size=102400, dim=2048, inter_dim=10944, moe_inter_dim=1408, n_layers=28,
+                            n_dense_layers=1, n_heads=16, n_routed_experts=64, n_shared_experts=2,
+                            n_activated_experts=6, score_func="softmax", route_norm=False, attn_type="mha",
+                            head_dim=128, max_seq_len=4096, original_seq_len=4096, rope_theta=10000.0),
+    # mistralai/Mixtral-8x7B-v0.1 config.json; arXiv:2401.04088 (GQA 32/8, every layer MoE).
+    "mixtral-8x7b": dict(vocab_size=32000, dim=4096, inter_dim=0, moe_inter_dim=14336, n_layers=32,
+                         n_dense_layers=0, n_heads=32, n_routed_experts=8, n_shared_experts=0,
+                         n_activated_experts=2, score_func="softmax", route_norm=True, attn_type="gqa",
+                         head_dim=128, n_kv_heads=8, max_seq_len=32768, original_seq_len=32768,
+                         rope_theta=1e6, norm_eps=1e-5),
+}
+
+# Published totals, for the tour and the tests: (total, activated) parameters and the source.
+PUBLISHED_PARAMS: dict[str, tuple[float, float, str]] = {
+    "deepseek-v3": (671e9, 37e9, "DeepSeek-V3 technical report, abstract"),
+    "deepseek-v2": (236e9, 21e9, "DeepSeek-V2 paper, abstract"),
+    "deepseek-v2-lite": (15.7e9, 2.4e9, "DeepSeek-V2 paper, appendix B (V2-Lite)"),
+    "deepseekmoe-16b": (16.4e9, 2.8e9, "DeepSeekMoE paper, section 5"),
+    "mixtral-8x7b": (46.7e9, 12.9e9, "Mixtral of Experts paper, section 2"),
+}
+
+
+def preset_names() -> list[str]:
+    return list(_PRESETS)
+
+
+def preset(name: str, **overrides: Any) -> ModelArgs:
+    """The named preset (see `preset_names()`), optionally with some fields overridden."""
+    key = name.lower().strip()
+    if key not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(_PRESETS)}")
+    return ModelArgs(**{**_PRESETS[key], "name": key, **overrides})
+
+
+def scaled_down(args: ModelArgs, **overrides: Any) -> ModelArgs:
+    """A copy of `args` with the same structure and small sizes, buildable on a CPU in milliseconds.
+
+    Keeps the attention type, routing rules, shared/routed/dense layout, group limits and MTP depth;
+    shrinks widths, expert counts and layer counts. Used to hold the cost models to the real model.
+    """
+    groups = min(args.n_expert_groups, 4)
+    per_group = 2 if args.n_routed_experts else 0
+    routed = groups * max(per_group, 2) if args.n_routed_experts else 0
+    topk = min(args.n_activated_experts, routed, max(1, min(args.n_limited_groups, groups) * 2)) if routed else 0
+    small = dict(
+        vocab_size=97, dim=32, inter_dim=48 if args.inter_dim else 0, moe_inter_dim=16 if routed else 0,
+        n_layers=min(args.n_layers, args.n_dense_layers + 2) if routed else min(args.n_layers, 2),
+        n_dense_layers=min(args.n_dense_layers, 1), n_heads=4,
+        n_routed_experts=routed, n_shared_experts=min(args.n_shared_experts, 2),
+        n_activated_experts=topk, n_expert_groups=groups if routed else 1,
+        n_limited_groups=min(args.n_limited_groups, groups) if routed else 1,
+        q_lora_rank=12 if args.q_lora_rank else 0, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4,
+        v_head_dim=8, head_dim=8 if args.attn_type != "mla" else 0,
+        n_kv_heads=(2 if args.attn_type == "gqa" else 0), max_seq_len=64,
+        original_seq_len=64 if not args.uses_yarn else 32,
+        name=f"{args.name}-small",
+    )
+    if small["n_dense_layers"] == 0 and args.n_dense_layers == 0:
+        small["n_layers"] = min(args.n_layers, 2)
+    return args.replace(**{**small, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face config.json -> ModelArgs
+# ---------------------------------------------------------------------------------------------
+# HF key -> ModelArgs field, for the DeepSeek-V2/V3 and Mixtral families.
+_HF_KEYS: dict[str, str] = {
+    "vocab_size": "vocab_size", "hidden_size": "dim", "intermediate_size": "inter_dim",
+    "moe_intermediate_size": "moe_inter_dim", "num_hidden_layers": "n_layers",
+    "first_k_dense_replace": "n_dense_layers", "num_attention_heads": "n_heads",
+    "num_key_value_heads": "n_kv_heads", "n_routed_experts": "n_routed_experts",
+    "num_local_experts": "n_routed_experts", "n_shared_experts": "n_shared_experts",
+    "num_experts_per_tok": "n_activated_experts", "n_group": "n_expert_groups",
+    "topk_group": "n_limited_groups", "scoring_func": "score_func", "routed_scaling_factor": "route_scale",
+    "norm_topk_prob": "route_norm", "q_lora_rank": "q_lora_rank", "kv_lora_rank": "kv_lora_rank",
+    "qk_nope_head_dim": "qk_nope_head_dim", "qk_rope_head_dim": "qk_rope_head_dim",
+    "v_head_dim": "v_head_dim", "head_dim": "head_dim", "max_position_embeddings": "max_seq_len",
+    "rope_theta": "rope_theta", "num_nextn_predict_layers": "n_mtp_layers",
+    "tie_word_embeddings": "tie_embeddings", "rms_norm_eps": "norm_eps",
+}
+# Keys that carry no architecture (training, tokens, serialization) and are ignored.
+_HF_IGNORED = {
+    "architectures", "auto_map", "model_type", "torch_dtype", "dtype", "transformers_version",
+    "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "use_cache", "attention_bias",
+    "attention_dropout", "hidden_act", "pretraining_tp", "aux_loss_alpha", "seq_aux", "output_router_logits",
+    "router_aux_loss_coef", "router_jitter_noise", "sliding_window", "quantization_config", "ep_size",
+    "moe_layer_freq", "topk_method", "rope_scaling", "rope_parameters", "rope_interleave", "_name_or_path",
+    "max_window_layers", "use_sliding_window", "id2label", "label2id", "return_dict", "tokenizer_class",
+}
+_HF_FAMILIES = {"deepseek_v2", "deepseek_v3", "deepseek", "mixtral"}
+
+
+def _from_hf_config(src: str | Path | dict[str, Any], overrides: dict[str, Any]) -> ModelArgs:
+    if isinstance(src, dict):
+        cfg = dict(src)
+    else:
+        path = Path(src)
+        if path.is_dir():
+            path = path / "config.json"
+        try:
+            cfg = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
+    family = cfg.get("model_type")
+    if family not in _HF_FAMILIES:
+        raise ValueError(f"config.json model_type={family!r} is not supported: "
+                         f"use one of {', '.join(sorted(_HF_FAMILIES))}")
+    unknown = sorted(k for k in cfg if k not in _HF_KEYS and k not in _HF_IGNORED)
+    if unknown:
+        raise ValueError(f"config.json has unknown key(s) {', '.join(unknown)}: dsim reads "
+                         f"{', '.join(sorted(_HF_KEYS))}")
+    if "n_routed_experts" in cfg and "num_local_experts" in cfg and cfg["n_routed_experts"] != cfg["num_local_experts"]:
+        raise ValueError(f"config.json is contradictory: n_routed_experts={cfg['n_routed_experts']} but "
+                         f"num_local_experts={cfg['num_local_experts']}")
+    fields: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if key in _HF_KEYS and value is not None:
+            fields[_HF_KEYS[key]] = value
+    fields.setdefault("q_lora_rank", 0)  # HF writes null for a full-rank query projection
+    if family == "mixtral":
+        fields.update(attn_type="gqa" if fields.get("n_kv_heads", 0) not in (0, fields.get("n_heads")) else "mha",
+                      n_dense_layers=0, moe_inter_dim=cfg.get("intermediate_size", 0), inter_dim=0,
+                      n_shared_experts=0, score_func="softmax", route_norm=True,
+                      original_seq_len=fields.get("max_seq_len", 4096))
+        if fields["attn_type"] == "mha":
+            fields["n_kv_heads"] = 0
+    else:
+        fields["attn_type"] = "mla" if fields.get("kv_lora_rank") else "mha"
+        if fields["attn_type"] == "mla":
+            fields.pop("head_dim", None)
+            kv = fields.pop("n_kv_heads", None)
+            if kv not in (None, fields.get("n_heads")):
+                raise ValueError(f"config.json is contradictory: MLA needs num_key_value_heads == "
+                                 f"num_attention_heads, got {kv} and {fields.get('n_heads')}")
+        else:
+            fields.pop("n_kv_heads", None)
+        if cfg.get("topk_method") == "group_limited_greedy":
+            fields["group_score"] = "max"
+        if "route_norm" in fields and family == "deepseek_v3":
+            pass  # V3 writes norm_topk_prob explicitly; keep it
+        if cfg.get("moe_layer_freq", 1) != 1:
+            raise ValueError(f"config.json moe_layer_freq={cfg['moe_layer_freq']} is not supported: "
+                             "dsim places an MoE FFN in every layer after first_k_dense_replace")
+        rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+        if rope and rope.get("type", rope.get("rope_type")) == "yarn":
+            fields.update(rope_factor=rope.get("factor", 40), beta_fast=rope.get("beta_fast", 32),
+                          beta_slow=rope.get("beta_slow", 1), mscale=rope.get("mscale_all_dim") or rope.get("mscale", 1.0),
+                          original_seq_len=rope.get("original_max_position_embeddings", 4096))
+            if "rope_theta" in rope:
+                fields["rope_theta"] = rope["rope_theta"]
+        else:
+            fields["original_seq_len"] = fields.get("max_seq_len", 4096)
+            if rope and "rope_theta" in rope:
+                fields["rope_theta"] = rope["rope_theta"]
+    fields.setdefault("name", str(cfg.get("_name_or_path") or family))
+    fields.update(overrides)
+    valid = {f.name for f in dataclasses.fields(ModelArgs)}
+    bad = sorted(set(fields) - valid)
+    if bad:
+        raise ValueError(f"unknown ModelArgs field(s) {', '.join(bad)}")
+    return ModelArgs(**fields)
