@@ -245,7 +245,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # deepseek-ai/DeepSeek-V3 config.json and inference/configs/config_671B.json; arXiv:2412.19437.
     "deepseek-v3": dict(vocab_size=129280, dim=7168, inter_dim=18432, moe_inter_dim=2048, n_layers=61,
                         n_dense_layers=3, n_heads=128, n_routed_experts=256, n_shared_experts=1,
-                        n_activated_experts=8, n_expert_groups=8, n_limited_groups=4, score_func="sigmoid",
+                        n_activated_experts=8, n_expert_groups=8, n_limited_groups=4, score_func="sigmoid", route_norm=True,
                         route_scale=2.5, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
                         qk_rope_head_dim=64, v_head_dim=128, max_seq_len=163840, original_seq_len=4096,
                         rope_theta=10000.0, rope_factor=40, beta_fast=32, beta_slow=1, mscale=1.0,
@@ -423,6 +423,8 @@ def _from_hf_config(src: str | Path | dict[str, Any], overrides: dict[str, Any])
             fields["original_seq_len"] = fields.get("max_seq_len", 4096)
             if rope and "rope_theta" in rope:
                 fields["rope_theta"] = rope["rope_theta"]
+    if fields["attn_type"] != "mla" and not fields.get("head_dim"):
+        fields["head_dim"] = fields["dim"] // fields["n_heads"]   # HF's default when the key is absent
     fields.setdefault("name", str(cfg.get("_name_or_path") or family))
     fields.update(overrides)
     valid = {f.name for f in dataclasses.fields(ModelArgs)}
