@@ -1,0 +1,351 @@
+"""Tests for the communication cost model (dsim/cost/comm.py)."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from dsim.cost.comm import (
+    ALGORITHMS, KINDS, AlphaBeta, CommVolume, Topology, achieved_bandwidth, bubble_fraction_1f1b,
+    bus_bandwidth, collective_time, dp_volumes, ep_step_bytes, expected_nodes_reached,
+    exposed_comm_time, fit_alpha_beta, hidden_comm_fraction, moe_a2a_bytes, moe_dispatch_time,
+    pipeline_bubble_fraction, pipeline_bubble_time, pp_volume, time_on_topology, tp_volume,
+    zero_comm_bytes,
+)
+
+GB, MB = 1e9, 1e6
+sizes = st.floats(min_value=0, max_value=1e11, allow_nan=False)
+ranks = st.sampled_from([2, 3, 4, 8, 16, 32, 64])
+kind_algo = st.sampled_from([(k, a) for k in KINDS for a in (None, *ALGORITHMS[k])])
+
+# -----------------------------------------------------------------------------
+# collective_time basics
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_rank_or_empty_buffer_costs_nothing(kind):
+    assert collective_time(kind, 1 * GB, 1) == 0.0
+    assert collective_time(kind, 0, 16) == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(ka=kind_algo, n=ranks, a=sizes, b=sizes, gpu=st.sampled_from(["H100-SXM", "H800", "A100", "H100-PCIe"]))
+def test_monotonic_in_nbytes(ka, n, a, b, gpu):
+    kind, algo = ka
+    lo, hi = sorted((a, b))
+    t_lo = collective_time(kind, lo, n, gpu=gpu, algorithm=algo)
+    t_hi = collective_time(kind, hi, n, gpu=gpu, algorithm=algo)
+    assert 0 <= t_lo <= t_hi
+    assert math.isfinite(t_hi)
+
+
+@settings(max_examples=100, deadline=None)
+@given(nbytes=st.floats(min_value=1, max_value=1e11), n=ranks,
+       algo=st.sampled_from(["ring", "hierarchical", None]))
+def test_all_reduce_is_reduce_scatter_plus_all_gather(nbytes, n, algo):
+    ar = collective_time("all_reduce", nbytes, n, algorithm=algo or "ring")
+    rs = collective_time("reduce_scatter", nbytes, n, algorithm=algo or "ring")
+    ag = collective_time("all_gather", nbytes, n, algorithm=algo or "ring")
+    assert ar == pytest.approx(rs + ag, rel=1e-12)
+
+
+def test_default_picks_fastest_algorithm():
+    for n in (8, 64):
+        for s in (1e3, 1e9):
+            best = min(collective_time("all_reduce", s, n, algorithm=a) for a in ALGORITHMS["all_reduce"])
+            assert collective_time("all_reduce", s, n) == best
+
+
+def busbw_8xh100(nbytes):
+    t = collective_time("all_reduce", nbytes, 8, gpu="H100-SXM")
+    return bus_bandwidth("all_reduce", nbytes, 8, t)
+
+
+def test_8xh100_all_reduce_bus_bandwidth_shape():
+    # scaling-book: ~370 GB/s with ~10 GB arrays, ~150 GB/s for a 58 MB all-reduce.
+    assert busbw_8xh100(8 * GB) == pytest.approx(370 * GB, rel=0.10)
+    assert busbw_8xh100(58 * MB) == pytest.approx(150 * GB, rel=0.10)
+    assert busbw_8xh100(16 * MB) < 0.6 * 370 * GB
+    assert busbw_8xh100(1 * MB) < busbw_8xh100(16 * MB) < busbw_8xh100(58 * MB) < busbw_8xh100(8 * GB)
+
+
+def test_bus_bandwidth_conventions():
+    # nccl-tests doc/PERFORMANCE.md
+    assert bus_bandwidth("all_reduce", 8.0, 8, 1.0) == pytest.approx(8 * 2 * 7 / 8)
+    for kind in ("all_gather", "reduce_scatter", "all_to_all"):
+        assert bus_bandwidth(kind, 8.0, 8, 1.0) == pytest.approx(7.0)
+    assert bus_bandwidth("send_recv", 8.0, 8, 1.0) == 8.0
+
+
+def test_large_message_ring_reaches_link_bandwidth():
+    topo = Topology.from_gpu("H100-SXM", 8)
+    s = 100 * GB
+    t = collective_time("reduce_scatter", s, 8, algorithm="ring")
+    expected = s * 7 / 8 / achieved_bandwidth(topo.intra_bw, s, topo.half_saturation_bytes)
+    assert t == pytest.approx(expected, rel=1e-3)
+
+
+def test_hierarchical_slower_across_nodes_than_within():
+    for s in (1 * MB, 64 * MB, 1 * GB):
+        within = collective_time("all_reduce", s, 8)
+        across = collective_time("all_reduce", s, 16)
+        assert across > within
+        assert collective_time("all_reduce", s, 64) >= across
+
+
+def test_hierarchical_beats_flat_ring_across_nodes():
+    s = 1 * GB
+    assert collective_time("all_reduce", s, 32, algorithm="hierarchical") < \
+        collective_time("all_reduce", s, 32, algorithm="ring")
+    # one node: hierarchical degenerates to the ring
+    assert collective_time("all_reduce", s, 8, algorithm="hierarchical") == \
+        collective_time("all_reduce", s, 8, algorithm="ring")
+
+
+def test_tree_wins_small_ring_wins_large():
+    assert collective_time("all_reduce", 1e3, 64, algorithm="tree") < \
+        collective_time("all_reduce", 1e3, 64, algorithm="ring")
+    assert collective_time("all_reduce", 10 * GB, 8, algorithm="ring") < \
+        collective_time("all_reduce", 10 * GB, 8, algorithm="tree")
+
+
+def test_all_to_all_across_nodes_is_ib_bound():
+    # scaling-book: a 2-node all-to-all is several times slower than a 1-node one.
+    s = 1 * GB
+    assert collective_time("all_to_all", s, 16) > 3 * collective_time("all_to_all", s, 8)
+
+
+def test_send_recv_cross_node_slower():
+    s = 100 * MB
+    assert collective_time("send_recv", s, 2, ranks_per_node=1) > collective_time("send_recv", s, 2)
+
+
+def test_faster_gpu_links_are_faster():
+    s = 1 * GB
+    assert collective_time("all_reduce", s, 8, gpu="H100-SXM") < collective_time("all_reduce", s, 8, gpu="A100")
+    assert collective_time("all_reduce", s, 8, gpu="H100-SXM") < collective_time("all_reduce", s, 8, gpu="H800")
+    assert collective_time("all_reduce", s, 8, gpu="H100-PCIe") > collective_time("all_reduce", s, 8, gpu="H100-SXM")
+
+
+def test_topology_from_gpu():
+    h100 = Topology.from_gpu("H100-SXM", 16)
+    assert h100.n_nodes == 2 and h100.local_ranks == 8
+    assert h100.intra_bw == pytest.approx(370 * GB)
+    assert h100.inter_bw == pytest.approx(43 * GB)
+    h800 = Topology.from_gpu("H800", 16)          # measured: used as is
+    assert h800.intra_bw == 160 * GB and h800.inter_bw == 50 * GB
+    assert Topology.from_gpu("H100-PCIe", 2).intra_bw > Topology.from_gpu("H100-PCIe", 8).intra_bw
+    assert Topology.from_gpu("H100-SXM", 4).n_nodes == 1
+
+
+def test_time_on_custom_topology():
+    topo = Topology(n_ranks=4, ranks_per_node=4, intra_bw=100 * GB, inter_bw=10 * GB,
+                    intra_latency=0.0, inter_latency=0.0, half_saturation_bytes=0.0)
+    # pure bandwidth: ring AR of S bytes sends 2*(n-1)/n*S per rank
+    assert time_on_topology(topo, "all_reduce", 4 * GB, "ring") == pytest.approx(2 * 3 / 4 * 4 * GB / (100 * GB))
+
+# -----------------------------------------------------------------------------
+# errors name the argument
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(kind="broadcast", nbytes=1, n_ranks=8), "kind"),
+    (dict(kind="all_reduce", nbytes=-1, n_ranks=8), "nbytes"),
+    (dict(kind="all_reduce", nbytes=float("nan"), n_ranks=8), "nbytes"),
+    (dict(kind="all_reduce", nbytes=1, n_ranks=0), "n_ranks"),
+    (dict(kind="all_reduce", nbytes=1, n_ranks=2.5), "n_ranks"),
+    (dict(kind="all_reduce", nbytes=1, n_ranks=16, ranks_per_node=3), "ranks_per_node"),
+    (dict(kind="all_reduce", nbytes=1, n_ranks=16, ranks_per_node=0), "ranks_per_node"),
+    (dict(kind="all_gather", nbytes=1, n_ranks=8, algorithm="tree"), "algorithm"),
+    (dict(kind="all_reduce", nbytes=1, n_ranks=8, algorithm="butterfly"), "algorithm"),
+    (dict(kind="all_reduce", nbytes=1, n_ranks=8, gpu="TPUv5"), "unknown gpu"),
+])
+def test_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        collective_time(**kwargs)
+
+
+def test_bad_arguments_elsewhere():
+    with pytest.raises(ValueError, match="top_k"):
+        expected_nodes_reached(0, 8, 32)
+    with pytest.raises(ValueError, match="top_k"):
+        expected_nodes_reached(300, 8, 32)
+    with pytest.raises(ValueError, match="node_limit"):
+        expected_nodes_reached(8, 8, 1, node_limit=4)
+    with pytest.raises(ValueError, match="ep_size"):
+        moe_a2a_bytes(10, 16, 2, 10, 4)
+    with pytest.raises(ValueError, match="zero_stage"):
+        dp_volumes(1000, 8, zero_stage=4)
+    with pytest.raises(ValueError, match="schedule"):
+        pipeline_bubble_time("gpipe", 4, 1, 2)
+    with pytest.raises(ValueError, match="pp"):
+        pipeline_bubble_time("dualpipe", 5, 1, 2, 1)
+    with pytest.raises(ValueError, match="n_microbatches"):
+        pipeline_bubble_fraction("dualpipe", 8, 10)
+    with pytest.raises(ValueError, match="w "):
+        pipeline_bubble_time("zb1p", 4, 1, 2, 3)
+    with pytest.raises(ValueError, match="comm_s"):
+        exposed_comm_time(-1, 0)
+
+# -----------------------------------------------------------------------------
+# fitting
+
+def test_fit_alpha_beta_recovers_parameters():
+    s = np.logspace(3, 9, 20)
+    t = 20e-6 + s / 300e9
+    fit = fit_alpha_beta(s, t)
+    assert fit.alpha == pytest.approx(20e-6, rel=1e-6)
+    assert fit.bandwidth == pytest.approx(300e9, rel=1e-6)
+    assert fit.half_saturation_bytes == pytest.approx(20e-6 * 300e9, rel=1e-6)
+    assert fit(1e6) == pytest.approx(20e-6 + 1e6 / 300e9)
+    rng = np.random.default_rng(0)
+    noisy = fit_alpha_beta(s, t * rng.normal(1, 0.02, s.size), relative=False)
+    assert noisy.bandwidth == pytest.approx(300e9, rel=0.05)
+
+
+def test_fit_alpha_beta_on_model_curve_and_errors():
+    s = np.logspace(8, 10, 10)
+    fit = fit_alpha_beta(s, [collective_time("all_gather", x, 8) for x in s])
+    assert isinstance(fit, AlphaBeta) and fit.bandwidth > 0
+    with pytest.raises(ValueError, match="same length"):
+        fit_alpha_beta([1, 2], [1.0])
+    with pytest.raises(ValueError, match="times"):
+        fit_alpha_beta([1, 2], [1.0, -1.0])
+    with pytest.raises(ValueError, match="distinct"):
+        fit_alpha_beta([5, 5], [1.0, 2.0])
+
+# -----------------------------------------------------------------------------
+# MoE routing and dispatch
+
+def monte_carlo_nodes(top_k, n_nodes, experts_per_node, node_limit=None, n=20_000, seed=0):
+    rng = np.random.default_rng(seed)
+    E = n_nodes * experts_per_node
+    experts = np.argpartition(rng.random((n, E)), top_k - 1, axis=1)[:, :top_k]  # k distinct experts
+    nodes = np.sort(experts // experts_per_node, axis=1)
+    distinct = 1 + (np.diff(nodes, axis=1) != 0).sum(axis=1)
+    if node_limit is not None:
+        distinct = np.minimum(distinct, node_limit)
+    return distinct.mean()
+
+
+@pytest.mark.parametrize("k,n_nodes,e,limit", [
+    (8, 8, 32, None), (8, 8, 32, 4), (6, 4, 16, None), (6, 16, 4, 3), (2, 8, 8, None), (8, 32, 8, 4),
+])
+def test_expected_nodes_reached_matches_monte_carlo(k, n_nodes, e, limit):
+    exact = expected_nodes_reached(k, n_nodes, e, node_limit=limit)
+    assert exact == pytest.approx(monte_carlo_nodes(k, n_nodes, e, limit), rel=0.02)
+
+
+def test_expected_nodes_reached_edge_cases():
+    assert expected_nodes_reached(1, 8, 32) == pytest.approx(1.0)
+    assert expected_nodes_reached(8, 1, 32) == pytest.approx(1.0)
+    assert expected_nodes_reached(8, 8, 1) == pytest.approx(8.0)        # every node is hit
+    v3 = expected_nodes_reached(8, 8, 32)
+    assert v3 == pytest.approx(8 * (1 - math.comb(224, 8) / math.comb(256, 8)))
+    capped = expected_nodes_reached(8, 8, 32, node_limit=4)
+    assert 3.9 < capped <= 4 < v3
+    assert expected_nodes_reached(8, 8, 32, node_limit=8) == v3
+
+
+def test_moe_a2a_bytes():
+    single = moe_a2a_bytes(4096, 7168, 8, 256, 8)
+    assert single.ib_bytes == 0 and single.nvlink_bytes > 0
+    free = moe_a2a_bytes(4096, 7168, 8, 256, 64)
+    limited = moe_a2a_bytes(4096, 7168, 8, 256, 64, node_limit=4)
+    assert limited.ib_bytes < free.ib_bytes
+    assert limited.nvlink_bytes == free.nvlink_bytes
+    # FP8 dispatch moves half the bytes of BF16
+    fp8 = moe_a2a_bytes(4096, 7168, 8, 256, 64, node_limit=4, bytes_per_elem=1)
+    assert fp8.total == pytest.approx(limited.total / 2)
+
+
+def test_moe_dispatch_time():
+    assert moe_dispatch_time(4096, 7168, 8, 256, 1) == 0.0
+    t_node = moe_dispatch_time(4096, 7168, 8, 256, 8, gpu="H800", bytes_per_elem=1)
+    t_v3 = moe_dispatch_time(4096, 7168, 8, 256, 64, gpu="H800", node_limit=4, bytes_per_elem=1)
+    t_free = moe_dispatch_time(4096, 7168, 8, 256, 64, gpu="H800", bytes_per_elem=1)
+    assert t_node < t_v3 < t_free
+    # DeepEP docs/legacy.md: EP64 internode dispatch at ~50 GB/s RDMA; ~100 MB -> ~2 ms
+    assert 1e-3 < t_v3 < 4e-3
+    assert moe_dispatch_time(1024, 7168, 8, 256, 64) < moe_dispatch_time(4096, 7168, 8, 256, 64)
+
+
+def test_ep_step_bytes():
+    one = moe_a2a_bytes(4096, 7168, 8, 256, 64, node_limit=4, bytes_per_elem=1)
+    two = moe_a2a_bytes(4096, 7168, 8, 256, 64, node_limit=4, bytes_per_elem=2)
+    step = ep_step_bytes(4096, 7168, 8, 256, 64, n_moe_layers=58, node_limit=4)
+    assert step.ib_bytes == pytest.approx(58 * 2 * (one.ib_bytes + two.ib_bytes))
+    fwd = ep_step_bytes(4096, 7168, 8, 256, 64, n_moe_layers=58, node_limit=4, backward=False)
+    assert fwd.total == pytest.approx(step.total / 2)
+
+# -----------------------------------------------------------------------------
+# volumes per strategy
+
+def test_tp_volume():
+    v = tp_volume(batch=4, seq=2048, hidden=4096, n_layers=32, tp=8)
+    assert v.kind == "all_reduce" and v.calls == 4 * 32
+    assert v.nbytes == 4 * 2048 * 4096 * 2
+    assert v.wire_bytes == pytest.approx(v.calls * v.nbytes * 2 * 7 / 8)
+    assert v.time() == pytest.approx(v.calls * collective_time("all_reduce", v.nbytes, 8))
+
+
+def test_pp_volume():
+    v = pp_volume(micro_batch=1, seq=4096, hidden=7168, n_microbatches=16)
+    assert v.kind == "send_recv" and v.calls == 32 and v.nbytes == 4096 * 7168 * 2
+    assert v.time(ranks_per_node=1) > v.time()
+
+
+@pytest.mark.parametrize("dp", [2, 8, 64])
+def test_zero_volumes(dp):
+    psi, b = 10**9, 2
+    base = zero_comm_bytes(psi, dp, 0, b)
+    assert base == pytest.approx(2 * psi * b * (dp - 1) / dp)      # ZeRO paper: 2 Psi
+    assert zero_comm_bytes(psi, dp, 1, b) == pytest.approx(base)
+    assert zero_comm_bytes(psi, dp, 2, b) == pytest.approx(base)
+    assert zero_comm_bytes(psi, dp, 3, b) == pytest.approx(1.5 * base)  # 3 Psi
+    assert [v.kind for v in dp_volumes(psi, dp, 3)] == ["all_gather", "reduce_scatter"]
+    assert sum(v.calls for v in dp_volumes(psi, dp, 3)) == 3
+
+
+def test_comm_volume_validation():
+    with pytest.raises(ValueError, match="kind"):
+        CommVolume("gather", 1.0, 8, 1)
+    assert CommVolume("all_reduce", 1.0, 8, 0).time() == 0.0
+
+# -----------------------------------------------------------------------------
+# pipeline bubbles
+
+def test_bubble_fraction_1f1b_small_cases():
+    assert bubble_fraction_1f1b(4, 8) == pytest.approx(3 / 11)
+    assert bubble_fraction_1f1b(1, 8) == 0.0
+    assert bubble_fraction_1f1b(8, 1) == pytest.approx(7 / 8)
+
+
+def test_bubble_times_dualpipe_readme_table():
+    # pp=8, F=1, B=2, W=1 by hand: 1F1B 7*3=21, ZB1P 7*(3-2)=7, DualPipe 3*(3+2-3)=6
+    assert pipeline_bubble_time("1f1b", 8, 1, 2, 1) == 21
+    assert pipeline_bubble_time("zb1p", 8, 1, 2, 1) == 7
+    assert pipeline_bubble_time("dualpipe", 8, 1, 2, 1) == 6
+    assert pipeline_bubble_time("dualpipe", 8, 1, 2, 1, f_and_b=2.5) == pytest.approx(3 * 1.5)
+    assert pipeline_bubble_time("dualpipe", 2, 1, 2, 1) == 0
+    assert pipeline_bubble_fraction("dualpipe", 8, 16, 1, 2, 1) == pytest.approx(6 / (6 + 48))
+
+
+@given(p=st.integers(1, 64), m=st.integers(1, 512), f=st.floats(0.01, 10), b=st.floats(0.01, 10))
+def test_bubble_fraction_1f1b_independent_of_chunk_times(p, m, f, b):
+    assert pipeline_bubble_fraction("1f1b", p, m, f, b, 0) == pytest.approx(bubble_fraction_1f1b(p, m))
+
+
+def test_dualpipe_beats_1f1b():
+    for pp in (4, 8, 16):
+        m = 2 * pp
+        assert pipeline_bubble_fraction("dualpipe", pp, m) < pipeline_bubble_fraction("1f1b", pp, m)
+
+# -----------------------------------------------------------------------------
+# overlap
+
+def test_overlap():
+    assert exposed_comm_time(3.0, 2.0) == 1.0
+    assert exposed_comm_time(1.0, 2.0) == 0.0
+    assert hidden_comm_fraction(4.0, 1.0) == pytest.approx(0.25)
+    assert hidden_comm_fraction(4.0, 10.0) == 1.0
+    assert hidden_comm_fraction(0.0, 0.0) == 1.0
