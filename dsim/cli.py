@@ -56,7 +56,8 @@ def params_table(names: list[str]) -> list[dict]:
     for name in names:
         p = params(preset(name))
         pub = PUBLISHED_PARAMS.get(name)
-        rows.append({"model": name, "total": p.total_main, "active": p.active,
+        rows.append({"model": name, "total": p.total_no_mtp, "active": p.active,
+                     "active_no_embedding": p.active_no_embedding,
                      "published_total": pub[0] if pub else None, "published_active": pub[1] if pub else None,
                      "source": pub[2] if pub else ""})
     return rows
@@ -65,10 +66,12 @@ def params_table(names: list[str]) -> list[dict]:
 def format_params_table(rows: list[dict]) -> str:
     def b(x):
         return "-" if x is None else (f"{x / 1e9:8.2f}B" if x >= 1e8 else f"{x / 1e6:8.2f}M")
-    out = [f"{'model':18} {'total':>10} {'published':>10} {'active':>10} {'published':>10}"]
+    out = [f"{'model':18} {'total':>10} {'published':>10} {'active':>10} {'w/o embed':>10} {'published':>10}"]
     for r in rows:
         out.append(f"{r['model']:18} {b(r['total']):>10} {b(r['published_total']):>10} "
-                   f"{b(r['active']):>10} {b(r['published_active']):>10}")
+                   f"{b(r['active']):>10} {b(r['active_no_embedding']):>10} {b(r['published_active']):>10}")
+    out.append("total: main model without MTP modules (DeepSeek's convention for 671B); active: parameters one "
+               "token touches, with and without the input embedding table")
     return "\n".join(out)
 
 
@@ -116,7 +119,9 @@ def cmd_params(ns: argparse.Namespace) -> int:
     args = load_model_args(ns.model)
     p = params(args)
     if ns.json:
-        print(json.dumps(p.to_dict(), indent=2))
+        print(json.dumps({"model": args.name, "total": p.total, "total_no_mtp": p.total_no_mtp, "active": p.active,
+                          "active_no_embedding": p.active_no_embedding, "mtp": p.mtp,
+                          "breakdown": p.breakdown, "active_breakdown": p.active_breakdown}, indent=2))
     else:
         print(p.table())
     return 0

@@ -11,3 +11,8 @@ from dsim.cost.comm import (
     moe_a2a_bytes, moe_dispatch_time, pipeline_bubble_fraction, pipeline_bubble_time, pp_volume,
     time_on_topology, tp_volume, zero_comm_bytes,
 )
+from dsim.cost.params import params
+from dsim.cost.flops import flops
+from dsim.cost.memory import bytes_per_param, kv_cache_bytes_per_token, memory, weight_bytes
+from dsim.cost.timing import (Calibration, fit_calibration, gpu_calibration, layer_time, op_kernels, op_time,
+                              roofline_time, step_time)

