@@ -308,20 +308,44 @@ class Experts(nn.Module):
         """Sort the T*K (token, expert) pairs by expert, run one grouped GEMM per weight, unsort.
 
         Uses `torch._grouped_mm` where this torch and device support it, else a padded batched GEMM.
+        Rows move only by gathers, forward and backward (`_Permute`: no scatter-add, no atomics), and
+        nothing here waits for the GPU (no host sync), so the CPU can queue the whole layer ahead.
         """
         T, K = indices.shape
-        flat = indices.flatten()                                                  # [T*K]
-        order = torch.argsort(flat, stable=True)
-        token = order // K                                                        # source token per row
-        counts = torch.bincount(flat, minlength=self.n_experts)                   # tokens per expert [E]
-        xs = x[token]                                                             # [T*K, D] sorted by expert
-        h = grouped_mm(xs, self.w1, counts)
-        h = F.silu(h) * grouped_mm(xs, self.w3, counts)
-        ys = grouped_mm(h, self.w2, counts) * weights.flatten()[order, None]      # [T*K, D]
-        return torch.zeros_like(x).index_add_(0, token, ys)
+        flat = indices.flatten()                                                  # [T*K] expert of each pair
+        order = torch.argsort(flat, stable=True)                                  # pairs sorted by expert
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(T * K, device=order.device)                 # where each pair went
+        # tokens per expert [E]; a scatter-add rather than torch.bincount, which syncs with the host on CUDA
+        counts = flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))
+        xs = _Permute.apply(x, order // K, inverse, K)                            # [T*K, D] sorted by expert
+        h = F.silu(grouped_mm(xs, self.w1, counts)) * grouped_mm(xs, self.w3, counts)
+        ys = _Permute.apply(grouped_mm(h, self.w2, counts), inverse, order, 1)    # [T*K, D] in pair order
+        return (ys.view(T, K, -1) * weights.unsqueeze(-1)).sum(1)                 # weighted sum over the K experts
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, impl: str = "grouped") -> torch.Tensor:
         return self.forward_loop(x, indices, weights) if impl == "loop" else self.forward_grouped(x, indices, weights)
+
+
+class _Permute(torch.autograd.Function):
+    """out[i] = x[rows[i]], where each row of x appears k times in rows (out has k * len(x) rows) and
+    `inverse` is the inverse permutation of the copies. The gradient of a gather is a scatter-add; here
+    it is a gather as well: grad[inverse], then the sum of each row's k copies (no atomics, deterministic).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rows: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        ctx.k = k
+        return x[rows]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        grad = grad[inverse]
+        if ctx.k > 1:
+            grad = grad.view(-1, ctx.k, grad.shape[-1]).sum(1)
+        return grad, None, None, None
 
 
 def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -458,7 +482,9 @@ class Transformer(nn.Module):
         # MTP blocks use the MoE FFN when the model has MoE layers (as V3's layer 61 does).
         mtp_layer_id = args.n_layers if args.is_moe else 0
         self.mtp = nn.ModuleList(MTPModule(mtp_layer_id, args) for _ in range(args.n_mtp_layers))
-        self.register_buffer("freqs_cis", precompute_freqs_cis(args), persistent=False)
+        # A plain attribute, not a buffer: Module.to(torch.bfloat16) would cast the complex rotations to
+        # real numbers. hidden() moves it to the tokens' device; it stays complex64.
+        self.freqs_cis = precompute_freqs_cis(args)
         nn.init.normal_(self.embed.weight, std=0.02)
         for name, p in self.named_parameters():
             if p.dim() == 2 and name != "embed.weight" and not name.endswith("gate.weight"):
@@ -472,6 +498,8 @@ class Transformer(nn.Module):
                              f"ModelArgs.max_seq_len={self.args.max_seq_len}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.args.vocab_size):
             raise ValueError(f"token ids must be in [0, vocab_size={self.args.vocab_size})")
+        if self.freqs_cis.device != tokens.device:
+            self.freqs_cis = self.freqs_cis.to(tokens.device)
         freqs_cis = self.freqs_cis[start_pos:start_pos + seqlen]
         h = self.embed(tokens)
         for layer in self.layers:

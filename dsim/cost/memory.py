@@ -1,0 +1,545 @@
+"""Bytes per GPU: weights, gradients, optimizer states, activations and the KV cache.
+
+Weights, gradients and optimizer states are parameter counts (`dsim.cost.params`) times bytes per
+parameter, divided the way the parallel layout divides them. Activations are the tensors that
+autograd keeps between the forward and the backward pass. They are derived from `dsim.model` line
+by line, not from a textbook formula: Korthikanti et al.'s 34 s b h + 5 a s^2 b per layer covers a
+dense GPT layer with LayerNorm, GeLU and dropout, not RMSNorm, SwiGLU, MLA or a router. Every item
+below names the line of the model that keeps it, and tests/test_cost_memory.py holds the sum to
+the bytes that `torch.autograd.graph.saved_tensors_hooks` sees on the real model.
+
+Which tensors autograd keeps depends on PyTorch's kernels, so activations take a `device`:
+    "cuda"  RMSNorm is one fused kernel (`_fused_rms_norm`, keeps its input and a float32 rstd per
+            row); attention is a fused kernel (flash / memory-efficient) that keeps q, k, v, the
+            output and a float32 log-sum-exp per query and head, never the S x S scores.
+    "cpu"   RMSNorm is decomposed (keeps a float32 copy of its input, rstd and the normalised
+            input); attention runs PyTorch's CPU flash kernel when query and value heads have the
+            same size, else the "math" path, which keeps the S x S probabilities, all in float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dsim.config import ModelArgs
+from dsim.cost.params import is_moe_layer, mtp_layer_id, params
+
+# ---------------------------------------------------------------------------------------------
+# Bytes per element: the one place that knows how big a number is.
+# ---------------------------------------------------------------------------------------------
+DTYPE_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4}
+# Quantised types carry one scale per `group_size` elements: float32 for fp8 (DeepSeek-V3's
+# weight_scale_inv), bfloat16 for the integer formats.
+SCALE_BYTES = {"fp8": 4, "int8": 2, "int4": 2}
+
+
+def _check_dtype(dtype: str | float, name: str = "dtype") -> None:
+    if isinstance(dtype, (int, float)) and not isinstance(dtype, bool):
+        if not 0 < dtype <= 64:
+            raise ValueError(f"{name} as bits per element must be in (0, 64], got {dtype!r}")
+        return
+    if dtype not in DTYPE_BITS:
+        raise ValueError(f"{name} must be one of {', '.join(DTYPE_BITS)} or a number of bits, got {dtype!r}")
+
+
+def _bits(dtype: str | float) -> float:
+    return DTYPE_BITS[dtype] if isinstance(dtype, str) else float(dtype)
+
+
+def _check_group(dtype: str | float, group_size: int | None) -> None:
+    if dtype in SCALE_BYTES and group_size is not None and (not isinstance(group_size, int) or group_size < 1):
+        raise ValueError(f"group_size must be an integer >= 1 (elements per scale) or None, got {group_size!r}")
+
+
+def bytes_per_param(dtype: str | float, group_size: int | None = 128) -> float:
+    """Average bytes one element costs in `dtype`, scales included: bits/8 + scale_bytes/group_size.
+
+    `dtype` may also be a number of bits per element with no scales (DeepSeek-V2 serves its KV cache
+    at 6 bits per element on average).
+
+    fp32 4, bf16/fp16 2, fp8 1 + 4/group_size, int8 1 + 2/group_size, int4 0.5 + 2/group_size.
+    group_size is the number of elements that share one scale (DeepSeek-V3's fp8 weights use 128 x
+    128 blocks: group_size=16384); None means no scales. Unquantised types ignore it.
+    """
+    _check_dtype(dtype)
+    _check_group(dtype, group_size)
+    scale = SCALE_BYTES[dtype] / group_size if (dtype in SCALE_BYTES and group_size) else 0.0
+    return _bits(dtype) / 8 + scale
+
+
+def weight_bytes(numel: int, dtype: str, group_size: int | None = 128) -> int:
+    """Exact bytes of one tensor of `numel` elements in `dtype`: packed elements plus one scale per
+    started group (int4 packs two elements per byte)."""
+    if not isinstance(numel, int) or numel < 0:
+        raise ValueError(f"numel must be an integer >= 0, got {numel!r}")
+    if not isinstance(dtype, str):
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_BITS)}, got {dtype!r}")
+    _check_dtype(dtype)
+    _check_group(dtype, group_size)
+    data = -(-numel * DTYPE_BITS[dtype] // 8)
+    scales = -(-numel // group_size) * SCALE_BYTES[dtype] if (dtype in SCALE_BYTES and group_size) else 0
+    return data + scales
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+# ---------------------------------------------------------------------------------------------
+def kv_cache_elements_per_token(args: ModelArgs, impl: Literal["naive", "absorb"] | None = None) -> int:
+    """Numbers cached per token over all layers (MTP modules keep no cache).
+
+    MHA/GQA: keys and values, 2 n_kv_heads head_size per layer.
+    MLA absorbed (the default for MLA, what a deployment caches): the latent c_kv and the shared RoPE
+        key, kv_lora_rank + qk_rope_head_dim per layer.
+    MLA naive: decompressed keys and values per head, n_heads (qk_head_dim + v_head_dim) per layer.
+    """
+    impl = impl or "absorb"
+    if impl not in ("naive", "absorb"):
+        raise ValueError(f"impl must be 'naive', 'absorb' or None, got {impl!r}")
+    if args.attn_type == "mla":
+        per_layer = (args.kv_lora_rank + args.qk_rope_head_dim if impl == "absorb"
+                     else args.n_heads * (args.qk_head_dim + args.v_head_dim))
+    else:
+        per_layer = 2 * args.kv_heads * args.head_size
+    return args.n_layers * per_layer
+
+
+def kv_cache_bytes_per_token(args: ModelArgs, dtype: str | float = "bf16",
+                             impl: Literal["naive", "absorb"] | None = None, group_size: int | None = 128) -> float:
+    """Bytes of KV cache per token, all layers, for the cache the model keeps by default for inference
+    (MLA: the absorbed latent + RoPE key; `impl="naive"` for per-head keys and values)."""
+    return kv_cache_elements_per_token(args, impl) * bytes_per_param(dtype, group_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activations: what autograd keeps, item by item
+# ---------------------------------------------------------------------------------------------
+Device = Literal["cuda", "cpu"]
+Recompute = Literal["none", "selective", "full"]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One kept tensor (or a group of identical ones): a name saying where, its bytes, and whether
+    selective recomputation (DeepSeek-V3: RMSNorms and MLA up-projections, plus any materialised
+    score matrix) drops it."""
+    name: str
+    bytes: int
+    selective_drops: bool = False
+
+
+class _Ctx:
+    """Sizes shared by the item builders: act = bytes of an activation element, dev = kernel set."""
+
+    def __init__(self, args: ModelArgs, dtype: str, device: str):
+        if dtype not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"activation dtype must be 'fp32', 'bf16' or 'fp16', got {dtype!r}")
+        if device not in ("cuda", "cpu"):
+            raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+        self.args, self.dtype, self.device = args, dtype, device
+        self.act = DTYPE_BITS[dtype] // 8
+        self.fused = device == "cuda"
+
+
+def _norm(c: _Ctx, name: str, rows: int, width: int, input_bytes: int | None, output_kept: bool) -> list[Item]:
+    """An RMSNorm over `rows` x `width`.
+
+    input_bytes: bytes of the storage the input lives in, when that storage is new memory (None when
+        another item already counts it, e.g. a slice of a tensor kept elsewhere).
+    output_kept: whether the next op saves the output (a Linear does; a cat does not).
+    """
+    items = []  # the input stays under selective recomputation: the norm is recomputed from it
+    if c.fused:                            # _fused_rms_norm keeps input and a float32 rstd per row
+        if input_bytes is not None:
+            items.append(Item(f"{name}.input", input_bytes))
+    else:                                  # decomposed: x.float(), rstd, x * rstd (all float32)
+        if c.act != 4:
+            items.append(Item(f"{name}.input_fp32", rows * width * 4))
+        elif input_bytes is not None:
+            items.append(Item(f"{name}.input", input_bytes))
+        items.append(Item(f"{name}.normalized_fp32", rows * width * 4, True))
+    items.append(Item(f"{name}.rstd", rows * 4, True))
+    if output_kept:
+        items.append(Item(f"{name}.output", rows * width * c.act, True))
+    return items
+
+
+def _attention_items(c: _Ctx, B: int, S: int, kernel: str) -> list[Item]:
+    """MLA (naive or absorbed) or GQA/MHA on B x S tokens (training: keys = queries = S)."""
+    a, T, H = c.args, B * S, c.args.n_heads
+    act = c.act
+    items = _norm(c, "attn_norm", T, a.dim, T * a.dim * act, output_kept=True)   # kept by wq / wq_a / wkv_a
+    up = True  # "selective_drops" for MLA up-projection outputs
+    if a.attn_type == "mla":
+        R, dr, dn, dv, dqk = a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim, a.qk_head_dim
+        if a.q_lora_rank:
+            items += _norm(c, "attn.q_norm", T, a.q_lora_rank, T * a.q_lora_rank * act, output_kept=True)
+        # kv_norm's input is a slice of wkv_a's output, whose storage is kv_lora_rank + rope wide.
+        items += _norm(c, "attn.kv_norm", T, R, T * (R + dr) * act, output_kept=True)
+        if a.attn_impl == "absorb":
+            items += [Item("attn.q (wq/wq_b output, sliced by the W_UK einsum)", T * H * dqk * act, up),
+                      Item("attn.q_nope @ W_UK", T * H * R * act, up),
+                      Item("attn.q_pe after RoPE", T * H * dr * act, up),
+                      Item("attn.k_pe after RoPE", T * dr * act, up),
+                      Item("attn.probs float32 (softmax output)", B * H * S * S * 4, True)]
+            if act != 4:
+                items.append(Item("attn.probs cast to the activation dtype", B * H * S * S * act, True))
+            items += [Item("attn.probs @ c_kv", T * H * R * act),
+                      Item("attn.wo input", T * H * dv * act)]
+            return items
+        if kernel == "fused":
+            items += [Item("attn.q (cat of q_nope, q_pe)", T * H * dqk * act, up),
+                      Item("attn.k (cat of k_nope, k_pe)", T * H * dqk * act, up),
+                      Item("attn.v (a slice: all of wkv_b's output stays)", T * H * (dn + dv) * act, up),
+                      Item("attn.out (also the wo input)", T * H * dv * act),
+                      Item("attn.logsumexp float32", B * H * S * 4)]
+        else:
+            f = 4 if c.device == "cpu" else act   # PyTorch's CPU math path computes in float32
+            # v is a slice of wkv_b's output. Without a dtype cast, a batch of one reshapes it for the
+            # batched matmul as a view (keeping the whole output); otherwise it is copied.
+            v = T * H * (dn + dv) * f if (f == act and B == 1) else T * H * dv * f
+            items += [Item("attn.q * scale (math path)", T * H * dqk * f, up),
+                      Item("attn.k (math path)", T * H * dqk * f, up),
+                      Item("attn.probs (math path)", B * H * S * S * f, True),
+                      Item("attn.v for the batched matmul (math path)", v, up),
+                      Item("attn.wo input (copy)", T * H * dv * act)]
+        return items
+    hd, kv = a.head_size, a.kv_heads
+    if kernel == "fused":
+        items += [Item("attn.q after RoPE", T * H * hd * act),
+                  Item("attn.k after RoPE", T * kv * hd * act),
+                  Item("attn.v (wv output)", T * kv * hd * act),
+                  Item("attn.out (also the wo input)", T * H * hd * act),
+                  Item("attn.logsumexp float32", B * H * S * 4)]
+    else:
+        f = 4 if c.device == "cpu" else act
+        items += [Item("attn.q * scale (math path)", T * H * hd * f),
+                  Item("attn.k repeated to all heads (math path)", T * H * hd * f),
+                  Item("attn.probs (math path)", B * H * S * S * f, True),
+                  Item("attn.v repeated to all heads (math path)", T * H * hd * f),
+                  Item("attn.wo input (copy)", T * H * hd * act)]
+    return items
+
+
+def _swiglu_items(name: str, rows: int, inter: int, act: int) -> list[Item]:
+    """w2(silu(w1 x) * w3 x) keeps w1 x (for silu), silu(w1 x) and w3 x (for the product), and the
+    product (for w2); its input is counted by whoever produced it."""
+    return [Item(f"{name}: w1 x, silu(w1 x), w3 x, product", 4 * rows * inter * act)]
+
+
+def _ffn_items(c: _Ctx, layer_id: int, B: int, S: int) -> list[Item]:
+    """ffn_norm (its input is the attention residual x + attn(x), new memory) and the dense MLP or MoE."""
+    a, T, act = c.args, B * S, c.act
+    moe = is_moe_layer(a, layer_id)
+    # The bf16 norm output is kept by a Linear that reads it (dense MLP, shared experts) or, in fp32,
+    # by the gate; the routed experts only gather rows of it.
+    kept = not moe or a.n_shared_experts > 0 or act == 4
+    items = _norm(c, "ffn_norm", T, a.dim, T * a.dim * act, output_kept=kept)
+    if not moe:
+        return items + _swiglu_items("ffn (dense)", T, a.inter_dim, act)
+    E, K, D, I = a.n_routed_experts, a.n_activated_experts, a.dim, a.moe_inter_dim
+    if act != 4:  # the gate runs in float32: F.linear(x.float(), weight.float()) keeps both copies
+        items += [Item("gate input float32", T * D * 4, True), Item("gate weight float32", E * D * 4)]
+    items += [Item("gate logits float32 (held by MoE.routing)", T * E * 4),
+              Item("gate scores float32 (softmax/sigmoid output)", T * E * 4),
+              Item("gate top-k indices int64", T * K * 8)]
+    if a.renormalize:
+        items += [Item("gate top-k scores and their sum (renormalisation)", T * K * 4 + T * 4)]
+    items.append(Item("gate combine weights float32 (held by MoE.routing)", T * K * 4))
+    if a.capacity_factor > 0:
+        items.append(Item("capacity keep-mask (bool)", T * K))
+    N = T * K  # (token, expert) assignments
+    items += [Item("experts: gathered input rows", N * D * act)]
+    items += _swiglu_items("experts", N, I, act)
+    items += [Item("experts: output rows and combine weight", N * D * act + N * act),
+              Item("experts: weighted rows (kept by index_add_)", N * D * act),
+              Item("experts: token/slot indices int64", N * 16)]
+    if a.n_shared_experts:
+        items += _swiglu_items("shared_experts", T, a.n_shared_experts * I, act)
+    return items
+
+
+def activation_items(args: ModelArgs, layer_id: int, batch: int, seq_len: int, dtype: str = "bf16",
+                     device: Device = "cuda", attn_kernel: str | None = None) -> list[Item]:
+    """Tensors one Block keeps for its backward pass (training forward of batch x seq_len tokens), its
+    input included (the first norm keeps it) and its output excluded (the next block keeps that).
+
+    attn_kernel: "fused" or "math" (None: what PyTorch picks on `device`, see dsim.cost.flops.sdpa_kernel).
+    Routed experts: every (token, expert) assignment keeps the same rows, balanced or not.
+    """
+    from dsim.cost.flops import sdpa_kernel
+    _check_pos("batch", batch)
+    _check_pos("seq_len", seq_len)
+    if not isinstance(layer_id, int) or not 0 <= layer_id <= args.n_layers:
+        raise ValueError(f"layer_id must be an integer between 0 and n_layers={args.n_layers} (the MTP block), "
+                         f"got {layer_id!r}")
+    if attn_kernel not in (None, "fused", "math"):
+        raise ValueError(f"attn_kernel must be 'fused', 'math' or None, got {attn_kernel!r}")
+    c = _Ctx(args, dtype, device)
+    kernel = attn_kernel or sdpa_kernel(args, device)
+    return _attention_items(c, batch, seq_len, kernel) + _ffn_items(c, layer_id, batch, seq_len)
+
+
+def layer_activation_bytes(args: ModelArgs, layer_id: int, batch: int, seq_len: int, dtype: str = "bf16",
+                           device: Device = "cuda", recompute: Recompute = "none",
+                           attn_kernel: str | None = None) -> int:
+    """Bytes one Block keeps between forward and backward.
+
+    recompute:
+        "none"       every item of `activation_items`.
+        "selective"  DeepSeek-V3's recipe: RMSNorm outputs and MLA up-projections (and any S x S score
+                     matrix, as Korthikanti et al.) are recomputed in the backward; the rest is kept.
+        "full"       the block keeps only its input (torch.utils.checkpoint), plus what the model holds
+                     outside autograd: MoE.routing's logits, scores, indices and weights.
+    """
+    if recompute not in ("none", "selective", "full"):
+        raise ValueError(f"recompute must be 'none', 'selective' or 'full', got {recompute!r}")
+    items = activation_items(args, layer_id, batch, seq_len, dtype, device, attn_kernel)
+    if recompute == "none":
+        return sum(i.bytes for i in items)
+    if recompute == "selective":
+        return sum(i.bytes for i in items if not i.selective_drops)
+    T, act = batch * seq_len, DTYPE_BITS[dtype] // 8
+    kept = T * args.dim * act                                   # the checkpointed input
+    if is_moe_layer(args, layer_id):
+        E, K = args.n_routed_experts, args.n_activated_experts
+        kept += 2 * T * E * 4 + T * K * 8 + T * K * 4           # MoE.routing: logits, scores, indices, weights
+    return kept
+
+
+def block_memory_delta(args: ModelArgs, layer_id: int, batch: int, seq_len: int, dtype: str = "bf16",
+                       device: Device = "cuda", recompute: Recompute = "none", attn_kernel: str | None = None) -> int:
+    """What one Block's forward adds to allocated memory when its input already exists and its
+    output is kept (bench/measure_memory.py measures this): the block's activations with its output
+    in place of its input. The two are the same size unless the first norm keeps a float32 copy of
+    the input instead of the input itself (the CPU kernels, 16-bit activations, no recomputation)."""
+    kept = layer_activation_bytes(args, layer_id, batch, seq_len, dtype, device, recompute, attn_kernel)
+    act = DTYPE_BITS[dtype] // 8
+    copies_input = device == "cpu" and act != 4 and recompute != "full"
+    return kept + (batch * seq_len * args.dim * act if copies_input else 0)
+
+
+def model_activation_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: str = "bf16",
+                           device: Device = "cuda", recompute: Recompute = "none",
+                           attn_kernel: str | None = None, layers: range | None = None,
+                           embedding: bool = True, head: bool = True) -> int:
+    """Activations of a whole training step on one GPU: every block of `layers` (default all), the
+    final norm, the logits (the step's output, kept for the loss; the loss's own float32 softmax is
+    not counted) and the MTP modules (`head=True` places them with the head)."""
+    _check_pos("batch", batch)
+    _check_pos("seq_len", seq_len)
+    c = _Ctx(args, dtype, device)
+    T, D, act = batch * seq_len, args.dim, c.act
+    layers = range(args.n_layers) if layers is None else layers
+    total = sum(layer_activation_bytes(args, i, batch, seq_len, dtype, device, recompute, attn_kernel)
+                for i in layers)
+    if not head:
+        return total
+    total += sum(i.bytes for i in _norm(c, "norm", T, D, T * D * act, output_kept=True))
+    total += T * args.vocab_size * act
+    for k in range(1, args.n_mtp_layers + 1):
+        s = seq_len - k
+        if s <= 0:
+            continue
+        t = batch * s
+        total += sum(i.bytes for i in _norm(c, "enorm", t, D, t * D * act, output_kept=False))
+        total += sum(i.bytes for i in _norm(c, "hnorm", t, D, None, output_kept=False))  # a slice of h
+        total += t * 2 * D * act                                                          # cat, kept by eh_proj
+        # The block's input is eh_proj's output (new memory); activation_items counts it as "attn_norm.input".
+        total += layer_activation_bytes(args, mtp_layer_id(args), batch, s, dtype, device, recompute, attn_kernel)
+        total += sum(i.bytes for i in _norm(c, "mtp.norm", t, D, t * D * act, output_kept=True))
+        total += t * args.vocab_size * act
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole picture per GPU: parallel layout, optimizer, recomputation
+# ---------------------------------------------------------------------------------------------
+# Weights that tensor parallelism does not split (DeepSeek's inference model.py keeps them as plain
+# Linear / parameters on every rank): norms, the gate, MLA's down-projections, MTP's eh_proj.
+_TP_REPLICATED = ("norm", "gate", "wq_a", "wkv_a", "eh_proj")
+
+
+def _replicated_under_tp(module: str) -> bool:
+    last = module.rsplit(".", 1)[-1]
+    return last.endswith("norm") or last in _TP_REPLICATED
+
+
+def _stage_layers(n_layers: int, pp: int) -> list[range]:
+    """Contiguous, as even as possible split of the layers over pp stages (earlier stages get extras)."""
+    base, extra = divmod(n_layers, pp)
+    out, start = [], 0
+    for s in range(pp):
+        n = base + (1 if s < extra else 0)
+        out.append(range(start, start + n))
+        start += n
+    return out
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes on the busiest GPU (pipeline stage `stage`), by kind."""
+    weights: float
+    gradients: float
+    optimizer: float          # master weights + Adam moments
+    activations: float
+    kv_cache: float
+    stage: int
+    details: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.kv_cache
+
+    def gib(self) -> dict[str, float]:
+        """Every field in GiB, rounded to 0.01."""
+        g = 2 ** 30
+        return {k: round(getattr(self, k) / g, 2) for k in
+                ("weights", "gradients", "optimizer", "activations", "kv_cache", "total")}
+
+
+def _check_pos(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def memory(args: ModelArgs, *, mode: Literal["train", "inference"] = "train", batch: int = 1,
+           seq_len: int = 4096, dtype: str = "bf16", group_size: int | None = 128,
+           grad_dtype: str = "fp32", master_dtype: str | None = "fp32", optimizer_dtype: str = "fp32",
+           tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1, zero: int = 0,
+           recompute: Recompute = "none", act_dtype: str = "bf16", device: Device = "cuda",
+           kv_dtype: str = "bf16", kv_impl: Literal["naive", "absorb"] | None = None,
+           microbatches_in_flight: int | None = None, prefill_chunk: int = 1) -> MemoryEstimate:
+    """Bytes per GPU for training (Adam) or inference under a TP x PP x DP layout with EP inside DP.
+
+    Layout (world = tp * pp * dp GPUs; expert parallelism ep divides dp, as in Megatron and DeepSeek):
+        tp   splits every weight but the replicated ones (norms, gate, wq_a, wkv_a, eh_proj) and, with
+             sequence parallelism, every activation; MLA's latent cache is the same on every TP rank,
+             MHA/GQA caches split by KV heads.
+        pp   splits the layers into contiguous stages; the first stage holds the embedding, the last
+             the head and the MTP modules; with 1F1B, stage s keeps pp - s micro-batches of activations.
+        ep   splits the routed experts (E / ep per GPU); they are replicated dp / ep times.
+        zero 0: nothing sharded; 1: optimizer states (master + moments) over data-parallel replicas;
+             2: also gradients; 3: also weights. Non-expert weights have dp replicas, experts dp / ep.
+    Training keeps weights (`dtype`, quantised types with `group_size`), gradients (`grad_dtype`),
+    fp32 master weights (`master_dtype`, None when the weights are the master copy) and Adam's two
+    moments (`optimizer_dtype`; DeepSeek-V3 keeps them in bf16). `batch` is the micro-batch.
+    Inference keeps weights, the KV cache of batch x seq_len tokens, and one block's activations for
+    batch x prefill_chunk new tokens (the transient working set of a step; 1: a decode step; an upper
+    bound, since without autograd a block frees most of them as it goes). Reports the stage with the
+    largest total.
+    """
+    if not isinstance(args, ModelArgs):
+        raise ValueError(f"args must be a dsim.config.ModelArgs, got {type(args).__name__}")
+    if mode not in ("train", "inference"):
+        raise ValueError(f"mode must be 'train' or 'inference', got {mode!r}")
+    for name, v in (("batch", batch), ("seq_len", seq_len), ("tp", tp), ("pp", pp), ("dp", dp), ("ep", ep)):
+        _check_pos(name, v)
+    if zero not in (0, 1, 2, 3):
+        raise ValueError(f"zero must be 0, 1, 2 or 3, got {zero!r}")
+    for name, d in (("dtype", dtype), ("grad_dtype", grad_dtype), ("optimizer_dtype", optimizer_dtype),
+                    ("kv_dtype", kv_dtype)):
+        _check_dtype(d, name)
+    if master_dtype is not None:
+        _check_dtype(master_dtype, "master_dtype")
+    if pp > args.n_layers:
+        raise ValueError(f"pp must be between 1 and n_layers={args.n_layers}, got {pp}")
+    if dp % ep:
+        raise ValueError(f"ep must divide dp={dp} (experts are parallel within data parallelism), got {ep}")
+    if args.n_routed_experts and args.n_routed_experts % ep:
+        raise ValueError(f"ep must divide n_routed_experts={args.n_routed_experts}, got {ep}")
+    in_flight = pp if microbatches_in_flight is None else microbatches_in_flight
+    _check_pos("microbatches_in_flight", in_flight)
+    _check_pos("prefill_chunk", prefill_chunk)
+
+    counts = params(args).modules
+    stages = _stage_layers(args.n_layers, pp)
+    wbytes = bytes_per_param(dtype, group_size)
+    best: MemoryEstimate | None = None
+    for s, layers in enumerate(stages):
+        first, last = s == 0, s == pp - 1
+        dense_n = expert_n = 0.0  # parameters on this GPU: replicated over dp / over dp/ep
+        for name, n in counts.items():
+            top = name.split(".")[0]
+            if top == "layers" and int(name.split(".")[1]) not in layers:
+                continue
+            if (top == "embed" and not first) or (top in ("norm", "head", "mtp") and not last):
+                continue
+            if name.endswith("ffn.experts"):
+                expert_n += n / ep / (1 if _replicated_under_tp(name) else tp)
+            else:
+                dense_n += n / (1 if _replicated_under_tp(name) else tp)
+        if args.tie_embeddings and last and not first:
+            dense_n += counts["embed"] / tp   # the tied head lives on the last stage too
+        n_local = dense_n + expert_n
+        shard_dense, shard_expert = dp, dp // ep
+
+        def sharded(bpp: float, stage_min: int) -> float:
+            if zero < stage_min:
+                return (dense_n + expert_n) * bpp
+            return dense_n * bpp / shard_dense + expert_n * bpp / shard_expert
+
+        weights = sharded(wbytes, 3)
+        grads = opt = acts = kv = 0.0
+        if mode == "train":
+            grads = sharded(_bits(grad_dtype) / 8, 2)
+            state = 2 * _bits(optimizer_dtype) / 8 + (_bits(master_dtype) / 8 if master_dtype else 0)
+            opt = sharded(state, 1)
+            per_mb = model_activation_bytes(args, batch, seq_len, act_dtype, device, recompute,
+                                            layers=layers, head=last)
+            acts = per_mb * max(1, in_flight - s) / tp
+        else:
+            layer = max(layers, key=lambda i: is_moe_layer(args, i))
+            acts = layer_activation_bytes(args, layer, batch, prefill_chunk, act_dtype, device) / tp
+            per_layer = kv_cache_bytes_per_token(args, kv_dtype, kv_impl, group_size) / args.n_layers
+            split = tp if (args.attn_type != "mla" and args.kv_heads % tp == 0) else 1
+            kv = per_layer * len(layers) * batch * seq_len / split
+        est = MemoryEstimate(weights=weights, gradients=grads, optimizer=opt, activations=acts, kv_cache=kv,
+                             stage=s, details={"params_on_gpu": n_local, "dense_params": dense_n,
+                                               "expert_params": expert_n, "layers": list(layers)})
+        if best is None or est.total > best.total:
+            best = est
+    assert best is not None
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring the real model
+# ---------------------------------------------------------------------------------------------
+def saved_activation_bytes(fn, exclude=(), extra=()) -> tuple[object, int]:
+    """Run `fn()` and return (its result, bytes of the storages autograd still keeps afterwards).
+
+    Every tensor autograd saves is recorded through `torch.autograd.graph.saved_tensors_hooks`;
+    those whose graph node was freed by the end (a discarded top-k value, say) are dropped, the rest
+    are deduplicated by storage (a view costs its whole storage, as in memory) and counted, except
+    storages of the tensors in `exclude` (parameters, buffers, inputs). `extra` is a callable that
+    returns more tensors kept outside autograd (the MoE routing) to add, deduplicated too.
+    """
+    import weakref
+
+    import torch
+
+    class _Held:  # what the graph stores in place of a saved tensor; dies with its graph node
+        __slots__ = ("t", "__weakref__")
+
+        def __init__(self, t):
+            # detach: a node that saves its own output would otherwise hold itself through the
+            # tensor's grad_fn, a cycle that keeps discarded branches (a top-k's values) alive.
+            self.t = t.detach()
+
+    held: list = []
+
+    def pack(t):
+        h = _Held(t)
+        held.append(weakref.ref(h))
+        return h
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda h: h.t):
+        out = fn()
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+    alive = [r().t for r in held if r() is not None] + list(extra() if callable(extra) else extra)
+    for t in alive:
+        st = t.untyped_storage()
+        if st.data_ptr() not in skip and st.nbytes():
+            seen.setdefault(st.data_ptr(), st.nbytes())
+    return out, sum(seen.values())

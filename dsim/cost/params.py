@@ -1,0 +1,198 @@
+"""Parameter counts that equal the real model's, tensor by tensor.
+
+Every number here is the element count of a tensor that `dsim.model` creates, under the module
+name the model gives it (`attn.wq_a`, `ffn.shared_experts`, ...). `params(args).total` is therefore
+exactly `sum(p.numel() for p in Transformer(args).parameters())`, and the tests hold it to that on
+every preset.
+
+Conventions (papers differ, so each is a separate field):
+    total                all unique parameters of `Transformer(args)`: main model + MTP modules;
+                         a tied head is counted once (it is the embedding).
+    total_no_mtp         the main model only. DeepSeek-V3's "671B" is this number.
+    total_no_embedding   total minus the input embedding table.
+    active               parameters one token touches in a forward pass of the main model: all
+                         shared weights (embedding table and head included) and top-k of the
+                         routed experts. Mixtral's 12.9B and DeepSeekMoE's 2.8B use this.
+    active_no_embedding  active minus the input embedding table (a lookup, no arithmetic).
+                         DeepSeek-V2/V3's 21B/37B use this; it is also the N of "6 N D".
+    mtp                  unique parameters of the MTP modules (they share embedding and head).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dsim.config import ModelArgs
+
+# The components of the breakdown, in display order.
+COMPONENTS = ("embedding", "attention", "dense_ffn", "shared_experts", "routed_experts", "gate",
+              "norms", "head", "mtp")
+
+
+# ---------------------------------------------------------------------------------------------
+# One function per module: weight name -> element count, as the model names them.
+# ---------------------------------------------------------------------------------------------
+def attention_params(args: ModelArgs) -> dict[str, int]:
+    """Weights of one attention module (`MLA` or `GQA`), keyed by the model's attribute names.
+
+    MLA: the query is low rank (wq_a: D x q_lora_rank, q_norm, wq_b) or full (wq); keys and values
+    share the latent wkv_a: D x (kv_lora_rank + qk_rope_head_dim), kv_norm, and its up-projection
+    wkv_b: kv_lora_rank x H (qk_nope_head_dim + v_head_dim); wo: H v_head_dim x D.
+    GQA/MHA: wq: D x H head_size, wk and wv: D x kv_heads head_size, wo: H head_size x D.
+    """
+    D, H = args.dim, args.n_heads
+    if args.attn_type == "mla":
+        p: dict[str, int] = {}
+        if args.q_lora_rank > 0:
+            p["wq_a"] = D * args.q_lora_rank
+            p["q_norm"] = args.q_lora_rank
+            p["wq_b"] = args.q_lora_rank * H * args.qk_head_dim
+        else:
+            p["wq"] = D * H * args.qk_head_dim
+        p["wkv_a"] = D * (args.kv_lora_rank + args.qk_rope_head_dim)
+        p["kv_norm"] = args.kv_lora_rank
+        p["wkv_b"] = args.kv_lora_rank * H * (args.qk_nope_head_dim + args.v_head_dim)
+        p["wo"] = H * args.v_head_dim * D
+        return p
+    hd, kv = args.head_size, args.kv_heads
+    return {"wq": D * H * hd, "wk": D * kv * hd, "wv": D * kv * hd, "wo": H * hd * D}
+
+
+def mlp_params(dim: int, inter_dim: int) -> dict[str, int]:
+    """A SwiGLU MLP (dense FFN or the shared experts): w1, w3: D x inter, w2: inter x D."""
+    return {"w1": dim * inter_dim, "w2": inter_dim * dim, "w3": dim * inter_dim}
+
+
+def expert_params(args: ModelArgs) -> int:
+    """One routed expert: w1[e], w3[e]: moe_inter_dim x D and w2[e]: D x moe_inter_dim."""
+    return 3 * args.dim * args.moe_inter_dim
+
+
+def moe_params(args: ModelArgs) -> dict[str, int]:
+    """One MoE FFN: the gate (E x D), E stacked routed experts, the fused shared experts."""
+    p = {"gate": args.n_routed_experts * args.dim, "experts": args.n_routed_experts * expert_params(args)}
+    if args.n_shared_experts:
+        p["shared_experts"] = sum(mlp_params(args.dim, args.n_shared_experts * args.moe_inter_dim).values())
+    return p
+
+
+def is_moe_layer(args: ModelArgs, layer_id: int) -> bool:
+    """Whether `Block(layer_id)` has an MoE FFN (the model's rule: layer_id >= n_dense_layers)."""
+    return layer_id >= args.n_dense_layers
+
+
+def mtp_layer_id(args: ModelArgs) -> int:
+    """The layer id an MTP block is built with: an MoE block when the model has MoE layers."""
+    return args.n_layers if args.is_moe else 0
+
+
+def block_params(args: ModelArgs, layer_id: int) -> dict[str, int]:
+    """One transformer block, keyed by dotted module names relative to the block ("attn.wo", ...)."""
+    p = {f"attn.{k}": v for k, v in attention_params(args).items()}
+    ffn = moe_params(args) if is_moe_layer(args, layer_id) else mlp_params(args.dim, args.inter_dim)
+    p.update({f"ffn.{k}": v for k, v in ffn.items()})
+    p["attn_norm"] = p["ffn_norm"] = args.dim
+    return p
+
+
+def mtp_module_params(args: ModelArgs) -> dict[str, int]:
+    """One MTP depth: enorm, hnorm, eh_proj (2D -> D), a full block, its own final norm."""
+    p = {"enorm": args.dim, "hnorm": args.dim, "eh_proj": 2 * args.dim * args.dim, "norm": args.dim}
+    p.update({f"block.{k}": v for k, v in block_params(args, mtp_layer_id(args)).items()})
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole model
+# ---------------------------------------------------------------------------------------------
+def _component(name: str, layer_id: int, args: ModelArgs) -> str:
+    """Which breakdown component a block weight belongs to."""
+    if name.startswith("attn."):
+        return "attention"
+    if name in ("attn_norm", "ffn_norm"):
+        return "norms"
+    if not is_moe_layer(args, layer_id):
+        return "dense_ffn"
+    return {"ffn.gate": "gate", "ffn.experts": "routed_experts", "ffn.shared_experts": "shared_experts"}[name]
+
+
+@dataclass(frozen=True)
+class ParamCount:
+    """Parameter counts of a model: the breakdown by component, total and activated per token."""
+    args: ModelArgs
+    breakdown: dict[str, int]          # component -> parameters (see COMPONENTS)
+    active_breakdown: dict[str, int]   # component -> parameters one token uses (routed: top-k of E)
+    modules: dict[str, int] = field(repr=False)  # dotted module name -> parameters, like named_parameters
+
+    @property
+    def total(self) -> int:
+        """Every unique parameter, MTP included: equals sum(p.numel() for p in model.parameters())."""
+        return sum(self.breakdown.values())
+
+    @property
+    def total_no_mtp(self) -> int:
+        return self.total - self.breakdown["mtp"]
+
+    @property
+    def total_no_embedding(self) -> int:
+        return self.total - self.breakdown["embedding"]
+
+    @property
+    def mtp(self) -> int:
+        return self.breakdown["mtp"]
+
+    @property
+    def active(self) -> int:
+        """Parameters one token touches in the main model (embedding table and head included)."""
+        return sum(v for k, v in self.active_breakdown.items() if k != "mtp")
+
+    @property
+    def active_no_embedding(self) -> int:
+        """`active` without the input embedding table: the N of 6ND (the lookup does no FLOPs)."""
+        return self.active - self.active_breakdown["embedding"]
+
+    @property
+    def active_mtp(self) -> int:
+        """Parameters one token touches in the MTP modules (their top-k experts; embedding and head shared)."""
+        return self.active_breakdown["mtp"]
+
+    def table(self, unit: float = 1e9) -> str:
+        """The breakdown as aligned text, in units of `unit` (billions by default)."""
+        rows = [f"{'component':16s} {'total':>10s} {'active':>10s}"]
+        for k in COMPONENTS:
+            rows.append(f"{k:16s} {self.breakdown[k] / unit:10.3f} {self.active_breakdown[k] / unit:10.3f}")
+        rows.append(f"{'sum':16s} {self.total / unit:10.3f} {sum(self.active_breakdown.values()) / unit:10.3f}")
+        return "\n".join(rows)
+
+
+def params(args: ModelArgs) -> ParamCount:
+    """Count the parameters of `Transformer(args)` by component, total and activated per token.
+
+    Routed experts contribute n_activated_experts / n_routed_experts of their weights to `active`;
+    everything else a token passes through counts fully. See the module docstring for conventions.
+    """
+    if not isinstance(args, ModelArgs):
+        raise ValueError(f"args must be a dsim.config.ModelArgs, got {type(args).__name__}")
+    D, V = args.dim, args.vocab_size
+    total = dict.fromkeys(COMPONENTS, 0)
+    active = dict.fromkeys(COMPONENTS, 0)
+    modules: dict[str, int] = {"embed": V * D}
+    total["embedding"] = active["embedding"] = V * D
+    for i in range(args.n_layers):
+        for name, n in block_params(args, i).items():
+            comp = _component(name, i, args)
+            total[comp] += n
+            active[comp] += n if comp != "routed_experts" else args.n_activated_experts * expert_params(args)
+            modules[f"layers.{i}.{name}"] = n
+    total["norms"] += D
+    active["norms"] += D
+    modules["norm"] = D
+    if not args.tie_embeddings:  # a tied head is the embedding: one tensor, counted once
+        total["head"] = active["head"] = V * D
+        modules["head"] = V * D
+    for d in range(args.n_mtp_layers):
+        for name, n in mtp_module_params(args).items():
+            total["mtp"] += n
+            routed = name == "block.ffn.experts"
+            active["mtp"] += args.n_activated_experts * expert_params(args) if routed else n
+            modules[f"mtp.{d}.{name}"] = n
+    return ParamCount(args=args, breakdown=total, active_breakdown=active, modules=modules)
