@@ -1,5 +1,6 @@
 """Tests for the communication cost model (dsim/cost/comm.py)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -7,12 +8,14 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dsim.cost.comm import (
-    ALGORITHMS, KINDS, AlphaBeta, CommVolume, Topology, achieved_bandwidth, bubble_fraction_1f1b,
-    bus_bandwidth, collective_time, dp_volumes, ep_step_bytes, expected_nodes_reached,
-    exposed_comm_time, fit_alpha_beta, hidden_comm_fraction, moe_a2a_bytes, moe_dispatch_time,
-    pipeline_bubble_fraction, pipeline_bubble_time, pp_volume, time_on_topology, tp_volume,
-    zero_comm_bytes,
+    ALGORITHMS, COLLECTIVE_BW_FACTORS, KINDS, LAUNCH_OVERHEAD_S, MEASURED_BUS_BW, NVLINK_CHUNK_OVERHEAD_S,
+    NVLINK_PEAK_EFFICIENCY, SCALING_BOOK_8XH100_ALL_REDUCE, AlphaBeta, CommCalibration, CommVolume, Topology,
+    achieved_bandwidth, bubble_fraction_1f1b, bus_bandwidth, bus_bandwidth_factor, calibrate_from_measurements,
+    collective_time, dp_volumes, ep_step_bytes, expected_nodes_reached, exposed_comm_time, fit_alpha_beta,
+    hidden_comm_fraction, load_measurements, measured_calibration, moe_a2a_bytes, moe_dispatch_time,
+    pipeline_bubble_fraction, pipeline_bubble_time, pp_volume, time_on_topology, tp_volume, zero_comm_bytes,
 )
+from dsim.cost.hardware import get_gpu
 
 GB, MB = 1e9, 1e6
 sizes = st.floats(min_value=0, max_value=1e11, allow_nan=False)
@@ -39,14 +42,28 @@ def test_monotonic_in_nbytes(ka, n, a, b, gpu):
     assert math.isfinite(t_hi)
 
 
+def wire_only(topo, **changes):
+    """The same topology without the launch floor and with one bandwidth for every collective."""
+    return dataclasses.replace(topo, launch_overhead=0.0, kind_bw_factors=(1.0,) * len(KINDS), **changes)
+
+
 @settings(max_examples=100, deadline=None)
-@given(nbytes=st.floats(min_value=1, max_value=1e11), n=ranks,
-       algo=st.sampled_from(["ring", "hierarchical", None]))
-def test_all_reduce_is_reduce_scatter_plus_all_gather(nbytes, n, algo):
-    ar = collective_time("all_reduce", nbytes, n, algorithm=algo or "ring")
-    rs = collective_time("reduce_scatter", nbytes, n, algorithm=algo or "ring")
-    ag = collective_time("all_gather", nbytes, n, algorithm=algo or "ring")
+@given(nbytes=st.floats(min_value=1, max_value=1e11), n=ranks, algo=st.sampled_from(["ring", "hierarchical"]))
+def test_all_reduce_is_reduce_scatter_plus_all_gather_on_the_wire(nbytes, n, algo):
+    # T_LL and T_bulk are both homogeneous in (bytes, steps): two passes cost twice one pass.
+    topo = wire_only(Topology.from_gpu("H100-SXM", n))
+    ar = time_on_topology(topo, "all_reduce", nbytes, algo)
+    rs = time_on_topology(topo, "reduce_scatter", nbytes, algo)
+    ag = time_on_topology(topo, "all_gather", nbytes, algo)
     assert ar == pytest.approx(rs + ag, rel=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(nbytes=st.floats(min_value=1, max_value=1e11), n=ranks)
+def test_one_all_reduce_call_beats_reduce_scatter_then_all_gather(nbytes, n):
+    # Measured on 2 x H200: the fused call has one launch floor and more bus bandwidth.
+    ar = collective_time("all_reduce", nbytes, n)
+    assert ar <= collective_time("reduce_scatter", nbytes, n) + collective_time("all_gather", nbytes, n)
 
 
 def test_default_picks_fastest_algorithm():
@@ -56,17 +73,36 @@ def test_default_picks_fastest_algorithm():
             assert collective_time("all_reduce", s, n) == best
 
 
-def busbw_8xh100(nbytes):
-    t = collective_time("all_reduce", nbytes, 8, gpu="H100-SXM")
-    return bus_bandwidth("all_reduce", nbytes, 8, t)
+def busbw_8xh100(nbytes, topo=None):
+    topo = topo or Topology.from_gpu("H100-SXM", 8)
+    return bus_bandwidth("all_reduce", nbytes, 8, time_on_topology(topo, "all_reduce", nbytes))
 
 
-def test_8xh100_all_reduce_bus_bandwidth_shape():
-    # scaling-book: ~370 GB/s with ~10 GB arrays, ~150 GB/s for a 58 MB all-reduce.
-    assert busbw_8xh100(8 * GB) == pytest.approx(370 * GB, rel=0.10)
-    assert busbw_8xh100(58 * MB) == pytest.approx(150 * GB, rel=0.10)
-    assert busbw_8xh100(16 * MB) < 0.6 * 370 * GB
-    assert busbw_8xh100(1 * MB) < busbw_8xh100(16 * MB) < busbw_8xh100(58 * MB) < busbw_8xh100(8 * GB)
+def test_8xh100_all_reduce_against_the_scaling_book():
+    (big, bw_big), (mid, bw_mid) = SCALING_BOOK_8XH100_ALL_REDUCE
+    # ~370 GB/s with ~10 GB arrays: within 10% (the measured H200 efficiency is the same as the book's).
+    assert busbw_8xh100(big) == pytest.approx(bw_big, rel=0.10)
+    assert NVLINK_PEAK_EFFICIENCY == pytest.approx(370 / 450, rel=0.02)
+    # ~150 GB/s at 58 MB: a known gap. Calibrated on 2 x H200 the model is optimistic there,
+    # by at most 30% (about 184 GB/s when this was written).
+    assert bw_mid < busbw_8xh100(mid) < 1.30 * bw_mid
+    assert busbw_8xh100(16 * MB) < 0.6 * bw_big
+    assert busbw_8xh100(1 * MB) < busbw_8xh100(16 * MB) < busbw_8xh100(mid) < busbw_8xh100(big)
+
+
+def test_same_form_fits_the_scaling_book_with_a_larger_chunk_overhead():
+    # The functional form can fit the 8xH100 anchors, but only with a per-step overhead about twice
+    # the one measured on 2 x H200: one parameter set cannot fit both machines.
+    (big, bw_big), (mid, bw_mid) = SCALING_BOOK_8XH100_ALL_REDUCE
+    base = Topology.from_gpu("H100-SXM", 8)
+    lo, hi = NVLINK_CHUNK_OVERHEAD_S, 100 * NVLINK_CHUNK_OVERHEAD_S
+    for _ in range(60):                          # bisection: busbw(58 MB) falls as the overhead grows
+        c = (lo + hi) / 2
+        lo, hi = (c, hi) if busbw_8xh100(mid, dataclasses.replace(base, intra_chunk_overhead=c)) > bw_mid else (lo, c)
+    fitted = dataclasses.replace(base, intra_chunk_overhead=lo)
+    assert busbw_8xh100(mid, fitted) == pytest.approx(bw_mid, rel=1e-6)
+    assert busbw_8xh100(big, fitted) == pytest.approx(bw_big, rel=0.10)
+    assert 1.5 < lo / NVLINK_CHUNK_OVERHEAD_S < 2.5
 
 
 def test_bus_bandwidth_conventions():
@@ -77,12 +113,34 @@ def test_bus_bandwidth_conventions():
     assert bus_bandwidth("send_recv", 8.0, 8, 1.0) == 8.0
 
 
-def test_large_message_ring_reaches_link_bandwidth():
+def test_large_message_ring_is_the_pipelined_bulk_formula():
     topo = Topology.from_gpu("H100-SXM", 8)
-    s = 100 * GB
-    t = collective_time("reduce_scatter", s, 8, algorithm="ring")
-    expected = s * 7 / 8 / achieved_bandwidth(topo.intra_bw, s, topo.half_saturation_bytes)
-    assert t == pytest.approx(expected, rel=1e-3)
+    bw = topo.intra_bw * topo.bw_factor("reduce_scatter")
+    assert bw == pytest.approx(370 * GB * MEASURED_BUS_BW["reduce_scatter"] / MEASURED_BUS_BW["all_reduce"], rel=0.02)
+    for s in (64 * MB, 1 * GB, 100 * GB):
+        wire = s * 7 / 8
+        expected = (math.sqrt(wire / bw) + math.sqrt(7 * NVLINK_CHUNK_OVERHEAD_S)) ** 2
+        assert collective_time("reduce_scatter", s, 8, algorithm="ring") == pytest.approx(expected, rel=1e-12)
+    # huge messages approach the link bandwidth, slowly (the sqrt term)
+    busbw = [bus_bandwidth("reduce_scatter", s, 8, collective_time("reduce_scatter", s, 8)) for s in (1e8, 1e9, 1e10, 1e11)]
+    assert busbw == sorted(busbw) and busbw[-1] == pytest.approx(bw, rel=0.02) and busbw[0] < 0.8 * bw
+
+
+def test_half_saturation_size_grows_with_n():
+    # T_bulk reaches half the bandwidth at wire = steps * c * B / (sqrt(2) - 1)^2; for a ring
+    # all-reduce steps / (wire per byte) = n, so the half-saturation message size is proportional to n.
+    def half_size(n):
+        topo = wire_only(Topology.from_gpu("H100-SXM", n))
+        lo, hi = 1.0, 1e12
+        for _ in range(200):
+            mid = math.sqrt(lo * hi)
+            t = time_on_topology(topo, "all_reduce", mid, "ring")
+            lo, hi = (mid, hi) if bus_bandwidth("all_reduce", mid, n, t) < topo.intra_bw / 2 else (lo, mid)
+        return lo, topo.intra_bw
+    for n in (2, 4, 8):
+        s, bw = half_size(n)
+        assert s == pytest.approx(n * NVLINK_CHUNK_OVERHEAD_S * bw / (math.sqrt(2) - 1) ** 2, rel=1e-6)
+    assert half_size(8)[0] == pytest.approx(4 * half_size(2)[0], rel=1e-6)
 
 
 def test_hierarchical_slower_across_nodes_than_within():
@@ -107,6 +165,8 @@ def test_tree_wins_small_ring_wins_large():
         collective_time("all_reduce", 1e3, 64, algorithm="ring")
     assert collective_time("all_reduce", 10 * GB, 8, algorithm="ring") < \
         collective_time("all_reduce", 10 * GB, 8, algorithm="tree")
+    topo = dataclasses.replace(Topology.from_gpu("H100-SXM", 64), launch_overhead=0.0)
+    assert time_on_topology(topo, "all_reduce", 1e3, "tree") < time_on_topology(topo, "all_reduce", 1e3, "hierarchical")
 
 
 def test_all_to_all_across_nodes_is_ib_bound():
@@ -130,7 +190,11 @@ def test_faster_gpu_links_are_faster():
 def test_topology_from_gpu():
     h100 = Topology.from_gpu("H100-SXM", 16)
     assert h100.n_nodes == 2 and h100.local_ranks == 8
-    assert h100.intra_bw == pytest.approx(370 * GB)
+    assert h100.intra_bw == pytest.approx(MEASURED_BUS_BW["all_reduce"])   # same NVLink as the H200
+    assert h100.intra_bw == pytest.approx(370 * GB, rel=0.02)               # the scaling-book's figure
+    assert h100.bw_factor("all_reduce") == 1.0
+    assert h100.bw_factor("send_recv") == h100.bw_factor("all_to_all") < 1.0
+    assert h100.launch("send_recv") == LAUNCH_OVERHEAD_S["all_to_all"]
     assert h100.inter_bw == pytest.approx(43 * GB)
     h800 = Topology.from_gpu("H800", 16)          # measured: used as is
     assert h800.intra_bw == 160 * GB and h800.inter_bw == 50 * GB
@@ -140,28 +204,55 @@ def test_topology_from_gpu():
 
 def test_time_on_custom_topology():
     topo = Topology(n_ranks=4, ranks_per_node=4, intra_bw=100 * GB, inter_bw=10 * GB,
-                    intra_latency=0.0, inter_latency=0.0, half_saturation_bytes=0.0)
+                    intra_latency=0.0, inter_latency=0.0, intra_chunk_overhead=0.0, inter_chunk_overhead=0.0,
+                    launch_overhead=0.0)
     # pure bandwidth: ring AR of S bytes sends 2*(n-1)/n*S per rank
     assert time_on_topology(topo, "all_reduce", 4 * GB, "ring") == pytest.approx(2 * 3 / 4 * 4 * GB / (100 * GB))
+    # the older hyperbolic ramp, on request: S_half = S halves the bandwidth
+    ramp = dataclasses.replace(topo, half_saturation_bytes=4 * GB)
+    assert time_on_topology(ramp, "all_reduce", 4 * GB, "ring") == pytest.approx(2 * 2 * 3 / 4 * 4 * GB / (100 * GB))
+    assert achieved_bandwidth(100 * GB, 1 * GB, 0.0) == 100 * GB
 
-# -----------------------------------------------------------------------------
-# errors name the argument
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(kind="broadcast", nbytes=1, n_ranks=8), "kind"),
-    (dict(kind="all_reduce", nbytes=-1, n_ranks=8), "nbytes"),
-    (dict(kind="all_reduce", nbytes=float("nan"), n_ranks=8), "nbytes"),
-    (dict(kind="all_reduce", nbytes=1, n_ranks=0), "n_ranks"),
-    (dict(kind="all_reduce", nbytes=1, n_ranks=2.5), "n_ranks"),
-    (dict(kind="all_reduce", nbytes=1, n_ranks=16, ranks_per_node=3), "ranks_per_node"),
-    (dict(kind="all_reduce", nbytes=1, n_ranks=16, ranks_per_node=0), "ranks_per_node"),
-    (dict(kind="all_gather", nbytes=1, n_ranks=8, algorithm="tree"), "algorithm"),
-    (dict(kind="all_reduce", nbytes=1, n_ranks=8, algorithm="butterfly"), "algorithm"),
-    (dict(kind="all_reduce", nbytes=1, n_ranks=8, gpu="TPUv5"), "unknown gpu"),
-])
-def test_bad_arguments(kwargs, name):
-    with pytest.raises(ValueError, match=name):
-        collective_time(**kwargs)
+def test_launch_floor():
+    # tiny collectives cost the measured floor of one call, whatever the size below a few hundred KiB
+    for kind in KINDS:
+        floor = LAUNCH_OVERHEAD_S["all_to_all" if kind == "send_recv" else kind]
+        assert collective_time(kind, 1024, 2, gpu="H200", ranks_per_node=2) == floor
+        assert collective_time(kind, 64 * 1024, 2, gpu="H200", ranks_per_node=2) == floor
+        assert 10e-6 < floor < 100e-6
+    # and only a floor: large messages are not slowed by it
+    topo = Topology.from_gpu("H200", 2, 2)
+    wire = time_on_topology(dataclasses.replace(topo, launch_overhead=0.0), "all_reduce", GB)
+    assert time_on_topology(topo, "all_reduce", GB) == wire
+    assert time_on_topology(dataclasses.replace(topo, launch_overhead=1.0), "all_reduce", GB) == 1.0
+
+
+def test_launch_floor_is_a_max_not_a_sum():
+    # Measured on 2 x H200: from the flat floor to 8 and 16 MiB the all-reduce time grows by less than
+    # the bytes would take even at the datasheet NVLink peak, so an additive launch term cannot fit;
+    # a floor overlapped with the transfer (the next call is issued while this one runs) can.
+    c = load_measurements()["collectives"]["all_reduce"]
+    s, t = np.array(c["sizes_bytes"]), np.array(c["time_s"])
+    floor = np.median(t[s <= 2**20])
+    peak = get_gpu("H200").nvlink_bw
+    for size in (2**23, 2**24):
+        measured = t[s == size][0]
+        assert measured - floor < size * bus_bandwidth_factor("all_reduce", 2) / peak
+        assert collective_time("all_reduce", size, 2, gpu="H200", ranks_per_node=2) == pytest.approx(measured, rel=0.20)
+
+
+def test_bad_topology_arguments():
+    ok = dict(n_ranks=4, ranks_per_node=4, intra_bw=1.0, inter_bw=1.0)
+    for bad, name in [(dict(kind_bw_factors=(1.0,)), "kind_bw_factors"),
+                      (dict(kind_bw_factors=(1.0, 1.0, 0.0, 1.0, 1.0)), "kind_bw_factors"),
+                      (dict(launch_overhead=-1.0), "launch_overhead"),
+                      (dict(intra_chunk_overhead=float("nan")), "intra_chunk_overhead"),
+                      (dict(inter_chunk_overhead=-1e-6), "inter_chunk_overhead")]:
+        with pytest.raises(ValueError, match=name):
+            Topology(**ok, **bad)
+    with pytest.raises(ValueError, match="kind"):
+        Topology(**ok).launch("broadcast")
 
 
 def test_bad_arguments_elsewhere():
@@ -212,6 +303,98 @@ def test_fit_alpha_beta_on_model_curve_and_errors():
         fit_alpha_beta([1, 2], [1.0, -1.0])
     with pytest.raises(ValueError, match="distinct"):
         fit_alpha_beta([5, 5], [1.0, 2.0])
+
+# -----------------------------------------------------------------------------
+# calibration on the committed NCCL measurements (dsim/data/comm_nccl_h200x2.json, 2 x H200)
+
+def nccl_errors(min_bytes=64 * 1024):
+    """{kind: (sizes, times, model/measured - 1)} for the committed sweep, sizes >= min_bytes."""
+    run = load_measurements()
+    out = {}
+    for kind, c in run["collectives"].items():
+        s, t = np.array(c["sizes_bytes"], float), np.array(c["time_s"])
+        m = np.array([collective_time(kind, x, run["world_size"], gpu=run["gpu_model"],
+                                      ranks_per_node=run["ranks_per_node"]) for x in s])
+        keep = s >= min_bytes
+        out[kind] = (s[keep], t[keep], (m / t - 1)[keep])
+    return out
+
+
+def test_committed_constants_equal_the_fit():
+    cal = calibrate_from_measurements(load_measurements())
+    assert cal.gpu == "H200" and cal.n_ranks == 2
+    assert cal.launch_overhead_s == LAUNCH_OVERHEAD_S
+    assert cal.chunk_overhead_s == NVLINK_CHUNK_OVERHEAD_S
+    assert cal.bus_bw == MEASURED_BUS_BW
+    assert NVLINK_PEAK_EFFICIENCY == cal.peak_efficiency
+    assert COLLECTIVE_BW_FACTORS[:4] == tuple(cal.bus_bw[k] / cal.bus_bw["all_reduce"] for k in KINDS[:4])
+    assert measured_calibration() == cal
+
+
+def test_model_is_the_fitted_formula_on_the_measured_machine():
+    cal = measured_calibration()
+    for kind in cal.bus_bw:
+        for s in np.logspace(3, 10, 29):
+            assert collective_time(kind, s, 2, gpu="H200", ranks_per_node=2) == pytest.approx(cal.predict(kind, s), rel=1e-12)
+
+
+def test_model_against_nccl_measurements():
+    errs = nccl_errors()
+    every = np.abs(np.concatenate([e for _, _, e in errs.values()]))
+    assert every.size == 4 * 15
+    assert np.median(every) <= 0.05                   # was 0.67 before the measurements
+    assert np.percentile(every, 90) <= 0.35
+    assert every.max() <= 0.75                        # the spikes below
+    for kind, (_, _, e) in errs.items():
+        assert np.median(np.abs(e)) <= 0.10, kind
+        assert np.abs(e[-4:]).max() <= 0.10, kind     # 128 MiB .. 1 GiB
+
+
+def test_worst_errors_are_measurement_spikes():
+    # Every point the model misses by more than half is slower than the next larger message:
+    # a spike that no model monotone in the size can follow.
+    run = load_measurements()
+    n_spikes = 0
+    for kind, (s, t, e) in nccl_errors(min_bytes=0).items():
+        for i in np.flatnonzero(np.abs(e) > 0.5):
+            assert i + 1 < len(t) and t[i] > 1.5 * t[i + 1], (kind, s[i])
+            n_spikes += 1
+    assert 1 <= n_spikes <= 6
+
+
+def test_calibration_recovers_a_synthetic_machine():
+    # 4 ranks, known constants on 3-significant-digit values: the fit finds them again.
+    launch = {"all_reduce": 25.0e-6, "all_gather": 18.0e-6, "all_to_all": 30.0e-6}
+    bw = {"all_reduce": 200e9, "all_gather": 150e9, "all_to_all": 120e9}
+    truth = CommCalibration("H100-SXM", 4, launch, 2.5e-6, bw, 0.0)
+    rows = [(k, s, truth.predict(k, s)) for k in launch for s in 2.0 ** np.arange(10, 31)]
+    cal = calibrate_from_measurements(rows, n_ranks=4, gpu="H100-SXM")
+    assert cal.chunk_overhead_s == pytest.approx(2.5e-6, rel=0.02)
+    for k in launch:
+        assert cal.launch_overhead_s[k] == pytest.approx(launch[k], rel=0.01)
+        assert cal.bus_bw[k] == pytest.approx(bw[k], rel=0.02)
+    assert cal.mean_abs_log_error < 0.01
+
+
+def test_calibration_errors():
+    rows = [("all_reduce", 2.0 ** i, 1e-5 + 2.0 ** i / 1e11) for i in range(10, 20)]
+    with pytest.raises(ValueError, match="gpu"):
+        calibrate_from_measurements(rows, n_ranks=2)
+    with pytest.raises(ValueError, match="n_ranks"):
+        calibrate_from_measurements(rows, n_ranks=1, gpu="H200")
+    with pytest.raises(ValueError, match="kind"):
+        calibrate_from_measurements([("broadcast", 1024, 1e-5)] * 3, n_ranks=2, gpu="H200")
+    with pytest.raises(ValueError, match=">= 3"):
+        calibrate_from_measurements(rows[:2], n_ranks=2, gpu="H200")
+    with pytest.raises(ValueError, match="> 0"):
+        calibrate_from_measurements(rows + [("all_reduce", 1024, -1.0)], n_ranks=2, gpu="H200")
+    run = dict(load_measurements(), ranks_per_node=1)
+    with pytest.raises(ValueError, match="ranks_per_node"):
+        calibrate_from_measurements(run)
+    with pytest.raises(ValueError, match="collectives"):
+        calibrate_from_measurements({"world_size": 2})
+    with pytest.raises(ValueError, match="name"):
+        load_measurements("no_such_file.json")
 
 # -----------------------------------------------------------------------------
 # MoE routing and dispatch
