@@ -80,6 +80,18 @@ def causal_mask(seqlen: int, start_pos: int, device: torch.device) -> torch.Tens
 # ------------------------------------------------------------------------------------------
 # Attention
 # ------------------------------------------------------------------------------------------
+def cache_buffer(module: nn.Module, name: str, bsz: int, *shape: int, like: torch.Tensor) -> torch.Tensor:
+    """The attention module's cache `name`: [max_batch_size, max_seq_len, *shape], allocated on first use."""
+    args: ModelArgs = module.args
+    buf = module.cache.get(name)
+    if buf is None or buf.dtype != like.dtype or buf.device != like.device:
+        if bsz > args.max_batch_size:
+            raise ValueError(f"batch size {bsz} exceeds ModelArgs.max_batch_size={args.max_batch_size}")
+        buf = torch.zeros(args.max_batch_size, args.max_seq_len, *shape, dtype=like.dtype, device=like.device)
+        module.cache[name] = buf
+    return buf
+
+
 class MLA(nn.Module):
     """Multi-head latent attention (DeepSeek-V2/V3).
 
@@ -110,16 +122,6 @@ class MLA(nn.Module):
         self.softmax_scale = args.softmax_scale
         self.cache: dict[str, torch.Tensor] = {}
 
-    def _cache(self, name: str, bsz: int, *shape: int, like: torch.Tensor) -> torch.Tensor:
-        """A cache buffer [max_batch_size, max_seq_len, *shape], allocated on first use."""
-        buf = self.cache.get(name)
-        if buf is None or buf.dtype != like.dtype or buf.device != like.device:
-            if bsz > self.args.max_batch_size:
-                raise ValueError(f"batch size {bsz} exceeds ModelArgs.max_batch_size={self.args.max_batch_size}")
-            buf = torch.zeros(self.args.max_batch_size, self.args.max_seq_len, *shape, dtype=like.dtype, device=like.device)
-            self.cache[name] = buf
-        return buf
-
     def forward(self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
         bsz, seqlen, _ = x.shape                                                  # x: [B, S, D]
         end_pos = start_pos + seqlen
@@ -136,8 +138,8 @@ class MLA(nn.Module):
             k_nope, v = torch.split(kv, [self.qk_nope_head_dim, self.v_head_dim], dim=-1)
             k = torch.cat([k_nope, k_pe.expand(-1, -1, self.n_heads, -1)], dim=-1)  # [B, S, H, dqk]
             if use_cache:
-                k_cache = self._cache("k", bsz, self.n_heads, self.qk_head_dim, like=k)
-                v_cache = self._cache("v", bsz, self.n_heads, self.v_head_dim, like=v)
+                k_cache = cache_buffer(self, "k", bsz, self.n_heads, self.qk_head_dim, like=k)
+                v_cache = cache_buffer(self, "v", bsz, self.n_heads, self.v_head_dim, like=v)
                 k_cache[:bsz, start_pos:end_pos], v_cache[:bsz, start_pos:end_pos] = k, v
                 k, v = k_cache[:bsz, :end_pos], v_cache[:bsz, :end_pos]
             out = attention(q, k, v, self.softmax_scale, start_pos)              # [B, S, H, dv]
@@ -147,8 +149,8 @@ class MLA(nn.Module):
             q_nope = torch.einsum("bshd,hdc->bshc", q_nope, wkv_b[:, :self.qk_nope_head_dim])  # [B, S, H, R]
             k_pe = k_pe.squeeze(2)
             if use_cache:
-                kv_cache = self._cache("kv", bsz, self.kv_lora_rank, like=kv)
-                pe_cache = self._cache("pe", bsz, self.qk_rope_head_dim, like=k_pe)
+                kv_cache = cache_buffer(self, "kv", bsz, self.kv_lora_rank, like=kv)
+                pe_cache = cache_buffer(self, "pe", bsz, self.qk_rope_head_dim, like=k_pe)
                 kv_cache[:bsz, start_pos:end_pos], pe_cache[:bsz, start_pos:end_pos] = kv, k_pe
                 kv, k_pe = kv_cache[:bsz, :end_pos], pe_cache[:bsz, :end_pos]
             scores = (torch.einsum("bshc,btc->bsht", q_nope, kv) +
@@ -175,16 +177,14 @@ class GQA(nn.Module):
         self.softmax_scale = args.softmax_scale
         self.cache: dict[str, torch.Tensor] = {}
 
-    _cache = MLA._cache
-
     def forward(self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         q = apply_rotary_emb(self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim), freqs_cis)
         k = apply_rotary_emb(self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim), freqs_cis)
         v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         if use_cache:
-            k_cache = self._cache("k", bsz, self.n_kv_heads, self.head_dim, like=k)
-            v_cache = self._cache("v", bsz, self.n_kv_heads, self.head_dim, like=v)
+            k_cache = cache_buffer(self, "k", bsz, self.n_kv_heads, self.head_dim, like=k)
+            v_cache = cache_buffer(self, "v", bsz, self.n_kv_heads, self.head_dim, like=v)
             k_cache[:bsz, start_pos:start_pos + seqlen], v_cache[:bsz, start_pos:start_pos + seqlen] = k, v
             k, v = k_cache[:bsz, :start_pos + seqlen], v_cache[:bsz, :start_pos + seqlen]
         out = attention(q, k, v, self.softmax_scale, start_pos)
