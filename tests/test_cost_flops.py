@@ -12,13 +12,7 @@ from dsim.cost.flops import attention_pairs, counter_mapping, megatron_flops, sd
 from dsim.model import Transformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls are fastest (and timing-stable) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TrainStep(nn.Module):

@@ -25,12 +25,7 @@ GPU_ACTIVATION_TOL, GPU_KV_TOL, GPU_SLACK_BYTES, GPU_SAVED_TOL = 0.05, 0.01, 2 *
 TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------
