@@ -16,3 +16,5 @@ from dsim.cost.flops import flops
 from dsim.cost.memory import bytes_per_param, kv_cache_bytes_per_token, memory, weight_bytes
 from dsim.cost.timing import (Calibration, fit_calibration, gpu_calibration, layer_time, op_kernels, op_time,
                               roofline_time, step_time)
+from dsim.cost.plan import (PlanResult, ServePlan, TrainingJob, TrainingPlan, parse_size, plan_serving, plan_training,
+                            reproduce_deepseek_v3_serving, reproduce_deepseek_v3_training, serving_curve)

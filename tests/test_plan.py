@@ -1,0 +1,239 @@
+"""The capacity planner: vectorized evaluation equals a layout-at-a-time reference, memory agrees with
+dsim.cost.memory, rejections are counted by reason, bad layouts are refused with a message, and
+DeepSeek-V3's published training cost is reproduced within 20%."""
+import time
+
+import numpy as np
+import pytest
+
+from dsim.config import preset
+from dsim.cost import memory as memory_fn
+from dsim.cost.flops import flops
+from dsim.cost.hardware import peak_flops
+from dsim.cost.plan import (DEEPSEEK_V3_SERVING, DEEPSEEK_V3_TRAINING, MATMUL_DTYPES, OUTPUTS, REASONS, RECOMPUTE,
+                            SCHEDULES, TrainingJob, deepseek_v3_workload, enumerate_layouts, evaluate,
+                            evaluate_reference, parse_size, plan_serving, plan_training, reproduce_deepseek_v3_serving,
+                            reproduce_deepseek_v3_training, serving_curve)
+
+
+def v3_job(**kw):
+    base = dict(gpu="H800", n_gpus=2048, tokens=14.8e12, seq_len=4096, global_batch=15360, optimizer_dtype="bf16")
+    return TrainingJob(preset("deepseek-v3"), **{**base, **kw})
+
+
+JOBS = {
+    "v3-h800-2048": lambda: v3_job(),
+    "mixtral-a100-64": lambda: TrainingJob(preset("mixtral-8x7b"), "A100", n_gpus=64, seq_len=2048, global_batch=256),
+    # a model with tied embeddings and GQA attention, all layers MoE, no MTP
+    "tied-gqa-h100-32": lambda: TrainingJob(preset("mixtral-8x7b", tie_embeddings=True, n_layers=6),
+                                            "H100", n_gpus=32, seq_len=1024, global_batch=128),
+    "v2lite-h200-16": lambda: TrainingJob(preset("deepseek-v2-lite", n_mtp_layers=1), "H200", n_gpus=16, seq_len=2048,
+                                          global_batch=64),
+}
+
+
+@pytest.mark.parametrize("text, value", [("14.8T", 14.8e12), ("4096", 4096), ("62.9M", 62.9e6), ("2k", 2000),
+                                         ("1.5b", 1.5e9), (" 3 G ".strip(), 3e9), (1e12, 1e12)])
+def test_parse_size(text, value):
+    assert parse_size(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["abc", "1Q", "-5", "0", "", "nanT"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError, match="size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("name", list(JOBS))
+def test_vectorized_equals_reference(name):
+    """Every output of the numpy evaluation equals the plain-Python, layout-at-a-time reference, which calls
+    dsim.cost.memory.memory and dsim.cost.comm's functions directly."""
+    job = JOBS[name]()
+    L, _ = enumerate_layouts(job)
+    res = evaluate(job, L)
+    rng = np.random.default_rng(0)
+    sample = rng.choice(len(L), size=min(25, len(L)), replace=False)
+    # make sure the sample covers both schedules, every ZeRO stage present and full recomputation
+    for mask in (L.sched == 1, L.zero == 3, L.zero == 2, L.rc == 2, L.pp > 1):
+        if mask.any():
+            sample = np.append(sample, np.flatnonzero(mask)[0])
+    for i in sample:
+        ref = evaluate_reference(job, L.row(int(i)))
+        for key in OUTPUTS:
+            assert res[key][i] == pytest.approx(ref[key], rel=1e-9, abs=1e-12), (name, L.row(int(i)), key)
+        assert bool(res["fits"][i]) == ref["fits"]
+
+
+def test_1f1b_memory_is_dsim_cost_memory():
+    """For 1F1B layouts the per-kind memory is exactly dsim.cost.memory.memory's busiest stage."""
+    job = v3_job()
+    L, _ = enumerate_layouts(job, schedule="1f1b", dtype="bf16", micro_batch=1)
+    res = evaluate(job, L)
+    for i in np.random.default_rng(1).choice(len(L), 8, replace=False):
+        row = L.row(int(i))
+        est = memory_fn(job.args, batch=1, seq_len=4096, tp=row["tp"], pp=row["pp"], dp=row["dp"], ep=row["ep"],
+                        zero=row["zero"], recompute=row["recompute"], optimizer_dtype="bf16")
+        for kind in ("weights", "gradients", "optimizer", "activations"):
+            assert res[kind][i] == pytest.approx(getattr(est, kind), rel=1e-9)
+        assert res["memory_per_gpu_bytes"][i] == pytest.approx(est.total + job.reserved_bytes, rel=1e-9)
+
+
+def test_search_space_and_constraints():
+    job = v3_job()
+    L, invalid = enumerate_layouts(job)
+    assert (L.tp * L.pp * L.dp == job.n_gpus).all()
+    assert (L.dp % L.ep == 0).all() and (256 % L.ep == 0).all()
+    assert (job.global_batch == L.dp * L.mb * L.n_micro).all()
+    dual = L.sched == SCHEDULES.index("dualpipe")
+    assert ((L.pp[dual] % 2 == 0) & (L.n_micro[dual] % 2 == 0) & (L.n_micro[dual] >= 2 * L.pp[dual])).all()
+    assert not ((L.zero >= 2) & (L.pp > 1)).any()
+    assert set(np.unique(L.rc)) == set(range(len(RECOMPUTE))) and set(np.unique(L.dt)) == {0, 1}
+    assert invalid and all(n > 0 for n in invalid.values())
+    # no fp8 on an A100
+    La, _ = enumerate_layouts(TrainingJob(preset("mixtral-8x7b"), "A100", n_gpus=64, global_batch=256))
+    assert set(np.unique(La.dt)) == {MATMUL_DTYPES.index("bf16")}
+
+
+def test_rejections_counted_by_reason():
+    job = v3_job(n_gpus=256, global_batch=1024)
+    res = plan_training(job, top=3)
+    L, _ = enumerate_layouts(job)
+    assert sum(res.rejected.values()) == res.layouts_evaluated - res.n_fit
+    assert set(res.rejected) <= set(REASONS) and len(res.rejected) == 3
+    assert all(p.fits and p.memory_per_gpu_bytes <= job.hbm_bytes for p in res.plans)
+    # weights alone: with no pipeline and no expert parallelism every GPU holds all 671B parameters
+    one = plan_training(job, top=1, require_fit=False, tp=1, pp=1, ep=1, zero=0)
+    assert one.plans[0].reason == REASONS[0] and not one.plans[0].fits
+    # activations: a layout whose states fit but whose micro-batch does not
+    act = plan_training(job, top=1, require_fit=False, tp=1, pp=8, ep=32, zero=1, recompute="none",
+                        micro_batch=8, schedule="1f1b", dtype="bf16")
+    p = act.plans[0]
+    assert p.reason == REASONS[2]
+    assert p.memory["weights"] + p.memory["gradients"] + p.memory["optimizer"] + p.memory["buffers"] < job.hbm_bytes
+
+
+def test_plans_ranked_and_consistent():
+    job = v3_job()
+    res = plan_training(job, top=10)
+    steps = [p.step_time_s for p in res.plans]
+    assert steps == sorted(steps) and len(res.plans) == 10
+    T = flops(job.args, 1, job.seq_len).total_causal * job.global_batch
+    for p in res.plans:
+        assert p.step_time_s == pytest.approx(p.compute_s + p.exposed_comm_s + p.bubble_s, rel=1e-9)
+        assert p.mfu == pytest.approx(T / (p.step_time_s * job.n_gpus * peak_flops("H800", "bf16")), rel=1e-9)
+        assert p.gpu_hours == pytest.approx(job.tokens / p.tokens_per_s * job.n_gpus / 3600, rel=1e-9)
+        assert p.cost == pytest.approx(p.gpu_hours * job.price_per_gpu_hour)
+        assert p.days == pytest.approx(p.gpu_hours / job.n_gpus / 24)
+        assert sum(p.memory.values()) == pytest.approx(p.memory_per_gpu_bytes, rel=1e-9)
+        assert sum(p.exposed.values()) == pytest.approx(p.exposed_comm_s, rel=1e-9, abs=1e-12)
+        assert 0 < p.mfu < 1
+    assert plan_training(job, top=10).to_dict()["plans"] == res.to_dict()["plans"]     # deterministic
+
+
+def test_fixed_fields_are_respected():
+    job = v3_job()
+    res = plan_training(job, top=50, pp=16, ep=64, schedule="dualpipe", dtype="fp8")
+    assert {(p.pp, p.ep, p.schedule, p.dtype, p.tp * p.dp) for p in res.plans} == {(16, 64, "dualpipe", "fp8", 128)}
+    res = plan_training(job, top=50, tp=1, pp=16, ep=64, zero=1)
+    assert {(p.tp, p.pp, p.ep, p.dp, p.zero) for p in res.plans} == {(1, 16, 64, 128, 1)}
+
+
+@pytest.mark.parametrize("fixed, message", [
+    (dict(tp=3), "tp=3 does not divide the 2048 GPUs"),
+    (dict(pp=7), "pp=7 does not divide the 2048 GPUs"),
+    (dict(dp=3), "dp=3 does not divide the 2048 GPUs"),
+    (dict(tp=8, pp=16, dp=32), "tp=8 x pp=16 x dp=32 = 4096 does not equal the 2048 GPUs"),
+    (dict(ep=3), "ep=3 must divide n_routed_experts=256"),
+    (dict(pp=128), "pp=128 must be at most n_layers=61"),
+    (dict(zero=5), "zero must be one of"),
+    (dict(micro_batch=7), "micro_batch=7 does not divide the global batch"),
+    (dict(tp=16), "tp=16 must divide the 8 GPUs of a node"),
+    (dict(pp=4, schedule="dualpipe", micro_batch=60), "dualpipe"),
+    (dict(colour="red"), "unknown layout field"),
+])
+def test_bad_layouts_are_refused_with_a_message(fixed, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("=", "=")):
+        plan_training(v3_job(), **fixed)
+
+
+def test_bad_jobs_and_models_that_cannot_fit():
+    with pytest.raises(ValueError, match="multiple of gpus_per_node"):
+        v3_job(n_gpus=12)
+    with pytest.raises(ValueError, match="unknown gpu"):
+        v3_job(gpu="B300")
+    with pytest.raises(ValueError, match="fp8"):
+        plan_training(TrainingJob(preset("mixtral-8x7b"), "A100", n_gpus=64, global_batch=256), dtype="fp8")
+    with pytest.raises(ValueError, match=r"no layout of deepseek-v3 fits on 8 x A100-80GB-SXM"):
+        plan_training(TrainingJob(preset("deepseek-v3"), "A100", n_gpus=8, global_batch=64))
+    with pytest.raises(ValueError, match="not a whole number"):
+        TrainingJob.batch_from_tokens(1000, 4096)
+
+
+def test_deepseek_v3_pretraining_within_20_percent():
+    """The layout DeepSeek states (PP16 DualPipe, EP64, ZeRO-1, fp8, selective recomputation) on 2048 H800s:
+    GPU-hours for 14.8T tokens within 20% of the published 2,664K; with full recomputation (the variant
+    that fits dsim's memory model) too."""
+    r = reproduce_deepseek_v3_training()
+    assert r["published_gpu_hours"] == DEEPSEEK_V3_TRAINING["published_gpu_hours"]
+    assert abs(r["error"]) < 0.20, r["error"]
+    p = r["plan"]
+    assert (p.tp, p.pp, p.ep, p.dp, p.zero, p.schedule, p.dtype, p.recompute) == \
+        (1, 16, 64, 128, 1, "dualpipe", "fp8", "selective")
+    assert r["predicted_gpu_hours_per_trillion"] == pytest.approx(r["predicted_gpu_hours"] / 14.8)
+    full = reproduce_deepseek_v3_training(recompute="full")
+    assert abs(full["error"]) < 0.20 and full["fits"]
+    assert full["predicted_gpu_hours"] > r["predicted_gpu_hours"]    # recomputation costs time
+
+
+def test_serving_batch_is_bounded_by_the_kv_cache():
+    args = preset("deepseek-v3")
+    p = plan_serving(args, "H800", "decode", 144, redundant_experts=32, context=4989)
+    assert p.batch == p.max_batch and p.experts_per_gpu == 2
+    assert p.memory_per_gpu_bytes <= 80e9
+    per_seq = p.memory["kv_cache"] / p.batch + p.memory["activations"] / p.batch
+    assert p.memory_per_gpu_bytes + per_seq > 80e9                  # one more sequence would not fit
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_serving(args, "H800", "decode", 144, redundant_experts=32, context=4989, batch=p.max_batch + 1)
+    curve = serving_curve(args, [1, 8, 32, 128], gpu="H800", n_gpus=144, redundant_experts=32, context=4989)
+    tps = [c.tokens_per_s_per_gpu for c in curve]
+    lat = [c.latency_s for c in curve]
+    assert tps == sorted(tps) and lat == sorted(lat)
+    slo = plan_serving(args, "H800", "decode", 144, redundant_experts=32, context=4989, latency_target=0.05)
+    assert slo.latency_s <= 0.05 and slo.batch < p.batch
+    assert slo.cost_per_million_tokens == pytest.approx(2.0 / 3600 / slo.tokens_per_s_per_gpu * 1e6)
+
+
+def test_serving_refuses_bad_deployments():
+    args = preset("deepseek-v3")
+    with pytest.raises(ValueError, match="ep=3 does not divide the 8 GPUs"):
+        plan_serving(args, "H800", n_gpus=8, ep=3)
+    with pytest.raises(ValueError, match="must divide n_routed_experts \\+ redundant_experts = 259"):
+        plan_serving(args, "H800", n_gpus=8, redundant_experts=3)
+    with pytest.raises(ValueError, match="does not fit"):
+        plan_serving(args, "H800", n_gpus=8)                       # 671B parameters on 8 x 80 GB
+    with pytest.raises(ValueError, match="phase"):
+        plan_serving(args, "H800", phase="train", n_gpus=144)
+
+
+def test_deepseek_v3_serving_reproduction_runs_with_stated_bounds():
+    """The Day-6 figures are a 24-hour average of a production service: the notebook explains the gaps;
+    here the predictions stay within a factor of two of them."""
+    w = deepseek_v3_workload()
+    assert w["prompt"] + w["output"] / 2 == pytest.approx(DEEPSEEK_V3_SERVING["kv_length_per_output_token"])
+    r = reproduce_deepseek_v3_serving()
+    assert r["prefill"].experts_per_gpu == 9 and r["decode"].experts_per_gpu == 2
+    for key in ("prefill_error", "decode_error"):
+        assert -0.5 < r[key] < 1.0, (key, r[key])
+
+
+def test_full_search_is_fast():
+    """A whole DeepSeek-V3 search, table building included, in well under the seconds a user notices
+    (bench/plan_speed.py measures layouts per second)."""
+    job = v3_job(seq_len=2048, global_batch=30720)      # tables not built by the other tests
+    t = time.perf_counter()
+    res = plan_training(job, top=5)
+    assert time.perf_counter() - t < 5.0 and res.layouts_evaluated > 10_000
+    t = time.perf_counter()
+    L, _ = enumerate_layouts(job)
+    evaluate(job, L)
+    assert time.perf_counter() - t < 1.0
