@@ -6,38 +6,44 @@ SMs, every kernel pays a launch, and an MoE layer moves its tokens around before
 expert GEMMs. This model keeps the roofline's physics and adds exactly those effects:
 
   1. An op is the list of kernels it launches (`op_kernels`), each with the FLOPs it computes and
-     the bytes it moves to and from HBM, copies included (the MoE layer's sort, gather and scatter,
-     the gate's fp32 casts, the backward's extra passes). The lists follow what PyTorch runs for
-     dsim.model, kernel by kernel (tests/test_timing.py checks them against a trace of the module).
-  2. A kernel takes  launch + max(compute time, memory time):
+     the bytes it moves to and from HBM, copies included (the MoE layer's sort, gathers and weighted
+     sum, the gate's fp32 casts, the backward's extra passes). The lists follow what PyTorch runs for
+     dsim.model, kernel by kernel, as profiled on an H100 (tests/test_timing.py holds their FLOPs
+     equal to a trace of the module).
+  2. An op takes the first kernel's launch latency, then for each kernel
+         launch + max(compute time, memory time):
        GEMM-like kernels (cuBLAS GEMM, CUTLASS grouped GEMM, fused attention) compute in tiles;
             compute time = waves x tile time, waves = ceil(tiles / SMs), and a tile of BM x BN
-            over K runs at (peak / SMs) x efficiency(tile); cuBLAS is assumed to pick the best tile
-            and split-K, torch._grouped_mm's tile follows its source (64x128 when an expert gets
-            <= 128 rows on average, else 128x256); attention schedules its (query or key) blocks,
-            causal ones of unequal length, onto the SMs longest first;
+            over K runs at (peak / SMs) x efficiency(tile), then stores its output; cuBLAS is
+            assumed to pick the best tile and split-K, torch._grouped_mm's tile follows its source
+            (64x128 when an expert gets <= 128 rows on average, else 128x256); attention schedules
+            its (query or key) blocks, causal ones of unequal length, onto the SMs longest first;
        memory time = bytes / (HBM bandwidth x achievable fraction), lower for gathers, atomics and
-            sorts, and lower when a kernel has too few blocks to keep every SM streaming.
-  3. About twenty efficiency constants (`Calibration`) are fitted by least squares on relative error
-     (`fit_calibration`) to the calibration grid of bench/timing_measure.py, each on the records that
-     isolate it (memory kernels first, then GEMMs, grouped GEMMs, gathers and sorts, the gate,
-     attention); the MoE layer gets no constant of its own: it is predicted from its kernels. There
-     is no table of shapes: the model is judged on a separate validation grid
-     (bench/validate_timing.py, dsim/data/timing_validation_<gpu>.json).
+            sorts, lower when a kernel has too few blocks to keep every SM streaming, and with the
+            writes that the L2 absorbs left out; PyTorch's non-vectorized kernels (dtype casts,
+            broadcasts, middle-dimension reductions, top-k) are also limited per element.
+  3. About thirty constants (`Calibration`: efficiencies, launch times, per-element costs) are fitted
+     by least squares on relative error (`fit_calibration`) to the calibration grid of
+     bench/timing_measure.py, each on the records that isolate it (memory kernels first, then norms,
+     GEMMs, grouped GEMMs, gathers and sorts, the gate, attention); the MoE layer gets no constant of
+     its own: it is predicted from its kernels. There is no table of shapes: the model is judged on a
+     separate validation grid (bench/validate_timing.py, dsim/data/timing_validation_<gpu>.json).
 
 What each op times (exactly what bench/timing_measure.py measures), `op_time(op, **shape)`:
   gemm(m, n, k[, batch])     y[m, n] = x[m, k] @ w[k, n] (F.linear); backward adds dX and dW.
   moe_ffn(tokens, hidden, moe_inter, experts, top_k[, route_norm])   dsim.model.MoE without shared
                              experts: the gate (fp32 router GEMM, softmax, top-k, combine weights)
-                             and Experts.forward_grouped (sort the T*K token copies by expert,
-                             gather, grouped GEMMs w1 and w3, SiLU(h1)*h3, grouped GEMM w2, weight,
-                             scatter-add back). Routing is random (each token's top-k experts are
-                             uniformly spread), so an expert gets Binomial(T, K/E) rows. backward:
-                             forward and backward to the input, the gate and the expert weights.
+                             and Experts.forward_grouped (sort the T*K token copies by expert, gather
+                             them, grouped GEMMs w1 and w3, SiLU(h1)*h3, grouped GEMM w2, gather back
+                             into token order, weighted sum over the K experts). Routing is random
+                             (each token's top-k experts uniformly spread), so an expert gets
+                             Binomial(T, K/E) rows. backward: forward and backward to the input, the
+                             gate and the expert weights.
   attention(batch, seq, heads, qk_dim, v_dim, causal[, kv_seq])   F.scaled_dot_product_attention on
                              [batch, heads, seq, d] (kv_seq keys, default seq; decode: seq=1).
   rmsnorm(tokens, hidden)    F.rms_norm.
-  elementwise(bytes[, kernels])   memory-bound kernels moving `bytes` in total (read + written).
+  elementwise(bytes[, kernels, kind, numel])   memory-bound kernels moving `bytes` in total (read +
+                             written); kind (ELEMENTWISE_KINDS) says which PyTorch kernel.
   gate(tokens, hidden, experts, top_k)   dsim.model.Gate (softmax, no groups), forward.
   grouped_gemm(tokens, n, k, groups)     dsim.model.grouped_mm with `groups` equal groups.
   sort(n), gather_rows / index_select_rows / index_add_rows(rows, width, dst_rows)   the MoE's pieces.
@@ -47,7 +53,7 @@ cost (several microseconds per op) is not included; it matters only when kernels
 
 GPUs: H100-SXM and H200 have their own calibration (dsim/data/timing_calibration_<gpu>.json, fitted
 from the committed measurements dsim/data/timing_<gpu>.json). Every other GPU of the catalog gets
-the H100-SXM's efficiencies applied to its own datasheet peaks, SM count and bandwidth: an
+the H100-SXM's efficiencies applied to its own datasheet peaks, SM count, L2 and bandwidth: an
 extrapolation (on an A100, dsim.model even runs a different MoE path, a padded batched GEMM).
 """
 from __future__ import annotations
@@ -104,11 +110,14 @@ class Calibration:
     launch_s: float = 3.0e-6          # s per kernel: launch, ramp-up, drain, and the gap to the next
     bw_eff: float = 0.90              # achievable fraction of the HBM bandwidth (vectorized streaming kernel)
     l2_write_frac: float = 0.3        # this fraction of the L2 absorbs a kernel's writes (written back later)
-    strided_eff: float = 0.65         # non-vectorized kernels (dtype casts, broadcasts), relative to bw_eff
+    strided_s_per_elt: float = 2.6e-12  # non-vectorized elementwise kernels (dtype casts, broadcasts): s per element
+    strided_fixed_s: float = 1.5e-6   # and their longer minimum run time, s per kernel
+    reduce_s_per_elt: float = 1.1e-12   # reductions over a middle dimension: s per input element
     # dense GEMM (cuBLAS)
     mma_eff: float = 0.80             # fraction of peak tensor FLOP/s inside a 128x256 tile
     tile_ai0: float = 20.0            # a BMxBN tile runs at ai/(ai + ai0) (ai = BM*BN/(BM+BN)), vs 128x256
-    tile_fill: float = 2.0            # per tile prologue + epilogue, in 64-deep k-steps
+    tile_fill: float = 2.0            # per tile prologue (pipeline fill), in 64-deep k-steps
+    epilogue_bw: float = 4.0          # a tile's output is stored at epilogue_bw x an SM's fair share of bandwidth
     gemm_launch_s: float = 6.0e-6     # s per GEMM kernel
     sm_bw: float = 2.5                # one SM pulls at most sm_bw x its fair share of the bandwidth
     fp32_eff: float = 0.70            # fraction of the fp32 CUDA-core peak (SGEMM, no TF32)
@@ -122,7 +131,7 @@ class Calibration:
     index_put_eff: float = 0.30       # index_put_(accumulate=True) after its sort (x[idx] backward)
     sort_small_s: float = 30e-6       # one-block sort of <= 4096 keys
     sort_setup_s: float = 20e-6       # a radix sort's setup kernels (histogram, scan, indices) and allocations
-    topk_passes: float = 40.0         # torch.topk (a radix select per row) costs as much as reading its rows this often
+    topk_s_per_elt: float = 45e-12    # torch.topk over E scores per row: a radix select per row, s per score
     row_s_per_byte: float = 0.8e-9    # norms: one block per row; a lone row streams at this s/byte
     rms_eff: float = 0.9              # bandwidth of the norm kernels, relative to bw_eff
     rms_bwd_passes: float = 1.5       # F.rms_norm backward traffic, in units of its fused minimum
@@ -173,7 +182,11 @@ def gpu_calibration(gpu: str | GPU = "H100-SXM") -> Calibration:
         return _CAL_CACHE[g.name]
     path = DATA_DIR / f"timing_calibration_{gpu_key(g)}.json"
     if path.exists():
-        cal = Calibration.from_dict(json.loads(path.read_text())["calibration"])
+        try:
+            cal = Calibration.from_dict(json.loads(path.read_text())["calibration"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path.name} does not match this version of dsim.cost.timing ({e}); re-run "
+                             f"bench/validate_timing.py --data {path.parent.name}/timing_{gpu_key(g)}.json") from None
     elif g.name != "H100-SXM":
         h100 = gpu_calibration("H100-SXM")
         cal = h100.replace(gpu=g.name, source=f"H100-SXM efficiencies ({h100.source}) applied to the "
@@ -210,16 +223,26 @@ class _Ctx:
 
     # ---- memory-bound kernels ----
     def mem(self, name: str, nbytes: float, kind: str = "mem", count: int = 1, note: str = "",
-            write: float = 0.0) -> Kernel:
+            write: float = 0.0, elements: float = 0.0) -> Kernel:
         """launch + bytes / bandwidth, with the kind's efficiency (a gather, an atomic scatter...).
 
         `write` of the bytes are written; the last l2_write_frac x L2 of them are still in the L2
-        (dirty, written back later) when the kernel ends, so they cost no HBM time in it."""
+        (dirty, written back later) when the kernel ends, so they cost no HBM time in it. Kinds
+        "strided" (PyTorch's non-vectorized elementwise kernel: dtype changes, broadcasts) and
+        "reduce" (a reduction over a middle dimension) are limited by their per-element index
+        arithmetic as much as by bandwidth: max(bytes / bandwidth, elements x s per element); so is
+        "topk" (a radix select per row)."""
         c = self.cal
-        eff = {"mem": 1.0, "strided": c.strided_eff, "gather": c.gather_eff, "atomic": c.atomic_eff,
-               "index_put": c.index_put_eff, "topk": 1.0 / c.topk_passes}[kind]
+        eff = {"mem": 1.0, "strided": 1.0, "reduce": 1.0, "topk": 1.0, "gather": c.gather_eff,
+               "atomic": c.atomic_eff, "index_put": c.index_put_eff}[kind]
         hbm = nbytes - min(write, c.l2_write_frac * self.gpu.l2_bytes)
-        return Kernel(name, kind, 0.0, nbytes, count * c.launch_s + hbm / (self.bw * eff), note, count)
+        t = hbm / (self.bw * eff)
+        per_elt = {"strided": c.strided_s_per_elt, "reduce": c.reduce_s_per_elt, "topk": c.topk_s_per_elt}
+        if kind in per_elt:
+            t = max(t, elements * per_elt[kind])
+        if kind == "strided":
+            t += count * c.strided_fixed_s
+        return Kernel(name, kind, 0.0, nbytes, count * c.launch_s + t, note, count)
 
     def sort(self, name: str, n: int, key_bits: int = 64) -> Kernel:
         """torch.sort / argsort of n int64 keys with their int64 positions.
@@ -267,8 +290,12 @@ class _Ctx:
             eff, tiles, ref = self.cal.mma_eff, _TILES_TC, _AI_REF
         flops = 2.0 * batch * m * n * k
         nbytes = batch * (elt_in * (m * k + k * n) + elt_out * m * n)
-        t, note = _best_gemm(m, n, k, batch, nbytes, peak / self.sms, eff, tiles, ref, self)
+        t, note = _best_gemm(m, n, k, batch, nbytes, peak / self.sms, eff, tiles, ref, self, elt_out)
         return Kernel(name, "gemm", flops, nbytes, self.cal.gemm_launch_s + t, note)
+
+    def _epilogue(self, bm: int, bn: int, elt_out: int = 2) -> float:
+        """Time to store one output tile (see _best_gemm)."""
+        return bm * bn * elt_out / (self.bw / self.sms * self.cal.epilogue_bw)
 
     # ---- grouped GEMM (torch._grouped_mm on Hopper: CUTLASS, persistent over all groups' tiles) ----
     def grouped(self, name: str, rows_tiles: Callable[[int], float], rows: int, n: int, k: int,
@@ -283,7 +310,7 @@ class _Ctx:
         bm, bn, bk, eff = (64, 128, 128, c.grouped_small_eff) if small else (128, 256, 64, c.grouped_eff)
         tiles = rows_tiles(bm) * math.ceil(n / bn)
         steps = math.ceil(k / bk) + c.tile_fill * 64 / bk
-        t_tile = 2.0 * bm * bn * bk * steps / (peak_flops(self.gpu, self.dtype) / self.sms * eff)
+        t_tile = 2.0 * bm * bn * bk * steps / (peak_flops(self.gpu, self.dtype) / self.sms * eff) + self._epilogue(bm, bn)
         t_c = math.ceil(tiles / self.sms) * t_tile if tiles > 0 else 0.0
         nbytes = 2.0 * (rows * k + active * k * n + rows * n)
         t_m = nbytes / (self.bw * c.grouped_bw_eff * min(1.0, max(tiles, 1) * c.sm_bw / self.sms))
@@ -299,7 +326,7 @@ class _Ctx:
         bm, bn, bk, eff = (64, 128, 128, c.grouped_small_eff) if small else (128, 256, 64, c.grouped_eff)
         tiles = groups * math.ceil(m / bm) * math.ceil(n / bn)
         steps = active / groups * math.ceil(mean_rows / bk) + c.tile_fill * 64 / bk
-        t_tile = 2.0 * bm * bn * bk * steps / (peak_flops(self.gpu, self.dtype) / self.sms * eff)
+        t_tile = 2.0 * bm * bn * bk * steps / (peak_flops(self.gpu, self.dtype) / self.sms * eff) + self._epilogue(bm, bn)
         t_c = math.ceil(tiles / self.sms) * t_tile
         nbytes = 2.0 * (rows * m + rows * n + groups * m * n)
         t_m = nbytes / (self.bw * c.grouped_bw_eff)
@@ -308,8 +335,10 @@ class _Ctx:
 
 
 # Tile shapes cuBLAS picks from for tensor-core GEMMs on Hopper (BM, BN), and for fp32 SGEMM.
-_TILES_TC = ((128, 256), (256, 128), (128, 128), (64, 256), (64, 128), (128, 64), (64, 64), (64, 32))
-_TILES_FP32 = ((256, 128), (128, 256), (128, 128), (256, 64), (128, 64), (64, 64), (64, 32), (32, 32))
+_TILES_TC = ((128, 256), (256, 128), (128, 128), (64, 256), (64, 128), (128, 64), (64, 64), (64, 32),
+             (8, 256), (16, 128), (32, 128))          # the last three: a few tokens (cuBLAS swaps A and B)
+_TILES_FP32 = ((256, 128), (128, 128), (256, 64), (128, 64), (64, 128),   # SGEMM tiles seen in H100 profiles
+               (8, 256), (16, 128))                                          # and GEMV-like ones for a few rows
 _AI_REF = 128 * 256 / (128 + 256)      # FLOP per byte loaded of the reference tile (85.3)
 
 
@@ -320,18 +349,23 @@ def _tile_eff(bm: int, bn: int, ai0: float, ref: float) -> float:
 
 
 def _best_gemm(m: int, n: int, k: int, batch: int, nbytes: float, peak_per_sm: float, eff: float,
-               tiles: Iterable[tuple[int, int]], ref: float, ctx: _Ctx) -> tuple[float, str]:
-    """Fastest (tile, split-K) for a GEMM: max(compute, memory) time, and a description."""
+               tiles: Iterable[tuple[int, int]], ref: float, ctx: _Ctx, elt_out: int = 2) -> tuple[float, str]:
+    """Fastest (tile, split-K) for a GEMM: max(compute, memory) time, and a description.
+
+    A tile takes its K-loop (plus a prologue of tile_fill steps) and then stores its output; the
+    store overlaps the next tile's loop only partly, so it is charged at epilogue_bw x an SM's share
+    of the bandwidth (it matters when K is short: a thin inner dimension, big outputs)."""
     c, sms = ctx.cal, ctx.sms
     best, note = math.inf, ""
     for bm, bn in tiles:
         n_tiles = batch * math.ceil(m / bm) * math.ceil(n / bn)
         t_step = 2.0 * bm * bn * 64 / (peak_per_sm * eff * _tile_eff(bm, bn, c.tile_ai0, ref))
+        t_epi = ctx._epilogue(bm, bn, elt_out)
         for split in (1, 2, 3, 4, 6, 8, 12, 16):
             if split > 1 and n_tiles * split > 2 * sms:     # split-K only to fill the SMs
                 break
             waves = math.ceil(n_tiles * split / sms)
-            t_c = waves * t_step * (math.ceil(k / split / 64) + c.tile_fill)
+            t_c = waves * (t_step * (math.ceil(k / split / 64) + c.tile_fill) + t_epi)
             active = min(n_tiles * split, sms)               # (split-K's partial sums stay in the L2)
             t_m = nbytes / (ctx.bw * min(1.0, active * c.sm_bw / sms))
             t = max(t_c, t_m)
@@ -383,11 +417,11 @@ def _gate_kernels(x: _Ctx, T: int, D: int, E: int, K: int, route_norm: bool, bac
                   prefix: str = "gate.") -> list[Kernel]:
     """dsim.model.Gate (softmax, no groups): fp32 router, scores, top-k, combine weights."""
     p = prefix
-    ks = [x.mem(p + "x.float()", 6.0 * T * D, kind="strided", write=4.0 * T * D),
-          x.mem(p + "weight.float()", 6.0 * E * D, kind="strided"),
+    ks = [x.mem(p + "x.float()", 6.0 * T * D, kind="strided", write=4.0 * T * D, elements=T * D),
+          x.mem(p + "weight.float()", 6.0 * E * D, kind="strided", elements=E * D),
           x.gemm(p + "logits = x @ W^T (fp32)", T, E, D, dtype="fp32"),
           x.mem(p + "softmax", 8.0 * T * E), x.mem(p + "scores + bias", 8.0 * T * E + 4 * E),
-          x.mem(p + "topk (select, sort the k)", 4.0 * T * E + 12.0 * T * K, kind="topk", count=2),
+          x.mem(p + "topk (select, sort the k)", 4.0 * T * E + 12.0 * T * K, kind="topk", count=2, elements=T * E),
           x.mem(p + "gather weights", 16.0 * T * K)]
     if route_norm:
         ks.append(x.mem(p + "renormalise (sum, divide)", 20.0 * T * K, count=2))
@@ -431,12 +465,15 @@ def _moe_kernels(x: _Ctx, s: dict, backward: bool) -> list[Kernel]:
            x.mem("experts.silu(h1) * h3", 6.0 * N * I, write=2.0 * N * I),
            grouped("experts.ys = h @ w2", D, I),
            x.gather("experts.ys[inverse]", N, D, N),
-           x.mem("experts.ys * weights", 4.0 * N * D + 2.0 * N, kind="strided", write=2.0 * N * D),
-           x.mem("experts.sum over the K experts", 2.0 * N * D + 2.0 * T * D, kind="strided", write=2.0 * T * D)]
+           x.mem("experts.ys * weights", 4.0 * N * D + 2.0 * N, kind="strided", write=2.0 * N * D, elements=N * D),
+           x.mem("experts.sum over the K experts", 2.0 * N * D + 2.0 * T * D, kind="reduce", write=2.0 * T * D,
+                 elements=N * D)]
     if backward:
         ks += [x.mem("experts.d ys = dy * weights", 2.0 * T * D + 2.0 * N + 2.0 * N * D, kind="strided",
-                     write=2.0 * N * D),
-               x.mem("experts.d weights = (dy * ys).sum(-1)", 2.0 * T * D + 6.0 * N * D + 2.0 * N, kind="strided", count=2),
+                     write=2.0 * N * D, elements=N * D),
+               x.mem("experts.d weights: dy * ys", 2.0 * T * D + 4.0 * N * D, kind="strided", write=2.0 * N * D,
+                     elements=N * D),
+               x.mem("experts.d weights: sum over D", 2.0 * N * D + 2.0 * N),
                x.gather("experts.d ys[inverse] = d ys[order]", N, D, N),
                x.grouped_wgrad("experts.dw2 = h^T @ dys", N, I, D, E, active, mean_rows),
                grouped("experts.dh = dys @ w2^T", I, D),
@@ -448,8 +485,8 @@ def _moe_kernels(x: _Ctx, s: dict, backward: bool) -> list[Kernel]:
                grouped("experts.dxs1 = dh1 @ w1^T", D, I),
                x.mem("experts.dxs1 + dxs3", 6.0 * N * D, write=2.0 * N * D),
                x.gather("experts.d x[rows]: gather by inverse", N, D, N),
-               x.mem("experts.d x[rows]: sum the K copies", 2.0 * N * D + 2.0 * T * D, kind="strided",
-                     write=2.0 * T * D)]
+               x.mem("experts.d x[rows]: sum the K copies", 2.0 * N * D + 2.0 * T * D, kind="reduce",
+                     write=2.0 * T * D, elements=N * D)]
         ks += _gate_kernels(x, T, D, E, K, s["route_norm"], True, "gate.")[len(ks_gate_fwd):]
         ks += [x.mem("dx = dx_experts + dx_gate", 6.0 * T * D, write=2.0 * T * D)]
     return ks
@@ -536,7 +573,9 @@ def _attention_kernels(x: _Ctx, s: dict, backward: bool) -> list[Kernel]:
 
 
 # (forward BM x BN, backward BM x BN) blocks of PyTorch's fused attention kernels for head dims <= 256
-_ATTN_BLOCKS = {"flash": ((128, 64), (64, 128)), "efficient": ((64, 64), (64, 64)), "cudnn": ((128, 128), (64, 128))}
+# (flash: FlashAttention-2's kernel traits for head dim 128; cuDNN: the shapes its kernel names on an H100 hint
+# at, sdpa_sm90_flash_fprop_..._64x128x128 and ..._bprop_..._64x64x128, in the order the calibration fit prefers)
+_ATTN_BLOCKS = {"flash": ((128, 64), (64, 128)), "efficient": ((64, 64), (64, 64)), "cudnn": ((128, 64), (128, 64))}
 
 
 def attention_pairs(sq: int, skv: int, causal: bool) -> int:
@@ -614,19 +653,20 @@ def _rmsnorm_kernels(x: _Ctx, s: dict, backward: bool) -> list[Kernel]:
 
 
 # Elementwise kinds: share of the bytes written, and whether PyTorch runs them as a vectorized kernel
-# (bf16 in and out, same shapes) or as a strided one (a dtype change bf16 -> fp32, a broadcast [N, D] * [N, 1],
-# a reduction over a middle dimension).
+# (bf16 in and out, same shapes), as a strided one (a dtype change bf16 -> fp32, a broadcast [N, D] * [N, 1]),
+# or as a reduction over a middle dimension ([N/8, 8, D].sum(1)).
 ELEMENTWISE_KINDS = {"add": (1 / 3, "mem"), "mul": (1 / 3, "mem"), "copy": (1 / 2, "mem"), "silu": (1 / 2, "mem"),
-                     "cast": (2 / 3, "strided"), "bcast_mul": (1 / 2, "strided"), "sum_k": (1 / 9, "strided"),
+                     "cast": (2 / 3, "strided"), "bcast_mul": (1 / 2, "strided"), "sum_k": (1 / 9, "reduce"),
                      "chain": (1 / 2, "mem")}     # chain: `kernels` tiny in-place adds back to back
 
 
 def _elementwise_kernels(x: _Ctx, s: dict, backward: bool) -> list[Kernel]:
     k, nbytes = int(s["kernels"]), float(s["bytes"])
     share, kind = ELEMENTWISE_KINDS.get(s["kind"], (1 / 3, "mem"))   # no kind: a binary op, vectorized
-    ks = [x.mem(s["kind"] or "elementwise", nbytes, kind=kind, count=k, write=nbytes * share)]
+    elements = s["numel"] or nbytes / 4                               # (numel: the elements of the big operand)
+    ks = [x.mem(s["kind"] or "elementwise", nbytes, kind=kind, count=k, write=nbytes * share, elements=elements)]
     if backward:
-        ks.append(x.mem("backward (same traffic)", nbytes, kind=kind, count=k, write=nbytes * share))
+        ks.append(x.mem("backward (same traffic)", nbytes, kind=kind, count=k, write=nbytes * share, elements=elements))
     return ks
 
 
@@ -982,17 +1022,19 @@ def step_time(args, batch: int, seq_len: int, mode: str = "train", gpu: str | GP
 _ATTN_KEYS = tuple(Calibration().attn_eff)
 FIT_STAGES: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, float, float], ...]], ...] = (
     ("memory", ("elementwise",), (("op_start_s", 0.0, 10e-6), ("launch_s", 0.5e-6, 20e-6), ("bw_eff", 0.3, 1.0),
-                                  ("l2_write_frac", 0.0, 1.0), ("strided_eff", 0.1, 1.0))),
+                                  ("l2_write_frac", 0.0, 1.0), ("strided_s_per_elt", 1e-13, 1e-10),
+                                  ("strided_fixed_s", 0.0, 10e-6),
+                                  ("reduce_s_per_elt", 1e-13, 1e-10))),
     ("rmsnorm", ("rmsnorm",), (("row_s_per_byte", 1e-11, 1e-8), ("rms_eff", 0.3, 1.0), ("rms_bwd_passes", 0.5, 10.0))),
     ("gemm", ("gemm:bf16",), (("mma_eff", 0.3, 1.0), ("tile_ai0", 0.0, 200.0), ("tile_fill", 0.0, 16.0),
-                              ("gemm_launch_s", 0.5e-6, 30e-6), ("sm_bw", 1.0, 16.0))),
+                              ("epilogue_bw", 0.5, 100.0), ("gemm_launch_s", 0.5e-6, 30e-6), ("sm_bw", 1.0, 16.0))),
     ("fp32 gemm", ("gemm:fp32",), (("fp32_eff", 0.1, 1.0),)),
     ("grouped gemm", ("grouped_gemm",), (("grouped_eff", 0.2, 1.0), ("grouped_small_eff", 0.1, 1.0),
                                          ("grouped_bw_eff", 0.3, 1.0))),
     ("rows and sort", ("gather_rows", "index_select_rows", "index_add_rows", "sort"),
      (("gather_eff", 0.1, 1.0), ("atomic_eff", 0.01, 1.0), ("index_put_eff", 0.02, 1.0), ("sort_small_s", 1e-6, 500e-6),
       ("sort_setup_s", 0.0, 200e-6))),
-    ("gate", ("gate",), (("topk_passes", 0.5, 500.0),)),
+    ("gate", ("gate",), (("topk_s_per_elt", 1e-12, 1e-9),)),
     ("attention", ("attention",), tuple((f"attn_eff.{k}", 0.05, 1.0) for k in _ATTN_KEYS) + (("attn_fill", 0.0, 8.0),)),
     ("moe_ffn", ("moe_ffn",), ()),          # no constant of its own: a check of the composition
 )
