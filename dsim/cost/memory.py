@@ -364,6 +364,27 @@ def _replicated_under_tp(module: str) -> bool:
     return last.endswith("norm") or last in _TP_REPLICATED
 
 
+def stage_params(counts: dict[str, int], layers: range, first: bool, last: bool, tp: int, ep: int) -> tuple[float, float]:
+    """Parameters one GPU of a pipeline stage holds: (dense, routed-expert).
+
+    counts: module name -> parameters (`ParamCount.modules`); layers: the stage's layers; the first stage
+    holds the embedding, the last the final norm, head and MTP. Dense weights are split over tp (norms
+    and the other replicated modules are not), routed experts over ep and tp.
+    """
+    dense_n = expert_n = 0.0
+    for name, n in counts.items():
+        top = name.split(".")[0]
+        if top == "layers" and int(name.split(".")[1]) not in layers:
+            continue
+        if (top == "embed" and not first) or (top in ("norm", "head", "mtp") and not last):
+            continue
+        if name.endswith("ffn.experts"):
+            expert_n += n / ep / (1 if _replicated_under_tp(name) else tp)
+        else:
+            dense_n += n / (1 if _replicated_under_tp(name) else tp)
+    return dense_n, expert_n
+
+
 def _stage_layers(n_layers: int, pp: int) -> list[range]:
     """Contiguous, as even as possible split of the layers over pp stages (earlier stages get extras)."""
     base, extra = divmod(n_layers, pp)
@@ -457,17 +478,7 @@ def memory(args: ModelArgs, *, mode: Literal["train", "inference"] = "train", ba
     best: MemoryEstimate | None = None
     for s, layers in enumerate(stages):
         first, last = s == 0, s == pp - 1
-        dense_n = expert_n = 0.0  # parameters on this GPU: replicated over dp / over dp/ep
-        for name, n in counts.items():
-            top = name.split(".")[0]
-            if top == "layers" and int(name.split(".")[1]) not in layers:
-                continue
-            if (top == "embed" and not first) or (top in ("norm", "head", "mtp") and not last):
-                continue
-            if name.endswith("ffn.experts"):
-                expert_n += n / ep / (1 if _replicated_under_tp(name) else tp)
-            else:
-                dense_n += n / (1 if _replicated_under_tp(name) else tp)
+        dense_n, expert_n = stage_params(counts, layers, first, last, tp, ep)
         if args.tie_embeddings and last and not first:
             dense_n += counts["embed"] / tp   # the tied head lives on the last stage too
         n_local = dense_n + expert_n

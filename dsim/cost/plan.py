@@ -81,7 +81,7 @@ from dsim.cost import comm
 from dsim.cost import timing
 from dsim.cost.flops import flops
 from dsim.cost.hardware import GPU, get_gpu, peak_flops
-from dsim.cost.memory import (_replicated_under_tp, _stage_layers, bytes_per_param, kv_cache_bytes_per_token,
+from dsim.cost.memory import (_replicated_under_tp, _stage_layers, stage_params, bytes_per_param, kv_cache_bytes_per_token,
                               layer_activation_bytes, memory, model_activation_bytes)
 from dsim.cost.params import expert_params, is_moe_layer, params
 from dsim.cost.timing import PlanOp, block_plan, op_kernels, op_time, step_plan
@@ -1044,16 +1044,8 @@ def evaluate_reference(job: TrainingJob, layout: dict[str, Any]) -> dict[str, fl
         for s in held:
             layers = stages[s]
             first, last = s == 0, s == pp - 1
-            for name, n in counts.items():
-                top = name.split(".")[0]
-                if top == "layers" and int(name.split(".")[1]) not in layers:
-                    continue
-                if (top == "embed" and not first) or (top in ("norm", "head", "mtp") and not last):
-                    continue
-                if name.endswith("ffn.experts"):
-                    exp_n += n / ep / tp
-                else:
-                    dense_n += n / (1 if _replicated_under_tp(name) else tp)
+            d, e = stage_params(counts, layers, first, last, tp, ep)
+            dense_n, exp_n = dense_n + d, exp_n + e
             if a.tie_embeddings and last and not first and not (sched == "dualpipe" and 0 in held):
                 dense_n += counts["embed"] / tp
             act += model_activation_bytes(a, mb, S, ACT_DTYPE, "cuda", rc, layers=layers, head=last)
