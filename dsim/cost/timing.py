@@ -69,6 +69,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from dsim.cost.components import Component
 from dsim.cost.hardware import GPU, get_gpu, peak_flops
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -949,7 +950,7 @@ def step_plan(args, batch: int, seq_len: int, mode: str = "train", context: int 
     context = context or 0
     train = mode == "train"
     T, D, V = batch * seq_len, args.dim, args.vocab_size
-    ops = [PlanOp("embed", "embedding", "gather_rows", dict(rows=T, width=D, dst_rows=V), train)]
+    ops = [PlanOp(Component.EMBEDDING, "embed", "gather_rows", dict(rows=T, width=D, dst_rows=V), train)]
     for i in range(args.n_layers):
         ops += [dataclasses.replace(p, label=f"layers.{i}.{p.label}") for p in block_plan(args, i, batch, seq_len, context, mode)]
 
