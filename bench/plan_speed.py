@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/plan_speed.py [--repeat 50] [--sample 200]
 
-Prints layouts per second of the vectorized evaluation (dsim.cost.plan.evaluate) and of the
-layout-at-a-time reference (dsim.cost.plan.evaluate_reference) on a sample of the same layouts, their
-ratio, and checks that the two give the same numbers (relative difference <= 1e-9; exit status 1
-otherwise). Cases:
+Prints layouts per second of the vectorized evaluation (dsim.cost.plan.evaluate) and of the same
+evaluator run one layout at a time (dsim.cost.plan.evaluate_layout, a one-row Layouts: what a plain
+loop over layouts would cost) on a sample of the same layouts, their ratio, and checks that the two
+give the same numbers (relative difference <= 1e-9; exit status 1 otherwise). Cases:
   1. DeepSeek-V3 on 2048 H800s (the pre-training reproduction's job): the full search cold (building the
      tables from the time model, in a fresh process) and warm (tables built, the evaluation alone);
   2. a sweep of cluster sizes (64 to 16384 H100s) for DeepSeek-V3, warm;
@@ -26,7 +26,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dsim.config import preset  # noqa: E402
-from dsim.cost.plan import (OUTPUTS, TrainingJob, enumerate_layouts, evaluate, evaluate_reference,  # noqa: E402
+from dsim.cost.plan import (OUTPUTS, TrainingJob, enumerate_layouts, evaluate, evaluate_layout,  # noqa: E402
                             plan_training)
 
 
@@ -43,7 +43,7 @@ def best_of(fn, n: int = 5) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=50, help="copies of the V3 layouts for case 3")
-    ap.add_argument("--sample", type=int, default=200, help="layouts evaluated by the reference")
+    ap.add_argument("--sample", type=int, default=200, help="layouts evaluated one at a time")
     ns = ap.parse_args()
     job = TrainingJob(preset("deepseek-v3"), "H800", n_gpus=2048, tokens=14.8e12, seq_len=4096, global_batch=15360,
                       optimizer_dtype="bf16")
@@ -78,7 +78,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     sample = rng.choice(len(L), size=min(ns.sample, len(L)), replace=False)
     t = time.perf_counter()
-    refs = [evaluate_reference(job, L.row(int(i))) for i in sample]
+    refs = [evaluate_layout(job, L.row(int(i))) for i in sample]
     t_ref = time.perf_counter() - t
     ref_rate = len(sample) / t_ref
     out = evaluate(job, L)
@@ -88,12 +88,12 @@ def main() -> int:
             a, b = out[key][i], ref[key]
             # relative, with a floor: a time that is exactly 0 in one and 1e-15 s in the other agrees
             worst = max(worst, abs(a - b) / max(abs(a), abs(b), 1e-3))
-    print(f"reference (one layout at a time, plain Python): {len(sample)} layouts in {t_ref:.2f} s = "
+    print(f"one layout at a time (evaluate_layout): {len(sample)} layouts in {t_ref:.2f} s = "
           f"{ref_rate:,.0f} layouts/s")
-    print(f"vectorized / reference: {len(L) / ev / ref_rate:,.0f}x (case 1), {rate / ref_rate:,.0f}x (case 3); "
+    print(f"vectorized / one at a time: {len(L) / ev / ref_rate:,.0f}x (case 1), {rate / ref_rate:,.0f}x (case 3); "
           f"largest relative difference {worst:.1e}")
     if worst > 1e-9:
-        print("MISMATCH between the vectorized evaluation and the reference", file=sys.stderr)
+        print("MISMATCH between the vectorized evaluation and one layout at a time", file=sys.stderr)
         return 1
     return 0
 

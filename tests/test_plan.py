@@ -1,19 +1,23 @@
-"""The capacity planner: vectorized evaluation equals a layout-at-a-time reference, memory agrees with
-dsim.cost.memory, rejections are counted by reason, bad layouts are refused with a message, and
-DeepSeek-V3's published training cost is reproduced within 20%."""
+"""The capacity planner: its per-layout memory equals dsim.cost.memory.memory and its communication
+terms equal dsim.cost.comm's functions called directly, one layout evaluates as its row of a search,
+rejections are counted by reason, bad layouts are refused with a message, and DeepSeek-V3's
+published training cost is reproduced within 20%."""
 import time
 
 import numpy as np
 import pytest
 
 from dsim.config import preset
+from dsim.cost import comm
 from dsim.cost import memory as memory_fn
 from dsim.cost.flops import flops
 from dsim.cost.hardware import peak_flops
-from dsim.cost.plan import (DEEPSEEK_V3_SERVING, DEEPSEEK_V3_TRAINING, MATMUL_DTYPES, OUTPUTS, REASONS, RECOMPUTE,
-                            SCHEDULES, TrainingJob, deepseek_v3_workload, enumerate_layouts, evaluate,
-                            evaluate_reference, parse_size, plan_serving, plan_training, reproduce_deepseek_v3_serving,
-                            reproduce_deepseek_v3_training, serving_curve)
+from dsim.cost.memory import bytes_per_param
+from dsim.cost.params import is_moe_layer
+from dsim.cost.plan import (DEEPSEEK_V3_SERVING, DEEPSEEK_V3_TRAINING, FIELDS, MATMUL_DTYPES, OUTPUTS, REASONS,
+                            RECOMPUTE, SCHEDULES, Layouts, TrainingJob, deepseek_v3_workload, enumerate_layouts,
+                            evaluate, evaluate_layout, parse_size, pipeline_bubble, plan_serving, plan_training,
+                            reproduce_deepseek_v3_serving, reproduce_deepseek_v3_training, serving_curve)
 
 
 def v3_job(**kw):
@@ -44,38 +48,134 @@ def test_parse_size_rejects(text):
         parse_size(text)
 
 
+def _sample(L, n, seed, *masks):
+    """n random layouts of L, plus the first layout of every mask that selects any."""
+    rng = np.random.default_rng(seed)
+    sample = [int(i) for i in rng.choice(len(L), size=min(n, len(L)), replace=False)]
+    return sample + [int(np.flatnonzero(m)[0]) for m in masks if m.any()]
+
+
 @pytest.mark.parametrize("name", list(JOBS))
-def test_vectorized_equals_reference(name):
-    """Every output of the numpy evaluation equals the plain-Python, layout-at-a-time reference, which calls
-    dsim.cost.memory.memory and dsim.cost.comm's functions directly."""
+def test_one_layout_evaluates_as_its_row(name):
+    """evaluate_layout (the evaluator on a one-row Layouts) gives every output of the layout's row in a
+    whole search: nothing depends on which other layouts are evaluated with it."""
     job = JOBS[name]()
     L, _ = enumerate_layouts(job)
     res = evaluate(job, L)
-    rng = np.random.default_rng(0)
-    sample = rng.choice(len(L), size=min(25, len(L)), replace=False)
-    # make sure the sample covers both schedules, every ZeRO stage present and full recomputation
-    for mask in (L.sched == 1, L.zero == 3, L.zero == 2, L.rc == 2, L.pp > 1):
-        if mask.any():
-            sample = np.append(sample, np.flatnonzero(mask)[0])
-    for i in sample:
-        ref = evaluate_reference(job, L.row(int(i)))
+    for i in _sample(L, 10, 0, L.schedule == 1, L.zero == 3, L.recompute == 2):
+        one = evaluate_layout(job, L.row(i))
         for key in OUTPUTS:
-            assert res[key][i] == pytest.approx(ref[key], rel=1e-9, abs=1e-12), (name, L.row(int(i)), key)
-        assert bool(res["fits"][i]) == ref["fits"]
+            assert one[key] == pytest.approx(res[key][i], rel=1e-12, abs=1e-15), (name, L.row(i), key)
+        assert one["fits"] == bool(res["fits"][i]) and one["reason"] == int(res["reason"][i])
+    assert Layouts.one(L.row(3)).row(0) == L.row(3)
+    assert FIELDS == ("tp", "pp", "dp", "ep", "zero", "micro_batch", "recompute", "schedule", "dtype")
 
 
-def test_1f1b_memory_is_dsim_cost_memory():
-    """For 1F1B layouts the per-kind memory is exactly dsim.cost.memory.memory's busiest stage."""
-    job = v3_job()
-    L, _ = enumerate_layouts(job, schedule="1f1b", dtype="bf16", micro_batch=1)
+def _memory(job, row, **kw):
+    return memory_fn(job.args, batch=row["micro_batch"], seq_len=job.seq_len, tp=row["tp"], pp=row["pp"],
+                     dp=row["dp"], ep=row["ep"], zero=row["zero"], recompute=row["recompute"],
+                     optimizer_dtype=job.optimizer_dtype, **kw)
+
+
+@pytest.mark.parametrize("name", list(JOBS))
+def test_1f1b_memory_is_dsim_cost_memory(name):
+    """For 1F1B layouts the per-kind memory is exactly dsim.cost.memory.memory's busiest stage, every ZeRO
+    stage and recomputation level included; buffers are the reserve, plus ZeRO-3's prefetched block."""
+    job = JOBS[name]()
+    L, _ = enumerate_layouts(job, schedule="1f1b")
     res = evaluate(job, L)
-    for i in np.random.default_rng(1).choice(len(L), 8, replace=False):
-        row = L.row(int(i))
-        est = memory_fn(job.args, batch=1, seq_len=4096, tp=row["tp"], pp=row["pp"], dp=row["dp"], ep=row["ep"],
-                        zero=row["zero"], recompute=row["recompute"], optimizer_dtype="bf16")
+    for i in _sample(L, 12, 1, L.zero == 3, L.zero == 2, L.recompute == 2, L.pp > 1):
+        row = L.row(i)
+        est = _memory(job, row)
         for kind in ("weights", "gradients", "optimizer", "activations"):
-            assert res[kind][i] == pytest.approx(getattr(est, kind), rel=1e-9)
-        assert res["memory_per_gpu_bytes"][i] == pytest.approx(est.total + job.reserved_bytes, rel=1e-9)
+            assert res[kind][i] == pytest.approx(getattr(est, kind), rel=1e-9), (name, row, kind)
+        assert (res["buffers"][i] > job.reserved_bytes) == (row["zero"] == 3)
+        assert res["buffers"][i] >= job.reserved_bytes
+        assert res["memory_per_gpu_bytes"][i] == pytest.approx(est.total + res["buffers"][i], rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["v3-h800-2048", "tied-gqa-h100-32"])
+def test_dualpipe_pair_memory_is_dsim_cost_memory(name):
+    """A DualPipe GPU holds stages s and pp-1-s and (pp+1) micro-batches of activations of half its
+    layers: with pp=2 that is the whole model (dsim.cost.memory.memory with pp=1) and 3/2 micro-batches
+    of it (memory's three micro-batches in flight, halved)."""
+    job = JOBS[name]()
+    L, _ = enumerate_layouts(job, schedule="dualpipe", pp=2)
+    res = evaluate(job, L)
+    for i in _sample(L, 6, 2, L.zero == 1, L.recompute == 2):
+        row = L.row(i)
+        whole = _memory(job, {**row, "pp": 1})
+        for kind in ("weights", "gradients", "optimizer"):
+            assert res[kind][i] == pytest.approx(getattr(whole, kind), rel=1e-9), (name, row, kind)
+        three = _memory(job, {**row, "pp": 1}, microbatches_in_flight=3)
+        assert res["activations"][i] == pytest.approx(three.activations / 2, rel=1e-9)
+
+
+def _a2a(job, row):
+    """Dispatch (fp8 with scales, or bf16) + combine (bf16) of one MoE block, by dsim.cost.comm directly,
+    with DeepSeek's node-limited routing when the expert groups map onto the nodes the ep ranks span."""
+    a, g, tp, ep = job.args, job.gpus_per_node, row["tp"], row["ep"]
+    if ep == 1:
+        return 0.0
+    rpn = max(1, g // tp)
+    nodes = max(1, ep // rpn)
+    limit = (a.n_limited_groups * nodes // a.n_expert_groups
+             if a.n_expert_groups > 1 and nodes > 1 and nodes % a.n_expert_groups == 0 else None)
+    tokens = -(-row["micro_batch"] * job.seq_len // tp)
+    dispatch = bytes_per_param("fp8") if row["dtype"] == "fp8" else 2.0
+    return sum(comm.moe_dispatch_time(tokens, a.dim, a.n_activated_experts, a.n_routed_experts, ep, job.gpu, rpn,
+                                      limit, bpe) for bpe in (dispatch, 2.0))
+
+
+@pytest.mark.parametrize("name", list(JOBS))
+def test_1f1b_communication_is_dsim_cost_comm(name):
+    """Under 1F1B nothing hides tensor-, expert- or pipeline-parallel communication: the exposed seconds
+    are the collectives of dsim.cost.comm, called here directly, times the blocks of the stage and the
+    micro-batches (pp=1 for tensor and expert parallelism: every block on the one stage)."""
+    job = JOBS[name]()
+    a, g, S = job.args, job.gpus_per_node, job.seq_len
+    L, _ = enumerate_layouts(job, schedule="1f1b")
+    res = evaluate(job, L)
+    n_blocks = a.n_layers + a.n_mtp_layers
+    n_moe = sum(is_moe_layer(a, i) for i in range(a.n_layers)) + (a.n_mtp_layers if a.is_moe else 0)
+    one_stage = L.pp == 1
+    checked = 0
+    for i in _sample(L, 40, 3, one_stage & (L.tp > 1), one_stage & (L.ep > 1), one_stage & (L.recompute == 2)):
+        row = L.row(i)
+        m, tp, full = row["n_microbatches"], row["tp"], row["recompute"] == "full"
+        if row["pp"] > 1:
+            send = comm.collective_time("send_recv", row["micro_batch"] * S * a.dim * 2.0 / tp, 2, job.gpu,
+                                        1 if tp * row["dp"] >= g else g)
+            assert res["exposed_pp_s"][i] == pytest.approx(m * 2 * send, rel=1e-9)
+            continue
+        assert res["exposed_pp_s"][i] == 0.0 and res["bubble_s"][i] == 0.0
+        ar = (comm.collective_time("all_reduce", row["micro_batch"] * S * a.dim * 2.0, tp, job.gpu, g)
+              if tp > 1 else 0.0)
+        assert res["exposed_tp_s"][i] == pytest.approx(m * n_blocks * (6 if full else 4) * ar, rel=1e-9, abs=1e-15)
+        want_ep = m * n_moe * (3 if full else 2) * _a2a(job, row)
+        assert res["exposed_ep_s"][i] == pytest.approx(want_ep, rel=1e-9, abs=1e-15), row
+        checked += 1
+    assert checked >= 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pipeline_bubble_is_dsim_cost_comm(seed):
+    """The evaluator's array form of the bubble equals dsim.cost.comm.pipeline_bubble_time for both
+    schedules: 1F1B with F + B = tau, DualPipe with F&B = tau (tau: the stage's time per micro-batch)."""
+    rng = np.random.default_rng(seed)
+    n = 50
+    pp = 2 * rng.integers(1, 17, n)
+    f, b = rng.uniform(0.1, 2, n), rng.uniform(0.1, 4, n)
+    w = b * rng.uniform(0, 1, n)
+    tau = (f + b) * rng.uniform(1.0, 1.5, n)          # communication only adds
+    for dual, schedule in ((0.0, "1f1b"), (1.0, "dualpipe")):
+        got = pipeline_bubble(np.full(n, dual), pp, tau, b, w)
+        for k in range(n):
+            if schedule == "1f1b":
+                want = comm.pipeline_bubble_time("1f1b", int(pp[k]), f[k], tau[k] - f[k])
+            else:
+                want = comm.pipeline_bubble_time("dualpipe", int(pp[k]), f[k], b[k], w[k], f_and_b=tau[k])
+            assert got[k] == pytest.approx(want, rel=1e-12, abs=1e-15)
 
 
 def test_search_space_and_constraints():
@@ -83,15 +183,16 @@ def test_search_space_and_constraints():
     L, invalid = enumerate_layouts(job)
     assert (L.tp * L.pp * L.dp == job.n_gpus).all()
     assert (L.dp % L.ep == 0).all() and (256 % L.ep == 0).all()
-    assert (job.global_batch == L.dp * L.mb * L.n_micro).all()
-    dual = L.sched == SCHEDULES.index("dualpipe")
-    assert ((L.pp[dual] % 2 == 0) & (L.n_micro[dual] % 2 == 0) & (L.n_micro[dual] >= 2 * L.pp[dual])).all()
+    assert (job.global_batch == L.dp * L.micro_batch * L.n_microbatches).all()
+    dual = L.schedule == SCHEDULES.index("dualpipe")
+    assert ((L.pp[dual] % 2 == 0) & (L.n_microbatches[dual] % 2 == 0)
+            & (L.n_microbatches[dual] >= 2 * L.pp[dual])).all()
     assert not ((L.zero >= 2) & (L.pp > 1)).any()
-    assert set(np.unique(L.rc)) == set(range(len(RECOMPUTE))) and set(np.unique(L.dt)) == {0, 1}
+    assert set(np.unique(L.recompute)) == set(range(len(RECOMPUTE))) and set(np.unique(L.dtype)) == {0, 1}
     assert invalid and all(n > 0 for n in invalid.values())
     # no fp8 on an A100
     La, _ = enumerate_layouts(TrainingJob(preset("mixtral-8x7b"), "A100", n_gpus=64, global_batch=256))
-    assert set(np.unique(La.dt)) == {MATMUL_DTYPES.index("bf16")}
+    assert set(np.unique(La.dtype)) == {MATMUL_DTYPES.index("bf16")}
 
 
 def test_rejections_counted_by_reason():

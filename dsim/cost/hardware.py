@@ -30,11 +30,13 @@ Usage:
 import math
 from dataclasses import dataclass, fields
 
+from dsim.cost.dtypes import DTYPES as _FORMATS
+from dsim.cost.dtypes import dtype_name
+
 TB = 1e12   # tera (FLOP/s or bytes/s)
 GB = 1e9    # giga
 MiB = 2**20
 
-DTYPES = ("bf16", "fp16", "tf32", "fp8", "int8", "fp32")
 BW_SOURCES = ("datasheet", "measured")
 
 # -----------------------------------------------------------------------------
@@ -80,6 +82,10 @@ class GPU:
             raise ValueError(f"GPU {self.name!r}: field nvlink_domain must be an integer, got {self.nvlink_domain!r}")
         if self.bw_source not in BW_SOURCES:
             raise ValueError(f"GPU {self.name!r}: field bw_source must be one of {BW_SOURCES}, got {self.bw_source!r}")
+
+# The dtypes with a peak: those of the GPU record's <dtype>_flops fields (names of dsim.cost.dtypes).
+DTYPES = tuple(f.name.removesuffix("_flops") for f in fields(GPU) if f.name.endswith("_flops"))
+assert set(DTYPES) <= set(_FORMATS), DTYPES
 
 # -----------------------------------------------------------------------------
 # the catalog
@@ -231,15 +237,13 @@ def get_gpu(name: "str | GPU") -> GPU:
                          f"(aliases: {', '.join(sorted(_ALIASES))})")
     return _CATALOG[key]
 
-_DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16",
-                  "float32": "fp32", "float": "fp32", "float8": "fp8"}
-
 def peak_flops(gpu: "str | GPU", dtype: str = "bf16") -> float:
-    """Dense peak FLOP/s (OP/s for int8) of `gpu` for `dtype`."""
+    """Dense peak FLOP/s (OP/s for int8) of `gpu` for `dtype` (a name or alias of dsim.cost.dtypes)."""
     g = get_gpu(gpu)
-    d = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
-    if d not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    try:
+        d = dtype_name(dtype, DTYPES)
+    except ValueError:
+        raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}") from None
     value = getattr(g, f"{d}_flops")
     if value is None:
         raise ValueError(f"dtype {dtype!r} is not supported by {g.name} (no {d} tensor cores)")

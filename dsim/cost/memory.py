@@ -22,33 +22,45 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dsim.config import ModelArgs
+from dsim.cost.dtypes import DTYPES, DType, get_dtype
+from dsim.cost.layout import kv_tp_split, stage_layers, stage_params, zero_params
 from dsim.cost.params import is_moe_layer, mtp_layer_id, params
 
 # ---------------------------------------------------------------------------------------------
-# Bytes per element: the one place that knows how big a number is.
+# Bytes per element: the sizes of dsim.cost.dtypes, scales included.
 # ---------------------------------------------------------------------------------------------
-DTYPE_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4}
-# Quantised types carry one scale per `group_size` elements: float32 for fp8 (DeepSeek-V3's
-# weight_scale_inv), bfloat16 for the integer formats.
-SCALE_BYTES = {"fp8": 4, "int8": 2, "int4": 2}
+# Bits per element by canonical name (the activation code below sizes its tensors with it).
+DTYPE_BITS = {name: d.bits for name, d in DTYPES.items()}
 
 
-def _check_dtype(dtype: str | float, name: str = "dtype") -> None:
+def _dtype(dtype: str | float, name: str = "dtype") -> DType | float:
+    """The DType of a name or alias, or a number of bits per element (a format without scales)."""
     if isinstance(dtype, (int, float)) and not isinstance(dtype, bool):
         if not 0 < dtype <= 64:
             raise ValueError(f"{name} as bits per element must be in (0, 64], got {dtype!r}")
-        return
-    if dtype not in DTYPE_BITS:
-        raise ValueError(f"{name} must be one of {', '.join(DTYPE_BITS)} or a number of bits, got {dtype!r}")
+        return float(dtype)
+    try:
+        return get_dtype(dtype, name)
+    except ValueError:
+        raise ValueError(f"{name} must be one of {', '.join(DTYPES)} or a number of bits, "
+                         f"got {dtype!r}") from None
+
+
+def _check_dtype(dtype: str | float, name: str = "dtype") -> None:
+    _dtype(dtype, name)
 
 
 def _bits(dtype: str | float) -> float:
-    return DTYPE_BITS[dtype] if isinstance(dtype, str) else float(dtype)
+    d = _dtype(dtype)
+    return d if isinstance(d, float) else float(d.bits)
 
 
-def _check_group(dtype: str | float, group_size: int | None) -> None:
-    if dtype in SCALE_BYTES and group_size is not None and (not isinstance(group_size, int) or group_size < 1):
+def _scale_bytes(d: DType | float, group_size: int | None) -> int:
+    """Bytes of one scale of `d` (0 for a format without scales), after checking group_size."""
+    scale = 0 if isinstance(d, float) else d.scale_bytes
+    if scale and group_size is not None and (not isinstance(group_size, int) or group_size < 1):
         raise ValueError(f"group_size must be an integer >= 1 (elements per scale) or None, got {group_size!r}")
+    return scale
 
 
 def bytes_per_param(dtype: str | float, group_size: int | None = 128) -> float:
@@ -61,10 +73,10 @@ def bytes_per_param(dtype: str | float, group_size: int | None = 128) -> float:
     group_size is the number of elements that share one scale (DeepSeek-V3's fp8 weights use 128 x
     128 blocks: group_size=16384); None means no scales. Unquantised types ignore it.
     """
-    _check_dtype(dtype)
-    _check_group(dtype, group_size)
-    scale = SCALE_BYTES[dtype] / group_size if (dtype in SCALE_BYTES and group_size) else 0.0
-    return _bits(dtype) / 8 + scale
+    d = _dtype(dtype)
+    scale = _scale_bytes(d, group_size)
+    bits = d if isinstance(d, float) else d.bits
+    return bits / 8 + (scale / group_size if (scale and group_size) else 0.0)
 
 
 def weight_bytes(numel: int, dtype: str, group_size: int | None = 128) -> int:
@@ -73,11 +85,11 @@ def weight_bytes(numel: int, dtype: str, group_size: int | None = 128) -> int:
     if not isinstance(numel, int) or numel < 0:
         raise ValueError(f"numel must be an integer >= 0, got {numel!r}")
     if not isinstance(dtype, str):
-        raise ValueError(f"dtype must be one of {', '.join(DTYPE_BITS)}, got {dtype!r}")
-    _check_dtype(dtype)
-    _check_group(dtype, group_size)
-    data = -(-numel * DTYPE_BITS[dtype] // 8)
-    scales = -(-numel // group_size) * SCALE_BYTES[dtype] if (dtype in SCALE_BYTES and group_size) else 0
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    d = _dtype(dtype)
+    scale = _scale_bytes(d, group_size)
+    data = -(-numel * d.bits // 8)
+    scales = -(-numel // group_size) * scale if (scale and group_size) else 0
     return data + scales
 
 
@@ -354,48 +366,6 @@ def model_activation_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: str
 # ---------------------------------------------------------------------------------------------
 # The whole picture per GPU: parallel layout, optimizer, recomputation
 # ---------------------------------------------------------------------------------------------
-# Weights that tensor parallelism does not split (DeepSeek's inference model.py keeps them as plain
-# Linear / parameters on every rank): norms, the gate, MLA's down-projections, MTP's eh_proj.
-_TP_REPLICATED = ("norm", "gate", "wq_a", "wkv_a", "eh_proj")
-
-
-def _replicated_under_tp(module: str) -> bool:
-    last = module.rsplit(".", 1)[-1]
-    return last.endswith("norm") or last in _TP_REPLICATED
-
-
-def stage_params(counts: dict[str, int], layers: range, first: bool, last: bool, tp: int, ep: int) -> tuple[float, float]:
-    """Parameters one GPU of a pipeline stage holds: (dense, routed-expert).
-
-    counts: module name -> parameters (`ParamCount.modules`); layers: the stage's layers; the first stage
-    holds the embedding, the last the final norm, head and MTP. Dense weights are split over tp (norms
-    and the other replicated modules are not), routed experts over ep and tp.
-    """
-    dense_n = expert_n = 0.0
-    for name, n in counts.items():
-        top = name.split(".")[0]
-        if top == "layers" and int(name.split(".")[1]) not in layers:
-            continue
-        if (top == "embed" and not first) or (top in ("norm", "head", "mtp") and not last):
-            continue
-        if name.endswith("ffn.experts"):
-            expert_n += n / ep / (1 if _replicated_under_tp(name) else tp)
-        else:
-            dense_n += n / (1 if _replicated_under_tp(name) else tp)
-    return dense_n, expert_n
-
-
-def _stage_layers(n_layers: int, pp: int) -> list[range]:
-    """Contiguous, as even as possible split of the layers over pp stages (earlier stages get extras)."""
-    base, extra = divmod(n_layers, pp)
-    out, start = [], 0
-    for s in range(pp):
-        n = base + (1 if s < extra else 0)
-        out.append(range(start, start + n))
-        start += n
-    return out
-
-
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes on the busiest GPU (pipeline stage `stage`), by kind."""
@@ -473,28 +443,19 @@ def memory(args: ModelArgs, *, mode: Literal["train", "inference"] = "train", ba
     _check_pos("prefill_chunk", prefill_chunk)
 
     counts = params(args).modules
-    stages = _stage_layers(args.n_layers, pp)
+    stages = stage_layers(args.n_layers, pp)
     wbytes = bytes_per_param(dtype, group_size)
     best: MemoryEstimate | None = None
     for s, layers in enumerate(stages):
         first, last = s == 0, s == pp - 1
-        dense_n, expert_n = stage_params(counts, layers, first, last, tp, ep)
-        if args.tie_embeddings and last and not first:
-            dense_n += counts["embed"] / tp   # the tied head lives on the last stage too
+        dense_n, expert_n = stage_params(counts, layers, first, last, tp, ep, args.tie_embeddings)
         n_local = dense_n + expert_n
-        shard_dense, shard_expert = dp, dp // ep
-
-        def sharded(bpp: float, stage_min: int) -> float:
-            if zero < stage_min:
-                return (dense_n + expert_n) * bpp
-            return dense_n * bpp / shard_dense + expert_n * bpp / shard_expert
-
-        weights = sharded(wbytes, 3)
+        weights = zero_params("weights", zero, dense_n, expert_n, dp, ep) * wbytes
         grads = opt = acts = kv = 0.0
         if mode == "train":
-            grads = sharded(_bits(grad_dtype) / 8, 2)
+            grads = zero_params("gradients", zero, dense_n, expert_n, dp, ep) * _bits(grad_dtype) / 8
             state = 2 * _bits(optimizer_dtype) / 8 + (_bits(master_dtype) / 8 if master_dtype else 0)
-            opt = sharded(state, 1)
+            opt = zero_params("optimizer", zero, dense_n, expert_n, dp, ep) * state
             per_mb = model_activation_bytes(args, batch, seq_len, act_dtype, device, recompute,
                                             layers=layers, head=last)
             acts = per_mb * max(1, in_flight - s) / tp
@@ -502,8 +463,7 @@ def memory(args: ModelArgs, *, mode: Literal["train", "inference"] = "train", ba
             layer = max(layers, key=lambda i: is_moe_layer(args, i))
             acts = layer_activation_bytes(args, layer, batch, prefill_chunk, act_dtype, device) / tp
             per_layer = kv_cache_bytes_per_token(args, kv_dtype, kv_impl, group_size) / args.n_layers
-            split = tp if (args.attn_type != "mla" and args.kv_heads % tp == 0) else 1
-            kv = per_layer * len(layers) * batch * seq_len / split
+            kv = per_layer * len(layers) * batch * seq_len / kv_tp_split(args, tp)
         est = MemoryEstimate(weights=weights, gradients=grads, optimizer=opt, activations=acts, kv_cache=kv,
                              stage=s, details={"params_on_gpu": n_local, "dense_params": dense_n,
                                                "expert_params": expert_n, "layers": list(layers)})
