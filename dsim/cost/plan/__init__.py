@@ -12,8 +12,9 @@ the KV cache.
 Every per-component number comes from the cost modules, never from a formula re-derived here:
     parameters per GPU      dsim.cost.params, divided by the rules of dsim.cost.layout
     activations             dsim.cost.memory.layer_activation_bytes / model_activation_bytes
-    compute                 dsim.cost.timing: the ops of `block_plan` / `step_plan` timed by `op_time`
-                            (and `op_kernels` for the MoE layer), with the GPU's calibration
+    compute                 dsim.cost.timing: the ops of `block_plan` / `step_plan` timed by
+                            `op_time` (and `op_kernels` for the MoE layer), with the GPU's
+                            calibration
     communication           dsim.cost.comm: collective_time, moe_dispatch_time, dp_volumes
     pipeline bubbles        the table of dsim.cost.comm.pipeline_bubble_time
     model FLOPs (MFU)       dsim.cost.flops

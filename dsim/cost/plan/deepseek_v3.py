@@ -35,8 +35,9 @@ DEEPSEEK_V3_TRAINING = dict(
 )
 
 DEEPSEEK_V3_SERVING = dict(
-    source="deepseek-ai/open-infra-index, 202502OpenSourceWeek/day_6_one_more_thing_deepseekV3R1_inference_"
-    "system_overview.md (24 h from 2025-02-27 12:00 UTC+8)",
+    source="deepseek-ai/open-infra-index, 202502OpenSourceWeek/"
+    "day_6_one_more_thing_deepseekV3R1_inference_system_overview.md (24 h from 2025-02-27 12:00 "
+    "UTC+8)",
     gpu="H800",
     prefill=dict(n_gpus=32, ep=32, redundant_experts=32, published_tokens_per_s_per_node=73.7e3),
     decode=dict(n_gpus=144, ep=144, redundant_experts=32, published_tokens_per_s_per_node=14.8e3),
@@ -49,8 +50,8 @@ DEEPSEEK_V3_SERVING = dict(
 
 
 def deepseek_v3_workload() -> dict[str, float]:
-    """Average prompt and output lengths implied by the published totals: an output token sees on average
-    P + D/2 cached tokens (4,989) and P / D = input tokens / output tokens (608B / 168B)."""
+    """Average prompt and output lengths implied by the published totals: an output token sees on
+    average P + D/2 cached tokens (4,989) and P / D = input tokens / output tokens (608B / 168B)."""
     r = DEEPSEEK_V3_SERVING
     ratio = r["input_tokens"] / r["output_tokens"]
     D = r["kv_length_per_output_token"] / (ratio + 0.5)
@@ -60,9 +61,10 @@ def deepseek_v3_workload() -> dict[str, float]:
 def reproduce_deepseek_v3_training(
     recompute: str | None = "selective", calibration: timing.Calibration | None = None
 ) -> dict[str, Any]:
-    """DeepSeek-V3's pre-training with the layout the report states (PP16 DualPipe, EP64 over 8 nodes,
-    ZeRO-1 DP128, no TP, fp8, selective recomputation); the micro-batch, which the report does not give, is
-    searched. Memory is reported, not required: see `fits`. Returns predicted and published GPU-hours."""
+    """DeepSeek-V3's pre-training with the layout the report states (PP16 DualPipe, EP64 over 8
+    nodes, ZeRO-1 DP128, no TP, fp8, selective recomputation); the micro-batch, which the report
+    does not give, is searched. Memory is reported, not required: see `fits`. Returns predicted and
+    published GPU-hours."""
     r = DEEPSEEK_V3_TRAINING
     job = TrainingJob(
         preset("deepseek-v3"),
@@ -100,8 +102,9 @@ def reproduce_deepseek_v3_training(
 def reproduce_deepseek_v3_serving(
     calibration: timing.Calibration | None = None, latency_target: float | None = None
 ) -> dict[str, Any]:
-    """DeepSeek-V3 prefill (EP32 over 4 nodes) and decode (EP144 over 18 nodes) per H800 node, with the
-    workload the published totals imply (prompt length, cache hit rate, context per output token)."""
+    """DeepSeek-V3 prefill (EP32 over 4 nodes) and decode (EP144 over 18 nodes) per H800 node, with
+    the workload the published totals imply (prompt length, cache hit rate, context per output
+    token)."""
     r, w = DEEPSEEK_V3_SERVING, deepseek_v3_workload()
     args = preset("deepseek-v3")
     pre = plan_serving(

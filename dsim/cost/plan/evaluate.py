@@ -9,7 +9,8 @@ operations per chunk of 2048 layouts on [positions, layouts] arrays (the pipelin
 How a step is timed (per micro-batch and pipeline stage, then composed):
     compute     forward (F), backward (B) and its weight-gradient part (W) of every op the stage
                 runs, plus recomputation: selective = the forward of the RMSNorms and of MLA's
-                up-projections (DeepSeek-V3's recipe), full = the whole forward of every block again.
+                up-projections (DeepSeek-V3's recipe), full = the whole forward of every block
+                again.
     exposed communication
                 tensor parallel: 4 all-reduces of the block's activations per block (6 with full
                 recomputation), never hidden; expert parallel: dispatch + combine per MoE block,
@@ -26,7 +27,8 @@ How a step is timed (per micro-batch and pipeline stage, then composed):
                 places stages s and pp-1-s on one GPU (2x parameters, (pp+1) micro-batches of
                 activations), and needs an even pp and an even number of micro-batches >= 2 pp.
     optimizer   Adam is one streaming pass over the local optimizer shard (an `elementwise` op of
-                the time model; its time is affine in the bytes, so it is evaluated as a + b x bytes).
+                the time model; its time is affine in the bytes, so it is evaluated as a + b x
+                bytes).
 Memory per GPU: weights, gradients and optimizer states of the parameters the GPU holds, divided
 by ZeRO as dsim.cost.layout.zero_params says; activations of the micro-batches in flight; buffers
 (the reserve, plus the block ZeRO-3 prefetches). For 1F1B this is dsim.cost.memory.memory's
@@ -77,7 +79,8 @@ _DUALPIPE = SCHEDULES.index("dualpipe")
 
 
 def _codes(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct values, index of each row's value) of a column of small non-negative integers, in O(n)."""
+    """(distinct values, index of each row's value) of a column of small non-negative integers, in
+    O(n)."""
     present = np.zeros(int(col.max()) + 1, dtype=bool)
     present[col] = True
     values = np.flatnonzero(present)
@@ -85,8 +88,8 @@ def _codes(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _combine(keys: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct combined codes of integer key columns (each given as `_codes(column)`), and for every row
-    the index of its combined code."""
+    """Distinct combined codes of integer key columns (each given as `_codes(column)`), and for
+    every row the index of its combined code."""
     code = np.zeros(len(keys[0][1]), dtype=np.int64)
     for values, idx in keys:
         code = code * len(values) + idx
@@ -106,8 +109,8 @@ def _decode(uniq: np.ndarray, keys: list[tuple[np.ndarray, np.ndarray]]) -> list
 
 
 def _group(keys: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[tuple[int, ...]], np.ndarray]:
-    """The distinct rows of integer key columns (each given as `_codes(column)`) and, for every row, the
-    index of its distinct key."""
+    """The distinct rows of integer key columns (each given as `_codes(column)`) and, for every row,
+    the index of its distinct key."""
     uniq, inv = _combine(keys)
     return _decode(uniq, keys), inv
 
@@ -115,8 +118,8 @@ def _group(keys: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[tuple[int, .
 def _lookup(
     T: Tables, name: str, keys: list[tuple[np.ndarray, np.ndarray]], fn
 ) -> tuple[np.ndarray, np.ndarray]:
-    """fn(*key) once per distinct key of the key columns: (values [len(fn(...)), keys], one column per
-    distinct key, and each row's column index). The table is memoised with the job's tables."""
+    """fn(*key) once per distinct key of the key columns: (values [len(fn(...)), keys], one column
+    per distinct key, and each row's column index). The table is memoised with the job's tables."""
     uniq, inv = _combine(keys)
     memo_key = ("lookup", name, uniq.tobytes(), tuple(v.tobytes() for v, _ in keys))
     vals = T.memo(
@@ -131,8 +134,9 @@ def _lookup(
 
 
 def _first_max(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For a [positions, layouts] array: the flat index (into a.ravel()) of each layout's first maximum,
-    and the maximum. (np.argmax along axis 0 and a[k, i] indexing are several times slower.)"""
+    """For a [positions, layouts] array: the flat index (into a.ravel()) of each layout's first
+    maximum, and the maximum. (np.argmax along axis 0 and a[k, i] indexing are several times
+    slower.)"""
     mx = a.max(axis=0)
     k = np.full(a.shape[1], a.shape[0] - 1)
     for c in range(a.shape[0] - 2, -1, -1):
@@ -304,7 +308,7 @@ def _evaluate_rows(
         10, width, n
     )
 
-    # ---- compute per micro-batch: forward F, backward B (with recomputation), weight gradients W ----
+    # ---- compute per micro-batch: forward F, backward B (with recomputation), weight gradients W
     # (s_* are the stage counts times the share a GPU runs per micro-batch: 1, or 1/2 for a DualPipe
     # pair)
     d, mo, emb, hd, eh = x["prof"].reshape(5, 4, n)  # each [f, fb, w, sel] x layouts

@@ -47,21 +47,23 @@ FP8_COMPONENTS = (Component.ATTN_PROJ, Component.DENSE_FFN, Component.SHARED_EXP
 SELECTIVE_LABELS = ("wq_b", "wkv_b", "cat q, k")
 
 ASSUMPTIONS = {
-    "compute": "op times from dsim.cost.timing (kernels of dsim.model's PyTorch implementation), with the "
-    "GPU's calibration: H100-SXM measurements; another GPU of the catalog borrows the H100's "
-    "efficiencies applied to its own datasheet peaks",
-    "fp8": "fp8 GEMMs for attention projections, dense FFN and experts (DeepSeek-V3's recipe); the routed "
-    "experts' grouped GEMMs are scaled by the fp8/bf16 time ratio of a batched GEMM of the same shape "
-    "(the time model has no fp8 grouped GEMM), plus one quantisation pass per GEMM input",
+    "compute": "op times from dsim.cost.timing (kernels of dsim.model's PyTorch implementation), "
+    "with the GPU's calibration: H100-SXM measurements; another GPU of the catalog borrows the "
+    "H100's efficiencies applied to its own datasheet peaks",
+    "fp8": "fp8 GEMMs for attention projections, dense FFN and experts (DeepSeek-V3's recipe); the "
+    "routed experts' grouped GEMMs are scaled by the fp8/bf16 time ratio of a batched GEMM of the "
+    "same shape (the time model has no fp8 grouped GEMM), plus one quantisation pass per GEMM "
+    "input",
     "routing": "balanced expert load across expert-parallel ranks; within a rank, random routing "
     "(the time model's binomial expert load)",
-    "overlap": "DualPipe hides expert all-to-all and pipeline sends behind the paired chunk's compute; "
-    "1F1B hides neither; tensor-parallel all-reduces are never hidden; data-parallel collectives "
-    "overlap one micro-batch's compute",
-    "memory": f"bf16 weights and activations, fp32 gradients and master weights; {RESERVED_BYTES / 1e9:.0f} GB "
-    "reserved per GPU for the CUDA context, communication buffers and fragmentation",
-    "placement": "ranks ordered tp, then dp (ep inside it), then pp, 8 GPUs per node: tp inside a node, "
-    "pipeline neighbours on different nodes once tp x dp fills a node",
+    "overlap": "DualPipe hides expert all-to-all and pipeline sends behind the paired chunk's "
+    "compute; 1F1B hides neither; tensor-parallel all-reduces are never hidden; data-parallel "
+    "collectives overlap one micro-batch's compute",
+    "memory": "bf16 weights and activations, fp32 gradients and master weights; "
+    f"{RESERVED_BYTES / 1e9:.0f} GB reserved per GPU for the CUDA context, communication buffers "
+    "and fragmentation",
+    "placement": "ranks ordered tp, then dp (ep inside it), then pp, 8 GPUs per node: tp inside a "
+    "node, pipeline neighbours on different nodes once tp x dp fills a node",
 }
 
 
@@ -72,7 +74,8 @@ _SUFFIXES = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
 
 def parse_size(text: str | int | float, name: str = "size") -> float:
-    """A count written with an optional K, M, B (or G) or T suffix: '14.8T' -> 1.48e13, '4k' -> 4000."""
+    """A count written with an optional K, M, B (or G) or T suffix: '14.8T' -> 1.48e13, '4k' ->
+    4000."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     else:
@@ -102,8 +105,8 @@ def divisors(n: int) -> list[int]:
 
 
 def shard_args(args: ModelArgs, tp: int) -> ModelArgs:
-    """The slice of the model one tensor-parallel rank computes: heads, FFN widths and vocabulary / tp
-    (MLA's down-projections, norms and the gate stay whole, as in dsim.cost.memory)."""
+    """The slice of the model one tensor-parallel rank computes: heads, FFN widths and vocabulary /
+    tp (MLA's down-projections, norms and the gate stay whole, as in dsim.cost.memory)."""
     if tp == 1:
         return args
     change = dict(
@@ -120,7 +123,10 @@ def shard_args(args: ModelArgs, tp: int) -> ModelArgs:
 def tp_problem(args: ModelArgs, tp: int, gpus_per_node: int) -> str | None:
     """Why `tp` cannot split this model (None when it can)."""
     if tp > gpus_per_node or gpus_per_node % tp:
-        return f"tp={tp} must divide the {gpus_per_node} GPUs of a node (tensor parallelism stays on NVLink)"
+        return (
+            f"tp={tp} must divide the {gpus_per_node} GPUs of a node "
+            "(tensor parallelism stays on NVLink)"
+        )
     for name, value in (
         ("n_heads", args.n_heads),
         ("inter_dim", args.inter_dim),
@@ -148,8 +154,8 @@ def node_limit(args: ModelArgs, ep_nodes: int) -> int | None:
 class TrainingJob:
     """What to train on what: the model, the cluster, the token budget and the batch.
 
-    global_batch is in sequences of seq_len tokens per optimizer step (`TrainingJob.batch_from_tokens`
-    converts a batch given in tokens).
+    global_batch: sequences of seq_len tokens per optimizer step (`TrainingJob.batch_from_tokens`
+        converts a batch given in tokens).
     optimizer_dtype: Adam's moments ("fp32", or "bf16" as DeepSeek-V3 keeps them).
     calibration: the time model's efficiency constants (default: the GPU's committed calibration).
     """
@@ -196,7 +202,8 @@ class TrainingJob:
 
     @staticmethod
     def batch_from_tokens(batch_tokens: float, seq_len: int) -> int:
-        """Sequences per step for a global batch given in tokens (must be a whole number of sequences)."""
+        """Sequences per step for a global batch given in tokens (must be a whole number of
+        sequences)."""
         seqs = batch_tokens / seq_len
         if abs(seqs - round(seqs)) > 1e-9 * seqs or round(seqs) < 1:
             raise ValueError(

@@ -109,9 +109,8 @@ def _check_fixed(job: TrainingJob, fixed: dict[str, Any]) -> None:
             prod = math.prod(vals)
             if (len(names) == 3 and prod != N) or N % prod:
                 what = " x ".join(f"{k}={v}" for k, v in zip(names, vals))
-                raise ValueError(
-                    f"{what} = {prod} does not {'equal' if len(names) == 3 else 'divide'} the {N} GPUs"
-                )
+                verb = "equal" if len(names) == 3 else "divide"
+                raise ValueError(f"{what} = {prod} does not {verb} the {N} GPUs")
     if ep is not None:
         if not a.is_moe and ep != 1:
             raise ValueError(f"ep={ep} needs routed experts; {a.name} is dense: use ep=1")
@@ -150,13 +149,13 @@ def _check_fixed(job: TrainingJob, fixed: dict[str, Any]) -> None:
 
 
 def enumerate_layouts(job: TrainingJob, **fixed: Any) -> tuple[Layouts, dict[str, int]]:
-    """Every layout of the job's GPUs that respects `fixed` (layout fields set to a value), and how many
-    candidates were structurally invalid, by reason.
+    """Every layout of the job's GPUs that respects `fixed` (layout fields set to a value), and how
+    many candidates were structurally invalid, by reason.
 
-    Searched values: tp | gpus_per_node that splits the model's heads and widths; pp | GPUs / tp up to
-    n_layers; ep | dp and | n_routed_experts (1 for dense models); ZeRO 0-3; micro-batches of powers of
-    two up to MAX_MICROBATCH_TOKENS tokens; all recomputation levels; both schedules (1F1B only when
-    pp = 1); bf16 and, where the GPU has fp8 tensor cores, fp8."""
+    Searched values: tp | gpus_per_node that splits the model's heads and widths; pp | GPUs / tp up
+    to n_layers; ep | dp and | n_routed_experts (1 for dense models); ZeRO 0-3; micro-batches of
+    powers of two up to MAX_MICROBATCH_TOKENS tokens; all recomputation levels; both schedules (1F1B
+    only when pp = 1); bf16 and, where the GPU has fp8 tensor cores, fp8."""
     fixed = {k: v for k, v in fixed.items() if v is not None}
     _check_fixed(job, fixed)
     a, N, S, B = job.args, job.n_gpus, job.seq_len, job.global_batch

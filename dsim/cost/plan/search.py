@@ -68,7 +68,8 @@ class TrainingPlan:
 
 @dataclass
 class PlanResult:
-    """A search: how many layouts were evaluated, the best plans, and why the others were dropped."""
+    """A search: how many layouts were evaluated, the best plans, and why the others were
+    dropped."""
 
     job: TrainingJob
     layouts_evaluated: int
@@ -92,8 +93,8 @@ class PlanResult:
             "rejected": self.rejected,
             "invalid": self.invalid,
             "plans": [p.to_dict() for p in self.plans],
-            "mfu_convention": "model FLOPs (causal attention, MTP included, no recomputation) per step / "
-            "(step time x GPUs x dense bf16 peak)",
+            "mfu_convention": "model FLOPs (causal attention, MTP included, no recomputation) "
+            "per step / (step time x GPUs x dense bf16 peak)",
         }
 
 
@@ -138,9 +139,10 @@ def plan_training(
     """Search every layout (fixing the fields given in `fixed`: tp, pp, dp, ep, zero, micro_batch,
     recompute, schedule, dtype) and return the `top` fastest, best first.
 
-    require_fit=False ranks layouts that do not fit too (each plan says whether it fits and why not).
+    require_fit=False ranks layouts that do not fit too (each plan says whether it fits, why not).
     progress=True shows a tqdm bar on stderr (on a terminal, once the search takes half a second).
-    Raises ValueError naming the problem when no layout is valid, or none fits (with require_fit)."""
+    Raises ValueError naming the problem when no layout is valid, or none fits (with require_fit).
+    """
     check_int("top", top)
     L, invalid = enumerate_layouts(job, **fixed)
     bar = None

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from dsim.config import ModelArgs
 from dsim.cost import timing
@@ -38,10 +39,10 @@ from dsim.cost.timing import PlanOp, block_plan
 class ServePlan:
     """Capacity of one deployment unit in one phase (prefill or decode), per GPU and per node.
 
-    batch: sequences one attention rank (a GPU, or a tensor-parallel group of tp GPUs) runs per step;
-    max_batch: the most that fit next to the weights (the KV cache bound).
-    tokens_per_s: prefill counts input tokens, cache hits included (DeepSeek's convention); decode counts
-    output tokens. latency_s: decode, the time per output token; prefill, the time of one step."""
+    batch: sequences one attention rank (a GPU, or a tensor-parallel group of tp GPUs) runs per
+    step; max_batch: the most that fit next to the weights (the KV cache bound). tokens_per_s:
+    prefill counts input tokens, cache hits included (DeepSeek's convention); decode counts output
+    tokens. latency_s: decode, the time per output token; prefill, the time of one step."""
 
     phase: str
     model: str
@@ -107,7 +108,8 @@ class Serving:
             raise ValueError(problem)
         if n_gpus > gpus_per_node and n_gpus % gpus_per_node:
             raise ValueError(
-                f"n_gpus={n_gpus} must be a multiple of gpus_per_node={gpus_per_node} or at most one node"
+                f"n_gpus={n_gpus} must be a multiple of gpus_per_node={gpus_per_node} "
+                "or at most one node"
             )
         ep = n_gpus if ep is None else check_int("ep", ep)
         if not args.is_moe:
@@ -141,7 +143,8 @@ class Serving:
             self.ctx = prompt - self.new  # cache hits: a cached prefix the new tokens attend to
         self.prompt = prompt
         self.T = OpTimes(args, self.gpu, calibration)
-        # memory: weights of one GPU (no MTP module), KV cache per sequence, activations per sequence
+        # memory: weights of one GPU (no MTP module), KV cache per sequence, activations per
+        # sequence
         w = 0.0
         wb = bytes_per_param(dtype, 128 * 128) if dtype == "fp8" else bytes_per_param("bf16")
         for name, n in params(args).modules.items():
@@ -172,7 +175,8 @@ class Serving:
             )
 
     def step(self, batch: int) -> tuple[float, float, float]:
-        """(step seconds, compute seconds, exposed communication seconds) for `batch` sequences per GPU."""
+        """(step seconds, compute seconds, exposed communication seconds) for `batch` sequences per
+        GPU."""
         a, T, tp = self.args, self.T, self.tp
         impl = "absorb" if self.phase == "decode" else "naive"  # DeepSeek: absorbed MLA to decode
         sa = shard_args(a.replace(attn_impl=impl) if a.attn_type == "mla" else a, tp)
@@ -193,7 +197,8 @@ class Serving:
                 c = T.sum_ops(ops, self.dtype)[0]
                 a2a = 0.0
                 if moe:
-                    # every GPU's experts get, balanced, the top-k copies of 1/tp of a TP group's tokens
+                    # every GPU's experts get, balanced, the top-k copies of 1/tp of a TP group's
+                    # tokens
                     c += T.expert_time(
                         -(-tokens // tp), self.experts_per_gpu, a.moe_inter_dim, self.dtype, False
                     )[0]
@@ -289,15 +294,17 @@ def plan_serving(
 
     Attention runs data-parallel over n_gpus / tp ranks (tp > 1: tensor-parallel groups); the routed
     experts are split over `ep` GPUs (default all of them), n_routed_experts + redundant_experts
-    replicas, balanced (DeepSeek's EPLB). Weights in `dtype` (fp8 with 128 x 128 block scales for the
-    linear layers; embedding, head, norms and gate in bf16), KV cache in `kv_dtype`.
+    replicas, balanced (DeepSeek's EPLB). Weights in `dtype` (fp8 with 128 x 128 block scales for
+    the linear layers; embedding, head, norms and gate in bf16), KV cache in `kv_dtype`.
     decode: each sequence has `context` cached tokens and adds one per step; batch defaults to the
-        largest that fits (the KV cache bound), or the largest whose step meets `latency_target` seconds
-        per output token.
-    prefill: each sequence is a `prompt`-token prompt of which a fraction `cache_hit` is a cached prefix
-        (not recomputed, but attended to); batch defaults to about PREFILL_TOKENS_PER_GPU new tokens.
-    overlap: two micro-batches alternate so that each MoE block's all-to-all hides behind the other's
-        compute (DeepSeek's dual micro-batch overlap): exposed = max(0, a2a - compute) per block.
+        largest that fits (the KV cache bound), or the largest whose step meets `latency_target`
+        seconds per output token.
+    prefill: each sequence is a `prompt`-token prompt of which a fraction `cache_hit` is a cached
+        prefix (not recomputed, but attended to); batch defaults to about PREFILL_TOKENS_PER_GPU
+        new tokens.
+    overlap: two micro-batches alternate so that each MoE block's all-to-all hides behind the
+        other's compute (DeepSeek's dual micro-batch overlap): exposed = max(0, a2a - compute) per
+        block.
     """
     s = Serving(
         args,
@@ -321,8 +328,8 @@ def plan_serving(
         check_int("batch", batch)
         if batch > s.max_batch:
             raise ValueError(
-                f"batch={batch} does not fit: at most {s.max_batch} sequences per GPU fit next to the "
-                f"weights ({s.kv_per_seq / 1e6:.0f} MB of KV cache each)"
+                f"batch={batch} does not fit: at most {s.max_batch} sequences per GPU fit next to "
+                f"the weights ({s.kv_per_seq / 1e6:.0f} MB of KV cache each)"
             )
     elif latency_target is not None:
         if not latency_target > 0:

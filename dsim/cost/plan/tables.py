@@ -51,7 +51,8 @@ class Tables(OpTimes):
         self.mtp_is_moe = a.is_moe
         self.flops_per_seq = float(flops(a, 1, job.seq_len, "train").total_causal)
         self.peak = peak_flops(self.gpu, "bf16")
-        # Adam: read the fp32 gradient, read + write master weights and both moments, write the bf16 weight.
+        # Adam: read the fp32 gradient, read + write master weights and both moments, write the bf16
+        # weight.
         ob = bytes_per_param(job.optimizer_dtype)
         self.adam_bytes_per_param = (
             bytes_per_param(GRAD_DTYPE)
@@ -81,8 +82,8 @@ class Tables(OpTimes):
 
     # ---- activations ----
     def activations(self, mb: int, rc: str) -> tuple[float, float, float]:
-        """Bytes one micro-batch keeps (one GPU, before / tp): a dense block, an MoE block, and the final
-        norm, logits and MTP modules."""
+        """Bytes one micro-batch keeps (one GPU, before / tp): a dense block, an MoE block, and the
+        final norm, logits and MTP modules."""
 
         def build() -> tuple[float, float, float]:
             a, S = self.args, self.job.seq_len
@@ -105,9 +106,9 @@ class Tables(OpTimes):
 
     # ---- compute ----
     def profile(self, tp: int, mb: int, dt: str) -> dict[str, np.ndarray]:
-        """Per micro-batch of mb sequences on one TP rank: a dense block, an MoE block without its routed
-        experts, the embedding, the head (final norm, logits, loss) and MTP's eh_proj (the ops of
-        dsim.cost.timing.block_plan / step_plan for the rank's slice of the model)."""
+        """Per micro-batch of mb sequences on one TP rank: a dense block, an MoE block without its
+        routed experts, the embedding, the head (final norm, logits, loss) and MTP's eh_proj (the
+        ops of dsim.cost.timing.block_plan / step_plan for the rank's slice of the model)."""
 
         def build() -> dict[str, np.ndarray]:
             a, S = shard_args(self.args, tp), self.job.seq_len
@@ -146,8 +147,8 @@ class Tables(OpTimes):
         return self.memo(("profile", tp, mb, dt), build)
 
     def experts(self, tp: int, mb: int, ep: int, dt: str) -> np.ndarray:
-        """The routed experts of one MoE block on one GPU: mb sequences, n_routed_experts / ep experts
-        of width moe_inter_dim / tp."""
+        """The routed experts of one MoE block on one GPU: mb sequences, n_routed_experts / ep
+        experts of width moe_inter_dim / tp."""
         a = self.args
         if not a.is_moe:
             return np.zeros(4)
@@ -157,14 +158,15 @@ class Tables(OpTimes):
 
     # ---- communication ----
     def tp_allreduce(self, tp: int, mb: int) -> float:
-        """One tensor-parallel all-reduce of a block's activations (bf16; with sequence parallelism a
-        reduce-scatter + all-gather of the same bytes)."""
+        """One tensor-parallel all-reduce of a block's activations (bf16; with sequence parallelism
+        a reduce-scatter + all-gather of the same bytes)."""
         return self.coll(
             "all_reduce", mb * self.job.seq_len * self.args.dim * 2.0, tp, self.job.gpus_per_node
         )
 
     def ep_a2a(self, tp: int, mb: int, ep: int, dt: str) -> float:
-        """Dispatch + combine of one MoE block for a micro-batch (each TP rank sends its 1/tp of the tokens)."""
+        """Dispatch + combine of one MoE block for a micro-batch (each TP rank sends its 1/tp of the
+        tokens)."""
         return self.a2a(
             -(-mb * self.job.seq_len // tp), ep, max(1, self.job.gpus_per_node // tp), dt
         )
@@ -176,8 +178,8 @@ class Tables(OpTimes):
 
     def dp_times(self, n_params: float, dp: int, zero: int, rpn: int) -> tuple[float, float]:
         """(reduce seconds, gather seconds) per step for `n_params` parameters over dp ranks
-        (dsim.cost.comm.dp_volumes: ZeRO 0 all-reduce; 1-2 reduce-scatter + all-gather; 3 two all-gathers
-        + reduce-scatter)."""
+        (dsim.cost.comm.dp_volumes: ZeRO 0 all-reduce; 1-2 reduce-scatter + all-gather; 3 two
+        all-gathers + reduce-scatter)."""
         n = int(round(n_params))
         if dp <= 1 or n == 0:
             return 0.0, 0.0
@@ -200,9 +202,10 @@ class Tables(OpTimes):
 
     # ---- per pipeline position, padded to a common width (padding: zero counts) ----
     def padded_columns(self, pp: int, schedule: str, width: int) -> np.ndarray:
-        """Rows of `width` positions (padding: zeros) for the evaluation: for memory the counts n_dense,
-        n_moe, last and inflight; for compute the counts times the share a GPU runs per micro-batch
-        (n_dense, n_moe, first, last), and the blocks and MoE blocks (MTP's included) it runs."""
+        """Rows of `width` positions (padding: zeros) for the evaluation: for memory the counts
+        n_dense, n_moe, last and inflight; for compute the counts times the share a GPU runs per
+        micro-batch (n_dense, n_moe, first, last), and the blocks and MoE blocks (MTP's included) it
+        runs."""
 
         def build() -> np.ndarray:
             c = self.stage_columns(pp, schedule)
@@ -264,13 +267,14 @@ class Tables(OpTimes):
     def stage_columns(self, pp: int, schedule: str) -> dict[str, np.ndarray]:
         """The distinct pipeline positions of a pp-stage pipeline, as columns of the evaluation.
 
-        1F1B: one column per distinct stage (numbers of dense and MoE layers, first, last); of stages
-        alike, the earliest keeps the most micro-batches (pp - s), so it stands for all of them.
-        DualPipe: one column per distinct pair (s, pp-1-s) held by one GPU; counts are the pair's sums.
-        Returns the counts n_dense, n_moe, first, last, two factors: `compute` (the share of the
-        counts a GPU runs per micro-batch: 1, or 1/2 for a DualPipe pair) and `inflight` (micro-batches
-        of activations kept, per unit of the counts: pp - s, or (pp + 1) / 2 for a pair), and `held`:
-        the stages the GPU a column stands for holds ((s,) or (s, pp-1-s))."""
+        1F1B: one column per distinct stage (numbers of dense and MoE layers, first, last); of
+            stages alike, the earliest keeps the most micro-batches (pp - s), so it stands for all.
+        DualPipe: one column per distinct pair (s, pp-1-s) held by one GPU; counts are the pair's
+            sums.
+        Returns the counts n_dense, n_moe, first, last; `compute`, the share of the counts a GPU
+        runs per micro-batch (1, or 1/2 for a DualPipe pair); `inflight`, micro-batches of
+        activations kept per unit of the counts (pp - s, or (pp + 1) / 2 for a pair); and `held`,
+        the stages of the GPU a column stands for ((s,) or (s, pp-1-s))."""
 
         def build() -> dict[str, np.ndarray]:
             stages = stage_layers(self.args.n_layers, pp)

@@ -8,7 +8,8 @@ serving (`Serving`) share them.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,8 @@ from dsim.cost.timing import PlanOp, op_kernels, op_time
 class OpTimes:
     """Times of ops and collectives for one model on one GPU, each computed once (memoised).
 
-    Compute is returned as arrays [f, fb, w, sel]: forward seconds, forward + backward, the weight-gradient
-    part of the backward, and what selective recomputation runs again."""
+    Compute is returned as arrays [f, fb, w, sel]: forward seconds, forward + backward, the
+    weight-gradient part of the backward, and what selective recomputation runs again."""
 
     def __init__(self, args: ModelArgs, gpu: GPU, calibration: timing.Calibration | None):
         self.args, self.gpu = args, gpu
@@ -42,14 +43,15 @@ class OpTimes:
         return self.memo(key, lambda: op_time(p.op, self.gpu, dtype, backward, self.cal, **p.shape))
 
     def _quant(self, elements: int, backward: bool, component: Component) -> float:
-        """One pass that quantises a GEMM input to fp8: read bf16, write fp8 (3 bytes per element)."""
+        """One pass that quantises a GEMM input to fp8: read bf16, write fp8 (3 bytes per
+        element)."""
         shape = dict(bytes=3 * int(elements), kernels=1)
         p = PlanOp(component, "quantize", "elementwise", shape, backward)
         return self._op(p, "bf16", backward)
 
     def sum_ops(self, ops: Iterable[PlanOp], dt: str) -> np.ndarray:
-        """[forward, forward + backward, weight-gradient part, selective recomputation] of a list of ops
-        (an op's backward counts only when the op has backward=True)."""
+        """[forward, forward + backward, weight-gradient part, selective recomputation] of a list of
+        ops (an op's backward counts only when the op has backward=True)."""
         f = fb = w = sel = 0.0
         for p in ops:
             d = (
@@ -73,9 +75,9 @@ class OpTimes:
     def expert_time(
         self, tokens: int, experts: int, moe_inter: int, dt: str, train: bool
     ) -> np.ndarray:
-        """[f, fb, w, 0] of the routed experts on one GPU: `tokens` local tokens whose top-k copies land
-        (balanced) on `experts` local experts of width moe_inter. The time model's `moe_ffn` op routes
-        over its own experts; the router GEMM is corrected to score all n_routed_experts."""
+        """[f, fb, w, 0] of the routed experts on one GPU: `tokens` local tokens whose top-k copies
+        land (balanced) on `experts` local experts of width moe_inter. The time model's `moe_ffn` op
+        routes over its own experts; the router GEMM is corrected to score all n_routed_experts."""
 
         def build() -> np.ndarray:
             a = self.args
@@ -94,19 +96,14 @@ class OpTimes:
             for backward in (False, True) if train else (False,):
                 total, grouped = self.memo(
                     ("moe_ffn", tuple(shape.items()), backward),
-                    lambda: _moe_ffn(
-                        op_kernels("moe_ffn", self.gpu, "bf16", backward, self.cal, **shape)
+                    lambda b=backward: _moe_ffn(
+                        op_kernels("moe_ffn", self.gpu, "bf16", b, self.cal, **shape)
                     ),
                 )
 
-                def router(m: int, n: int) -> float:
-                    return self._op(
-                        PlanOp(
-                            Component.GATE, "router", "gemm", dict(m=m, n=n, k=D, batch=1), backward
-                        ),
-                        "fp32",
-                        backward,
-                    )
+                def router(m: int, n: int, b: bool = backward) -> float:
+                    shape = dict(m=m, n=n, k=D, batch=1)
+                    return self._op(PlanOp(Component.GATE, "router", "gemm", shape, b), "fp32", b)
 
                 total += router(tokens, E) - router(toks, experts)
                 if dt == "fp8":
@@ -139,8 +136,9 @@ class OpTimes:
         )
 
     def a2a(self, tokens: int, ep: int, rpn: int, dt: str, n_experts: int | None = None) -> float:
-        """Forward dispatch (fp8 with its scales, or bf16) + combine (bf16) of one MoE block: seconds on a
-        GPU that sends `tokens` tokens to ep expert-parallel ranks, rpn of them per node."""
+        """Forward dispatch (fp8 with its scales, or bf16) + combine (bf16) of one MoE block:
+        seconds on a GPU that sends `tokens` tokens to ep expert-parallel ranks, rpn of them per
+        node."""
         a = self.args
         if ep == 1 or not a.is_moe:
             return 0.0
