@@ -93,15 +93,15 @@ def stage_params(
     return dense_n, expert_n
 
 
-def zero_params(kind: str, zero: Num, dense: Num, expert: Num, dp: Num, ep: Num) -> Num:
-    """Parameters' worth of `kind` ("weights", "gradients" or "optimizer") one GPU keeps under ZeRO
-    stage `zero`, for a GPU holding `dense` dense and `expert` routed-expert parameters: all of
-    them, or, once `zero` reaches the stage that shards the kind (ZERO_SHARDED_FROM), its share:
-    dense / dp + expert / (dp / ep). Elementwise on numpy arrays (the planner's layouts) as on
-    numbers."""
+def zero_params(zero: Num, dense: Num, expert: Num, dp: Num, ep: Num) -> dict[str, Num]:
+    """Parameters' worth of each model state ("weights", "gradients", "optimizer") one GPU keeps
+    under ZeRO stage `zero`, for a GPU holding `dense` dense and `expert` routed-expert parameters:
+    all of them, or, once `zero` reaches the stage that shards the state (ZERO_SHARDED_FROM), its
+    share: dense / dp + expert / (dp / ep). Elementwise on numpy arrays (the planner's layouts) as
+    on numbers."""
     whole = dense + expert
-    share = dense / dp + expert / (dp / ep)
-    return whole + (zero >= ZERO_SHARDED_FROM[kind]) * (share - whole)
+    saved = dense / dp + expert / (dp / ep) - whole  # what sharding over the replicas saves (< 0)
+    return {kind: whole + (zero >= stage) * saved for kind, stage in ZERO_SHARDED_FROM.items()}
 
 
 def kv_tp_split(args: ModelArgs, tp: int) -> int:

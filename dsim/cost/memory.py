@@ -450,12 +450,13 @@ def memory(args: ModelArgs, *, mode: Literal["train", "inference"] = "train", ba
         first, last = s == 0, s == pp - 1
         dense_n, expert_n = stage_params(counts, layers, first, last, tp, ep, args.tie_embeddings)
         n_local = dense_n + expert_n
-        weights = zero_params("weights", zero, dense_n, expert_n, dp, ep) * wbytes
+        held = zero_params(zero, dense_n, expert_n, dp, ep)
+        weights = held["weights"] * wbytes
         grads = opt = acts = kv = 0.0
         if mode == "train":
-            grads = zero_params("gradients", zero, dense_n, expert_n, dp, ep) * _bits(grad_dtype) / 8
+            grads = held["gradients"] * _bits(grad_dtype) / 8
             state = 2 * _bits(optimizer_dtype) / 8 + (_bits(master_dtype) / 8 if master_dtype else 0)
-            opt = zero_params("optimizer", zero, dense_n, expert_n, dp, ep) * state
+            opt = held["optimizer"] * state
             per_mb = model_activation_bytes(args, batch, seq_len, act_dtype, device, recompute,
                                             layers=layers, head=last)
             acts = per_mb * max(1, in_flight - s) / tp

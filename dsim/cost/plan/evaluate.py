@@ -346,10 +346,7 @@ def _evaluate_rows(
     # ---- parameters each GPU keeps of each state (ZeRO), data-parallel collectives, optimizer ----
     params_ = x["params"].reshape(2, width, n)
     dense_p, exp_p = params_[0], params_[1] / ep  # dense and routed-expert parameters held
-    held = {
-        kind: zero_params(kind, zero, dense_p, exp_p, dp, ep)
-        for kind in ("weights", "gradients", "optimizer")
-    }
+    held = zero_params(zero, dense_p, exp_p, dp, ep)
     opt_t = T.optimizer_time(held["optimizer"])
     red, gat = x["dp"].reshape(2, width, n)
     dp_exposed = _dp_exposed(zero, m, red, gat, F, B)
