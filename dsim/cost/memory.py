@@ -1,7 +1,8 @@
 """Bytes per GPU: weights, gradients, optimizer states, activations and the KV cache.
 
 Weights, gradients and optimizer states are parameter counts (`dsim.cost.params`) times bytes per
-parameter, divided the way the parallel layout divides them. Activations are the tensors that
+parameter (`dsim.cost.dtypes`), divided the way the parallel layout divides them (the rules of
+`dsim.cost.layout`, which the capacity planner applies too). Activations are the tensors that
 autograd keeps between the forward and the backward pass. They are derived from `dsim.model` line
 by line, not from a textbook formula: Korthikanti et al.'s 34 s b h + 5 a s^2 b per layer covers a
 dense GPT layer with LayerNorm, GeLU and dropout, not RMSNorm, SwiGLU, MLA or a router. Every item

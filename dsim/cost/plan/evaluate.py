@@ -43,7 +43,7 @@ import numpy as np
 
 from dsim.cost.layout import zero_params
 from dsim.cost.plan.job import MATMUL_DTYPES, RECOMPUTE, SCHEDULES, TrainingJob
-from dsim.cost.plan.layouts import Layouts
+from dsim.cost.plan.layouts import FIELDS, Layouts
 from dsim.cost.plan.tables import Tables, tables
 
 OUTPUTS = (
@@ -181,20 +181,7 @@ def evaluate(
     the arithmetic is one pass over [positions, layouts] arrays, in chunks that stay in cache.
     `progress`: a tqdm bar or None."""
     T = tables(job)
-    f = {
-        name: _codes(getattr(L, name))
-        for name in (
-            "tp",
-            "pp",
-            "dp",
-            "ep",
-            "zero",
-            "micro_batch",
-            "recompute",
-            "schedule",
-            "dtype",
-        )
-    }
+    f = {name: _codes(getattr(L, name)) for name in FIELDS}  # (distinct values, row index)
     width = max(
         len(T.stage_columns(pp, SCHEDULES[s])["compute"])
         for pp, s in _group([f["pp"], f["schedule"]])[0]
