@@ -106,7 +106,7 @@ def divisors(n: int) -> list[int]:
 
 def shard_args(args: ModelArgs, tp: int) -> ModelArgs:
     """The slice of the model one tensor-parallel rank computes: heads, FFN widths and vocabulary /
-    tp (MLA's down-projections, norms and the gate stay whole, as in dsim.cost.memory)."""
+    tp (MLA's down-projections, norms and the gate stay whole: dsim.cost.layout.TP_REPLICATED)."""
     if tp == 1:
         return args
     change = dict(
