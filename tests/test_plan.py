@@ -68,6 +68,10 @@ def test_one_layout_evaluates_as_its_row(name):
             assert one[key] == pytest.approx(res[key][i], rel=1e-12, abs=1e-15), (name, L.row(i), key)
         assert one["fits"] == bool(res["fits"][i]) and one["reason"] == int(res["reason"][i])
     assert Layouts.one(L.row(3)).row(0) == L.row(3)
+    with pytest.raises(ValueError, match="layout lacks n_microbatches"):
+        Layouts.one({k: v for k, v in L.row(3).items() if k != "n_microbatches"})
+    with pytest.raises(ValueError, match="schedule must be one of 1f1b, dualpipe"):
+        Layouts.one({**L.row(3), "schedule": "gpipe"})
     assert FIELDS == ("tp", "pp", "dp", "ep", "zero", "micro_batch", "recompute", "schedule", "dtype")
 
 

@@ -63,12 +63,20 @@ class Layouts:
     def one(cls, layout: dict[str, Any]) -> Layouts:
         """A one-row Layouts from a dict with the keys of `row` (names or indices for recompute,
         schedule and dtype)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in layout]
+        if missing:
+            raise ValueError(
+                f"layout lacks {', '.join(missing)}: give every one of {', '.join(names)}"
+            )
         values = {}
-        for f in dataclasses.fields(cls):
-            v = layout[f.name]
-            if f.name in _NAMED and isinstance(v, str):
-                v = _NAMED[f.name].index(v)
-            values[f.name] = np.array([v], dtype=np.int64)
+        for name in names:
+            v = layout[name]
+            if name in _NAMED and isinstance(v, str):
+                if v not in _NAMED[name]:
+                    raise ValueError(f"{name} must be one of {', '.join(_NAMED[name])}, got {v!r}")
+                v = _NAMED[name].index(v)
+            values[name] = np.array([v], dtype=np.int64)
         return cls(**values)
 
 
