@@ -72,7 +72,7 @@ import numpy as np
 from dsim.cost.components import Component
 from dsim.cost.hardware import GPU, get_gpu, peak_flops
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 # Bytes per element. fp8/int8 GEMMs: 1-byte inputs, 2-byte (bf16) outputs.
 ELT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "tf32": 4, "fp8": 1, "int8": 1}
