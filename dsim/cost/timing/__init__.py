@@ -5,10 +5,12 @@ and it is far off: no kernel reaches the peak, a GEMM runs whole tiles in whole 
 SMs, every kernel pays a launch, and an MoE layer moves its tokens around before and after the
 expert GEMMs. This model keeps the roofline's physics and adds exactly those effects:
 
-  1. An op is the list of kernels it launches (ops.py, `op_kernels`), each with the FLOPs it
-     computes and the bytes it moves to and from HBM, copies included (the MoE layer's sort,
-     gathers and weighted sum, the gate's fp32 casts, the backward's extra passes). The lists
-     follow what PyTorch runs for dsim.model, kernel by kernel, as profiled on an H100.
+  1. An op is the list of kernels it launches (ops.py, `op_kernels`; the MoE layer's in
+     moe_kernels.py), each with the FLOPs it computes and the bytes it moves to and from HBM,
+     copies included (the MoE layer's sort, gathers and weighted sum, the gate's fp32 casts, the
+     backward's extra passes). The lists follow what PyTorch runs for dsim.model, kernel by
+     kernel, as profiled on an H100; the MoE layer's memory-bound kernels name the tensors they
+     read and write, so that each can be held against a profiler trace.
   2. An op takes the first kernel's launch latency, then for each kernel
          launch + max(compute time, memory time)
      (kernels.py): GEMM-like kernels compute in tiles, in waves over the SMs (cuBLAS is assumed

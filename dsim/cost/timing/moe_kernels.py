@@ -2,9 +2,10 @@
 
 Each memory-bound kernel is written as the aten op it runs and the tensors it reads and writes
 (`KernelModel.io`), named as a profiler trace shows them: T tokens, D hidden, I moe_inter,
-E experts, K top_k, N = T*K token copies. The bytes are those of an eager trace of the layer on
-an H100, transcribed kernel by kernel; where a tensor is counted at another size than its own
-(the renormalisation's sums, the gate backward's nine tiny kernels) the name says so.
+E experts, K top_k, N = T*K token copies. The kernels and their counts follow an eager trace of
+the layer on an H100; the bytes are the sizes of the tensors each kernel moves, and where one is
+counted at another size than its own (the renormalisation's sums, the gate backward's nine tiny
+kernels) its name says so.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def gate_kernels(
     """dsim.model.Gate (softmax, no groups): fp32 router, scores, top-k, combine weights.
 
     The kernels of an eager trace, each with the tensors it moves (T tokens, D hidden, E experts,
-    K = top_k); the L2 is credited only with the fp32 copy of x (the constants were fitted so)."""
+    K = top_k); the L2 absorbs only the writes of the fp32 copy of x and, backward, of the bf16
+    dx (the constants were fitted so)."""
     p = prefix
     TD, TE, TK = T * D, T * E, T * K
     ks = [
