@@ -44,8 +44,10 @@ class Kernel:
     time_s: float
     note: str = ""
     count: int = 1  # kernel launches it stands for
-    reads: dict[str, float] = field(default_factory=dict)  # named tensors read: bytes (io kernels)
-    writes: dict[str, float] = field(default_factory=dict)  # and written
+    # the named tensors it reads and writes, name: bytes (kernels built by KernelModel.io); left out
+    # of == and hash, so that a Kernel stays hashable
+    reads: dict[str, float] = field(default_factory=dict, compare=False)
+    writes: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 class KernelModel:
