@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Measure op times on this GPU, for dsim's time model (dsim/cost/timing.py).
+"""Measure op times on this GPU, for dsim's time model (dsim/cost/timing/).
 
 One run measures two disjoint grids of shapes:
   calibration  the shapes `fit_calibration` fits the model's few efficiency constants on;
   validation   other shapes (other model widths, token counts, sequence lengths) on which the
                fitted model is then judged, so its error is an out-of-sample error.
-Op kinds (what each record times is defined precisely in dsim/cost/timing.py's docstring):
+Op kinds (what each record times is defined precisely in dsim/cost/timing/ops.py's docstring):
   gemm          y[m,n] = x[m,k] @ w[k,n] (F.linear), bf16 (and fp32 for the router)
   moe_ffn       dsim.model.MoE without shared experts: gate + permute + 3 grouped GEMMs + unpermute
   attention     F.scaled_dot_product_attention (backend recorded), MHA 128/128 and MLA 192/128 dims

@@ -9,8 +9,9 @@ How long does a GEMM, an attention call or a whole MoE layer take on an H100? Th
 numbers, a peak FLOP rate and a peak memory bandwidth, and the *roofline* turns them into a lower bound.
 This notebook puts real H100 measurements (`dsim/data/timing_h100.json`, taken by
 `bench/timing_measure.py`) on that roofline, then uses `dsim.cost.op_time`, a model that adds tiles,
-waves, kernel launches and the copies an MoE layer makes, with a handful of efficiencies fitted to a
-*calibration* set of shapes, and checks it on a *validation* set of other shapes.
+waves, kernel launches and the copies an MoE layer makes, with efficiency constants fitted to a
+*calibration* set of shapes (the first cell prints how many), and checks it on a *validation* set of other
+shapes.
 Everything below is computed from the committed JSON, on a CPU."""),
 code("""%matplotlib inline
 import json
@@ -42,7 +43,9 @@ cal = tm.gpu_calibration(GPU) if committed.exists() and DATA.parent == tm.DATA_D
 print(f"measured on: {env['device_name']} (torch {env['torch']}), {len(calib)} calibration and "
       f"{len(valid)} validation records")
 print(f"model: {GPU.name}, {GPU.sm_count} SMs, bf16 peak {peak_flops(GPU, 'bf16') / 1e12:.1f} TFLOP/s, "
-      f"HBM {GPU.hbm_bw / 1e12:.2f} TB/s; calibration: {cal.source}")"""),
+      f"HBM {GPU.hbm_bw / 1e12:.2f} TB/s; calibration: {cal.source}")
+print(f"constants: {len(cal.constants())} (tm.Calibration), of which the calibration records constrain "
+      f"{len(cal.fitted_constants())}; the others keep their default")"""),
 md("""## The roofline
 
 An op that computes $F$ FLOPs and must move $B$ bytes to and from HBM can finish no sooner than
@@ -96,7 +99,7 @@ print(f"fitted: a lone kernel costs {one * 1e6:.2f} us before it moves a byte ({
       f"{one * cal.bw_eff * W / 1e6:.1f} MB at the achievable bandwidth")"""),
 md("""## Predicted against measured
 
-The model (`dsim/cost/timing.py`) writes each op as the kernels it launches, and gives each kernel
+The model (`dsim/cost/timing/`) writes each op as the kernels it launches, and gives each kernel
 `launch + max(compute, memory)`, where compute time counts whole tiles in whole waves over the SMs and memory
 time counts the bytes really moved (the MoE layer's sort, gathers and weighted sum included). The efficiencies
 are fitted on the calibration shapes; the plot shows the validation shapes, which the fit never saw, with the
@@ -205,6 +208,15 @@ if prof:
     print(f"model: {sum(k.count for k in ks)} kernels, {sum(k.time_s for k in ks) * 1e3:.2f} ms (launch gaps included)")
     for k in sorted(ks, key=lambda k: -k.time_s)[:8]:
         print(f"  {k.time_s * 1e6:8.1f} us  {k.name}  {k.note}")"""),
+md("""Each memory-bound kernel of the model's list names the tensors it reads and writes, so that it can be held
+against a line of the profile (T tokens, D hidden, I expert width, E experts, K top-k, N = T K copies):"""),
+code("""layer = prof[0]["shape"] if prof else shape
+print(f"model, forward of {layer}:")
+for k in tm.op_kernels("moe_ffn", GPU, backward=False, calibration=cal, **layer):
+    if k.name in ("gate.topk (select, sort the k)", "experts.ys * weights", "experts.sum over the K experts"):
+        print(f"{k.name}: {k.count} kernel(s), {k.bytes / 1e6:.1f} MB, {k.time_s * 1e6:.1f} us")
+        for verb, tensors in (("reads", k.reads), ("writes", k.writes)):
+            print(f"  {verb}: " + ", ".join(f"{t} {b / 1e6:.2f} MB" for t, b in tensors.items()))"""),
 md("""## Decode against prefill
 
 A GEMM of $m$ tokens against a $k \\times n$ bf16 weight does $2mkn$ FLOPs and must read $2kn$ bytes of weight, so

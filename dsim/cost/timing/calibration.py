@@ -1,0 +1,149 @@
+"""The efficiency constants of one GPU (`Calibration`) and the committed ones of each GPU.
+
+A constant is a float field of `Calibration` or an entry of its `attn_eff` table (named
+"attn_eff.<entry>"). `fit_calibration` (fit.py) fits them to measured op times and records in
+`Calibration.fit` which ones some measurement constrained; `constants()` and `fitted_constants()`
+count them, so that no text has to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsim.cost.hardware import GPU, get_gpu
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+
+
+def _attn_eff_defaults() -> dict[str, float]:
+    """A guess per SDPA backend, direction, head dims (mha: qk_dim == v_dim, mla: they differ)
+    and mask; each is a different kernel."""
+    return {
+        f"{b}_{d}_{h}_{m}": e * (0.8 if d == "bwd" else 1.0)
+        for b, e in (("flash", 0.45), ("efficient", 0.3), ("cudnn", 0.55))
+        for d in ("fwd", "bwd")
+        for h in ("mha", "mla")
+        for m in ("causal", "full")
+    }
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Efficiency constants of one GPU. Fractions are of the datasheet peaks (dsim.cost.hardware).
+
+    `fit_calibration` fits them; `gpu_calibration(gpu)` loads the committed ones. The defaults are
+    round guesses for an H100, used only where nothing was fitted.
+    """
+
+    gpu: str = "H100-SXM"
+    source: str = "uncalibrated defaults"
+    # every kernel; memory-bound kernels
+    op_start_s: float = 1.5e-6  # s once per op: the first kernel's launch latency
+    launch_s: float = 3.0e-6  # s per kernel: launch, ramp-up, drain, and the gap to the next
+    bw_eff: float = 0.90  # achievable fraction of the HBM bandwidth (vectorized streaming kernel)
+    l2_write_frac: float = 0.3  # this fraction of the L2 absorbs the writes (written back later)
+    strided_s_per_elt: float = 2.6e-12  # non-vectorized elementwise kernels (casts...): s/element
+    strided_fixed_s: float = 1.5e-6  # and their longer minimum run time, s per kernel
+    reduce_s_per_elt: float = 1.1e-12  # reductions over a middle dimension: s per input element
+    # dense GEMM (cuBLAS)
+    mma_eff: float = 0.80  # fraction of peak tensor FLOP/s inside a 128x256 tile
+    tile_ai0: float = 20.0  # a BMxBN tile runs at ai/(ai + ai0) (ai = BM*BN/(BM+BN)), vs 128x256
+    tile_fill: float = 2.0  # per tile prologue (pipeline fill), in 64-deep k-steps
+    epilogue_bw: float = 4.0  # a tile's output is stored at this x an SM's fair share of bandwidth
+    gemm_launch_s: float = 6.0e-6  # s per GEMM kernel
+    sm_bw: float = 2.5  # one SM pulls at most sm_bw x its fair share of the bandwidth
+    fp32_eff: float = 0.70  # fraction of the fp32 CUDA-core peak (SGEMM, no TF32)
+    # grouped GEMM (CUTLASS, torch._grouped_mm)
+    grouped_eff: float = 0.70  # 128x256 cooperative tile
+    grouped_small_eff: float = 0.60  # 64x128 ping-pong tile (<= 128 rows per expert on average)
+    grouped_bw_eff: float = 0.85  # bandwidth of a grouped GEMM streaming weights (x bw_eff)
+    # gathers, scatters, sorts, row-wise kernels (efficiencies relative to bw_eff)
+    gather_eff: float = 0.95  # row gather x[idx], index_select
+    atomic_eff: float = 0.10  # index_add_ / scatter_add_ of bf16 rows (atomic read-modify-write)
+    index_put_eff: float = 0.30  # index_put_(accumulate=True) after its sort (x[idx] backward)
+    sort_small_s: float = 30e-6  # one-block sort of <= 4096 keys
+    sort_setup_s: float = (
+        20e-6  # a radix sort's setup kernels (histogram, scan, indices) and allocations
+    )
+    topk_s_per_elt: float = (
+        45e-12  # torch.topk over E scores per row: a radix select per row, s per score
+    )
+    row_s_per_byte: float = 0.8e-9  # norms: one block per row; a lone row streams at this s/byte
+    rms_eff: float = 0.9  # bandwidth of the norm kernels, relative to bw_eff
+    rms_bwd_passes: float = 1.5  # F.rms_norm backward traffic, in units of its fused minimum
+    # fused attention (SDPA): fraction of peak inside a tile, per backend, direction, dims, mask
+    attn_eff: dict = field(default_factory=_attn_eff_defaults)
+    attn_fill: float = 1.0  # per block (CTA) overhead, in key (or query) blocks
+    attn_backend_equal: str = "flash_attention"  # SDPA's pick for qk_dim == v_dim <= 256 (measured)
+    attn_backend_unequal: str = "efficient_attention"  # and for qk_dim != v_dim (MLA)
+    fit: dict = field(default_factory=dict, compare=False)  # fit diagnostics (per stage)
+
+    def replace(self, **changes: Any) -> Calibration:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"calibration has unknown field(s) {', '.join(unknown)}")
+        return cls(**d)
+
+    def constants(self) -> tuple[str, ...]:
+        """Names of every constant: the float fields, then 'attn_eff.<entry>' for the table."""
+        names = [f.name for f in dataclasses.fields(self) if f.type in ("float", float)]
+        i = names.index("attn_fill")
+        return (*names[:i], *(f"attn_eff.{k}" for k in self.attn_eff), *names[i:])
+
+    def fitted_constants(self) -> tuple[str, ...]:
+        """The constants the fit moved: those some calibration record depends on, stage by stage
+        (`fit` diagnostics, written by fit_calibration). Empty for an unfitted calibration; the
+        others keep their default, a round guess."""
+        return tuple(name for stage in self.fit.values() for name in stage.get("fitted", ()))
+
+
+def gpu_key(gpu: str | GPU) -> str:
+    """File-name key of a GPU: 'H100-SXM' -> 'h100', 'H200' -> 'h200', 'H800' -> 'h800'."""
+    name = get_gpu(gpu).name.lower()
+    return {"h100-sxm": "h100"}.get(name, name)
+
+
+_CAL_CACHE: dict[str, Calibration] = {}
+
+
+def gpu_calibration(gpu: str | GPU = "H100-SXM") -> Calibration:
+    """The committed calibration of `gpu`, or the H100-SXM's applied to this GPU's datasheet.
+
+    Reads dsim/data/timing_calibration_<gpu>.json (written by bench/validate_timing.py). A GPU
+    without one borrows the H100-SXM's efficiencies (its own peaks, bandwidth and SM count still
+    apply); without any file, the class defaults are used (their `source` says so).
+    """
+    g = get_gpu(gpu)
+    if g.name in _CAL_CACHE:
+        return _CAL_CACHE[g.name]
+    path = DATA_DIR / f"timing_calibration_{gpu_key(g)}.json"
+    if path.exists():
+        try:
+            cal = Calibration.from_dict(json.loads(path.read_text())["calibration"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"{path.name} does not match this version of dsim.cost.timing ({e}); re-run "
+                f"bench/validate_timing.py --data {path.parent.name}/timing_{gpu_key(g)}.json"
+            ) from None
+    elif g.name != "H100-SXM":
+        h100 = gpu_calibration("H100-SXM")
+        cal = h100.replace(
+            gpu=g.name,
+            source=f"H100-SXM efficiencies ({h100.source}) applied to the {g.name} datasheet",
+        )
+    else:
+        cal = Calibration()
+    _CAL_CACHE[g.name] = cal
+    return cal
