@@ -19,7 +19,7 @@ def to_bf16(model: nn.Module) -> nn.Module:
     would also cast the complex RoPE table to a real one, silently breaking the positions.)"""
     for m in model.modules():
         for tensors in (m._parameters, m._buffers):
-            for name, t in tensors.items():
+            for t in tensors.values():
                 if t is not None and t.is_floating_point():
                     t.data = t.data.to(torch.bfloat16)
     return model

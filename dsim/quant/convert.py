@@ -160,7 +160,7 @@ def quantize_model(
                 f"{name} carries a QAT parametrization: call finish_qat(model) instead"
             )
     before = bytes_by_kind(model)
-    for parent, attr, module, name in targets:
+    for parent, attr, module, _ in targets:
         if isinstance(module, Experts):
             new = QuantExperts.from_experts(module, scheme, group_size, scale_fmt)
         else:
