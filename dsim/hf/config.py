@@ -1,8 +1,9 @@
 """Hugging Face `config.json` to and from ModelArgs.
 
 args_from_hf_config reads a config of the DeepSeek-V2/V3 or Mixtral families
-(ModelArgs.from_hf_config is its public entry point); hf_config writes the `DeepseekV3Config` keywords of a ModelArgs (MLA
-only), which the equivalence test with transformers builds its model from.
+(ModelArgs.from_hf_config is its public entry point); hf_config writes the `DeepseekV3Config`
+keywords of a ModelArgs (MLA only), which the equivalence test with transformers builds its model
+from.
 """
 
 from __future__ import annotations
