@@ -58,7 +58,8 @@ def _worker(
     args: tuple,
     threads: int | None,
 ) -> None:
-    """Body of one rank: join the process group, run fn, write its result (or its error) to a file."""
+    """Body of one rank: join the process group, run fn, write its result (or its error) to a
+    file."""
     error_file = Path(outdir) / f"rank{rank}.error"
     try:
         if threads is not None:
@@ -144,7 +145,8 @@ def run_distributed(
     threads_per_rank: int | None = 1,
     start_method: str = "forkserver",
 ) -> list[Any]:
-    """Run fn(rank, world_size, *args) in world_size fresh processes and return [result of rank 0, ...].
+    """Run fn(rank, world_size, *args) in world_size fresh processes and return
+    [result of rank 0, ...].
 
     Each process joins a torch.distributed process group (MASTER_ADDR=127.0.0.1 and a free port;
     `backend` "gloo" for CPUs, "nccl" for one GPU per rank) whose collectives time out after

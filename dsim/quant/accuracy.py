@@ -26,8 +26,8 @@ def to_bf16(model: nn.Module) -> nn.Module:
 
 
 def clone_model(model: nn.Module) -> nn.Module:
-    """A deep copy of a model; the MoE layers' last routing (tensors inside the autograd graph of the
-    last forward pass, which cannot be deep-copied) is left behind."""
+    """A deep copy of a model; the MoE layers' last routing (tensors inside the autograd graph of
+    the last forward pass, which cannot be deep-copied) is left behind."""
     saved = {}
     for m in model.modules():
         if isinstance(getattr(m, "routing", None), Routing):

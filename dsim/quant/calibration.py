@@ -129,7 +129,8 @@ def calibrate_model(
     ]
     if not layers:
         raise ValueError(
-            "calibrate_model needs a model with W8A8 layers: call quantize_model(model, 'w8a8') first"
+            "calibrate_model needs a model with W8A8 layers: "
+            "call quantize_model(model, 'w8a8') first"
         )
     for _, m in layers:
         m.act_scale = None

@@ -7,7 +7,8 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_float(x: torch.Tensor, what: str = "tensor") -> None:
-    """x must be a finite floating-point tensor (NaN or inf would poison every scale of its group)."""
+    """x must be a finite floating-point tensor (NaN or inf would poison every scale of its
+    group)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(
             f"cannot quantize {what} of type {type(x).__name__}: expected a torch.Tensor"

@@ -51,7 +51,8 @@ def kind_of(name: str) -> str:
 
 
 def bytes_by_kind(model: nn.Module) -> dict[str, int]:
-    """Bytes of everything a checkpoint of `model` holds (parameters and persistent buffers), by kind.
+    """Bytes of everything a checkpoint of `model` holds (parameters and persistent buffers), by
+    kind.
 
     Tied tensors count once; non-persistent buffers (RoPE tables) count as nothing.
     """
@@ -98,7 +99,8 @@ class QuantReport:
 
     def __str__(self) -> str:
         lines = [
-            f"{self.scheme} ({self.layers}, group_size={self.group_size}): {len(self.replaced)} modules",
+            f"{self.scheme} ({self.layers}, group_size={self.group_size}): "
+            f"{len(self.replaced)} modules",
             f"{'kind':<16}{'before':>12}{'after':>12}{'ratio':>8}",
         ]
         lines += [

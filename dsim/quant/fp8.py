@@ -67,7 +67,8 @@ def weight_quant(
     check_scale_fmt(scale_fmt)
     if x.dim() < 2:
         raise ValueError(
-            f"weight_quant needs a weight of at least 2 dimensions [..., N, K], got shape {tuple(x.shape)}"
+            "weight_quant needs a weight of at least 2 dimensions [..., N, K], "
+            f"got shape {tuple(x.shape)}"
         )
     N, K = x.shape[-2:]
     bn, bk = math.ceil(N / block_size), math.ceil(K / block_size)
@@ -81,7 +82,8 @@ def weight_quant(
 
 
 def weight_dequant(x: torch.Tensor, s: torch.Tensor, block_size: int = 128) -> torch.Tensor:
-    """FP8 weight [..., N, K] and block scales [..., ceil(N/b), ceil(K/b)] -> default-dtype weight."""
+    """FP8 weight [..., N, K] and block scales [..., ceil(N/b), ceil(K/b)] -> default-dtype
+    weight."""
     check_block(block_size)
     N, K = x.shape[-2:]
     if s.shape[-2:] != (math.ceil(N / block_size), math.ceil(K / block_size)):
@@ -156,8 +158,9 @@ def fp8_gemm(
 
     promote=True (DeepSeek): every b-wide K block is summed by the "tensor core" (in fp32, or by the
     tensor-core model of _accumulate when acc_mantissa_bits is given), then multiplied by its two
-    scales and added to an fp32 accumulator "on the CUDA cores". Fine-grained scales need this: a scale that changes
-    every 128 elements of K can only be applied when a partial sum leaves the tensor core.
+    scales and added to an fp32 accumulator "on the CUDA cores". Fine-grained scales need this: a
+    scale that changes every 128 elements of K can only be applied when a partial sum leaves the
+    tensor core.
     promote=False: the whole K goes through the tensor-core model and one pair of per-tensor scales
     is applied at the end (what a per-tensor FP8 GEMM with cuBLAS "fast accumulation" does).
     """

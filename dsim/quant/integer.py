@@ -156,7 +156,8 @@ def _int_qparams(
 def _int_round(
     xg: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int
 ) -> torch.Tensor:
-    """Codes q = clamp(round(x / s) + z, qmin, qmax) as float (round half to even, like the hardware)."""
+    """Codes q = clamp(round(x / s) + z, qmin, qmax) as float (round half to even, like the
+    hardware)."""
     lo, hi = qrange(bits, zero is None)
     q = torch.round(xg / scale)
     if zero is not None:

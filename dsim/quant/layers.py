@@ -72,7 +72,8 @@ def quant_linear(
 
 
 def _register_qt(module: nn.Module, prefix: str, qt: QuantizedTensor) -> None:
-    """Store a QuantizedTensor's tensors as buffers (they move with .to() and appear in state_dict)."""
+    """Store a QuantizedTensor's tensors as buffers (they move with .to() and appear in
+    state_dict)."""
     module.register_buffer(f"{prefix}qweight", qt.data)
     module.register_buffer(f"{prefix}scale", qt.scale)
     module.register_buffer(f"{prefix}zero_point", qt.zero_point)
@@ -154,8 +155,8 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         qt = self.qt
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}, "
-            f"granularity={qt.granularity}, group_size={qt.group_size}"
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"scheme={self.scheme}, granularity={qt.granularity}, group_size={qt.group_size}"
         )
 
 
@@ -220,4 +221,7 @@ class QuantExperts(nn.Module):
 
     def extra_repr(self) -> str:
         qt = _get_qt(self, "w1_")
-        return f"n_experts={self.n_experts}, scheme={self.scheme}, granularity={qt.granularity}, group_size={qt.group_size}"
+        return (
+            f"n_experts={self.n_experts}, scheme={self.scheme}, "
+            f"granularity={qt.granularity}, group_size={qt.group_size}"
+        )
