@@ -16,8 +16,9 @@ from dsim.cost import flops, params
 def calculate_moe_flops_as_written(
     expert_num: int, expert_size: int, capacity_factor: float
 ) -> int:
-    """What article a3's `calculate_moe_flops` returns, from its recorded formula: the capacity factor
-    times the expert count (Python's round, capped at the count) experts, each charged 2 x size^2."""
+    """What article a3's `calculate_moe_flops` returns, from its recorded formula: the capacity
+    factor times the expert count (Python's round, capped at the count) experts, each charged
+    2 x size^2."""
     experts_charged = min(expert_num, round(capacity_factor * expert_num))
     return experts_charged * 2 * expert_size**2
 
@@ -49,11 +50,14 @@ def calc_moe_flops(c: Claim) -> Verdict:
         agree("what the code prints", stated, printed, tol=0),
         "FLOPs",
         [
-            f"round({cf} x {e}) = {round(cf * e)}; min({e}, {round(cf * e)}) = {min(e, round(cf * e))} active experts",
+            f"round({cf} x {e}) = {round(cf * e)}; min({e}, {round(cf * e)}) = "
+            f"{min(e, round(cf * e))} active experts",
             f"2 x {s} x {s} = {2 * s * s:,d} FLOPs per expert",
-            f"{min(e, round(cf * e))} x {2 * s * s:,d} = {printed:,d} (= 2^{math.log2(printed):.0f}); print() shows {printed}",
+            f"{min(e, round(cf * e))} x {2 * s * s:,d} = {printed:,d} (= "
+            f"2^{math.log2(printed):.0f}); print() shows {printed}",
             f"stated {stated:,d} is {printed / stated:.1f}x smaller than what the code prints",
-            f"the formula is also wrong: top-k, not the capacity factor, picks the experts; with top-2 SwiGLU experts "
+            "the formula is also wrong: top-k, not the capacity factor, picks the experts; with "
+            "top-2 SwiGLU experts "
             f"of width {s}, dsim.cost.flops(...).breakdown['routed_experts'] = {real:,d} per token",
         ],
         ["re-implementation of the article's calculate_moe_flops", "dsim.cost.flops"],
@@ -94,10 +98,13 @@ def flops_per_inference(c: Claim) -> Verdict:
         agree("one 2048-token request", stated, request),
         "FLOPs",
         [
-            f"dsim.cost.flops({m.name}): {fmt(per_token)} FLOPs per token (about 2 x {fmt(params(m).active_no_embedding)} params)",
+            f"dsim.cost.flops({m.name}): {fmt(per_token)} FLOPs per token (about 2 x "
+            f"{fmt(params(m).active_no_embedding)} params)",
             f"one request of 2048 tokens (prefill): {fmt(request)}",
-            f"stated {fmt(stated)} = {fmt(stated / per_token)} tokens' worth, {stated / request:.0f}x one request; "
-            "precision (FP16) does not change a FLOP count, and an MoE would need fewer FLOPs per token, not more",
+            f"stated {fmt(stated)} = {fmt(stated / per_token)} tokens' worth, "
+            f"{stated / request:.0f}x one request; "
+            "precision (FP16) does not change a FLOP count, and an MoE would need fewer FLOPs per "
+            "token, not more",
         ],
         ["dsim.cost.flops"],
     )
@@ -121,7 +128,8 @@ def moe_max_flops(c: Claim) -> Verdict:
         "FLOPs/token",
         [
             f"dsim.cost.flops({m.name}, top-2): {fmt(real)} FLOPs per token",
-            f"even with all {m.n_routed_experts} experts active: {fmt(everything)} (the most an 8B-total model can do)",
+            f"even with all {m.n_routed_experts} experts active: {fmt(everything)} (the most an "
+            "8B-total model can do)",
             f"a 13B dense model: 2 x {fmt(c.inputs['dense_params'])} = {fmt(dense13)}, "
             f"{dense13 / everything:.2f}x more than the bound",
         ],
@@ -131,8 +139,8 @@ def moe_max_flops(c: Claim) -> Verdict:
 
 
 def _long_context_model(kind: str, moe: bool, active_only: bool = False) -> ModelArgs:
-    """The '1.5T' model of a0 (16 experts of 96B: 125 layers x 3 x 16384 x 15625 each, top-4) with an
-    attention of a usual shape, or a dense model of the same total (or active) size."""
+    """The '1.5T' model of a0 (16 experts of 96B: 125 layers x 3 x 16384 x 15625 each, top-4) with
+    an attention of a usual shape, or a dense model of the same total (or active) size."""
     D, L, I = 16384, 125, 15625
     attn = (
         dict(attn_type="mha", n_heads=128, head_dim=128)
@@ -202,20 +210,23 @@ def long_context_gain(c: Claim) -> Verdict:
         gain = 1 - fm / fd
         rs.append(at_least(label, stated, gain * 100))
         lines.append(
-            f"{label}: dsim.cost.flops per decoded token MoE {fmt(fm)} / dense {fmt(fd)} -> saving {pct(gain)}"
+            f"{label}: dsim.cost.flops per decoded token MoE {fmt(fm)} / dense {fmt(fd)} -> saving "
+            f"{pct(gain)}"
         )
     p = params(_long_context_model("mha", True))
     lines.insert(
         0,
         f"model: 16 experts x 125 layers x 3 x 16384 x 15625 = 16 x 96e9 expert params, top-4 "
-        f"(375B active), plus attention: dsim.cost.params total {fmt(p.total)}, active {fmt(p.active)}",
+        f"(375B active), plus attention: dsim.cost.params total {fmt(p.total)}, active "
+        f"{fmt(p.active)}",
     )
     lines.append("MoE cuts only the FFN; at 200K tokens the attention core decides the saving")
     return make(c, rs, "%", lines, ["dsim.cost.flops", "dsim.cost.params"])
 
 
 def window_saving(n: int, window: int, global_tokens: int) -> float:
-    """Share of causal attention-score pairs a sliding window (plus global tokens) removes at length n."""
+    """Share of causal attention-score pairs a sliding window (plus global tokens) removes at
+    length n."""
     from dsim.cost.flops import attention_pairs
 
     full = attention_pairs(1, n, 0, causal=True)
@@ -254,11 +265,14 @@ def sliding_window(c: Claim) -> Verdict:
         rs,
         "%",
         [
-            f"causal pairs n(n+1)/2 (dsim.cost.flops.attention_pairs) vs windowed sum(min(i+1, {w})) + {g} n",
+            "causal pairs n(n+1)/2 (dsim.cost.flops.attention_pairs) vs windowed sum(min(i+1, "
+            f"{w})) + {g} n",
             "saving: " + ", ".join(f"{n}: {pct(saving(n))}" for n in (2048, 4096, 32768, 131072)),
             f"exactly {stated} % only at n = {hi} tokens (dsim.claims.window_length_for)",
-            f"the core is {pct(core)} of DeepSeek-V3's forward FLOPs at 4096 tokens (dsim.cost.flops, causal), "
-            f"so the whole model saves {pct(saving(4096) * core)}; DeepSeek uses MLA, not sliding windows",
+            f"the core is {pct(core)} of DeepSeek-V3's forward FLOPs at 4096 tokens "
+            "(dsim.cost.flops, causal), "
+            f"so the whole model saves {pct(saving(4096) * core)}; DeepSeek uses MLA, not sliding "
+            "windows",
         ],
         ["dsim.cost.flops.attention_pairs", "dsim.cost.flops"],
     )

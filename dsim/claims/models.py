@@ -45,7 +45,8 @@ def _dense(
 
 @cache
 def llama31_8b() -> ModelArgs:
-    """DeepSeek-R1-Distill-Llama-8B, the only DeepSeek '8B': Llama-3.1-8B's config.json (dense, GQA 32/8)."""
+    """DeepSeek-R1-Distill-Llama-8B, the only DeepSeek '8B': Llama-3.1-8B's config.json (dense,
+    GQA 32/8)."""
     return _dense("r1-distill-llama-8b", 128256, 4096, 14336, 32, 32, kv_heads=8, seq=8192)
 
 

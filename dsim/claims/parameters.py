@@ -46,8 +46,10 @@ def moe_total_from_experts(c: Claim) -> Verdict:
         "params",
         [
             f"{n} experts x {fmt(size)} params = {fmt(n * size)}",
-            f"dsim.cost.params(one MoE layer with these experts).breakdown['routed_experts'] = {fmt(experts)}",
-            f"stated {fmt(stated)} / {fmt(experts)} = {experts and stated / experts:.3f}: the experts alone "
+            "dsim.cost.params(one MoE layer with these experts).breakdown['routed_experts'] = "
+            f"{fmt(experts)}",
+            f"stated {fmt(stated)} / {fmt(experts)} = {experts and stated / experts:.3f}: the "
+            "experts alone "
             f"already exceed 1.5T, leaving no room for attention, embeddings or router",
         ],
         ["dsim.cost.params"],
@@ -65,11 +67,14 @@ def moe_active_top_k(c: Claim) -> Verdict:
         a = params(toy_moe(n, size, k)).active_breakdown["routed_experts"]
         rs.append(agree(why, stated, a))
         lines.append(
-            f"top-{k} of {n}: dsim.cost.params(...).active_breakdown['routed_experts'] = {k} x {fmt(size)} = {fmt(a)}"
+            f"top-{k} of {n}: dsim.cost.params(...).active_breakdown['routed_experts'] = {k} x "
+            f"{fmt(size)} = {fmt(a)}"
         )
     lines.append(
-        f"375e9 = 1.5e12 / 4 exactly: a quarter of the total, as if 4 of 16 experts were active and "
-        f"nothing were shared (DeepSeek-V3 activates {pct(PUBLISHED_PARAMS['deepseek-v3'][1] / PUBLISHED_PARAMS['deepseek-v3'][0])})"
+        "375e9 = 1.5e12 / 4 exactly: a quarter of the total, as if 4 of 16 experts were active "
+        "and "
+        "nothing were shared (DeepSeek-V3 activates "
+        f"{pct(PUBLISHED_PARAMS['deepseek-v3'][1] / PUBLISHED_PARAMS['deepseek-v3'][0])})"
     )
     return make(c, rs, "params", lines, ["dsim.cost.params", "the article's MoEGating(top_k=2)"])
 
@@ -90,8 +95,10 @@ def moe_min_active(c: Claim) -> Verdict:
         "params",
         [
             f"smallest possible active count: every parameter in the {n} experts, none shared",
-            f"dsim.cost.params({n} experts of {fmt(total / n)}, top-{k}).active_breakdown['routed_experts'] = {fmt(floor)}",
-            f"stated 'under {fmt(stated)}' < {fmt(floor)}: impossible; any shared attention or embedding adds to it",
+            f"dsim.cost.params({n} experts of {fmt(total / n)}, "
+            f"top-{k}).active_breakdown['routed_experts'] = {fmt(floor)}",
+            f"stated 'under {fmt(stated)}' < {fmt(floor)}: impossible; any shared attention or "
+            "embedding adds to it",
         ],
         ["dsim.cost.params"],
         bound="top-k of E experts activates at least k/E of the expert parameters",
@@ -107,7 +114,8 @@ def active_floor_from_split(c: Claim) -> Verdict:
         above_min("the article's own 35/60/5 split", stated, always),
         "params",
         [
-            f"shared 35 % + routing 5 % of {fmt(total)} = {fmt(always)} parameters every token uses",
+            f"shared 35 % + routing 5 % of {fmt(total)} = {fmt(always)} parameters every token "
+            "uses",
             f"stated active {fmt(stated)} < {fmt(always)} before a single expert is counted",
         ],
         ["arithmetic on the article's split (a3-param-split-shared-expert-router)"],
@@ -161,9 +169,11 @@ def active_share(c: Claim) -> Verdict:
         ],
         "%",
         [
-            f"{m.name}: dsim.cost.params active {fmt(p.active)} / total {fmt(p.total)} = {pct(share)}",
+            f"{m.name}: dsim.cost.params active {fmt(p.active)} / total {fmt(p.total)} = "
+            f"{pct(share)}",
             f"dense {llama31_8b().name}: active / total = {pct(dense.active / dense.total)}",
-            "the natural reading inverts the claim: a dense model uses all its weights, an MoE a fraction",
+            "the natural reading inverts the claim: a dense model uses all its weights, an MoE a "
+            "fraction",
         ],
         ["dsim.cost.params"],
     )
@@ -183,7 +193,8 @@ def lora_bert(c: Claim) -> Verdict:
         [
             f"BERT-base parameters (embeddings, {L} layers, pooler) = {base:,d}",
             f"LoRA rank {r} on Wq, Wv: {L} x 2 x {r} x ({d} + {d}) = {added:,d} trainable",
-            f"reduction 1 - {added:,d} / {base:,d} = {pct(cut, 4)} (>= 99 %); the >95 % quality is not recomputable",
+            f"reduction 1 - {added:,d} / {base:,d} = {pct(cut, 4)} (>= 99 %); the >95 % quality is "
+            "not recomputable",
         ],
         ["arithmetic (BERT-base shapes)", "Hu et al. 2021 (LoRA)"],
     )
@@ -202,7 +213,8 @@ def lora_query_key(c: Claim) -> Verdict:
             )
         )
         rows.append(
-            f"{m.name}: {m.n_layers} x {r} x (({m.dim} + {q_out}) + ({m.dim} + {k_out})) = {added:,d} "
+            f"{m.name}: {m.n_layers} x {r} x (({m.dim} + {q_out}) + ({m.dim} + {k_out})) = "
+            f"{added:,d} "
             f"added / dsim.cost.params total {fmt(total)} = {pct(added / total)}"
         )
     return make(c, rs, "%", rows, ["dsim.cost.params"])
@@ -293,7 +305,8 @@ def param_scale_range(c: Claim) -> Verdict:
     )
     extra = (
         f"\nGPT-3 {fmt(c.q['gpt3_params'])} = published {fmt(ref('gpt3_params'))} (right); BERT "
-        f"{fmt(c.q['bert_min_params'])}-{fmt(c.q['bert_max_params'])} = BERT-large {fmt(ref('bert_large_params'))} "
+        f"{fmt(c.q['bert_min_params'])}-{fmt(c.q['bert_max_params'])} = BERT-large "
+        f"{fmt(ref('bert_large_params'))} "
         f"to Megatron-BERT {fmt(ref('megatron_bert_params'))} (BERT-base is 110M)"
     )
     return dataclasses.replace(v, arithmetic=v.arithmetic + extra)
@@ -328,8 +341,10 @@ def expert_capacity(c: Claim) -> Verdict:
         "",
         [
             "no DeepSeek config has 'expert_capacity'; three readings:",
-            f"routed experts: {', '.join(f'{k} {preset(k).n_routed_experts}' for k in DEEPSEEK_MOE)}",
-            f"capacity factor: ~1 in GShard/Switch; dsim's deepseek-v3 preset capacity_factor = {v3.capacity_factor} (no dropping)",
+            "routed experts: "
+            f"{', '.join(f'{k} {preset(k).n_routed_experts}' for k in DEEPSEEK_MOE)}",
+            "capacity factor: ~1 in GShard/Switch; dsim's deepseek-v3 preset capacity_factor = "
+            f"{v3.capacity_factor} (no dropping)",
             f"per-expert token capacity = T x {v3.n_activated_experts} / {v3.n_routed_experts}: "
             + ", ".join(f"T={T}: {fmt(n)}" for T, n in per_expert.items()),
         ],

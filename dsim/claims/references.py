@@ -80,7 +80,8 @@ def reference_checks() -> list[Verdict]:
             topic="params",
             numeric=True,
             check="dsim.cost.params",
-            claim=f"{name}: {fmt(total)} parameters in total, {fmt(active)} activated per token ({source})",
+            claim=f"{name}: {fmt(total)} parameters in total, "
+            f"{fmt(active)} activated per token ({source})",
         )
         conv = "active_no_embedding" if name.startswith("deepseek-v") else "active"
         out.append(
@@ -92,7 +93,8 @@ def reference_checks() -> list[Verdict]:
                 ],
                 "params",
                 [
-                    f"dsim.cost.params(preset('{name}')): total_no_mtp {fmt(p.total_no_mtp)}, {conv} {fmt(act)}"
+                    f"dsim.cost.params(preset('{name}')): total_no_mtp {fmt(p.total_no_mtp)}, "
+                    f"{conv} {fmt(act)}"
                 ],
                 ["dsim.cost.params", source],
             )

@@ -53,7 +53,8 @@ def check_claim(claim: Claim | str) -> Verdict:
 
 
 def check_all() -> list[Verdict]:
-    """Verdicts on every claim of claims_data.json, in file order (non-numeric ones as not_numeric)."""
+    """Verdicts on every claim of claims_data.json, in file order (non-numeric ones as
+    not_numeric)."""
     return [check_claim(c) for c in load_claims()]
 
 
@@ -68,14 +69,18 @@ def counts(verdicts: list[Verdict] | None = None) -> dict[str, Counter]:
 def summary(verdicts: list[Verdict] | None = None, width: int = 60) -> str:
     """A text table of every claim: article, topic, id, verdict, stated, computed, off by."""
     vs = verdicts if verdicts is not None else check_all()
-    head = f"{'art':3s} {'topic':13s} {'claim':{width}s} {'verdict':11s} {'stated':>10s} {'computed':>10s} {'off by':>8s}"
+    head = (
+        f"{'art':3s} {'topic':13s} {'claim':{width}s} {'verdict':11s} "
+        f"{'stated':>10s} {'computed':>10s} {'off by':>8s}"
+    )
     rows = [head, "-" * len(head)]
     for v in sorted(vs, key=lambda v: (v.article, v.topic, v.claim_id)):
         s = "" if v.stated is None else fmt(v.stated, 3)
         k = "" if v.computed is None else fmt(v.computed, 3)
         off = v.off_by if v.verdict in ("off", "cannot_hold") else ""
         rows.append(
-            f"{v.article_label:3s} {v.topic:13s} {v.claim_id[:width]:{width}s} {v.verdict:11s} {s:>10s} {k:>10s} {off:>8s}"
+            f"{v.article_label:3s} {v.topic:13s} {v.claim_id[:width]:{width}s} {v.verdict:11s} "
+            f"{s:>10s} {k:>10s} {off:>8s}"
         )
     rows.append("")
     for art, cnt in sorted(counts(vs).items()):

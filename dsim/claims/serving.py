@@ -57,11 +57,15 @@ def decode_latency(c: Claim) -> Verdict:
         rs,
         "ms",
         [
-            f"{m.name}, 1000 requests over {gpus} A100-80GB (data parallel: {per_gpu} each), {ctx}-token contexts",
-            f"one decode step reads weights {fmt(w)} + KV {per_gpu} x {ctx} x {fmt(kv_cache_bytes_per_token(m))} = {fmt(kv)} "
-            f"bytes / {fmt(a100.hbm_bw)} B/s = {step * 1e3:.1f} ms (a floor); dsim.cost.step_time (eager PyTorch kernels, "
+            f"{m.name}, 1000 requests over {gpus} A100-80GB (data parallel: {per_gpu} each), "
+            f"{ctx}-token contexts",
+            f"one decode step reads weights {fmt(w)} + KV {per_gpu} x {ctx} x "
+            f"{fmt(kv_cache_bytes_per_token(m))} = {fmt(kv)} "
+            f"bytes / {fmt(a100.hbm_bw)} B/s = {step * 1e3:.1f} ms (a floor); dsim.cost.step_time "
+            "(eager PyTorch kernels, "
             f"H100 efficiencies on the A100 datasheet): {modeled * 1e3:.1f} ms",
-            f"a whole request: its own prefill {fmt(flops(m, batch=1, seq_len=ctx, mode='prefill').total)} FLOPs / "
+            "a whole request: its own prefill "
+            f"{fmt(flops(m, batch=1, seq_len=ctx, mode='prefill').total)} FLOPs / "
             f"{fmt(a100.bf16_flops)} FLOP/s = {prefill * 1e3:.0f} ms + {out_tokens} decode steps = "
             f"{(prefill + out_tokens * step) * 1e3:.0f} ms",
             "(both times are floors: a request cannot finish faster)",
@@ -91,8 +95,10 @@ def phone_tokens_per_s(c: Claim) -> Verdict:
         "tok/s",
         [
             "a decode step reads every weight once: tokens/s <= bandwidth / weight bytes",
-            f"INT4 g128: {fmt(bw)} / {fmt(i4)} = {bw / i4:.1f} tok/s; FP16: {fmt(bw)} / {fmt(f16)} = {bw / f16:.1f} tok/s",
-            f"{c.q['tok_per_s']} tok/s needs {c.q['tok_per_s'] / (bw / i4):.0%} of peak bandwidth with INT4; "
+            f"INT4 g128: {fmt(bw)} / {fmt(i4)} = {bw / i4:.1f} tok/s; FP16: {fmt(bw)} / {fmt(f16)} "
+            f"= {bw / f16:.1f} tok/s",
+            f"{c.q['tok_per_s']} tok/s needs {c.q['tok_per_s'] / (bw / i4):.0%} of peak bandwidth "
+            "with INT4; "
             "pruning (unquantified) could lower the bytes",
         ],
         ["dsim.cost.params", "dsim.cost.weight_bytes", src("snapdragon_8g2_bw")],
@@ -111,7 +117,8 @@ def rv1126_latency(c: Claim) -> Verdict:
         "ms",
         [
             f"INT4 g128 weights {fmt(i4)} bytes (the board typically has 1-2 GB of DRAM)",
-            f"one token: {fmt(i4)} / {fmt(bw)} B/s = {t * 1e3:.0f} ms, above the 300 ms budget before any "
+            f"one token: {fmt(i4)} / {fmt(bw)} B/s = {t * 1e3:.0f} ms, above the 300 ms budget "
+            "before any "
             "speech processing; a spoken reply needs many tokens",
         ],
         ["dsim.cost.params", "dsim.cost.weight_bytes", src("rv1126_bw")],
@@ -140,8 +147,10 @@ def paged_kv(c: Claim) -> Verdict:
         rs,
         "%",
         [
-            f"{m.name}: dsim.cost.kv_cache_bytes_per_token = {fmt(per_token)} bytes, with or without blocks",
-            f"a batch of lengths 1..{max_len}: reserved {max_len} tokens each {fmt(contiguous)} bytes; blocks of {block}: "
+            f"{m.name}: dsim.cost.kv_cache_bytes_per_token = {fmt(per_token)} bytes, with or "
+            "without blocks",
+            f"a batch of lengths 1..{max_len}: reserved {max_len} tokens each {fmt(contiguous)} "
+            f"bytes; blocks of {block}: "
             f"{fmt(paged)} -> {pct(saving)} saved; any saving between 0 and this is possible",
             "paging removes over-allocation; it does not compress a single entry (0 % smaller)",
         ],

@@ -42,7 +42,8 @@ def _bytes_lines(n: int, bits: int, stated: float) -> tuple[float, list[str]]:
     if bits < 16:
         line += (
             f"; with a bf16 scale per 128 weights dsim.cost.weight_bytes = {fmt(b)} "
-            f"(dsim.quant QuantizedTensor.nbytes: {quant_bytes_per_param(bits, 128):.6f} bytes/param)"
+            f"(dsim.quant QuantizedTensor.nbytes: {quant_bytes_per_param(bits, 128):.6f} "
+            "bytes/param)"
         )
     lines = [
         line,
@@ -58,7 +59,8 @@ def _bytes_lines(n: int, bits: int, stated: float) -> tuple[float, list[str]]:
 
 @check("a1-fp16-16gb", "a0-v100-65b-int8-21gb")
 def stated_precision_bytes(c: Claim) -> Verdict:
-    """The claim names the bit width: bytes = params x bits / 8 (+ scales); fewer bytes is impossible."""
+    """The claim names the bit width: bytes = params x bits / 8 (+ scales); fewer bytes is
+    impossible."""
     n, bits = int(c.inputs["params"]), c.inputs["bits"]
     stated = c.q.get("bytes") or c.q["model_bytes"]
     b, lines = _bytes_lines(n, bits, stated)
@@ -84,7 +86,8 @@ def stated_precision_bytes(c: Claim) -> Verdict:
 
 @check("a1-w4a16-4.2gb")
 def w4a16_size(c: Claim) -> Verdict:
-    """INT4 weights: all of them, or all but the embedding and head (kept in 16 bits by W4A16 checkpoints)."""
+    """INT4 weights: all of them, or all but the embedding and head (kept in 16 bits by W4A16
+    checkpoints)."""
     n, stated = int(c.inputs["params"]), c.q["model_bytes"]
     b, lines = _bytes_lines(n, c.inputs["bits"], stated)
     m = llama31_8b()
@@ -92,7 +95,8 @@ def w4a16_size(c: Claim) -> Verdict:
     keep = p.breakdown["embedding"] + p.breakdown["head"]
     mixed = weight_bytes(p.total - keep, "int4", 128) + weight_bytes(keep, "fp16")
     lines.append(
-        f"{m.name}: int4 body {fmt(p.total - keep)} + fp16 embedding and head {fmt(keep)} -> {fmt(mixed)} bytes"
+        f"{m.name}: int4 body {fmt(p.total - keep)} + fp16 embedding and head {fmt(keep)} -> "
+        f"{fmt(mixed)} bytes"
     )
     return make(
         c,
@@ -146,10 +150,14 @@ def offload_resident(c: Claim) -> Verdict:
         rs,
         "bytes",
         [
-            f"the {fmt(active)} active parameters must stay on the GPUs: FP16 {fmt(weight_bytes(int(active), 'fp16'))}, "
-            f"at {implied_bpp:.1f} B/param {fmt(active * implied_bpp)}, INT4 {fmt(weight_bytes(int(active), 'int4', 128))}",
-            f"8 x A100-80GB = {fmt(8 * a100.hbm_bytes)}; 8 x 40 GB = {fmt(8 * get_gpu('A100-40GB-SXM').hbm_bytes)}",
-            f"routing changes experts token by token: swapping one {fmt(expert)}-param expert over PCIe "
+            f"the {fmt(active)} active parameters must stay on the GPUs: FP16 "
+            f"{fmt(weight_bytes(int(active), 'fp16'))}, "
+            f"at {implied_bpp:.1f} B/param {fmt(active * implied_bpp)}, INT4 "
+            f"{fmt(weight_bytes(int(active), 'int4', 128))}",
+            f"8 x A100-80GB = {fmt(8 * a100.hbm_bytes)}; 8 x 40 GB = "
+            f"{fmt(8 * get_gpu('A100-40GB-SXM').hbm_bytes)}",
+            f"routing changes experts token by token: swapping one {fmt(expert)}-param expert over "
+            "PCIe "
             f"({fmt(a100.pcie_bw)} B/s) takes {swap:.1f} s",
         ],
         ["dsim.cost.weight_bytes", "dsim.cost.hardware (A100 HBM, PCIe)"],
@@ -179,10 +187,13 @@ def training_fit(c: Claim) -> Verdict:
         rs,
         "params",
         [
-            f"mixed-precision Adam: 2 (bf16 weights) + 2 (bf16 grads) + 4 (fp32 master) + 8 (fp32 m, v) = {bpp:g} bytes/param",
-            f"{gpus} x A100 {fmt(a100.hbm_bytes)} = {fmt(node)} bytes -> at most {fmt(max_train)} params of training "
+            "mixed-precision Adam: 2 (bf16 weights) + 2 (bf16 grads) + 4 (fp32 master) + 8 (fp32 "
+            f"m, v) = {bpp:g} bytes/param",
+            f"{gpus} x A100 {fmt(a100.hbm_bytes)} = {fmt(node)} bytes -> at most {fmt(max_train)} "
+            "params of training "
             f"state, {fmt(max_weights)} of bf16 weights alone (before activations)",
-            f"{fmt(n)} params need {fmt(n * bpp)} bytes of state, {n * bpp / node:.1f}x the GPUs' memory "
+            f"{fmt(n)} params need {fmt(n * bpp)} bytes of state, {n * bpp / node:.1f}x the GPUs' "
+            "memory "
             f"({fmt(n * bpp / gpus)} per GPU); only CPU/NVMe offload (ZeRO-Infinity) could hold it",
         ],
         ["dsim.cost.bytes_per_param", "dsim.cost.hardware A100-80GB-SXM"],
@@ -200,7 +211,8 @@ def lora_fits_a100(c: Claim) -> Verdict:
         "params",
         [
             f"LoRA keeps the base frozen in bf16: {fmt(n)} x 2 = {fmt(n * 2)} bytes of {fmt(cap)}",
-            f"weights alone would allow up to {fmt(most)} params: 4B holds, but understates the A100 ~10x "
+            f"weights alone would allow up to {fmt(most)} params: 4B holds, but understates the "
+            "A100 ~10x "
             "(activations and adapter state take part of the rest)",
         ],
         ["dsim.cost.bytes_per_param", "dsim.cost.hardware A100-80GB-SXM"],
@@ -228,7 +240,8 @@ def t4_fit(c: Claim) -> Verdict:
         rs,
         "bytes",
         [
-            f"{m.name}: {fmt(real)} params; KV cache 2048 tokens x {fmt(kv_cache_bytes_per_token(m))} B = {fmt(kv)}",
+            f"{m.name}: {fmt(real)} params; KV cache 2048 tokens x "
+            f"{fmt(kv_cache_bytes_per_token(m))} B = {fmt(kv)}",
             ", ".join(
                 f"{d}: {fmt(weight_bytes(real, d, 128))} + KV" for d in ("fp16", "int8", "int4")
             )
@@ -253,7 +266,8 @@ def int8_fraction_of_fp32(c: Claim) -> Verdict:
         agree("per-channel INT8 vs FP32", c.q["size_fraction"], frac),
         "fraction",
         [
-            f"dsim.quant per-channel INT8: {i8:.5f} bytes/param (codes + one bf16 scale per 1024-wide row)",
+            f"dsim.quant per-channel INT8: {i8:.5f} bytes/param (codes + one bf16 scale per "
+            "1024-wide row)",
             f"{i8:.5f} / 4 = {frac:.4f} of FP32; layers quantize_dynamic leaves alone stay FP32",
         ],
         ["dsim.quant.quantize (QuantizedTensor.nbytes)", "dsim.cost.bytes_per_param"],
@@ -297,7 +311,8 @@ def absmax_group(c: Claim) -> Verdict:
         "elements",
         [
             f"dsim.quant.act_quant (DeepSeek-V3's kernel): one scale per {v3_block} elements",
-            f"scale overhead with bf16 scales: 16 / {g} = {over:.3f} bits per weight (dsim.quant INT8 group {g})",
+            f"scale overhead with bf16 scales: 16 / {g} = {over:.3f} bits per weight (dsim.quant "
+            f"INT8 group {g})",
             "the article's own quantize_layer uses one scale per tensor, not per 128 channels",
         ],
         ["dsim.quant.act_quant", "dsim.quant.quantize"],
@@ -326,9 +341,12 @@ def quantize_layer_code(c: Claim) -> Verdict:
         agree("q_max of the article's formula vs dsim.quant.qrange", qmax, qrange(bits)[1], tol=0),
         "",
         [
-            f"article: scale = max|W| / (2^({bits}-1) - 1) = max|W| / {qmax}; dsim.quant.qrange({bits}) = {qrange(bits)}",
-            f"re-implemented and run on a 64 x 256 weight: max |difference| from dsim.quant per-tensor = {diff:.3g}",
-            "correct fake quantization, but the training loop shown never calls it (it only uses FP16 autocast)",
+            f"article: scale = max|W| / (2^({bits}-1) - 1) = max|W| / {qmax}; "
+            f"dsim.quant.qrange({bits}) = {qrange(bits)}",
+            "re-implemented and run on a 64 x 256 weight: max |difference| from dsim.quant "
+            f"per-tensor = {diff:.3g}",
+            "correct fake quantization, but the training loop shown never calls it (it only uses "
+            "FP16 autocast)",
         ],
         ["re-implementation of the article's quantize_layer", "dsim.quant.quantize / dequantize"],
     )
@@ -345,8 +363,10 @@ def qlora_bits(c: Claim) -> Verdict:
         rs,
         "bits",
         [
-            f"QLoRA: {ref('qlora_base_bits'):g}-bit NF4 base, {ref('qlora_adapter_bits'):g}-bit adapters; "
-            f"dsim.cost.bytes_per_param('int4', None) x 8 = {bytes_per_param('int4', None) * 8:g} bits"
+            f"QLoRA: {ref('qlora_base_bits'):g}-bit NF4 base, {ref('qlora_adapter_bits'):g}-bit "
+            "adapters; "
+            f"dsim.cost.bytes_per_param('int4', None) x 8 = {bytes_per_param('int4', None) * 8:g} "
+            "bits"
         ],
         [src("qlora_base_bits"), "dsim.cost.bytes_per_param"],
     )
@@ -375,9 +395,11 @@ def adam_precision(c: Claim) -> Verdict:
         rs,
         "bits",
         [
-            f"dsim.cost.memory(deepseek-v3) optimizer bytes per parameter: fp32 moments {per['fp32']:g}, "
+            "dsim.cost.memory(deepseek-v3) optimizer bytes per parameter: fp32 moments "
+            f"{per['fp32']:g}, "
             f"bf16 moments {per['bf16']:g} (each with a 4-byte fp32 master copy)",
-            "standard mixed precision keeps both in FP32; DeepSeek-V3 (section 3.3.3) stores the moments in BF16",
+            "standard mixed precision keeps both in FP32; DeepSeek-V3 (section 3.3.3) stores the "
+            "moments in BF16",
         ],
         ["dsim.cost.memory", "DeepSeek-V3 technical report, section 3.3.3"],
     )

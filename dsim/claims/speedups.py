@@ -39,7 +39,8 @@ def same_width_speedup(c: Claim) -> Verdict:
         [
             f"bytes per param: bf16 {bytes_per_param('bf16'):g}, fp16 {bytes_per_param('fp16'):g}",
             f"tensor peak: A100 {fmt(a100.bf16_flops)} / {fmt(a100.fp16_flops)} = {peak:g}; H100 "
-            f"{fmt(h100.bf16_flops)} / {fmt(h100.fp16_flops)} = {h100.bf16_flops / h100.fp16_flops:g}",
+            f"{fmt(h100.bf16_flops)} / {fmt(h100.fp16_flops)} = "
+            f"{h100.bf16_flops / h100.fp16_flops:g}",
             "BF16 buys range and stability, not speed; the FP16 row is the table's baseline",
         ],
         ["dsim.cost.hardware", "dsim.cost.bytes_per_param"],
@@ -63,7 +64,8 @@ def low_bit_speedup(c: Claim) -> Verdict:
         below_max("bound from bytes and tensor peaks", stated, bound),
         "x",
         [
-            f"memory-bound: fp16 2 bytes / {bits}-bit {q:.4f} bytes (group-128 bf16 scales) = {by:.3f}x "
+            f"memory-bound: fp16 2 bytes / {bits}-bit {q:.4f} bytes (group-128 bf16 scales) = "
+            f"{by:.3f}x "
             f"({by_ideal:g}x with no scales at all)",
             f"compute-bound: A100 {bits}-bit tensor peak / fp16 = {comp:g}x"
             + ("" if bits == 8 else f" ({src('a100_int4_ops')}; H100 has no INT4 tensor cores)"),
@@ -93,10 +95,13 @@ def int8_speedup_baselines(c: Claim) -> Verdict:
         "x",
         [
             f"INT8 group 128: {q:.4f} bytes/param (dsim.quant)",
-            f"vs FP32: 4 / {q:.4f} = {vs32:.2f}x when memory-bound (CPU INT8 kernels also compute faster than FP32)",
-            f"vs FP16: bytes {2 / q:.2f}x, A100 tensor peak {peak_flops(a100, 'int8') / peak_flops(a100, 'fp16'):g}x "
+            f"vs FP32: 4 / {q:.4f} = {vs32:.2f}x when memory-bound (CPU INT8 kernels also compute "
+            "faster than FP32)",
+            f"vs FP16: bytes {2 / q:.2f}x, A100 tensor peak "
+            f"{peak_flops(a100, 'int8') / peak_flops(a100, 'fp16'):g}x "
             f"-> at most {vs16:g}x",
-            f"measured on an H100: best INT8 GEMM {meas:.2f}x over bf16 ({where}), below even the FP16 bound",
+            f"measured on an H100: best INT8 GEMM {meas:.2f}x over bf16 ({where}), below even the "
+            "FP16 bound",
         ],
         ["dsim.quant", "dsim.cost.hardware", "dsim/data/quant_gpu.json"],
         bound="speed-up <= max(bytes ratio, peak ratio)",

@@ -30,7 +30,8 @@ def fusion_share(c: Claim) -> Verdict:
     rs, lines = (
         [],
         [
-            "fusing removes the norm's own kernel: gain = t_norm / (t_norm + t_gemm), dsim.cost.op_time on an H100"
+            "fusing removes the norm's own kernel: gain = t_norm / (t_norm + t_gemm), "
+            "dsim.cost.op_time on an H100"
         ],
     )
     for tokens, D, what in (
@@ -43,7 +44,8 @@ def fusion_share(c: Claim) -> Verdict:
         share = ln / (ln + g)
         rs.append(in_range(what, lo * (1 - TOLERANCE), hi * (1 + TOLERANCE), share * 100))
         lines.append(
-            f"{what}: norm {ln * 1e6:.1f} us + QKV GEMM [{tokens} x {D}] x [{D} x {3 * D}] {g * 1e6:.1f} us "
+            f"{what}: norm {ln * 1e6:.1f} us + QKV GEMM [{tokens} x {D}] x [{D} x {3 * D}] "
+            f"{g * 1e6:.1f} us "
             f"-> {pct(share)}"
         )
     return make(c, rs, "%", lines, ["dsim.cost.op_time (H100 calibration)"])
@@ -61,7 +63,8 @@ def overlap(c: Claim) -> Verdict:
         [],
         [
             f"without overlap comm = 30 % of the step: comm = {comm:.3f} x compute",
-            f"dsim.cost.flops({m.name}, train): forward {pct(fwd)} and backward {pct(bwd)} of the compute",
+            f"dsim.cost.flops({m.name}, train): forward {pct(fwd)} and backward {pct(bwd)} of the "
+            "compute",
         ],
     )
     for label, hide in (
@@ -73,7 +76,8 @@ def overlap(c: Claim) -> Verdict:
         share = left / (compute + left)
         rs.append(at_most(label, c.q["overhead_after_pct"], share * 100))
         lines.append(
-            f"{label}: dsim.cost.exposed_comm_time({comm:.3f}, {hide:.3f}) = {left:.3f} -> {pct(share)} of the step"
+            f"{label}: dsim.cost.exposed_comm_time({comm:.3f}, {hide:.3f}) = {left:.3f} -> "
+            f"{pct(share)} of the step"
         )
     return make(c, rs, "%", lines, ["dsim.cost.flops", "dsim.cost.exposed_comm_time"])
 
@@ -102,8 +106,10 @@ def grad_compression(c: Claim) -> Verdict:
         "%",
         [
             f"FP32 -> FP16: 1 - {f16:g}/{f32:g} = {pct(1 - f16 / f32)}",
-            f"keeping {keep:.0%} of the entries as FP16 value + int32 index: 1 - {keep} x ({f16:g} + {idx}) / {f32:g} = {pct(sparse)}",
-            f"sparse (value {f16:g} B + index {idx} B): 60 % needs keeping {keep32:.1%} of entries (FP32 baseline) or "
+            f"keeping {keep:.0%} of the entries as FP16 value + int32 index: 1 - {keep} x ({f16:g} "
+            f"+ {idx}) / {f32:g} = {pct(sparse)}",
+            f"sparse (value {f16:g} B + index {idx} B): 60 % needs keeping {keep32:.1%} of entries "
+            "(FP32 baseline) or "
             f"{keep16:.1%} (BF16 baseline, where the 16-bit step itself saves nothing)",
         ],
         ["dsim.cost.bytes_per_param"],
@@ -121,7 +127,8 @@ def tp_overhead(c: Claim) -> Verdict:
         [],
         [
             f"{m.name}, one layer, {tokens} tokens, training: dsim.cost.layer_time / {tp} = "
-            f"{compute * 1e3:.2f} ms per rank; 4 all-reduces of {fmt(vol.nbytes)} bytes (dsim.cost.tp_volume)"
+            f"{compute * 1e3:.2f} ms per rank; 4 all-reduces of {fmt(vol.nbytes)} bytes "
+            "(dsim.cost.tp_volume)"
         ],
     )
     for label, rpn in (
@@ -170,9 +177,11 @@ def pipeline_bubble(c: Claim) -> Verdict:
         rs,
         "micro-batches",
         [
-            f"1F1B bubble (p-1)/(m+p-1), dsim.cost.bubble_fraction_1f1b: p={p}, m={m}: {pct(bubble_fraction_1f1b(p, m))}; "
+            f"1F1B bubble (p-1)/(m+p-1), dsim.cost.bubble_fraction_1f1b: p={p}, m={m}: "
+            f"{pct(bubble_fraction_1f1b(p, m))}; "
             f"m={accum}: {pct(bubble_fraction_1f1b(p, accum))}",
-            f"a bubble under 10 % (a usual target) needs m >= {need} micro-batches: stated = that need, computed = "
+            f"a bubble under 10 % (a usual target) needs m >= {need} micro-batches: stated = that "
+            "need, computed = "
             "the micro-batches each reading gives",
         ],
         ["dsim.cost.bubble_fraction_1f1b"],

@@ -31,14 +31,16 @@ from dsim.cost import get_gpu, memory
 def recompute_saving(c: Claim) -> Verdict:
     m, stated = llama31_8b(), c.q["peak_memory_reduction_pct"]
     lines = [
-        f"dsim.cost.memory({m.name}, training on one GPU, mixed-precision Adam), sequences of 4096 tokens:"
+        f"dsim.cost.memory({m.name}, training on one GPU, mixed-precision Adam), sequences of 4096 "
+        "tokens:"
     ]
     cut = {}
     for b in range(1, 9):
         none, full = (memory(m, batch=b, seq_len=4096, recompute=r) for r in ("none", "full"))
         cut[b] = 1 - full.total / none.total
         lines.append(
-            f"batch {b}: peak {fmt(none.total)} -> {fmt(full.total)} bytes with full recomputation: {pct(cut[b])}"
+            f"batch {b}: peak {fmt(none.total)} -> {fmt(full.total)} bytes with full "
+            f"recomputation: {pct(cut[b])}"
         )
     near = min(cut, key=lambda b: abs(cut[b] * 100 - stated))
     rs = [
@@ -63,7 +65,8 @@ def recompute_48_22(c: Claim) -> Verdict:
     )
     peak = memory(m, seq_len=seq, **layout).total
     lines = [
-        f"no model is given; {m.name}, ZeRO-3 over 8 GPUs, one sequence of {seq} tokens peaks at {fmt(peak)} "
+        f"no model is given; {m.name}, ZeRO-3 over 8 GPUs, one sequence of {seq} tokens peaks at "
+        f"{fmt(peak)} "
         f"bytes per GPU (dsim.cost.memory), close to 48 GB; stated cut 1 - 22/48 = {stated} %"
     ]
     cut = {}
@@ -72,7 +75,8 @@ def recompute_48_22(c: Claim) -> Verdict:
         cut[r] = 1 - got / peak
         lines.append(f"recompute={r}: {fmt(got)} bytes, {pct(cut[r])} less")
     lines.append(
-        "selective recomputation (norms; MLA up-projections in DeepSeek-V3) saves little in an MHA model; "
+        "selective recomputation (norms; MLA up-projections in DeepSeek-V3) saves little in an MHA "
+        "model; "
         "full recomputation can cut more than the stated 54 %"
     )
     rs = [
@@ -106,9 +110,11 @@ def sqrt_checkpointing(c: Claim) -> Verdict:
         ),
         "exponent",
         [
-            f"DeepSeek-V3 MoE layer at 4096 tokens: dsim.cost.memory.layer_activation_bytes {fmt(A)} kept without "
+            "DeepSeek-V3 MoE layer at 4096 tokens: dsim.cost.memory.layer_activation_bytes "
+            f"{fmt(A)} kept without "
             f"recomputation, {fmt(keep)} with (the layer input)",
-            f"store every layer: L x {fmt(A)}, exponent 1; checkpoint every k layers: ceil(L/k) x {fmt(keep)} + k x {fmt(A)}",
+            f"store every layer: L x {fmt(A)}, exponent 1; checkpoint every k layers: ceil(L/k) x "
+            f"{fmt(keep)} + k x {fmt(A)}",
             "best k, L = " + ", ".join(f"{L}: {fmt(best(L))}" for L in Ls),
             "fitted exponent "
             + ", ".join(f"{e:.3f}" for e in exps)
@@ -131,7 +137,8 @@ def tokens_per_param(c: Claim) -> Verdict:
         "tokens/param",
         [
             f"1:10 of {fmt(p)} params = {fmt(r * p)} tokens, not {fmt(d)}",
-            f"{fmt(d)} / {fmt(p)} = {d / p:g} tokens per parameter (compute-optimal: ~20, Hoffmann et al. 2022)",
+            f"{fmt(d)} / {fmt(p)} = {d / p:g} tokens per parameter (compute-optimal: ~20, Hoffmann "
+            "et al. 2022)",
         ],
         ["arithmetic"],
     )
@@ -145,7 +152,8 @@ def c4_size(c: Claim) -> Verdict:
         agree("C4 (English)", stated, ref("c4_en_tokens")),
         "tokens",
         [
-            f"C4.EN has {fmt(ref('c4_en_tokens'))} tokens; stated {fmt(stated)} is {stated / ref('c4_en_tokens'):.1f}x that"
+            f"C4.EN has {fmt(ref('c4_en_tokens'))} tokens; stated {fmt(stated)} is "
+            f"{stated / ref('c4_en_tokens'):.1f}x that"
         ],
         [src("c4_en_tokens")],
     )
@@ -162,8 +170,10 @@ def gpt3_gpus(c: Claim) -> Verdict:
         [
             f"6 x {fmt(ref('gpt3_params'))} x {fmt(ref('gpt3_tokens'))} = {fmt(n_flops)} FLOPs "
             f"(published {fmt(ref('gpt3_train_flops'))})",
-            f"on {ref('gpt3_gpus'):,.0f} V100 for {ref('gpt3_train_days')} days: {fmt(per_gpu)} FLOP/s each = "
-            f"{per_gpu / ref('v100_fp16_flops'):.0%} of the V100's {fmt(ref('v100_fp16_flops'))}: consistent",
+            f"on {ref('gpt3_gpus'):,.0f} V100 for {ref('gpt3_train_days')} days: {fmt(per_gpu)} "
+            "FLOP/s each = "
+            f"{per_gpu / ref('v100_fp16_flops'):.0%} of the V100's {fmt(ref('v100_fp16_flops'))}: "
+            "consistent",
             f"so about {ref('gpt3_gpus'):,.0f} GPUs (one 'wan'), not tens of thousands",
         ],
         [src("gpt3_gpus"), src("gpt3_train_flops"), src("v100_fp16_flops")],
@@ -181,8 +191,10 @@ def training_tokens(c: Claim) -> Verdict:
         rs,
         "tokens",
         [
-            f"GPT-3 trained on {fmt(ref('gpt3_tokens'))} tokens; 570 is the GB of its filtered Common Crawl text",
-            f"DeepSeek trained on more, not less: LLM {fmt(ref('deepseek_llm_tokens'))}, V2 {fmt(ref('v2_tokens'))}, "
+            f"GPT-3 trained on {fmt(ref('gpt3_tokens'))} tokens; 570 is the GB of its filtered "
+            "Common Crawl text",
+            f"DeepSeek trained on more, not less: LLM {fmt(ref('deepseek_llm_tokens'))}, V2 "
+            f"{fmt(ref('v2_tokens'))}, "
             f"V3 {fmt(ref('v3_tokens'))} tokens",
         ],
         [src("gpt3_tokens"), src("gpt3_cc_filtered_gb"), src("v3_tokens")],
@@ -201,12 +213,14 @@ def gpu_hours_6nd(c: Claim) -> Verdict:
         hours = {mfu: total / (a100.bf16_flops * mfu) / 3600 for mfu in (0.3, 0.4, 0.5)}
         rs.append(within(f"{label}, A100 at 30-50 % MFU", stated, hours[0.5], hours[0.3]))
         lines.append(
-            f"{label}: 6 x {fmt(n)} x {fmt(tokens)} = {fmt(total)} FLOPs / ({fmt(a100.bf16_flops)} x MFU) = "
+            f"{label}: 6 x {fmt(n)} x {fmt(tokens)} = {fmt(total)} FLOPs / ({fmt(a100.bf16_flops)} "
+            "x MFU) = "
             + ", ".join(f"{k:.0%}: {v:,.0f} h" for k, v in hours.items())
             + f"; stated {stated:,} h = {total / (a100.bf16_flops * stated * 3600):.0%} MFU"
         )
     lines.append(
-        "consistent with 6ND on an A100; the whole difference is 5.7x fewer tokens, not the architecture"
+        "consistent with 6ND on an A100; the whole difference is 5.7x fewer tokens, not the "
+        "architecture"
     )
     return make(
         c,
@@ -277,7 +291,8 @@ def bank_hardware_cut(c: Claim) -> Verdict:
         agree("1 - after/before", c.q["reduction_pct"], cut * 100),
         "%",
         [
-            f"1 - {c.inputs['gpus_after']} / {c.inputs['gpus_before']} = {pct(cut)} (the anecdote itself is unsourced)"
+            f"1 - {c.inputs['gpus_after']} / {c.inputs['gpus_before']} = {pct(cut)} (the anecdote "
+            "itself is unsourced)"
         ],
         ["arithmetic"],
     )
@@ -298,8 +313,10 @@ def compute_ratio(c: Claim) -> Verdict:
         rs,
         "x",
         [
-            f"{hours.q['gpt3_gpu_hours']:,} / {hours.q['deepseek_gpu_hours']:,} = {ratio:.2f}x; 6ND: "
-            f"{fmt(hours.inputs['tokens_gpt3'])} / {fmt(hours.inputs['tokens_deepseek'])} = {r6:.2f}x; both in "
+            f"{hours.q['gpt3_gpu_hours']:,} / {hours.q['deepseek_gpu_hours']:,} = {ratio:.2f}x; "
+            "6ND: "
+            f"{fmt(hours.inputs['tokens_gpt3'])} / {fmt(hours.inputs['tokens_deepseek'])} = "
+            f"{r6:.2f}x; both in "
             f"{lo}-{hi}x; the <3 % quality gap is not recomputable"
         ],
         ["arithmetic"],

@@ -203,7 +203,8 @@ def below_max(
 def above_min(
     label: str, stated: float, bound: float, tol: float = TOLERANCE, note: str = ""
 ) -> Reading:
-    """stated must not fall below a physical or logical minimum `bound` (bytes, active parameters)."""
+    """stated must not fall below a physical or logical minimum `bound` (bytes, active
+    parameters)."""
     return Reading(
         label, stated, bound, "cannot_hold" if stated < bound * (1 - tol) else "holds", note
     )
@@ -215,7 +216,8 @@ def within(label: str, stated: float, lo: float, hi: float, note: str = "") -> R
 
 
 def in_range(label: str, lo: float, hi: float, computed: float, note: str = "") -> Reading:
-    """The claim states a range [lo, hi]: holds if the computed value lies in it; stated = the midpoint."""
+    """The claim states a range [lo, hi]: holds if the computed value lies in it; stated = the
+    midpoint."""
     return Reading(label, (lo + hi) / 2, computed, "holds" if lo <= computed <= hi else "off", note)
 
 
