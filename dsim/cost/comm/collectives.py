@@ -45,8 +45,8 @@ What one collective call costs (fitted to NCCL on 2 x H200, dsim/data/comm_nccl_
     (NCCL's all-gather and reduce-scatter kernels reach less bus bandwidth than its
     all-reduce on the same links).
 
-calibrate_from_measurements() (dsim.cost.comm.fit) fits launch_kind, chunk_overhead and each collective's B
-to a measured sweep; the constants below are its output on the committed H200 run
+calibrate_from_measurements() (dsim.cost.comm.fit) fits launch_kind, chunk_overhead and each
+collective's B to a measured sweep; the constants below are its output on the committed H200 run
 (tests/test_comm.py re-runs the fit and checks they are equal).
 """
 
