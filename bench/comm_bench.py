@@ -47,7 +47,8 @@ import torch
 import torch.distributed as dist
 
 from dsim.config import preset
-from dsim.parallel import EPMoE, run_distributed
+from dsim.launch import run_distributed
+from dsim.parallel import EPMoE
 
 KINDS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 ELEM = 4  # bytes per float32 element

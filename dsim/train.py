@@ -308,7 +308,9 @@ def evaluate(model: Transformer, data: torch.Tensor, seq_len: int = 128, batches
 
 
 class Trainer:
-    """A training run that can be stepped, checkpointed and resumed bit-exactly (dsim.checkpoint).
+    """A training run that can be stepped, checkpointed and resumed bit-exactly (with
+    dsim.checkpoint's save_checkpoint and load_checkpoint, which import this module: not the other
+    way round).
 
     Holds the model, the AdamW optimizer, the batch generator (the only randomness after
     initialisation), the step counter and the History. `data` defaults to the training corpus.
@@ -375,17 +377,6 @@ class Trainer:
             bar.set_postfix(bpb=f"{self.history.bits_per_byte[-1]:.3f}", imb=f"{self.history.imbalance[-1]:.2f}")
         bar.close()
         return self.history
-
-    def save(self, path: str | Path) -> Path:
-        """Write a safetensors checkpoint (dsim.checkpoint.save_checkpoint)."""
-        from dsim.checkpoint import save_checkpoint
-        return save_checkpoint(self, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Trainer":
-        """A Trainer resumed from a checkpoint (dsim.checkpoint.load_checkpoint)."""
-        from dsim.checkpoint import load_checkpoint
-        return load_checkpoint(path)
 
 
 def train(args: ModelArgs | str = "tiny", cfg: TrainConfig | None = None, progress: bool = True,

@@ -1,4 +1,4 @@
-"""Tests for the communication cost model (dsim/cost/comm.py)."""
+"""Tests for the communication cost model (dsim/cost/comm/, dsim/cost/pipeline.py)."""
 
 import dataclasses
 import math

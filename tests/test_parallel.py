@@ -1,21 +1,14 @@
 """Real multi-process runs on the CPU (gloo, loopback): expert parallelism and data parallelism with a
-ZeRO-1 optimizer against one process, and a launcher that fails fast and clearly.
+ZeRO-1 optimizer against one process. (The launcher's own tests are in tests/test_launch.py.)
 
 Processes are forked from a forkserver that imports torch once, so a run costs ~0.3 s after the first.
 """
-import os
-import signal
-import time
-
 import pytest
 import torch
-import torch.distributed as dist
 
 from dsim.config import preset
-from dsim.parallel import (
-    DistributedError, EPMoE, all_to_all, dp_reference, dp_zero_worker, ep_check_worker, ep_reference,
-    run_distributed,
-)
+from dsim.launch import run_distributed
+from dsim.parallel import EPMoE, all_to_all, dp_reference, dp_zero_worker, ep_check_worker, ep_reference
 
 pytestmark = pytest.mark.timeout(120)
 INF = float("-inf")
@@ -120,56 +113,3 @@ def test_ep_rejects_capacity_and_uneven_sharding():
     res = run_distributed(_ep_bad_args, 3, timeout_s=60)
     assert "capacity_factor" in res[0][0]
     assert "n_routed_experts=8 must be divisible by the number of ranks 3" in res[0][1]
-
-
-# -----------------------------------------------------------------------------
-# failures: a clear error naming the rank, never a hang
-
-def _rank1_raises(rank: int, world: int) -> None:
-    if rank == 1:
-        raise ValueError("boom from the test")
-    dist.all_reduce(torch.ones(1))          # rank 0 waits for a peer that never comes
-
-
-def _rank1_killed(rank: int, world: int) -> None:
-    if rank == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-    dist.all_reduce(torch.ones(1))
-
-
-def _rank0_hangs(rank: int, world: int) -> None:
-    if rank == 0:
-        time.sleep(600)
-
-
-def _noop(rank: int, world: int) -> int:
-    return rank
-
-
-def test_a_rank_that_raises_is_named():
-    t = time.monotonic()
-    with pytest.raises(DistributedError, match=r"rank 1 of 2 failed: ValueError: boom from the test \(in _rank1_raises\)") as e:
-        run_distributed(_rank1_raises, 2, timeout_s=60)
-    assert e.value.rank == 1 and time.monotonic() - t < 20
-
-
-def test_a_killed_rank_is_named():
-    t = time.monotonic()
-    with pytest.raises(DistributedError, match=r"rank 1 of 2 was killed by signal SIGKILL \(in _rank1_killed\)"):
-        run_distributed(_rank1_killed, 2, timeout_s=60)
-    assert time.monotonic() - t < 20
-
-
-def test_a_hang_hits_the_deadline():
-    assert run_distributed(_noop, 2, timeout_s=60) == [0, 1]   # start the forkserver outside the deadline
-    t = time.monotonic()
-    with pytest.raises(DistributedError, match=r"timed out after 4 s; rank\(s\) \[0\] still running"):
-        run_distributed(_rank0_hangs, 2, timeout_s=4)
-    assert time.monotonic() - t < 15
-
-
-def test_bad_arguments():
-    with pytest.raises(ValueError, match="world_size"):
-        run_distributed(_rank0_hangs, 0)
-    with pytest.raises(ValueError, match="backend"):
-        run_distributed(_rank0_hangs, 2, backend="mpi")

@@ -1,4 +1,4 @@
-"""Weights to and from Hugging Face transformers' DeepSeek-V3 layout.
+"""Weight names of Hugging Face transformers' DeepSeek-V3 layout, mapped to dsim's.
 
 dsim keeps DeepSeek's own module names (`wq_a`, `wkv_b`, `ffn.gate`, ...); transformers renames them
 (`q_a_proj`, `kv_b_proj`, `mlp.gate`, ...) and stores the routed experts as fused 3-D tensors
@@ -51,29 +51,3 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], args: ModelArgs) -> dict[str
         else:
             raise ValueError(f"unexpected Hugging Face weight {name!r}")
     return out
-
-
-def hf_config(args: ModelArgs) -> dict:
-    """A `DeepseekV3Config` keyword dict describing the same architecture as `args` (MLA only)."""
-    if args.attn_type != "mla":
-        raise ValueError(f"ModelArgs.attn_type = {args.attn_type!r}: the DeepSeek-V3 layout needs 'mla'")
-    cfg = dict(
-        vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.inter_dim,
-        moe_intermediate_size=args.moe_inter_dim, num_hidden_layers=args.n_layers,
-        first_k_dense_replace=args.n_dense_layers, num_attention_heads=args.n_heads,
-        num_key_value_heads=args.n_heads, n_routed_experts=args.n_routed_experts,
-        n_shared_experts=args.n_shared_experts, num_experts_per_tok=args.n_activated_experts,
-        n_group=args.n_expert_groups, topk_group=args.n_limited_groups, routed_scaling_factor=args.route_scale,
-        norm_topk_prob=args.renormalize, q_lora_rank=args.q_lora_rank or None, kv_lora_rank=args.kv_lora_rank,
-        qk_nope_head_dim=args.qk_nope_head_dim, qk_rope_head_dim=args.qk_rope_head_dim,
-        v_head_dim=args.v_head_dim, max_position_embeddings=args.max_seq_len, rms_norm_eps=args.norm_eps,
-        tie_word_embeddings=args.tie_embeddings, rope_interleave=True,
-        rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
-    )
-    if args.uses_yarn:
-        cfg["rope_parameters"] = {
-            "rope_type": "yarn", "rope_theta": args.rope_theta, "factor": args.rope_factor,
-            "original_max_position_embeddings": args.original_seq_len, "beta_fast": args.beta_fast,
-            "beta_slow": args.beta_slow, "mscale": args.mscale, "mscale_all_dim": args.mscale,
-        }
-    return cfg

@@ -1,0 +1,352 @@
+"""Checks of parameter claims: totals, active counts, splits, ranges of published models."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dsim.claims.models import (
+    DEEPSEEK_MOE,
+    deepseek_llm_7b,
+    deepseek_models,
+    llama31_8b,
+    moe_8b,
+    toy_moe,
+)
+from dsim.claims.references import ref, src
+from dsim.claims.verdict import (
+    TOLERANCE,
+    Claim,
+    Reading,
+    Verdict,
+    above_min,
+    agree,
+    at_least,
+    at_most,
+    check,
+    fmt,
+    make,
+    pct,
+    within,
+)
+from dsim.config import PUBLISHED_PARAMS, preset
+from dsim.cost import params
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters: totals, active counts, splits
+# ---------------------------------------------------------------------------------------------
+@check("a0-moe-1.5t-total")
+def moe_total_from_experts(c: Claim) -> Verdict:
+    n, size, stated = c.inputs["num_experts"], c.inputs["params_per_expert"], c.q["total_params"]
+    p = params(toy_moe(n, size, 2))
+    experts = p.breakdown["routed_experts"]
+    return make(
+        c,
+        agree("16 experts of 96B", stated, experts),
+        "params",
+        [
+            f"{n} experts x {fmt(size)} params = {fmt(n * size)}",
+            "dsim.cost.params(one MoE layer with these experts).breakdown['routed_experts'] = "
+            f"{fmt(experts)}",
+            f"stated {fmt(stated)} / {fmt(experts)} = {experts and stated / experts:.3f}: the "
+            "experts alone "
+            f"already exceed 1.5T, leaving no room for attention, embeddings or router",
+        ],
+        ["dsim.cost.params"],
+    )
+
+
+@check("a0-moe-1.5t-active")
+def moe_active_top_k(c: Claim) -> Verdict:
+    n, size, stated = c.q["num_experts"], c.inputs["params_per_expert"], c.q["active_params"]
+    rs, lines = [], []
+    for k, why in (
+        (2, "top-2, the default of the article's own gating code"),
+        (4, "top-4 (not stated anywhere)"),
+    ):
+        a = params(toy_moe(n, size, k)).active_breakdown["routed_experts"]
+        rs.append(agree(why, stated, a))
+        lines.append(
+            f"top-{k} of {n}: dsim.cost.params(...).active_breakdown['routed_experts'] = {k} x "
+            f"{fmt(size)} = {fmt(a)}"
+        )
+    lines.append(
+        "375e9 = 1.5e12 / 4 exactly: a quarter of the total, as if 4 of 16 experts were active "
+        "and "
+        "nothing were shared (DeepSeek-V3 activates "
+        f"{pct(PUBLISHED_PARAMS['deepseek-v3'][1] / PUBLISHED_PARAMS['deepseek-v3'][0])})"
+    )
+    return make(c, rs, "params", lines, ["dsim.cost.params", "the article's MoEGating(top_k=2)"])
+
+
+@check("a4-200b-35b-top2-of-8")
+def moe_min_active(c: Claim) -> Verdict:
+    total, n, k, stated = (
+        c.q["total_params"],
+        c.q["num_experts"],
+        c.q["top_k"],
+        c.q["active_params_max"],
+    )
+    p = params(toy_moe(n, total / n, k))
+    floor = p.active_breakdown["routed_experts"]
+    return make(
+        c,
+        above_min("all 200B in experts (the most favourable split)", stated, floor),
+        "params",
+        [
+            f"smallest possible active count: every parameter in the {n} experts, none shared",
+            f"dsim.cost.params({n} experts of {fmt(total / n)}, "
+            f"top-{k}).active_breakdown['routed_experts'] = {fmt(floor)}",
+            f"stated 'under {fmt(stated)}' < {fmt(floor)}: impossible; any shared attention or "
+            "embedding adds to it",
+        ],
+        ["dsim.cost.params"],
+        bound="top-k of E experts activates at least k/E of the expert parameters",
+    )
+
+
+@check("a3-175b-40b-active")
+def active_floor_from_split(c: Claim) -> Verdict:
+    total, stated = c.q["total_params"], c.q["active_params"]
+    always = (c.inputs["shared_frac"] + c.inputs["router_frac"]) * total
+    return make(
+        c,
+        above_min("the article's own 35/60/5 split", stated, always),
+        "params",
+        [
+            f"shared 35 % + routing 5 % of {fmt(total)} = {fmt(always)} parameters every token "
+            "uses",
+            f"stated active {fmt(stated)} < {fmt(always)} before a single expert is counted",
+        ],
+        ["arithmetic on the article's split (a3-param-split-shared-expert-router)"],
+        bound="active parameters include every shared parameter",
+    )
+
+
+@check("a3-param-split-shared-expert-router")
+def param_split(c: Claim) -> Verdict:
+    lines, rs = [], []
+    for name in ("deepseek-v3", "deepseek-v2", "deepseekmoe-16b"):
+        p = params(preset(name))
+        b, total = p.breakdown, p.total_no_mtp
+        router, experts = b["gate"] / total, b["routed_experts"] / total
+        shared = 1 - router - experts
+        lines.append(
+            f"{name}: dsim.cost.params breakdown / total_no_mtp {fmt(total)}: routed experts "
+            f"{pct(experts)}, gate {pct(router)}, everything else {pct(shared)}"
+        )
+        if name == "deepseek-v3":
+            rs = [
+                agree("router share, DeepSeek-V3", c.q["router_pct"], router * 100),
+                agree("expert share, DeepSeek-V3", c.q["expert_pct"], experts * 100),
+                agree("shared share, DeepSeek-V3", c.q["shared_pct"], shared * 100),
+            ]
+    lines.append(
+        "experts hold ~90-97 % and the router a few hundredths of a percent, not 60 % and 5 %"
+    )
+    return make(c, rs, "%", lines, ["dsim.cost.params(preset(...)).breakdown"])
+
+
+@check("a1-param-utilization-65pct")
+def active_share(c: Claim) -> Verdict:
+    m = moe_8b()
+    p = params(m)
+    share = p.active / p.total
+    dense = params(llama31_8b())
+    return make(
+        c,
+        [
+            agree(
+                "share of weights a token uses, 8B top-2-of-8 MoE",
+                c.q["moe_utilization_pct"],
+                share * 100,
+            ),
+            agree(
+                "same for a dense model (stated 30-40 %)",
+                c.q["dense_utilization_pct_high"],
+                dense.active / dense.total * 100,
+            ),
+        ],
+        "%",
+        [
+            f"{m.name}: dsim.cost.params active {fmt(p.active)} / total {fmt(p.total)} = "
+            f"{pct(share)}",
+            f"dense {llama31_8b().name}: active / total = {pct(dense.active / dense.total)}",
+            "the natural reading inverts the claim: a dense model uses all its weights, an MoE a "
+            "fraction",
+        ],
+        ["dsim.cost.params"],
+    )
+
+
+@check("a2-lora-bert-99pct")
+def lora_bert(c: Claim) -> Verdict:
+    L, d, r, v = 12, c.inputs["d_model"], c.inputs["rank"], 30522
+    layer = 4 * d * d + 4 * d + 2 * d * 4 * d + 4 * d + d + 4 * d  # attention, FFN, 2 LayerNorms
+    base = v * d + 512 * d + 2 * d + 2 * d + L * layer + d * d + d  # embeddings + layers + pooler
+    added = L * c.inputs["matrices"] * r * (d + d)
+    cut = 1 - added / base
+    return make(
+        c,
+        at_least("rank 8 on Wq and Wv of BERT-base", c.q["trainable_reduction_pct"], cut * 100),
+        "%",
+        [
+            f"BERT-base parameters (embeddings, {L} layers, pooler) = {base:,d}",
+            f"LoRA rank {r} on Wq, Wv: {L} x 2 x {r} x ({d} + {d}) = {added:,d} trainable",
+            f"reduction 1 - {added:,d} / {base:,d} = {pct(cut, 4)} (>= 99 %); the >95 % quality is "
+            "not recomputable",
+        ],
+        ["arithmetic (BERT-base shapes)", "Hu et al. 2021 (LoRA)"],
+    )
+
+
+@check("a4-lora-rank16-1pct")
+def lora_query_key(c: Claim) -> Verdict:
+    rows, rs, r = [], [], c.inputs["rank"]
+    for m in (deepseek_llm_7b(), llama31_8b()):
+        total = params(m).total
+        q_out, k_out = m.n_heads * m.head_size, m.kv_heads * m.head_size
+        added = m.n_layers * r * ((m.dim + q_out) + (m.dim + k_out))
+        rs.append(
+            at_most(
+                f"rank {r} on Wq and Wk of {m.name}", c.q["increment_pct_max"], added / total * 100
+            )
+        )
+        rows.append(
+            f"{m.name}: {m.n_layers} x {r} x (({m.dim} + {q_out}) + ({m.dim} + {k_out})) = "
+            f"{added:,d} "
+            f"added / dsim.cost.params total {fmt(total)} = {pct(added / total)}"
+        )
+    return make(c, rs, "%", rows, ["dsim.cost.params"])
+
+
+def range_check(
+    c: Claim,
+    label: str,
+    lo: float,
+    hi: float,
+    values: dict[str, float],
+    unit: str,
+    sources: list[str],
+    tol: float = TOLERANCE,
+) -> Verdict:
+    """A stated 'typical range' [lo, hi] against the values of DeepSeek's models: holds when every
+    model lies inside (within tol), else off, measured at the model farthest outside."""
+    inside = {k: v for k, v in values.items() if lo * (1 - tol) <= v <= hi * (1 + tol)}
+    lines = [
+        f"stated range {fmt(lo)}-{fmt(hi)}; DeepSeek models: "
+        + ", ".join(
+            f"{k} {fmt(v)}" + ("" if k in inside else " (outside)") for k, v in values.items()
+        ),
+        f"{len(inside)} of {len(values)} inside",
+    ]
+    if len(inside) == len(values):
+        r = Reading(label, hi, max(values.values()), "holds")
+    else:
+        far = max(
+            (v for v in values.values() if v not in inside.values()),
+            key=lambda v: max(v / hi, lo / v),
+        )
+        edge = hi if far > hi else lo
+        r = Reading(label, edge, far, "off")
+        lines.append(f"farthest outside: {fmt(far)} against the range's {fmt(edge)}")
+    return make(c, r, unit, lines, sources, tol=tol)
+
+
+@check("a3-param-table-heads", "a3-param-table-hidden", "a3-param-table-vocab")
+def preset_range(c: Claim) -> Verdict:
+    field_, key = {
+        "a3-param-table-heads": ("n_heads", "heads"),
+        "a3-param-table-hidden": ("dim", "hidden"),
+        "a3-param-table-vocab": ("vocab_size", "vocab"),
+    }[c.id]
+    values = {k: getattr(m, field_) for k, m in deepseek_models().items()}
+    return range_check(
+        c,
+        f"{field_} of DeepSeek's models",
+        c.q[f"{key}_min"],
+        c.q[f"{key}_max"],
+        values,
+        field_,
+        [f"ModelArgs.{field_} of dsim presets and DeepSeek LLM 7B/67B configs"],
+    )
+
+
+@check("a2-table-expert-count")
+def expert_count_range(c: Claim) -> Verdict:
+    values = {k: preset(k).n_routed_experts for k in DEEPSEEK_MOE}
+    return range_check(
+        c,
+        "routed experts of DeepSeek's MoE models",
+        c.q["experts_min"],
+        c.q["experts_max"],
+        values,
+        "experts",
+        ["ModelArgs.n_routed_experts of dsim presets"],
+    )
+
+
+@check("a2-table-param-scale")
+def param_scale_range(c: Claim) -> Verdict:
+    values = {k: params(m).total_no_mtp for k, m in deepseek_models().items()}
+    v = range_check(
+        c,
+        "total parameters of DeepSeek's models",
+        c.q["deepseek_min_params"],
+        c.q["deepseek_max_params"],
+        values,
+        "params",
+        [
+            "dsim.cost.params(...).total_no_mtp",
+            src("gpt3_params"),
+            src("bert_large_params"),
+            src("megatron_bert_params"),
+        ],
+    )
+    extra = (
+        f"\nGPT-3 {fmt(c.q['gpt3_params'])} = published {fmt(ref('gpt3_params'))} (right); BERT "
+        f"{fmt(c.q['bert_min_params'])}-{fmt(c.q['bert_max_params'])} = BERT-large "
+        f"{fmt(ref('bert_large_params'))} "
+        f"to Megatron-BERT {fmt(ref('megatron_bert_params'))} (BERT-base is 110M)"
+    )
+    return dataclasses.replace(v, arithmetic=v.arithmetic + extra)
+
+
+@check("a3-param-table-expert-capacity")
+def expert_capacity(c: Claim) -> Verdict:
+    lo, hi = c.q["expert_capacity_min"], c.q["expert_capacity_max"]
+    v3 = preset("deepseek-v3")
+    count = max(preset(k).n_routed_experts for k in DEEPSEEK_MOE)
+    # tokens per expert = capacity_factor * T * k / E, capacity factor 1, V3's k = 8 of E = 256
+    per_expert = {T: T * v3.n_activated_experts / v3.n_routed_experts for T in (512, 2048)}
+    rs = [
+        Reading("number of routed experts (largest: DeepSeek-V3)", hi, count, "off"),
+        Reading(
+            "capacity factor (Switch: 1.0-1.25; DeepSeek-V3 drops no tokens)",
+            lo,
+            ref("capacity_factor_switch"),
+            "off",
+        ),
+        within(
+            "tokens one expert takes per batch, DeepSeek-V3, capacity factor 1",
+            (lo + hi) / 2,
+            per_expert[512],
+            per_expert[2048],
+            note="T = 512 to 2048 tokens per batch",
+        ),
+    ]
+    return make(
+        c,
+        rs,
+        "",
+        [
+            "no DeepSeek config has 'expert_capacity'; three readings:",
+            "routed experts: "
+            f"{', '.join(f'{k} {preset(k).n_routed_experts}' for k in DEEPSEEK_MOE)}",
+            "capacity factor: ~1 in GShard/Switch; dsim's deepseek-v3 preset capacity_factor = "
+            f"{v3.capacity_factor} (no dropping)",
+            f"per-expert token capacity = T x {v3.n_activated_experts} / {v3.n_routed_experts}: "
+            + ", ".join(f"T={T}: {fmt(n)}" for T, n in per_expert.items()),
+        ],
+        ["dsim presets", src("capacity_factor_switch")],
+    )
