@@ -213,7 +213,7 @@ def _ew(label: str, nbytes: float, kernels: int = 1) -> tuple[str, str, dict]:
 
 def _elementwise(
     c: _Ctx, label: str, module: str, comp: Component, nbytes: int, kernels=1, saved=()
-):
+) -> GraphOp:
     """An op of memory-bound kernels only (RoPE, cat, SiLU, softmax, cache writes, ...)."""
     return _op(c, label, module, comp, [_ew(label, nbytes, kernels)], saved=saved)
 
@@ -236,7 +236,9 @@ def _matmul(
     return _op(c, gemms[0][0], module, comp, gemms, flops=f, saved=saved, **io)
 
 
-def _linear(c: _Ctx, module: str, comp: Component, rows: int, n: int, k: int, label=None, saved=()):
+def _linear(
+    c: _Ctx, module: str, comp: Component, rows: int, n: int, k: int, label=None, saved=()
+) -> GraphOp:
     """A Linear layer y[rows, n] = x[rows, k] W^T on `rows` tokens."""
     name, e = module.rsplit(".", 1)[-1], c.e
     reads, writes = {"x": rows * k * e, name: n * k * e}, {"y": rows * n * e}
@@ -245,7 +247,7 @@ def _linear(c: _Ctx, module: str, comp: Component, rows: int, n: int, k: int, la
 
 def _norm(
     c: _Ctx, module: str, rows: int, width: int, input_bytes: int | None, kept: bool, item=None
-):
+) -> GraphOp:
     """An RMSNorm over rows x width.
 
     input_bytes: bytes of the storage the input lives in, when that storage is new memory (None
@@ -370,9 +372,9 @@ def _mla_absorbed(c: _Ctx) -> list[GraphOp]:
     if e != 4:
         probs.append(Item("attn.probs cast to the activation dtype", B * H * S * S * e, True))
     A, K = C.ATTN_PROJ, C.ATTN_CORE
-    gemm, q = _gemm("absorb W_UK into q", T, R, dn, H), T * H * qk * e
+    gemm = _gemm("absorb W_UK into q", T, R, dn, H)
     reads = {"q_nope": T * H * dn * e, "wkv_b[:, :dn]": H * dn * R * e}
-    kept_q = [Item("attn.q (wq/wq_b output, sliced by the W_UK einsum)", q, True)]
+    kept_q = [Item("attn.q (wq/wq_b output, sliced by the W_UK einsum)", T * H * qk * e, True)]
     w_uk = _matmul(c, [gemm], p, A, reads, {"q_nope W_UK": q_uk}, kept_q)
     gemms = [_gemm("scores q.c_kv", S * H, skv, R, B), _gemm("scores q_pe.k_pe", S * H, skv, dr, B)]
     reads = {"q_nope W_UK": q_uk, "c_kv": c_kv, "q_pe": T * H * dr * e, "k_pe": B * skv * dr * e}
@@ -433,7 +435,9 @@ def _gqa(c: _Ctx) -> list[GraphOp]:
 # ---------------------------------------------------------------------------------------------
 # Feed-forward: dense MLP, MoE
 # ---------------------------------------------------------------------------------------------
-def _swiglu(c: _Ctx, module: str, comp: Component, inter: int, label: str, item: str):
+def _swiglu(
+    c: _Ctx, module: str, comp: Component, inter: int, label: str, item: str
+) -> list[GraphOp]:
     """w2(silu(w1 x) * w3 x) on [T, D] -> [T, inter] -> [T, D]. It keeps w1 x (for silu),
     silu(w1 x) and w3 x (for the product) and the product (for w2); its input is counted by
     whoever produced it."""
@@ -492,11 +496,9 @@ def _experts(c: _Ctx) -> GraphOp:
         reads={"x rows": N * D * e, "w1, w2, w3 (experts hit)": weights}, writes={"y": T * D * e}
     )
     shape = dict(tokens=T, hidden=D, moe_inter=I, experts=E, top_k=K, route_norm=a.renormalize)
-    time, f, m = (
-        [("moe (gate + routed experts)", "moe_ffn", shape)],
-        _flops(c, 6 * N * D * I),
-        f"{c.block}.ffn.experts",
-    )
+    time = [("moe (gate + routed experts)", "moe_ffn", shape)]
+    f = _flops(c, 6 * N * D * I)  # three D x moe_inter matmuls per row
+    m = f"{c.block}.ffn.experts"
     return _op(c, "experts", m, C.ROUTED_EXPERTS, time, flops=f, saved=kept, **io)
 
 
@@ -584,7 +586,9 @@ def _check_int(name: str, value: object, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-def _ctx(args: ModelArgs, shape: tuple, mode: str, kernel: str | None, dtype: str, device: str):
+def _ctx(
+    args: ModelArgs, shape: tuple, mode: str, kernel: str | None, dtype: str, device: str
+) -> _Ctx:
     """Check the settings; shape is (batch, new tokens per sequence, cached tokens)."""
     for name, value, low in zip(("batch", "seq_len", "context"), shape, (1, 1, 0)):
         _check_int(name, value, low)
