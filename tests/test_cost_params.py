@@ -31,7 +31,7 @@ def component_of(name: str) -> str:
     if name == "head.weight":
         return "head"
     if ".attn." in name:
-        return "attention"
+        return "attn_proj"   # every weight of the attention module, its q_norm and kv_norm included
     if name.endswith("norm.weight"):
         return "norms"
     if ".ffn.gate." in name:

@@ -26,6 +26,9 @@ the experts cost T * n_activated_experts times that, however unbalanced the rout
 runs all assignments even when `capacity_factor` drops some (it zeroes their combine weight), so
 this is exact then too. (The CPU fallback of expert_impl="grouped" pads every expert to the
 busiest one's token count; count that path with expert_impl="loop" or on a GPU.)
+
+The ops and their numbers are those of the op graph (`dsim.cost.graph.step_graph`): `flops()` lists
+the graph ops that multiply matrices.
 """
 from __future__ import annotations
 
@@ -33,14 +36,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dsim.config import ModelArgs
-from dsim.cost.params import (attention_params, expert_params, is_moe_layer, mlp_params, mtp_layer_id,
-                              params)
+from dsim.cost.components import Component
+from dsim.cost.graph import attention_pairs, sdpa_kernel, step_graph  # noqa: F401  (re-exported)
+from dsim.cost.params import params
 
 Mode = Literal["train", "prefill", "decode"]
 AttnKernel = Literal["fused", "math"]
 
-# Components of the breakdown, in display order.
-KINDS = ("attn_proj", "attn_core", "dense_ffn", "gate", "shared_experts", "routed_experts", "head", "mtp")
+# Components with matmul FLOPs, in display order (the rest, norms, RoPE, residuals and the
+# embedding lookup, do elementwise work only).
+KINDS = (Component.ATTN_PROJ, Component.ATTN_CORE, Component.DENSE_FFN, Component.GATE,
+         Component.SHARED_EXPERTS, Component.ROUTED_EXPERTS, Component.HEAD, Component.MTP)
 
 
 @dataclass(frozen=True)
@@ -49,10 +55,10 @@ class Op:
 
     module: the model's module the counter attributes it to ("layers.3.attn.wq_a"; the attention
         core and MLA's absorbed products belong to "layers.3.attn" itself).
-    kind: its component (see KINDS); every op of an MTP module is "mtp".
+    kind: its component (see KINDS); every op of an MTP module is Component.MTP.
     """
     module: str
-    kind: str
+    kind: Component
     forward: int
     backward: int
     forward_causal: int
@@ -135,110 +141,7 @@ class FlopCount:
 
 
 # ---------------------------------------------------------------------------------------------
-# Building blocks
-# ---------------------------------------------------------------------------------------------
-def _matmul(module: str, kind: str, fwd: int, train: bool, fwd_causal: int | None = None,
-            bwd: int | None = None, bwd_causal: int | None = None) -> Op:
-    """An op whose backward is two matmuls of the forward's size (input and weight gradients)."""
-    fwd_causal = fwd if fwd_causal is None else fwd_causal
-    if not train:
-        return Op(module, kind, fwd, 0, fwd_causal, 0)
-    return Op(module, kind, fwd, 2 * fwd if bwd is None else bwd, fwd_causal,
-              2 * fwd_causal if bwd_causal is None else bwd_causal)
-
-
-def _linear(module: str, kind: str, tokens: int, numel: int, train: bool) -> Op:
-    """A Linear layer on `tokens` rows: 2 * tokens * numel(weight) forward."""
-    return _matmul(module, kind, 2 * tokens * numel, train)
-
-
-def attention_pairs(batch: int, seq_len: int, context: int, causal: bool) -> int:
-    """(query, key) pairs per head: all of them (S x (context + S)), or those a causal mask keeps.
-
-    Query i of a chunk starting at position `context` sees context + i + 1 keys, so the kept pairs
-    are S * context + S (S + 1) / 2 per sequence.
-    """
-    if causal:
-        return batch * (seq_len * context + seq_len * (seq_len + 1) // 2)
-    return batch * seq_len * (context + seq_len)
-
-
-def sdpa_kernel(args: ModelArgs, device: str = "cuda") -> AttnKernel:
-    """Which attention path PyTorch runs for the model's `F.scaled_dot_product_attention` calls.
-
-    On a CPU the fused flash kernel needs equal query and value head sizes, so MLA-naive
-    (d_qk = qk_nope + qk_rope != v_head_dim) runs the unfused math path; on a GPU the memory-
-    efficient / cuDNN kernels take any head sizes. (MLA-absorb never calls SDPA: it is "math".)
-    """
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if args.attn_type == "mla" and (args.attn_impl == "absorb" or
-                                    (device == "cpu" and args.qk_head_dim != args.v_head_dim)):
-        return "math"
-    return "fused"
-
-
-def attention_ops(args: ModelArgs, prefix: str, batch: int, seq_len: int, context: int, train: bool,
-                  kernel: AttnKernel, kind: str | None = None) -> list[Op]:
-    """One attention module on batch x seq_len new tokens with `context` cached tokens before them.
-
-    Projections are Linear layers on the new tokens; the core costs 2 (d_qk + d_v) per (query, key)
-    pair and head. `kind` overrides the components (MTP)."""
-    T, H = batch * seq_len, args.n_heads
-    full = attention_pairs(batch, seq_len, context, causal=False) * H
-    kept = attention_pairs(batch, seq_len, context, causal=True) * H
-    proj, core = kind or "attn_proj", kind or "attn_core"
-    w = attention_params(args)
-    ops = [_linear(f"{prefix}.{name}", proj, T, w[name], train)
-           for name in ("wq_a", "wq_b", "wq", "wk", "wv", "wkv_a") if name in w]
-    if args.attn_type == "mla" and args.attn_impl == "absorb":
-        R, dn, dr, dv = args.kv_lora_rank, args.qk_nope_head_dim, args.qk_rope_head_dim, args.v_head_dim
-        # W_UK folded into the query: q_nope [T, H, dn] x wkv_b[:, :dn] [H, dn, R]
-        ops.append(_matmul(prefix, proj, 2 * T * H * dn * R, train))
-        # scores = q_nope W_UK . c_kv (R per pair) + q_pe . k_pe (dr per pair); out = P c_kv (R per pair)
-        ops.append(_matmul(prefix, core, 2 * full * (R + dr), train, 2 * kept * (R + dr)))
-        ops.append(_matmul(prefix, core, 2 * full * R, train, 2 * kept * R))
-        # W_UV after attention: [T, H, R] x wkv_b[:, -dv:] [H, dv, R]
-        ops.append(_matmul(prefix, proj, 2 * T * H * R * dv, train))
-    else:
-        if args.attn_type == "mla":
-            ops.append(_linear(f"{prefix}.wkv_b", proj, T, w["wkv_b"], train))
-        dqk, dv = args.qk_head_dim, (args.v_head_dim if args.attn_type == "mla" else args.head_size)
-        fwd, fwd_c = 2 * full * (dqk + dv), 2 * kept * (dqk + dv)
-        if kernel == "fused":  # recompute QK^T, then dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q
-            ops.append(_matmul(prefix, core, fwd, train, fwd_c, 2 * full * (3 * dqk + 2 * dv),
-                               2 * kept * (3 * dqk + 2 * dv)))
-        else:
-            ops.append(_matmul(prefix, core, fwd, train, fwd_c))
-    ops.append(_linear(f"{prefix}.wo", proj, T, w["wo"], train))
-    return ops
-
-
-def ffn_ops(args: ModelArgs, layer_id: int, prefix: str, tokens: int, train: bool,
-            kind: str | None = None) -> list[Op]:
-    """The dense SwiGLU MLP, or the MoE: gate, T * top-k routed expert rows, shared experts.
-    `kind` overrides the components (MTP)."""
-    if not is_moe_layer(args, layer_id):
-        return [_linear(f"{prefix}.{n}", kind or "dense_ffn", tokens, v, train)
-                for n, v in mlp_params(args.dim, args.inter_dim).items()]
-    ops = [_linear(f"{prefix}.gate", kind or "gate", tokens, args.n_routed_experts * args.dim, train),
-           _linear(f"{prefix}.experts", kind or "routed_experts", tokens * args.n_activated_experts,
-                   expert_params(args), train)]
-    if args.n_shared_experts:
-        for n, v in mlp_params(args.dim, args.n_shared_experts * args.moe_inter_dim).items():
-            ops.append(_linear(f"{prefix}.shared_experts.{n}", kind or "shared_experts", tokens, v, train))
-    return ops
-
-
-def block_ops(args: ModelArgs, layer_id: int, prefix: str, batch: int, seq_len: int, context: int,
-              train: bool, kernel: AttnKernel, kind: str | None = None) -> list[Op]:
-    """One transformer block (attention then FFN); `kind` overrides the components (MTP)."""
-    return (attention_ops(args, f"{prefix}.attn", batch, seq_len, context, train, kernel, kind) +
-            ffn_ops(args, layer_id, f"{prefix}.ffn", batch * seq_len, train, kind))
-
-
-# ---------------------------------------------------------------------------------------------
-# The whole model
+# The whole model: a view of the op graph (dsim.cost.graph)
 # ---------------------------------------------------------------------------------------------
 def _check_int(name: str, value: Any, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -258,39 +161,13 @@ def flops(args: ModelArgs, batch: int = 1, seq_len: int = 4096, mode: Mode = "tr
                    (default: seq_len, so flops(args, seq_len=4096, mode="decode") is the 4097th token).
     attn_kernel: "fused" or "math", how the attention backward is charged (module docstring).
     """
-    if not isinstance(args, ModelArgs):
-        raise ValueError(f"args must be a dsim.config.ModelArgs, got {type(args).__name__}")
-    if mode not in ("train", "prefill", "decode"):
-        raise ValueError(f"mode must be 'train', 'prefill' or 'decode', got {mode!r}")
     if attn_kernel not in ("fused", "math"):
         raise ValueError(f"attn_kernel must be 'fused' or 'math', got {attn_kernel!r}")
-    _check_int("batch", batch, 1)
-    _check_int("seq_len", seq_len, 1)
-    if context is not None:
-        _check_int("context", context, 0)
-    if mode == "train" and context:
-        raise ValueError(f"context must be 0 or None for mode='train' (training has no KV cache), got {context}")
-    if mode == "decode":
-        context, seq_len = (seq_len if context is None else context), 1
-    context = context or 0
-
-    train = mode == "train"
-    T = batch * seq_len
-    ops: list[Op] = []
-    for i in range(args.n_layers):
-        ops += block_ops(args, i, f"layers.{i}", batch, seq_len, context, train, attn_kernel)
-    ops.append(_linear("head", "head", T, args.vocab_size * args.dim, train))
-    if train:
-        for k in range(1, args.n_mtp_layers + 1):
-            s = seq_len - k
-            if s <= 0:
-                continue
-            ops.append(_linear(f"mtp.{k - 1}.eh_proj", "mtp", batch * s, 2 * args.dim * args.dim, train))
-            ops += block_ops(args, mtp_layer_id(args), f"mtp.{k - 1}.block", batch, s, 0, train, attn_kernel, "mtp")
-            # The MTP depth reuses the main model's head module (the counter attributes it there).
-            ops.append(_linear("head", "mtp", batch * s, args.vocab_size * args.dim, train))
-    return FlopCount(args=args, mode=mode, batch=batch, seq_len=seq_len, context=context,
-                     attn_kernel=attn_kernel, ops=tuple(ops))
+    g = step_graph(args, batch, seq_len, mode, context, attn_kernel=attn_kernel)
+    ops = tuple(Op(op.module, op.component, f.forward, f.backward, f.forward_causal, f.backward_causal)
+                for op in g.ops if (f := op.flops))
+    return FlopCount(args=args, mode=mode, batch=batch, seq_len=g.seq_len, context=g.context,
+                     attn_kernel=attn_kernel, ops=ops)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ parameter (`dsim.cost.dtypes`), divided the way the parallel layout divides them
 autograd keeps between the forward and the backward pass. They are derived from `dsim.model` line
 by line, not from a textbook formula: Korthikanti et al.'s 34 s b h + 5 a s^2 b per layer covers a
 dense GPT layer with LayerNorm, GeLU and dropout, not RMSNorm, SwiGLU, MLA or a router. Every item
-below names the line of the model that keeps it, and tests/test_cost_memory.py holds the sum to
-the bytes that `torch.autograd.graph.saved_tensors_hooks` sees on the real model.
+(a tensor an op of the op graph, dsim.cost.graph, keeps) names the line of the model that keeps it,
+and tests/test_cost_memory.py holds the sum to the bytes that `torch.autograd.graph.saved_tensors_hooks` sees on the real model.
 
 Which tensors autograd keeps depends on PyTorch's kernels, so activations take a `device`:
     "cuda"  RMSNorm is one fused kernel (`_fused_rms_norm`, keeps its input and a float32 rstd per
@@ -24,8 +24,9 @@ from typing import Literal
 
 from dsim.config import ModelArgs
 from dsim.cost.dtypes import DTYPES, DType, get_dtype
+from dsim.cost.graph import GraphOp, Item, block_graph, step_graph
 from dsim.cost.layout import kv_tp_split, stage_layers, stage_params, zero_params
-from dsim.cost.params import is_moe_layer, mtp_layer_id, params
+from dsim.cost.params import is_moe_layer, params
 
 # ---------------------------------------------------------------------------------------------
 # Bytes per element: the sizes of dsim.cost.dtypes, scales included.
@@ -124,151 +125,27 @@ def kv_cache_bytes_per_token(args: ModelArgs, dtype: str | float = "bf16",
 
 
 # ---------------------------------------------------------------------------------------------
-# Activations: what autograd keeps, item by item
+# Activations: what autograd keeps, read from the op graph (dsim.cost.graph)
 # ---------------------------------------------------------------------------------------------
 Device = Literal["cuda", "cpu"]
 Recompute = Literal["none", "selective", "full"]
 
 
-@dataclass(frozen=True)
-class Item:
-    """One kept tensor (or a group of identical ones): a name saying where, its bytes, and whether
-    selective recomputation (DeepSeek-V3: RMSNorms and MLA up-projections, plus any materialised
-    score matrix) drops it."""
-    name: str
-    bytes: int
-    selective_drops: bool = False
+def _check_recompute(recompute: str) -> None:
+    if recompute not in ("none", "selective", "full"):
+        raise ValueError(f"recompute must be 'none', 'selective' or 'full', got {recompute!r}")
 
 
-class _Ctx:
-    """Sizes shared by the item builders: act = bytes of an activation element, dev = kernel set."""
-
-    def __init__(self, args: ModelArgs, dtype: str, device: str):
-        if dtype not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"activation dtype must be 'fp32', 'bf16' or 'fp16', got {dtype!r}")
-        if device not in ("cuda", "cpu"):
-            raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
-        self.args, self.dtype, self.device = args, dtype, device
-        self.act = DTYPE_BITS[dtype] // 8
-        self.fused = device == "cuda"
-
-
-def _norm(c: _Ctx, name: str, rows: int, width: int, input_bytes: int | None, output_kept: bool) -> list[Item]:
-    """An RMSNorm over `rows` x `width`.
-
-    input_bytes: bytes of the storage the input lives in, when that storage is new memory (None when
-        another item already counts it, e.g. a slice of a tensor kept elsewhere).
-    output_kept: whether the next op saves the output (a Linear does; a cat does not).
-    """
-    items = []  # the input stays under selective recomputation: the norm is recomputed from it
-    if c.fused:                            # _fused_rms_norm keeps input and a float32 rstd per row
-        if input_bytes is not None:
-            items.append(Item(f"{name}.input", input_bytes))
-    else:                                  # decomposed: x.float(), rstd, x * rstd (all float32)
-        if c.act != 4:
-            items.append(Item(f"{name}.input_fp32", rows * width * 4))
-        elif input_bytes is not None:
-            items.append(Item(f"{name}.input", input_bytes))
-        items.append(Item(f"{name}.normalized_fp32", rows * width * 4, True))
-    items.append(Item(f"{name}.rstd", rows * 4, True))
-    if output_kept:
-        items.append(Item(f"{name}.output", rows * width * c.act, True))
-    return items
-
-
-def _attention_items(c: _Ctx, B: int, S: int, kernel: str) -> list[Item]:
-    """MLA (naive or absorbed) or GQA/MHA on B x S tokens (training: keys = queries = S)."""
-    a, T, H = c.args, B * S, c.args.n_heads
-    act = c.act
-    items = _norm(c, "attn_norm", T, a.dim, T * a.dim * act, output_kept=True)   # kept by wq / wq_a / wkv_a
-    up = True  # "selective_drops" for MLA up-projection outputs
-    if a.attn_type == "mla":
-        R, dr, dn, dv, dqk = a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim, a.qk_head_dim
-        if a.q_lora_rank:
-            items += _norm(c, "attn.q_norm", T, a.q_lora_rank, T * a.q_lora_rank * act, output_kept=True)
-        # kv_norm's input is a slice of wkv_a's output, whose storage is kv_lora_rank + rope wide.
-        items += _norm(c, "attn.kv_norm", T, R, T * (R + dr) * act, output_kept=True)
-        if a.attn_impl == "absorb":
-            items += [Item("attn.q (wq/wq_b output, sliced by the W_UK einsum)", T * H * dqk * act, up),
-                      Item("attn.q_nope @ W_UK", T * H * R * act, up),
-                      Item("attn.q_pe after RoPE", T * H * dr * act, up),
-                      Item("attn.k_pe after RoPE", T * dr * act, up),
-                      Item("attn.probs float32 (softmax output)", B * H * S * S * 4, True)]
-            if act != 4:
-                items.append(Item("attn.probs cast to the activation dtype", B * H * S * S * act, True))
-            items += [Item("attn.probs @ c_kv", T * H * R * act),
-                      Item("attn.wo input", T * H * dv * act)]
-            return items
-        if kernel == "fused":
-            items += [Item("attn.q (cat of q_nope, q_pe)", T * H * dqk * act, up),
-                      Item("attn.k (cat of k_nope, k_pe)", T * H * dqk * act, up),
-                      Item("attn.v (a slice: all of wkv_b's output stays)", T * H * (dn + dv) * act, up),
-                      Item("attn.out (also the wo input)", T * H * dv * act),
-                      Item("attn.logsumexp float32", B * H * S * 4)]
-        else:
-            f = 4 if c.device == "cpu" else act   # PyTorch's CPU math path computes in float32
-            # v is a slice of wkv_b's output. Without a dtype cast, a batch of one reshapes it for the
-            # batched matmul as a view (keeping the whole output); otherwise it is copied.
-            v = T * H * (dn + dv) * f if (f == act and B == 1) else T * H * dv * f
-            items += [Item("attn.q * scale (math path)", T * H * dqk * f, up),
-                      Item("attn.k (math path)", T * H * dqk * f, up),
-                      Item("attn.probs (math path)", B * H * S * S * f, True),
-                      Item("attn.v for the batched matmul (math path)", v, up),
-                      Item("attn.wo input (copy)", T * H * dv * act)]
-        return items
-    hd, kv = a.head_size, a.kv_heads
-    if kernel == "fused":
-        items += [Item("attn.q after RoPE", T * H * hd * act),
-                  Item("attn.k after RoPE", T * kv * hd * act),
-                  Item("attn.v (wv output)", T * kv * hd * act),
-                  Item("attn.out (also the wo input)", T * H * hd * act),
-                  Item("attn.logsumexp float32", B * H * S * 4)]
-    else:
-        f = 4 if c.device == "cpu" else act
-        items += [Item("attn.q * scale (math path)", T * H * hd * f),
-                  Item("attn.k repeated to all heads (math path)", T * H * hd * f),
-                  Item("attn.probs (math path)", B * H * S * S * f, True),
-                  Item("attn.v repeated to all heads (math path)", T * H * hd * f),
-                  Item("attn.wo input (copy)", T * H * hd * act)]
-    return items
-
-
-def _swiglu_items(name: str, rows: int, inter: int, act: int) -> list[Item]:
-    """w2(silu(w1 x) * w3 x) keeps w1 x (for silu), silu(w1 x) and w3 x (for the product), and the
-    product (for w2); its input is counted by whoever produced it."""
-    return [Item(f"{name}: w1 x, silu(w1 x), w3 x, product", 4 * rows * inter * act)]
-
-
-def _ffn_items(c: _Ctx, layer_id: int, B: int, S: int) -> list[Item]:
-    """ffn_norm (its input is the attention residual x + attn(x), new memory) and the dense MLP or MoE."""
-    a, T, act = c.args, B * S, c.act
-    moe = is_moe_layer(a, layer_id)
-    # The bf16 norm output is kept by a Linear that reads it (dense MLP, shared experts) or, in fp32,
-    # by the gate; the routed experts only gather rows of it.
-    kept = not moe or a.n_shared_experts > 0 or act == 4
-    items = _norm(c, "ffn_norm", T, a.dim, T * a.dim * act, output_kept=kept)
-    if not moe:
-        return items + _swiglu_items("ffn (dense)", T, a.inter_dim, act)
-    E, K, D, I = a.n_routed_experts, a.n_activated_experts, a.dim, a.moe_inter_dim
-    if act != 4:  # the gate runs in float32: F.linear(x.float(), weight.float()) keeps both copies
-        items += [Item("gate input float32", T * D * 4, True), Item("gate weight float32", E * D * 4)]
-    items += [Item("gate logits float32 (held by MoE.routing)", T * E * 4),
-              Item("gate scores float32 (softmax/sigmoid output)", T * E * 4),
-              Item("gate top-k indices int64", T * K * 8)]
-    if a.renormalize:
-        items += [Item("gate top-k scores and their sum (renormalisation)", T * K * 4 + T * 4)]
-    items.append(Item("gate combine weights float32 (held by MoE.routing)", T * K * 4))
-    if a.capacity_factor > 0:
-        items.append(Item("capacity keep-mask (bool)", T * K))
-    N = T * K  # (token, expert) assignments
-    items += [Item("experts: gathered input rows", N * D * act)]
-    items += _swiglu_items("experts", N, I, act)
-    items += [Item("experts: output rows and combine weight", N * D * act + N * act),
-              Item("experts: weighted rows (kept by index_add_)", N * D * act),
-              Item("experts: token/slot indices int64", N * 16)]
-    if a.n_shared_experts:
-        items += _swiglu_items("shared_experts", T, a.n_shared_experts * I, act)
-    return items
+def _kept_bytes(block: list[GraphOp], recompute: Recompute) -> int:
+    """Bytes the ops of one Block keep under a recomputation policy (see layer_activation_bytes)."""
+    items = [i for op in block for i in op.saved]
+    if recompute == "none":
+        return sum(i.bytes for i in items)
+    if recompute == "selective":
+        return sum(i.bytes for i in items if not i.selective_drops)
+    # full: torch.utils.checkpoint keeps the block's input (what its first op, attn_norm, reads);
+    # the model holds MoE.routing outside autograd.
+    return block[0].reads["x"] + sum(i.bytes for i in items if i.outside_autograd)
 
 
 def activation_items(args: ModelArgs, layer_id: int, batch: int, seq_len: int, dtype: str = "bf16",
@@ -279,17 +156,9 @@ def activation_items(args: ModelArgs, layer_id: int, batch: int, seq_len: int, d
     attn_kernel: "fused" or "math" (None: what PyTorch picks on `device`, see dsim.cost.flops.sdpa_kernel).
     Routed experts: every (token, expert) assignment keeps the same rows, balanced or not.
     """
-    from dsim.cost.flops import sdpa_kernel
-    _check_pos("batch", batch)
-    _check_pos("seq_len", seq_len)
-    if not isinstance(layer_id, int) or not 0 <= layer_id <= args.n_layers:
-        raise ValueError(f"layer_id must be an integer between 0 and n_layers={args.n_layers} (the MTP block), "
-                         f"got {layer_id!r}")
-    if attn_kernel not in (None, "fused", "math"):
-        raise ValueError(f"attn_kernel must be 'fused', 'math' or None, got {attn_kernel!r}")
-    c = _Ctx(args, dtype, device)
-    kernel = attn_kernel or sdpa_kernel(args, device)
-    return _attention_items(c, batch, seq_len, kernel) + _ffn_items(c, layer_id, batch, seq_len)
+    ops = block_graph(args, layer_id, batch, seq_len, 0, "train", attn_kernel=attn_kernel,
+                      act_dtype=dtype, device=device)
+    return [i for op in ops for i in op.saved]
 
 
 def layer_activation_bytes(args: ModelArgs, layer_id: int, batch: int, seq_len: int, dtype: str = "bf16",
@@ -304,19 +173,10 @@ def layer_activation_bytes(args: ModelArgs, layer_id: int, batch: int, seq_len: 
         "full"       the block keeps only its input (torch.utils.checkpoint), plus what the model holds
                      outside autograd: MoE.routing's logits, scores, indices and weights.
     """
-    if recompute not in ("none", "selective", "full"):
-        raise ValueError(f"recompute must be 'none', 'selective' or 'full', got {recompute!r}")
-    items = activation_items(args, layer_id, batch, seq_len, dtype, device, attn_kernel)
-    if recompute == "none":
-        return sum(i.bytes for i in items)
-    if recompute == "selective":
-        return sum(i.bytes for i in items if not i.selective_drops)
-    T, act = batch * seq_len, DTYPE_BITS[dtype] // 8
-    kept = T * args.dim * act                                   # the checkpointed input
-    if is_moe_layer(args, layer_id):
-        E, K = args.n_routed_experts, args.n_activated_experts
-        kept += 2 * T * E * 4 + T * K * 8 + T * K * 4           # MoE.routing: logits, scores, indices, weights
-    return kept
+    _check_recompute(recompute)
+    ops = block_graph(args, layer_id, batch, seq_len, 0, "train", attn_kernel=attn_kernel,
+                      act_dtype=dtype, device=device)
+    return _kept_bytes(ops, recompute)
 
 
 def block_memory_delta(args: ModelArgs, layer_id: int, batch: int, seq_len: int, dtype: str = "bf16",
@@ -340,28 +200,23 @@ def model_activation_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: str
     not counted) and the MTP modules (`head=True` places them with the head)."""
     _check_pos("batch", batch)
     _check_pos("seq_len", seq_len)
-    c = _Ctx(args, dtype, device)
-    T, D, act = batch * seq_len, args.dim, c.act
+    _check_recompute(recompute)
     layers = range(args.n_layers) if layers is None else layers
-    total = sum(layer_activation_bytes(args, i, batch, seq_len, dtype, device, recompute, attn_kernel)
-                for i in layers)
+    # The blocks of one kind (dense or MoE) keep the same tensors: count one of each.
+    kinds = {is_moe_layer(args, i): i for i in layers}
+    per_kind = {moe: layer_activation_bytes(args, i, batch, seq_len, dtype, device, recompute, attn_kernel)
+                for moe, i in kinds.items()}
+    total = sum(per_kind[is_moe_layer(args, i)] for i in layers)
     if not head:
         return total
-    total += sum(i.bytes for i in _norm(c, "norm", T, D, T * D * act, output_kept=True))
-    total += T * args.vocab_size * act
-    for k in range(1, args.n_mtp_layers + 1):
-        s = seq_len - k
-        if s <= 0:
-            continue
-        t = batch * s
-        total += sum(i.bytes for i in _norm(c, "enorm", t, D, t * D * act, output_kept=False))
-        total += sum(i.bytes for i in _norm(c, "hnorm", t, D, None, output_kept=False))  # a slice of h
-        total += t * 2 * D * act                                                          # cat, kept by eh_proj
-        # The block's input is eh_proj's output (new memory); activation_items counts it as "attn_norm.input".
-        total += layer_activation_bytes(args, mtp_layer_id(args), batch, s, dtype, device, recompute, attn_kernel)
-        total += sum(i.bytes for i in _norm(c, "mtp.norm", t, D, t * D * act, output_kept=True))
-        total += t * args.vocab_size * act
-    return total
+    # The final norm, the logits and the MTP modules (whose blocks recompute like the others).
+    graph = step_graph(args, batch, seq_len, "train", attn_kernel=attn_kernel, act_dtype=dtype,
+                       device=device, layers=range(0))
+    blocks: dict[str, list[GraphOp]] = {}        # Block name ("" outside the blocks) -> its ops
+    for op in graph.ops:
+        blocks.setdefault(op.block, []).append(op)
+    return total + sum(_kept_bytes(ops, recompute) if name else sum(i.bytes for op in ops for i in op.saved)
+                       for name, ops in blocks.items())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,10 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dsim.config import ModelArgs
+from dsim.cost.components import Component
+from dsim.cost.graph import is_moe_layer, mtp_layer_id  # noqa: F401  (the model's layer rules)
 
-# The components of the breakdown, in display order.
-COMPONENTS = ("embedding", "attention", "dense_ffn", "shared_experts", "routed_experts", "gate",
-              "norms", "head", "mtp")
+# The components that hold parameters, in display order. ATTN_PROJ holds every weight of the
+# attention modules, their q_norm and kv_norm included; NORMS the blocks' and the final norms.
+COMPONENTS = (Component.EMBEDDING, Component.ATTN_PROJ, Component.DENSE_FFN, Component.SHARED_EXPERTS,
+              Component.ROUTED_EXPERTS, Component.GATE, Component.NORMS, Component.HEAD, Component.MTP)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,16 +78,6 @@ def moe_params(args: ModelArgs) -> dict[str, int]:
     return p
 
 
-def is_moe_layer(args: ModelArgs, layer_id: int) -> bool:
-    """Whether `Block(layer_id)` has an MoE FFN (the model's rule: layer_id >= n_dense_layers)."""
-    return layer_id >= args.n_dense_layers
-
-
-def mtp_layer_id(args: ModelArgs) -> int:
-    """The layer id an MTP block is built with: an MoE block when the model has MoE layers."""
-    return args.n_layers if args.is_moe else 0
-
-
 def block_params(args: ModelArgs, layer_id: int) -> dict[str, int]:
     """One transformer block, keyed by dotted module names relative to the block ("attn.wo", ...)."""
     p = {f"attn.{k}": v for k, v in attention_params(args).items()}
@@ -104,23 +97,24 @@ def mtp_module_params(args: ModelArgs) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 # The whole model
 # ---------------------------------------------------------------------------------------------
-def _component(name: str, layer_id: int, args: ModelArgs) -> str:
+def _component(name: str, layer_id: int, args: ModelArgs) -> Component:
     """Which breakdown component a block weight belongs to."""
     if name.startswith("attn."):
-        return "attention"
+        return Component.ATTN_PROJ
     if name in ("attn_norm", "ffn_norm"):
-        return "norms"
+        return Component.NORMS
     if not is_moe_layer(args, layer_id):
-        return "dense_ffn"
-    return {"ffn.gate": "gate", "ffn.experts": "routed_experts", "ffn.shared_experts": "shared_experts"}[name]
+        return Component.DENSE_FFN
+    return {"ffn.gate": Component.GATE, "ffn.experts": Component.ROUTED_EXPERTS,
+            "ffn.shared_experts": Component.SHARED_EXPERTS}[name]
 
 
 @dataclass(frozen=True)
 class ParamCount:
     """Parameter counts of a model: the breakdown by component, total and activated per token."""
     args: ModelArgs
-    breakdown: dict[str, int]          # component -> parameters (see COMPONENTS)
-    active_breakdown: dict[str, int]   # component -> parameters one token uses (routed: top-k of E)
+    breakdown: dict[Component, int]         # component -> parameters (see COMPONENTS)
+    active_breakdown: dict[Component, int]  # component -> parameters one token uses (routed: top-k of E)
     modules: dict[str, int] = field(repr=False)  # dotted module name -> parameters, like named_parameters
 
     @property
