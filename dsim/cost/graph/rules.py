@@ -1,0 +1,66 @@
+"""The model's rules that every cost view shares, written once.
+
+Which layers are MoE, which layer id the MTP blocks are built with, which MTP depths run and on how
+many positions, a step's shape (decode: one new token after the cache), how many (query, key)
+pairs attention computes, and which attention kernel PyTorch runs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from dsim.config import ModelArgs
+
+Mode = Literal["train", "prefill", "decode"]
+AttnKernel = Literal["fused", "math"]
+Device = Literal["cuda", "cpu"]
+MODES = ("train", "prefill", "decode")
+
+
+def is_moe_layer(args: ModelArgs, layer_id: int) -> bool:
+    """Whether `Block(layer_id)` has an MoE FFN (the model's rule: layer_id >= n_dense_layers)."""
+    return layer_id >= args.n_dense_layers
+
+
+def mtp_layer_id(args: ModelArgs) -> int:
+    """The layer id an MTP block is built with: an MoE block when the model has MoE layers."""
+    return args.n_layers if args.is_moe else 0
+
+
+def mtp_depths(args: ModelArgs, seq_len: int) -> list[tuple[int, int]]:
+    """(depth k, positions) of every MTP module that runs: depth k sees seq_len - k positions."""
+    return [(k, seq_len - k) for k in range(1, args.n_mtp_layers + 1) if seq_len - k > 0]
+
+
+def step_shape(mode: str, seq_len: int, context: int | None) -> tuple[int, int]:
+    """(new tokens per sequence, cached tokens before them) of a step. Decode runs one new token
+    after `context` cached ones (default seq_len: the (seq_len + 1)-th token)."""
+    if mode == "decode":
+        return 1, (seq_len if context is None else context)
+    return seq_len, context or 0
+
+
+def attention_pairs(batch: int, seq_len: int, context: int, causal: bool) -> int:
+    """(query, key) pairs per head: all of them (S x (context + S)), or those a causal mask keeps.
+
+    Query i of a chunk starting at position `context` sees context + i + 1 keys, so the kept pairs
+    are S * context + S (S + 1) / 2 per sequence.
+    """
+    if causal:
+        return batch * (seq_len * context + seq_len * (seq_len + 1) // 2)
+    return batch * seq_len * (context + seq_len)
+
+
+def sdpa_kernel(args: ModelArgs, device: str = "cuda") -> AttnKernel:
+    """Which attention path PyTorch runs for the model's `F.scaled_dot_product_attention` calls.
+
+    On a CPU the fused flash kernel needs equal query and value head sizes, so MLA-naive
+    (d_qk = qk_nope + qk_rope != v_head_dim) runs the unfused math path; on a GPU the memory-
+    efficient / cuDNN kernels take any head sizes. (MLA-absorb never calls SDPA: it is "math".)
+    """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if args.attn_type != "mla":
+        return "fused"
+    unequal_on_cpu = device == "cpu" and args.qk_head_dim != args.v_head_dim
+    return "math" if args.attn_impl == "absorb" or unequal_on_cpu else "fused"
