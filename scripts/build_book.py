@@ -43,10 +43,18 @@ Usage
   .venv/bin/python scripts/build_book.py                  # full build
   .venv/bin/python scripts/build_book.py --skip-notebooks # reuse chapters/generated
   .venv/bin/python scripts/build_book.py --notebook 01_tour --jobs 1
+  --jobs N      notebooks at a time (default and maximum: the cores this process may use)
+  --timeout S   seconds one cell may run (default 240)
+  --deadline S  seconds the whole build may take (default 900): past it the build fails and
+                names the notebooks that were still running or queued
+  One progress line per notebook: its execution time, its slowest cell, and the longest time a
+  cell's reply arrived after the kernel went idle (a warning above 2 s; see _book_client_class
+  for the lost wake-up this used to be, after ipywidgets cells).
 Environment
   DSIM_MATHJAX_TARBALL=/path/mathjax-3.x.tgz   use this tarball instead of npm
   Notebooks are executed with DSIM_BOOK_BUILD=1, the repo root on PYTHONPATH and MPLBACKEND
-  unset (so that figures use the inline backend even where MPLBACKEND=Agg is exported).
+  unset (so that figures use the inline backend even where MPLBACKEND=Agg is exported); each
+  kernel gets OMP_NUM_THREADS = cores // jobs (1 on 2 cores) and OMP_WAIT_POLICY=PASSIVE.
   An executed copy of each notebook is left in build/executed/ for inspection.
 """
 
