@@ -511,8 +511,9 @@ def run_notebook(nb_path: str, work_dir: str, src_dir: str, root: str, timeout: 
         raise BuildError(f"notebook {nb_path.name} raised an error:\n{strip_ansi(str(exc))}") from None
     except CellTimeoutError as exc:
         if late["cell"] is not None and time.time() >= deadline - 1:
-            raise BuildError(f"notebook {nb_path.name} is late: the build's deadline (--deadline) passed while "
-                             f"this cell was running ({time.time() - t0:.0f} s into the notebook):"
+            raise BuildError(f"notebook {nb_path.name} is late: the build's deadline (--deadline) "
+                             f"passed while this cell was running ({time.time() - t0:.0f} s into "
+                             "the notebook):"
                              f"\n{strip_ansi(str(exc))[:2000]}") from None
         raise BuildError(f"notebook {nb_path.name}: a cell ran longer than {timeout}s:\n"
                          f"{strip_ansi(str(exc))[:2000]}") from None
@@ -604,7 +605,8 @@ def build_notebooks(root: Path, src_dir: Path, only: list[str], jobs: int | None
                         r = fut.result()
                     except BuildError as exc:
                         errors.append(str(exc))
-                        log(f"  {name}: FAILED after {time.time() - started.get(fut, time.time()):.0f}s")
+                        ran = time.time() - started.get(fut, time.time())
+                        log(f"  {name}: FAILED after {ran:.0f}s")
                         continue
                     except Exception as exc:  # a bug in the conversion, or a worker crash
                         import traceback
@@ -795,7 +797,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--notebook", action="append", default=[], metavar="NAME",
                     help="execute only this notebook (stem or file name); repeatable")
     ap.add_argument("--jobs", "-j", type=int, default=None,
-                    help="notebooks executed in parallel (default and maximum: the cores available)")
+                    help="notebooks executed in parallel (default and maximum: the cores "
+                         "available)")
     ap.add_argument("--timeout", type=int, default=240,
                     help="per-cell timeout in seconds (default 240; the slowest cell, a training "
                          "run, takes about 30 s on 2 cores)")

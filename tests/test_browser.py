@@ -109,9 +109,9 @@ def built_book() -> Path:
             or (ROOT / "chapters" / "vendor" / "mathjax" / "VERSION").is_file()):
         pytest.skip("npm is not installed, so the book build cannot vendor MathJax "
                     "(install npm, or set DSIM_MATHJAX_TARBALL)")
-    # The build bounds itself (BUILD_DEADLINE_S) and names a late notebook; the margin covers mdBook.
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "build_book.py"), "--root", str(ROOT),
-                           "--deadline", str(BUILD_DEADLINE_S)],
+    # The build bounds itself (BUILD_DEADLINE_S) and names a late notebook; the margin: mdBook.
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "build_book.py"),
+                           "--root", str(ROOT), "--deadline", str(BUILD_DEADLINE_S)],
                           capture_output=True, text=True, timeout=BUILD_DEADLINE_S + 120)
     if proc.returncode != 0:
         pytest.fail(f"scripts/build_book.py failed (exit {proc.returncode}):\n"
