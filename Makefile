@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup tour test book clean
+.PHONY: setup tour test test-cpu-matrix book clean
 
 # Create the virtual environment and install dsim with its notebook and test extras.
 # torch==2.13.0 is pinned here (a CPU build is available locally); the package itself asks for torch>=2.4.
@@ -22,9 +22,24 @@ tour: setup
 
 # Every test: unit, property and browser tests, and each notebook under nbval.
 # pytest's exit status 5 means it collected no test: reported, and not turned into a failure.
+# A hang fails fast with a traceback: every test (and every notebook cell) has TEST_TIMEOUT
+# seconds (pytest-timeout; the browser tests that build the book set their own, longer one), and
+# nbval stops a cell after NBVAL_CELL_TIMEOUT. Idle OpenMP threads sleep instead of spinning
+# (OMP_WAIT_POLICY=PASSIVE): a notebook that pins 2 torch threads on a busy 2-core machine ran
+# 8x slower with spinning threads. The notebooks pin their own thread counts where their numbers
+# depend on it; the kernels run one at a time, so more threads per kernel do not compete.
+TEST_TIMEOUT ?= 300
+NBVAL_CELL_TIMEOUT ?= 240
+PYTEST_ARGS ?= tests/ --nbval notebooks/
 test: setup
-	$(PY) -m pytest -q tests/ --nbval notebooks/ -p no:cacheprovider; status=$$?; \
-	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q $(PYTEST_ARGS) -p no:cacheprovider \
+	  --timeout=$(TEST_TIMEOUT) --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) --durations=10; \
+	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
+
+# The notebooks and the tests against committed values under each ATEN_CPU_CAPABILITY (default,
+# avx2, unset) and OMP_NUM_THREADS (1, 2): one pass/fail line per setting (about 25 minutes).
+test-cpu-matrix: setup
+	PY=$(PY) scripts/check_cpu_kernels.sh
 
 # The book: executes the notebooks, converts them, builds chapters/ with mdBook into build/book.
 book: setup

@@ -43,10 +43,18 @@ Usage
   .venv/bin/python scripts/build_book.py                  # full build
   .venv/bin/python scripts/build_book.py --skip-notebooks # reuse chapters/generated
   .venv/bin/python scripts/build_book.py --notebook 01_tour --jobs 1
+  --jobs N      notebooks at a time (default and maximum: the cores this process may use)
+  --timeout S   seconds one cell may run (default 240)
+  --deadline S  seconds the whole build may take (default 900): past it the build fails and
+                names the notebooks that were still running or queued
+  One progress line per notebook: its execution time, its slowest cell, and the longest time a
+  cell's reply arrived after the kernel went idle (a warning above 2 s; see _book_client_class
+  for the lost wake-up this used to be, after ipywidgets cells).
 Environment
   DSIM_MATHJAX_TARBALL=/path/mathjax-3.x.tgz   use this tarball instead of npm
   Notebooks are executed with DSIM_BOOK_BUILD=1, the repo root on PYTHONPATH and MPLBACKEND
-  unset (so that figures use the inline backend even where MPLBACKEND=Agg is exported).
+  unset (so that figures use the inline backend even where MPLBACKEND=Agg is exported); each
+  kernel gets OMP_NUM_THREADS = cores // jobs (1 on 2 cores) and OMP_WAIT_POLICY=PASSIVE.
   An executed copy of each notebook is left in build/executed/ for inspection.
 """
 
@@ -387,16 +395,83 @@ def notebook_to_markdown(nb, stem: str, src_dir: Path) -> tuple[str, list[str]]:
     return header + body.strip() + "\n", figures
 
 
-def run_notebook(nb_path: str, work_dir: str, src_dir: str, root: str, timeout: int) -> dict:
-    """Execute one notebook and write chapters/generated/<stem>/. Runs in a worker process."""
-    import nbformat
+def _book_client_class():
+    """nbclient's NotebookClient, with two changes for the book build (see run_notebook).
+
+    1. Its Output-widget stand-in sends the widget's outputs back to the kernel through the
+       asyncio API of the shell socket. nbclient's own (nbclient 0.11) sends them with
+       Session.send, which shadows the zmq.asyncio socket with a plain one and sends
+       synchronously while the same client awaits the cell's execute_reply on that socket. A
+       synchronous send processes the socket's pending commands, so an execute_reply that has
+       just arrived consumes the edge of the edge-triggered ZMQ_FD without waking the pending
+       poll: the reply sits in the socket until the poll's timeout, the cell timeout (upstream:
+       jupyter/nbclient#312). It happens after cells that display ipywidgets.interactive (its
+       Output widget's clear_output/output messages); pyzmq's asyncio send re-checks the socket's
+       events after sending, so no wake-up is lost.
+    2. It records each cell's wall time and how long its reply waited after the kernel went idle,
+       so that run_notebook can report the slowest cell and any reply that waited.
+    """
     from nbclient import NotebookClient
+    from nbclient.jsonutil import json_clean
+    from nbclient.output_widget import OutputWidget
+
+    class AsyncSendOutputWidget(OutputWidget):
+        def _publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+            content = json_clean(dict(data=data or {}, comm_id=self.comm_id, **keys))
+            session = self.kernel_client.session
+            msg = session.msg(msg_type, content=content, parent=self.parent_header,
+                              metadata=metadata or {})
+            # zmq.asyncio.Socket.send_multipart (not Session.send): see the docstring above.
+            self.kernel_client.shell_channel.socket.send_multipart(session.serialize(msg))
+
+    class BookClient(NotebookClient):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.widget_registry["@jupyter-widgets/output"]["OutputModel"] = AsyncSendOutputWidget
+            self.cell_times: list[tuple[int, float, float]] = []   # (index, wall s, reply lag s)
+
+        async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+            t0 = time.time()
+            out = await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+            if cell.cell_type == "code" and cell.source.strip():
+                ex = cell.get("metadata", {}).get("execution", {})
+                lag = 0.0
+                if "iopub.status.idle" in ex:       # kernel-side timestamps (record_timing)
+                    idle = _iso_time(ex["iopub.status.idle"])
+                    lag = max(0.0, time.time() - idle)
+                self.cell_times.append((cell_index, time.time() - t0, lag))
+            return out
+
+    return BookClient
+
+
+def _iso_time(stamp: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time stamp (nbclient's timing metadata)."""
+    import datetime
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+# A reply that arrives this long after the kernel went idle waited on something other than the
+# kernel (see _book_client_class); the build reports it.
+REPLY_LAG_WARN_S = 2.0
+
+
+def run_notebook(nb_path: str, work_dir: str, src_dir: str, root: str, timeout: int,
+                 deadline: float, threads: int) -> dict:
+    """Execute one notebook and write chapters/generated/<stem>/. Runs in a worker process.
+
+    timeout: seconds a cell may run; deadline: time.time() by which the whole build must be done
+    (a cell is stopped there too); threads: torch/OpenMP threads of the kernel."""
+    import nbformat
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     nb_path, src, root_p = Path(nb_path), Path(src_dir), Path(root)
     stem = nb_path.stem
     t0 = time.time()
+    if t0 >= deadline:
+        raise BuildError(f"notebook {nb_path.name} is late: the build's deadline passed before "
+                         "it could start")
     nb = nbformat.read(nb_path, as_version=4)
     kernel = nb.metadata.get("kernelspec", {}).get("name") or "python3"
     try:
@@ -406,17 +481,40 @@ def run_notebook(nb_path: str, work_dir: str, src_dir: str, root: str, timeout: 
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(root_p)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     os.environ["DSIM_BOOK_BUILD"] = "1"
+    # One OpenMP pool per kernel sized to its share of the cores: torch reads these at import.
+    # Two kernels of two threads each on two cores made notebook 01 take 200 s instead of 25 s.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    # A notebook may still ask for more threads (01_tour pins 2, so that its numbers do not depend
+    # on the machine). Idle OpenMP threads then sleep instead of spinning, which on a busy machine
+    # made 30 training steps of 2 threads take 3.3 s instead of 26-38 s.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # ipykernel picks the inline backend only when MPLBACKEND is unset (CI sets MPLBACKEND=Agg,
     # which would make plt.show() draw nothing and leave the book without figures).
     os.environ.pop("MPLBACKEND", None)
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, allow_errors=False,
-                            store_widget_state=True, resources={"metadata": {"path": work_dir}})
+    late = {"cell": None}
+
+    def cell_timeout(cell) -> int:
+        """The per-cell timeout, or less: what is left before the build's deadline."""
+        left = int(deadline - time.time())
+        if left < timeout:
+            late["cell"] = cell
+        return max(1, min(timeout, left))
+
+    client = _book_client_class()(
+        nb, timeout=timeout, timeout_func=cell_timeout, kernel_name=kernel, allow_errors=False,
+        store_widget_state=True, record_timing=True, resources={"metadata": {"path": work_dir}})
     try:
         client.execute()
     except CellExecutionError as exc:
         raise BuildError(f"notebook {nb_path.name} raised an error:\n{strip_ansi(str(exc))}") from None
     except CellTimeoutError as exc:
+        if late["cell"] is not None and time.time() >= deadline - 1:
+            raise BuildError(f"notebook {nb_path.name} is late: the build's deadline (--deadline) "
+                             f"passed while this cell was running ({time.time() - t0:.0f} s into "
+                             "the notebook):"
+                             f"\n{strip_ansi(str(exc))[:2000]}") from None
         raise BuildError(f"notebook {nb_path.name}: a cell ran longer than {timeout}s:\n"
                          f"{strip_ansi(str(exc))[:2000]}") from None
     except DeadKernelError as exc:
@@ -426,17 +524,33 @@ def run_notebook(nb_path: str, work_dir: str, src_dir: str, root: str, timeout: 
     executed_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, executed_dir / nb_path.name)      # for inspection; never the committed file
     warnings = prepare_for_book(nb)
+    slow = max(client.cell_times, key=lambda c: c[1], default=(None, 0.0, 0.0))
+    waited = [(i, lag) for i, _, lag in client.cell_times if lag > REPLY_LAG_WARN_S]
+    warnings += [f"cell {i}: its reply arrived {lag:.1f}s after the kernel went idle"
+                 for i, lag in waited]
     out_dir = src / "generated" / stem
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     md, figures = notebook_to_markdown(nb, stem, src)
     (out_dir / f"{stem}.md").write_text(md)
-    return {"stem": stem, "exec_s": t_exec, "total_s": time.time() - t0,
-            "figures": figures, "warnings": warnings}
+    return {"stem": stem, "exec_s": t_exec, "total_s": time.time() - t0, "figures": figures,
+            "warnings": warnings, "slowest_cell": slow[:2],
+            "max_reply_lag_s": max((lag for _, _, lag in client.cell_times), default=0.0)}
 
 
-def build_notebooks(root: Path, src_dir: Path, only: list[str], jobs: int, timeout: int) -> list[dict]:
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                   # not Linux
+        return os.cpu_count() or 1
+
+
+def build_notebooks(root: Path, src_dir: Path, only: list[str], jobs: int | None, timeout: int,
+                    deadline: float) -> list[dict]:
+    """Execute the notebooks, at most one per core at a time, each kernel with its share of the
+    cores as threads; fail with a BuildError naming the notebooks still running at `deadline`."""
     nb_dir = root / "notebooks"
     notebooks = sorted(p for p in nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []
     if only:
@@ -453,36 +567,75 @@ def build_notebooks(root: Path, src_dir: Path, only: list[str], jobs: int, timeo
     if not notebooks:
         log("no notebooks to execute")
         return []
+    cores = available_cores()
+    if jobs is not None and jobs > cores:
+        log(f"--jobs {jobs} is more than the {cores} core(s) available: using {cores}")
+    jobs = max(1, min(jobs or cores, cores, len(notebooks)))
+    threads = max(1, cores // jobs)
     results = []
     with tempfile.TemporaryDirectory(prefix="dsim-book-nb-") as tmp:
         work = Path(tmp) / "notebooks"
         shutil.copytree(nb_dir, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-        jobs = max(1, min(jobs, len(notebooks)))
-        log(f"executing {len(notebooks)} notebook(s) with {jobs} worker(s): "
-            + ", ".join(p.name for p in notebooks))
+        log(f"executing {len(notebooks)} notebook(s), {jobs} at a time with {threads} thread(s) "
+            f"each, cell timeout {timeout}s, {deadline - time.time():.0f}s left: "
+            + ", ".join(p.stem for p in notebooks))
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+        errors = []
+        try:
             futs = {pool.submit(run_notebook, str(work / p.name), str(work), str(src_dir),
-                                str(root), timeout): p for p in notebooks}
-            errors = []
-            for fut in concurrent.futures.as_completed(futs):
-                try:
-                    r = fut.result()
-                except BuildError as exc:
-                    errors.append(str(exc))
-                    continue
-                except Exception as exc:  # a bug in the conversion, or a worker crash
-                    import traceback
-                    errors.append(f"converting {futs[fut].name} failed unexpectedly:\n"
-                                  + "".join(traceback.format_exception(exc)))
-                    continue
-                results.append(r)
-                log(f"  {r['stem']}: executed in {r['exec_s']:.1f}s, {len(r['figures'])} figure(s)")
-                for w in r["warnings"]:
-                    log(f"  WARNING {r['stem']}: {w}")
-            if errors:
-                raise BuildError("\n\n".join(errors))
+                                str(root), timeout, deadline, threads): p for p in notebooks}
+            started = {}
+            pending = set(futs)
+            while pending:
+                # Workers stop their own cells at the deadline; the grace covers kernel shutdown.
+                left = deadline + 60 - time.time()
+                if left <= 0:
+                    late = sorted(futs[f].stem for f in pending)
+                    raise BuildError(f"the build's deadline passed with notebook(s) still "
+                                     f"running or queued: {', '.join(late)}")
+                done, pending = concurrent.futures.wait(
+                    pending, timeout=min(left, 5), return_when=concurrent.futures.FIRST_COMPLETED)
+                for f in pending:
+                    if f.running() and f not in started:
+                        started[f] = time.time()
+                for fut in done:
+                    name = futs[fut].stem
+                    try:
+                        r = fut.result()
+                    except BuildError as exc:
+                        errors.append(str(exc))
+                        ran = time.time() - started.get(fut, time.time())
+                        log(f"  {name}: FAILED after {ran:.0f}s")
+                        continue
+                    except Exception as exc:  # a bug in the conversion, or a worker crash
+                        import traceback
+                        errors.append(f"converting {futs[fut].name} failed unexpectedly:\n"
+                                      + "".join(traceback.format_exception(exc)))
+                        continue
+                    results.append(r)
+                    i, cell_s = r["slowest_cell"]
+                    log(f"  [{len(results)}/{len(notebooks)}] {name}: {r['exec_s']:.1f}s "
+                        f"(slowest cell {i}: {cell_s:.1f}s; longest reply wait "
+                        f"{r['max_reply_lag_s']:.2f}s), {len(r['figures'])} figure(s)")
+                    for w in r["warnings"]:
+                        log(f"  WARNING {name}: {w}")
+        finally:
+            _stop_pool(pool)
+        if errors:
+            raise BuildError("\n\n".join(errors))
     return sorted(results, key=lambda r: r["stem"])
+
+
+def _stop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Shut the pool down; workers still running (past the deadline) are terminated."""
+    procs = list(getattr(pool, "_processes", {}).values())   # no public API lists them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
 
 
 # --------------------------------------------------------------------------
@@ -643,9 +796,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not execute notebooks; reuse chapters/generated/")
     ap.add_argument("--notebook", action="append", default=[], metavar="NAME",
                     help="execute only this notebook (stem or file name); repeatable")
-    ap.add_argument("--jobs", "-j", type=int, default=min(4, os.cpu_count() or 1),
-                    help="notebooks executed in parallel (default: min(4, cpus))")
-    ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    ap.add_argument("--jobs", "-j", type=int, default=None,
+                    help="notebooks executed in parallel (default and maximum: the cores "
+                         "available)")
+    ap.add_argument("--timeout", type=int, default=240,
+                    help="per-cell timeout in seconds (default 240; the slowest cell, a training "
+                         "run, takes about 30 s on 2 cores)")
+    ap.add_argument("--deadline", type=int, default=900,
+                    help="seconds the whole build may take (default 900); past it the build fails "
+                         "and names the notebooks still running")
     ap.add_argument("--refresh-mathjax", action="store_true", help="re-download MathJax")
     args = ap.parse_args(argv)
 
@@ -669,7 +828,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.skip_notebooks:
             log("skipping notebook execution (--skip-notebooks); using chapters/generated/")
         else:
-            results = build_notebooks(root, src_dir, args.notebook, args.jobs, args.timeout)
+            results = build_notebooks(root, src_dir, args.notebook, args.jobs, args.timeout,
+                                      deadline=t0 + args.deadline)
         for w in check_includes(src_dir, results):
             log(f"WARNING: {w}")
         log("mdbook build")

@@ -45,9 +45,14 @@ ROOT = Path(os.environ.get("DSIM_BOOK_ROOT", REPO)).resolve()
 CHROMIUM = Path(os.environ.get("DSIM_CHROMIUM", "/usr/bin/chromium"))   # Debian's chromium
 SHOTS = REPO / "artifacts" / "screenshots"
 WAIT_MS = 120_000            # upper bound for any single wait in the browser
+# The book build (about 100 s on 2 cores) runs in the first chapter test's setup. pytest-timeout
+# counts setup, so these tests get the build's deadline plus a margin instead of the suite's
+# per-test timeout.
+BUILD_DEADLINE_S = 600
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.timeout(BUILD_DEADLINE_S + 300),
     pytest.mark.skipif(not CHROMIUM.exists(),
                        reason=f"Debian's chromium is not installed ({CHROMIUM}); "
                               "`apt-get install chromium` to run the browser tests"),
@@ -104,8 +109,10 @@ def built_book() -> Path:
             or (ROOT / "chapters" / "vendor" / "mathjax" / "VERSION").is_file()):
         pytest.skip("npm is not installed, so the book build cannot vendor MathJax "
                     "(install npm, or set DSIM_MATHJAX_TARBALL)")
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "build_book.py"), "--root", str(ROOT)],
-                          capture_output=True, text=True, timeout=1800)
+    # The build bounds itself (BUILD_DEADLINE_S) and names a late notebook; the margin: mdBook.
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "build_book.py"),
+                           "--root", str(ROOT), "--deadline", str(BUILD_DEADLINE_S)],
+                          capture_output=True, text=True, timeout=BUILD_DEADLINE_S + 120)
     if proc.returncode != 0:
         pytest.fail(f"scripts/build_book.py failed (exit {proc.returncode}):\n"
                     f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}", pytrace=False)

@@ -320,22 +320,39 @@ def nccl_errors(min_bytes=64 * 1024):
     return out
 
 
+def _one_sig3_step(value: float) -> float:
+    """The step at `value` of the 3-significant-digit grid calibrate_from_measurements searches."""
+    return 10.0 ** (math.floor(math.log10(abs(value))) - 2)
+
+
 def test_committed_constants_equal_the_fit():
+    # The fit is a grid search whose losses are sums of logs: a machine whose libm rounds a log
+    # differently may pick the neighbouring grid value where two losses nearly tie. So each
+    # committed constant must equal the refit to within one step of its 3-significant-digit grid
+    # (at most 1 % relative), not bit for bit.
     cal = calibrate_from_measurements(load_measurements())
     assert cal.gpu == "H200" and cal.n_ranks == 2
-    assert cal.launch_overhead_s == LAUNCH_OVERHEAD_S
-    assert cal.chunk_overhead_s == NVLINK_CHUNK_OVERHEAD_S
-    assert cal.bus_bw == MEASURED_BUS_BW
-    assert NVLINK_PEAK_EFFICIENCY == cal.peak_efficiency
-    assert COLLECTIVE_BW_FACTORS[:4] == tuple(cal.bus_bw[k] / cal.bus_bw["all_reduce"] for k in KINDS[:4])
-    assert measured_calibration() == cal
+    assert set(cal.launch_overhead_s) == set(LAUNCH_OVERHEAD_S) == set(MEASURED_BUS_BW)
+    assert set(cal.bus_bw) == set(MEASURED_BUS_BW)
+    pairs = [("chunk overhead", NVLINK_CHUNK_OVERHEAD_S, cal.chunk_overhead_s)]
+    pairs += [(f"launch {k}", v, cal.launch_overhead_s[k]) for k, v in LAUNCH_OVERHEAD_S.items()]
+    pairs += [(f"bus bw {k}", v, cal.bus_bw[k]) for k, v in MEASURED_BUS_BW.items()]
+    for name, committed, refit in pairs:
+        assert abs(committed - refit) <= 1.001 * _one_sig3_step(refit), (name, committed, refit)
+    assert NVLINK_PEAK_EFFICIENCY == pytest.approx(cal.peak_efficiency, rel=0.011)
+    ratios = tuple(MEASURED_BUS_BW[k] / MEASURED_BUS_BW["all_reduce"] for k in KINDS[:4])
+    assert COLLECTIVE_BW_FACTORS[:4] == ratios
+    assert measured_calibration() == cal  # deterministic on one machine
 
 
 def test_model_is_the_fitted_formula_on_the_measured_machine():
-    cal = measured_calibration()
-    for kind in cal.bus_bw:
+    # The committed constants (not a refit, which may sit one grid step away on another machine).
+    committed = CommCalibration("H200", 2, LAUNCH_OVERHEAD_S, NVLINK_CHUNK_OVERHEAD_S,
+                                MEASURED_BUS_BW, 0.0)
+    for kind in committed.bus_bw:
         for s in np.logspace(3, 10, 29):
-            assert collective_time(kind, s, 2, gpu="H200", ranks_per_node=2) == pytest.approx(cal.predict(kind, s), rel=1e-12)
+            t = collective_time(kind, s, 2, gpu="H200", ranks_per_node=2)
+            assert t == pytest.approx(committed.predict(kind, s), rel=1e-12)
 
 
 def test_model_against_nccl_measurements():

@@ -54,18 +54,99 @@ def test_predictions_meet_the_targets_on_held_out_shapes(key):
         assert summary[kind]["n"] >= n, f"fewer than {n} validation cases of {kind}"
 
 
-@pytest.mark.parametrize("key", ["h100", "h200"])
-def test_committed_calibration_is_the_fit_of_the_committed_measurements(key):
+# The committed calibration against a refit of the committed measurements. fit_calibration
+# (Levenberg-Marquardt, stopping when the relative improvement falls below 1e-12) lands at slightly
+# different points on machines whose BLAS and libm differ, most of all on constants that the
+# records barely constrain: between two x86 machines the H200's l2_write_frac (4.4e-5) moved by
+# 3.5e-5 relative and its epilogue_bw by 2.3e-4, while no prediction moved by more than 1e-5. So
+# the test compares what a calibration is for, the predicted times, tightly, and the constants
+# loosely.
+PREDICTION_REL = 1e-3  # every record, both splits: 100x the machine-to-machine spread seen
+CONSTANT_REL = 1e-2  # each fitted constant: 40x the spread seen, and 5x below a 5 % error
+# A constant that the fit drives onto a bound of its range (tile_fill, about 2e-12 on the H100,
+# range 0..16) changes no prediction, so where the optimiser stops on it is noise (20 % relative
+# on that one): such a constant may differ by this fraction of its fit range (FIT_STAGES) on top
+# of CONSTANT_REL.
+CONSTANT_ABS_OF_RANGE = 1e-6
+
+
+def _constants(cal: Calibration) -> dict[str, tuple[float, float]]:
+    """{name: (value, width of its fit range)} of every constant that FIT_STAGES fits."""
+    out = {}
+    for _, _, params in FIT_STAGES:
+        for name, lo, hi in params:
+            table, _, key = name.partition(".")
+            value = getattr(cal, table)[key] if key else getattr(cal, table)
+            out[name] = (value, hi - lo)
+    return out
+
+
+def constant_mismatches(committed: Calibration, refit: Calibration) -> list[str]:
+    """Fitted constants of `committed` further from `refit` than the tolerances above."""
+    ref = _constants(refit)
+    out = []
+    for name, (c, width) in _constants(committed).items():
+        r = ref[name][0]
+        if abs(c - r) > CONSTANT_REL * abs(r) + CONSTANT_ABS_OF_RANGE * width:
+            out.append(f"{name}: committed {c:.6g}, refit {r:.6g}")
+    return out
+
+
+def prediction_mismatches(committed: Calibration, refit: Calibration,
+                          records: list[dict]) -> list[str]:
+    """Records whose time predicted by `committed` and by `refit` differ by > PREDICTION_REL."""
+    out = []
+    for r in records:
+        p_c, p_r = predict_record(r, committed), predict_record(r, refit)
+        if abs(p_c / p_r - 1) > PREDICTION_REL:
+            out.append(f"{r['op']} {r['shape']} ({r['split']}): "
+                       f"{p_c:.4g} s committed, {p_r:.4g} s refit")
+    return out
+
+
+def _measured(key: str) -> tuple[dict, list[dict]]:
+    """The measurement file of `key` and its usable records (both splits); skip if absent."""
     path, cal_path = DATA / f"timing_{key}.json", DATA / f"timing_calibration_{key}.json"
     if not path.exists() or not cal_path.exists():
         pytest.skip(f"{path.name} / {cal_path.name} not committed yet")
     data = json.loads(path.read_text())
-    refit = fit_calibration([r for r in data["records"] if r["split"] == "calibration"], data["env"]["gpu"])
+    return data, [r for r in data["records"] if "error" not in r and r.get("time_s", 0) > 0]
+
+
+@pytest.mark.parametrize("key", ["h100", "h200"])
+def test_committed_calibration_is_the_fit_of_the_committed_measurements(key):
+    data, records = _measured(key)
+    calibration = [r for r in records if r["split"] == "calibration"]
+    refit = fit_calibration(calibration, data["env"]["gpu"])
     committed = gpu_calibration(data["env"]["gpu"])
-    for name, value in refit.to_dict().items():
-        if isinstance(value, float):
-            assert getattr(committed, name) == pytest.approx(value, rel=1e-6), name
-    assert committed.attn_eff == pytest.approx(refit.attn_eff, rel=1e-6)
+    assert {r["split"] for r in records} == {"calibration", "validation"}
+    bad = constant_mismatches(committed, refit)
+    assert not bad, ("the committed constants are not the fit (re-run bench/validate_timing.py): "
+                     + "; ".join(bad))
+    bad = prediction_mismatches(committed, refit, records)
+    assert not bad, f"{len(bad)} of {len(records)} predictions moved: " + "; ".join(bad[:5])
+
+
+@pytest.mark.parametrize("key", ["h100", "h200"])
+def test_the_calibration_comparison_catches_a_constant_off_by_5_percent(key):
+    data, records = _measured(key)
+    committed = gpu_calibration(data["env"]["gpu"])
+    on_bound = []
+    for name, (value, width) in _constants(committed).items():
+        if 0.05 * abs(value) <= 2 * CONSTANT_ABS_OF_RANGE * width:
+            on_bound.append(name)  # moving it by 5 % moves no prediction either
+            continue
+        table, _, k = name.partition(".")
+        if k:
+            changed = {table: {**getattr(committed, table), k: 1.05 * value}}
+        else:
+            changed = {name: 1.05 * value}
+        assert constant_mismatches(committed.replace(**changed), committed), name
+    assert len(on_bound) <= 2, on_bound
+    # The predictions alone see a 5 % change of a constant of every GEMM or memory-bound op.
+    for name in ("mma_eff", "bw_eff"):
+        moved = committed.replace(**{name: 1.05 * getattr(committed, name)})
+        assert prediction_mismatches(moved, committed, records), name
 
 
 # ---------------------------------------------------------------------------------------------
