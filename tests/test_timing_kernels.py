@@ -10,7 +10,7 @@ from dsim.cost.timing.fit import FIT_STAGES, fit_constants
 
 T, D, I, E, K = 1000, 2048, 1408, 64, 6
 N = T * K
-MOE = dict(tokens=T, hidden=D, moe_inter=I, experts=E, top_k=K)
+MOE = dict(tokens=T, dim=D, moe_inter_dim=I, n_routed_experts=E, n_activated_experts=K)
 
 
 def _by_name(kernels):

@@ -39,7 +39,7 @@ def fusion_share(c: Claim) -> Verdict:
         (1, 4096, "decode, width 4096"),
         (4096, 768, "training, width 768 (BERT-base)"),
     ):
-        ln = op_time("rmsnorm", tokens=tokens, hidden=D)
+        ln = op_time("rmsnorm", tokens=tokens, dim=D)
         g = op_time("gemm", m=tokens, n=3 * D, k=D)
         share = ln / (ln + g)
         rs.append(in_range(what, lo * (1 - TOLERANCE), hi * (1 + TOLERANCE), share * 100))

@@ -49,7 +49,7 @@ from dsim.cost.timing.fit import (
     record_kind,
     validate,
 )
-from dsim.cost.timing.kernels import Kernel, KernelModel, attention_pairs, expert_load
+from dsim.cost.timing.kernels import Kernel, KernelModel, expert_load
 from dsim.cost.timing.ops import (
     ELEMENTWISE_KINDS,
     OPS,
@@ -74,7 +74,6 @@ __all__ = [
     "PlanOp",
     "StepTime",
     "attention_backend",
-    "attention_pairs",
     "block_plan",
     "error_summary",
     "expert_load",
