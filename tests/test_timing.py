@@ -269,24 +269,40 @@ def _synthetic_records(cal: Calibration) -> list[dict]:
     for op, dtype, bwd, shape in shapes:
         t = op_time(op, "H100-SXM", dtype, bwd, cal, **shape)
         out.append(dict(op=op, dtype=dtype, backward=bwd, shape=shape, split="calibration", time_s=t,
-                        extra={"backend": "flash_attention" if shape.get("qk_head_dim") == 128 else "efficient_attention"}
-                        if op == "attention" else {}))
+                        extra={"backend": cal.attn_backend_equal if shape.get("qk_head_dim") == 128
+                               else cal.attn_backend_unequal} if op == "attention" else {}))
     return out
 
 
 def test_fit_recovers_the_constants_that_made_the_data():
     base = Calibration()
     truth = base.replace(launch_s=3.1e-6, bw_eff=0.92, mma_eff=0.72, fp32_eff=0.6, grouped_eff=0.62, gather_eff=0.7,
-                         atomic_eff=0.3, attn_eff={**base.attn_eff, "flash_fwd_mha_causal": 0.55,
-                                                   "efficient_bwd_mla_full": 0.2})
+                         atomic_eff=0.3, attn_eff={**base.attn_eff, "cudnn_fwd_mha_causal": 0.62,
+                                                   "cudnn_bwd_mla_full": 0.3})
     records = _synthetic_records(truth)
     cal = fit_calibration(records, "H100-SXM")
     errors = [abs(predict_record(r, cal) / r["time_s"] - 1) for r in records]
     assert max(errors) < 0.02
     for name in ("bw_eff", "mma_eff", "fp32_eff", "grouped_eff"):
         assert getattr(cal, name) == pytest.approx(getattr(truth, name), rel=0.05), name
-    assert cal.attn_eff["flash_fwd_mha_causal"] == pytest.approx(0.55, rel=0.05)
+    assert cal.attn_eff["cudnn_fwd_mha_causal"] == pytest.approx(0.62, rel=0.05)
     assert set(cal.fit) == {s[0] for s in FIT_STAGES if s[0] != "moe_ffn"}
+
+
+def test_attention_table_has_the_measured_backend_and_other_backends_borrow_it():
+    # the committed calibrations select cuDNN for both head-dim classes: the table holds only its entries
+    for gpu in ("H100-SXM", "H200"):
+        cal = gpu_calibration(gpu)
+        assert (cal.attn_backend_equal, cal.attn_backend_unequal) == ("cudnn_attention", "cudnn_attention")
+        assert all(k.startswith("cudnn_") for k in cal.attn_eff) and len(cal.attn_eff) == 8
+    # a GPU whose SDPA picks FlashAttention runs flash's blocks at cuDNN's efficiency of the same variant
+    cudnn = gpu_calibration("H100-SXM")
+    flash = cudnn.replace(attn_backend_equal="flash_attention")
+    shape = dict(batch=2, seq_len=4096, n_heads=16, qk_head_dim=128, v_head_dim=128, causal=True)
+    ks = op_kernels("attention", calibration=flash, **shape)
+    assert [k.name for k in ks if k.kind == "attention"] == ["flash forward"]
+    slower = flash.replace(attn_eff={**flash.attn_eff, "cudnn_fwd_mha_causal": 0.3})
+    assert op_time("attention", calibration=slower, **shape) > op_time("attention", calibration=flash, **shape)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_every_constant_belongs_to_a_fit_stage():
     names = Calibration().constants()
     assert len(names) == len(set(names))
     assert set(names) == set(fit_constants())
-    assert "attn_eff.flash_fwd_mha_causal" in names and "launch_s" in names
+    assert "attn_eff.cudnn_fwd_mha_causal" in names and "launch_s" in names
     assert len(names) == len(fit_constants())
 
 
