@@ -122,7 +122,7 @@ def tp_overhead(c: Claim) -> Verdict:
 
     m, tp, tokens = deepseek_llm_67b(), 8, 4096
     compute = layer_time(m, batch=1, seq_len=tokens, mode="train", gpu="H100-SXM").total_s / tp
-    vol = tp_volume(batch=1, seq=tokens, hidden=m.dim, n_layers=1, tp=tp)
+    vol = tp_volume(batch=1, seq_len=tokens, dim=m.dim, n_layers=1, tp=tp)
     rs, lines = (
         [],
         [

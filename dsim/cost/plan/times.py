@@ -138,16 +138,19 @@ class OpTimes:
             lambda: comm.collective_time(kind, nbytes, n, self.gpu, rpn),
         )
 
-    def a2a(self, tokens: int, ep: int, rpn: int, dt: str, n_experts: int | None = None) -> float:
+    def a2a(
+        self, tokens: int, ep: int, rpn: int, dt: str, n_routed_experts: int | None = None
+    ) -> float:
         """Forward dispatch (fp8 with its scales, or bf16) + combine (bf16) of one MoE block:
         seconds on a GPU that sends `tokens` tokens to ep expert-parallel ranks, rpn of them per
-        node."""
+        node; the tokens route over n_routed_experts experts (default the model's; serving with
+        redundant experts routes over more)."""
         a = self.args
         if ep == 1 or not a.is_moe:
             return 0.0
         return self.memo(
-            ("a2a", tokens, ep, rpn, dt, n_experts),
-            lambda: _a2a_time(a, self.gpu, tokens, ep, rpn, dt, n_experts),
+            ("a2a", tokens, ep, rpn, dt, n_routed_experts),
+            lambda: _a2a_time(a, self.gpu, tokens, ep, rpn, dt, n_routed_experts),
         )
 
 
@@ -159,11 +162,11 @@ def _moe_ffn(kernels: list) -> tuple[float, float]:
 
 
 def _a2a_time(
-    a: ModelArgs, gpu: GPU, tokens: int, ep: int, rpn: int, dt: str, n_experts: int | None
+    a: ModelArgs, gpu: GPU, tokens: int, ep: int, rpn: int, dt: str, n_routed_experts: int | None
 ) -> float:
     """dsim.cost.comm.moe_dispatch_time for the dispatch and the combine, with the node limit of
     group-limited routing when the groups map onto nodes."""
-    E = n_experts or a.n_routed_experts
+    E = n_routed_experts or a.n_routed_experts
     limit = node_limit(a, max(1, ep // rpn))
     t = 0.0
     for bpe in ((bytes_per_param("fp8") if dt == "fp8" else 2.0), 2.0):
