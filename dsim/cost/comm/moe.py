@@ -144,7 +144,9 @@ def moe_dispatch_time(
         node_limit,
         bytes_per_elem,
     )
-    topo = Topology.from_gpu(gpu, ep, ranks_per_node, half_saturation_bytes=EP_HALF_SATURATION_BYTES)
+    topo = Topology.from_gpu(
+        gpu, ep, ranks_per_node, half_saturation_bytes=EP_HALF_SATURATION_BYTES
+    )
     msg = tokens * dim * bytes_per_elem
     t_nvlink = _deepep_phase_time(vol.nvlink_bytes, msg, topo.intra_bw, topo.intra_latency, topo)
     t_ib = _deepep_phase_time(vol.ib_bytes, msg, topo.inter_bw, topo.inter_latency, topo)
