@@ -131,8 +131,8 @@ code("""worst = sorted(rows, key=lambda r: -abs(r["error"]))[:5]
 print("the five worst-predicted validation cases:")
 for r in worst:
     shape = ", ".join(f"{k}={v}" for k, v in r["shape"].items() if v is not None and k not in ("numel",))
-    print(f"  {r['op']:12}{' fwd+bwd' if r['backward'] else '':8} {shape[:60]:60} measured {r['measured_s'] * 1e6:9.1f} us, "
-          f"model {r['error']:+.1%}")"""),
+    print(f"  {r['op']:12}{' fwd+bwd' if r['backward'] else '':8} {shape}\\n{'':22}measured "
+          f"{r['measured_s'] * 1e6:9.1f} us, model {r['error']:+.1%}")"""),
 md("""## Where an MoE layer loses efficiency
 
 An MoE layer runs the same FLOPs as a dense FFN of its activated width, but in pieces: expert $e$ gets
