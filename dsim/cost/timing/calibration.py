@@ -80,7 +80,7 @@ class Calibration:
     rms_eff: float = 0.9  # bandwidth of the norm kernels, relative to bw_eff
     rms_bwd_passes: float = 1.5  # F.rms_norm backward traffic, in units of its fused minimum
     # fused attention (SDPA): fraction of peak inside a tile, per direction, head dims and mask of
-    # the measured backend (ATTN_EFF_BACKEND; other backends borrow it: `attn_eff`)
+    # the measured backend (ATTN_EFF_BACKEND; other backends borrow it: `attention_efficiency`)
     attn_eff: dict = field(default_factory=_attn_eff_defaults)
     attn_fill: float = 1.0  # per block (CTA) overhead, in key (or query) blocks
     # SDPA's pick for qk_head_dim == v_head_dim <= 256 and for unequal head dims (MLA), as
@@ -116,7 +116,7 @@ class Calibration:
         return tuple(name for stage in self.fit.values() for name in stage.get("fitted", ()))
 
 
-def attn_eff(cal: Calibration, backend: str, direction: str, variant: str) -> float:
+def attention_efficiency(cal: Calibration, backend: str, direction: str, variant: str) -> float:
     """Efficiency of a fused attention kernel: backend ("cudnn", "flash", "efficient"), direction
     ("fwd", "bwd"), variant ("mha_causal", "mla_full", ...).
 

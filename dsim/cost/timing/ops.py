@@ -38,7 +38,7 @@ import numpy as np
 from dsim.cost.dtypes import DTYPES, dtype_name
 from dsim.cost.graph.rules import attention_pairs
 from dsim.cost.hardware import GPU, get_gpu, peak_flops
-from dsim.cost.timing.calibration import Calibration, attn_eff, gpu_calibration
+from dsim.cost.timing.calibration import Calibration, attention_efficiency, gpu_calibration
 from dsim.cost.timing.kernels import (
     ATTN_BLOCKS,
     Kernel,
@@ -157,7 +157,8 @@ def _attention_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
         return ks
     c, name = x.cal, backend.replace("_attention", "")
     variant = f"{'mha' if dqk == dv else 'mla'}_{'causal' if causal else 'full'}"
-    eff_f, eff_b = attn_eff(c, name, "fwd", variant), attn_eff(c, name, "bwd", variant)
+    eff_f = attention_efficiency(c, name, "fwd", variant)
+    eff_b = attention_efficiency(c, name, "bwd", variant)
     (bm, bn), (bm_b, bn_b) = ATTN_BLOCKS[name]
     per_sm = peak_flops(x.gpu, x.dtype) / x.sms
     # forward: one block per bm queries, looping over bn-key blocks (up to the diagonal if causal)
