@@ -289,6 +289,17 @@ def test_fit_recovers_the_constants_that_made_the_data():
     assert set(cal.fit) == {s[0] for s in FIT_STAGES if s[0] != "moe_ffn"}
 
 
+def test_attention_counts_the_pairs_of_the_graph():
+    from dsim.cost.graph import attention_pairs
+    b, s, ctx, h, d = 2, 512, 1536, 4, 128           # a prefill chunk of 512 queries after 1536 cached keys
+    for causal in (True, False):
+        ks = op_kernels("attention", batch=b, seq_len=s, kv_seq_len=s + ctx, n_heads=h, qk_head_dim=d,
+                        v_head_dim=d, causal=causal)
+        assert sum(k.flops for k in ks if k.kind == "attention") == 2 * h * attention_pairs(b, s, ctx, causal) * 2 * d
+    with pytest.raises(ValueError, match="context >= 0"):
+        attention_pairs(1, 8, -1, True)
+
+
 def test_attention_table_has_the_measured_backend_and_other_backends_borrow_it():
     # the committed calibrations select cuDNN for both head-dim classes: the table holds only its entries
     for gpu in ("H100-SXM", "H200"):
