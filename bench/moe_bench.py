@@ -40,7 +40,8 @@ from dsim.config import ModelArgs              # noqa: E402
 from dsim.model import MoE, Experts, _Permute, grouped_mm  # noqa: E402
 from timing_measure import Timer, environment  # noqa: E402
 
-# (name, hidden, moe_inter, experts, top_k, shared, groups, limited groups, route_scale, tokens)
+# (name, dim, moe_inter_dim, n_routed_experts, n_activated_experts, n_shared_experts, n_expert_groups,
+#  n_limited_groups, route_scale, tokens)
 SHAPES = [("v2-lite-like", 2048, 1408, 64, 6, 2, 1, 1, 1.0, 16384),
           ("v3-like", 7168, 2048, 256, 8, 1, 8, 4, 2.5, 8192)]
 QUICK_SHAPES = [("tiny", 64, 32, 8, 2, 1, 1, 1, 1.0, 64)]
@@ -249,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     for shape in (QUICK_SHAPES if a.quick else SHAPES):
         name, d, i, e, k, s, g, lg, scale, t = shape
         print(f"[{time.time() - start:5.1f}s] {name}: T={t} D={d} I={i} E={e} top-{k} shared={s}", flush=True)
-        row: dict[str, Any] = dict(shape=dict(name=name, tokens=t, hidden=d, moe_inter=i, experts=e, top_k=k, shared=s,
-                                              groups=g, limited_groups=lg), runs={})
+        row: dict[str, Any] = dict(shape=dict(name=name, tokens=t, dim=d, moe_inter_dim=i, n_routed_experts=e,
+                                              n_activated_experts=k, n_shared_experts=s, n_expert_groups=g,
+                                              n_limited_groups=lg), runs={})
         for bwd in (False, True):
             row["runs"][f"dense{'_fwdbwd' if bwd else ''}"] = dense_ceiling(timer, shape, device, bwd)
         x = torch.randn(t, d, device=device, dtype=torch.bfloat16)

@@ -52,7 +52,7 @@ L2_FLUSH_BYTES = 256 * 2**20   # > 4x the L2 of an H100 (50 MiB) or H200 (60 MiB
 # ---------------------------------------------------------------------------------------------
 # The grids. A case: op, split, backward, dtype, shape (the keyword arguments of op_time).
 # ---------------------------------------------------------------------------------------------
-# MoE layer widths (hidden, moe_inter, experts, top_k). Calibration and validation use different
+# MoE layer widths (dim, moe_inter_dim, n_routed_experts, n_activated_experts). Calibration and validation use different
 # models so that the validation error says how the model does on a layer it has never seen.
 MOE_CAL = [(3072, 8192, 8, 2), (2048, 1024, 32, 4), (5120, 1536, 160, 6), (4096, 1536, 128, 8)]
 MOE_VAL = [(4096, 14336, 8, 2),    # Mixtral-8x7B
@@ -129,24 +129,24 @@ def full_grid() -> list[dict]:
             for qk, v in ((128, 128), (192, 128)):
                 for causal in (True, False):
                     for bwd in (False, True):
-                        cases.append(case("attention", split, dict(batch=b, seq=s, heads=h, qk_dim=qk, v_dim=v,
-                                                                   causal=causal), bwd))
+                        cases.append(case("attention", split, dict(batch=b, seq_len=s, n_heads=h, qk_head_dim=qk,
+                                                                   v_head_dim=v, causal=causal), bwd))
     for split, grid in ((C, ((8, 4096, 32), (64, 2048, 16), (1, 32768, 32))),
                         (V, ((16, 8192, 32), (128, 1024, 16), (4, 16384, 128)))):
         for b, s, h in grid:                                          # decode: one query, s keys
             for qk, v in ((128, 128), (192, 128)):
-                cases.append(case("attention", split, dict(batch=b, seq=1, kv_seq=s, heads=h, qk_dim=qk, v_dim=v,
-                                                           causal=False)))
+                cases.append(case("attention", split, dict(batch=b, seq_len=1, kv_seq_len=s, n_heads=h,
+                                                           qk_head_dim=qk, v_head_dim=v, causal=False)))
 
     # Memory-bound ops.
     for t in (1, 32, 256, 4096, 16384, 65536):
         for d in (1024, 4096):
             for bwd in (False, True):
-                cases.append(case("rmsnorm", C, dict(tokens=t, hidden=d), bwd))
+                cases.append(case("rmsnorm", C, dict(tokens=t, dim=d), bwd))
     for t in (1, 64, 1000, 8192, 32768):
         for d in (2048, 3072, 5120, 7168):
             for bwd in (False, True):
-                cases.append(case("rmsnorm", V, dict(tokens=t, hidden=d), bwd))
+                cases.append(case("rmsnorm", V, dict(tokens=t, dim=d), bwd))
     for kind in ("add", "copy", "cast", "bcast_mul", "sum_k"):
         for e in (14, 16, 18, 20, 22, 24, 26, 28):
             cases.append(case("elementwise", C, elementwise_shape(kind, 2**e)))
@@ -163,11 +163,11 @@ def full_grid() -> list[dict]:
         cases.append(case("elementwise", V, dict(bytes=16384 * k, kind="chain", numel=4096, kernels=k)))
     for t in (1, 64, 256, 1024, 4096, 32768):
         for d, e, k in ((4096, 8, 2), (2048, 64, 6), (3072, 32, 4), (5120, 256, 8)):
-            cases.append(case("gate", C, dict(tokens=t, hidden=d, experts=e, top_k=k)))
+            cases.append(case("gate", C, dict(tokens=t, dim=d, n_routed_experts=e, n_activated_experts=k)))
     for t in (1, 128, 2048, 16384):
         for d, e, k in ((7168, 256, 8), (5120, 160, 6), (2048, 128, 8), (4096, 8, 2), (6144, 8, 2),
                         (2048, 64, 6), (1024, 64, 8), (2560, 96, 4), (7168, 64, 4), (1536, 16, 2)):
-            cases.append(case("gate", V, dict(tokens=t, hidden=d, experts=e, top_k=k)))
+            cases.append(case("gate", V, dict(tokens=t, dim=d, n_routed_experts=e, n_activated_experts=k)))
     return cases
 
 
@@ -183,22 +183,24 @@ def quick_grid() -> list[dict]:
     for split, t in ((C, 32), (V, 48)):
         for bwd in (False, True):
             cases.append(case("moe_ffn", split, moe_shape((64, 32, 8, 2), t), bwd))
-            cases.append(case("attention", split, dict(batch=1, seq=t, heads=2, qk_dim=24, v_dim=16, causal=True), bwd))
-            cases.append(case("rmsnorm", split, dict(tokens=t, hidden=64), bwd))
-    cases.append(case("attention", V, dict(batch=2, seq=1, kv_seq=40, heads=2, qk_dim=16, v_dim=16, causal=False)))
+            cases.append(case("attention", split, dict(batch=1, seq_len=t, n_heads=2, qk_head_dim=24, v_head_dim=16,
+                                                       causal=True), bwd))
+            cases.append(case("rmsnorm", split, dict(tokens=t, dim=64), bwd))
+    cases.append(case("attention", V, dict(batch=2, seq_len=1, kv_seq_len=40, n_heads=2, qk_head_dim=16, v_head_dim=16,
+                                           causal=False)))
     cases += [case("elementwise", C, elementwise_shape("add", 4096)),
               case("elementwise", C, elementwise_shape("bcast_mul", 8192)),
               case("elementwise", C, elementwise_shape("sum_k", 8192)),
               case("elementwise", C, dict(bytes=16384 * 4, kind="chain", numel=4096, kernels=4)),
               case("elementwise", V, elementwise_shape("silu", 5000)),
-              case("gate", C, dict(tokens=32, hidden=64, experts=8, top_k=2)),
-              case("gate", V, dict(tokens=16, hidden=32, experts=16, top_k=4))]
+              case("gate", C, dict(tokens=32, dim=64, n_routed_experts=8, n_activated_experts=2)),
+              case("gate", V, dict(tokens=16, dim=32, n_routed_experts=16, n_activated_experts=4))]
     return cases
 
 
 def moe_shape(fam: tuple[int, int, int, int], tokens: int) -> dict:
-    hidden, inter, experts, top_k = fam
-    return dict(tokens=tokens, hidden=hidden, moe_inter=inter, experts=experts, top_k=top_k)
+    dim, inter, experts, top_k = fam
+    return dict(tokens=tokens, dim=dim, moe_inter_dim=inter, n_routed_experts=experts, n_activated_experts=top_k)
 
 
 # bytes moved per element (read + written, bf16 = 2 bytes; cast reads bf16, writes fp32; bcast_mul:
@@ -301,7 +303,8 @@ def _backward_fn(forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor]
 
 
 class MoECache:
-    """Keeps one MoE module per (hidden, inter, experts, top_k) while its cases run (weights are large)."""
+    """Keeps one MoE module per (dim, moe_inter_dim, n_routed_experts, n_activated_experts) while its cases run
+    (weights are large)."""
 
     def __init__(self):
         self.key, self.moe = None, None
@@ -311,8 +314,8 @@ class MoECache:
             self.moe, self.key = None, None
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            hidden, inter, experts, top_k = fam
-            args = ModelArgs(dim=hidden, moe_inter_dim=inter, n_routed_experts=experts, n_activated_experts=top_k,
+            dim, inter, experts, top_k = fam
+            args = ModelArgs(dim=dim, moe_inter_dim=inter, n_routed_experts=experts, n_activated_experts=top_k,
                              n_shared_experts=0, n_layers=1, n_dense_layers=0, inter_dim=0, score_func="softmax",
                              route_norm=True, name="timing")
             default = torch.get_default_dtype()
@@ -340,12 +343,12 @@ def build(c: dict, device: torch.device):
         if bwd:
             fn, setup = _backward_fn(lambda: F.linear(x, w), [x, w])
     elif op == "moe_ffn":
-        fam = (s["hidden"], s["moe_inter"], s["experts"], s["top_k"])
+        fam = (s["dim"], s["moe_inter_dim"], s["n_routed_experts"], s["n_activated_experts"])
         moe = MOE_CACHE.get(fam, device)
-        x = _randn(s["tokens"], s["hidden"], device=device, grad=bwd)
+        x = _randn(s["tokens"], s["dim"], device=device, grad=bwd)
         with torch.no_grad():
             moe(x)
-        counts = torch.bincount(moe.routing.indices.flatten(), minlength=s["experts"]).tolist()
+        counts = torch.bincount(moe.routing.indices.flatten(), minlength=s["n_routed_experts"]).tolist()
         extra["expert_counts"] = dict(max=max(counts), min=min(counts), tiles64=sum(math.ceil(n / 64) for n in counts),
                                       tiles128=sum(math.ceil(n / 128) for n in counts))
         if bwd:
@@ -384,8 +387,8 @@ def build(c: dict, device: torch.device):
         keys = torch.randint(0, s["groups"], (s["n"],), device=device)
         fn = lambda: torch.argsort(keys, stable=True)                  # noqa: E731
     elif op == "attention":
-        b, sq, h, qk, v = s["batch"], s["seq"], s["heads"], s["qk_dim"], s["v_dim"]
-        skv = s.get("kv_seq", sq)
+        b, sq, h, qk, v = s["batch"], s["seq_len"], s["n_heads"], s["qk_head_dim"], s["v_head_dim"]
+        skv = s.get("kv_seq_len", sq)
         leaves = [_randn(b, sq, h, qk, device=device, grad=bwd), _randn(b, skv, h, qk, device=device, grad=bwd),
                   _randn(b, skv, h, v, device=device, grad=bwd)]
         q, k, vv = (t.transpose(1, 2) for t in leaves)                 # [B, H, S, d] views, as dsim.model.attention
@@ -396,9 +399,9 @@ def build(c: dict, device: torch.device):
         if bwd:
             fn, setup = _backward_fn(fwd, leaves)
     elif op == "rmsnorm":
-        x = _randn(s["tokens"], s["hidden"], device=device, grad=bwd)
-        w = torch.ones(s["hidden"], device=device, dtype=torch.bfloat16, requires_grad=bwd)
-        fwd = lambda: F.rms_norm(x, (s["hidden"],), w, 1e-6)           # noqa: E731
+        x = _randn(s["tokens"], s["dim"], device=device, grad=bwd)
+        w = torch.ones(s["dim"], device=device, dtype=torch.bfloat16, requires_grad=bwd)
+        fwd = lambda: F.rms_norm(x, (s["dim"],), w, 1e-6)           # noqa: E731
         fn = fwd
         if bwd:
             fn, setup = _backward_fn(fwd, [x, w])
@@ -420,7 +423,8 @@ def build(c: dict, device: torch.device):
             fn = {"add": lambda: torch.add(a, b, out=out), "copy": lambda: out.copy_(a), "mul": lambda: a * b,
                   "silu": lambda: F.silu(a), "cast": lambda: a.float()}[kind]
     elif op == "gate":
-        args = ModelArgs(dim=s["hidden"], n_routed_experts=s["experts"], n_activated_experts=s["top_k"],
+        args = ModelArgs(dim=s["dim"], n_routed_experts=s["n_routed_experts"],
+                         n_activated_experts=s["n_activated_experts"],
                          n_shared_experts=0, n_layers=1, n_dense_layers=0, inter_dim=0, moe_inter_dim=16,
                          score_func="softmax", route_norm=True, name="timing")
         default = torch.get_default_dtype()
@@ -430,7 +434,7 @@ def build(c: dict, device: torch.device):
                 gate = Gate(args)
         finally:
             torch.set_default_dtype(default)
-        x = _randn(s["tokens"], s["hidden"], device=device)
+        x = _randn(s["tokens"], s["dim"], device=device)
 
         def fn():
             with torch.no_grad():
@@ -488,10 +492,14 @@ PROFILE_CASES = [
     case("moe_ffn", "profile", moe_shape((2048, 1408, 64, 6), 4096), True),
     case("moe_ffn", "profile", moe_shape((7168, 2048, 256, 8), 512), True),
     case("moe_ffn", "profile", moe_shape((4096, 14336, 8, 2), 64), False),
-    case("attention", "profile", dict(batch=2, seq=4096, heads=16, qk_dim=128, v_dim=128, causal=True), True),
-    case("attention", "profile", dict(batch=2, seq=4096, heads=16, qk_dim=192, v_dim=128, causal=True), True),
-    case("attention", "profile", dict(batch=8, seq=1, kv_seq=4096, heads=32, qk_dim=128, v_dim=128, causal=False)),
-    case("attention", "profile", dict(batch=8, seq=1, kv_seq=4096, heads=32, qk_dim=192, v_dim=128, causal=False)),
+    case("attention", "profile", dict(batch=2, seq_len=4096, n_heads=16,
+                                       qk_head_dim=128, v_head_dim=128, causal=True), True),
+    case("attention", "profile", dict(batch=2, seq_len=4096, n_heads=16,
+                                       qk_head_dim=192, v_head_dim=128, causal=True), True),
+    case("attention", "profile", dict(batch=8, seq_len=1, kv_seq_len=4096, n_heads=32,
+                                       qk_head_dim=128, v_head_dim=128, causal=False)),
+    case("attention", "profile", dict(batch=8, seq_len=1, kv_seq_len=4096, n_heads=32,
+                                       qk_head_dim=192, v_head_dim=128, causal=False)),
     case("gemm", "profile", dict(m=8192, n=8192, k=8192)),
     case("gemm", "profile", dict(m=1024, n=1024, k=1024)),
     case("gemm", "profile", dict(m=3000, n=7168, k=18432)),
@@ -502,8 +510,8 @@ PROFILE_CASES = [
     case("gemm", "profile", dict(m=16384, n=64, k=2048), dtype="fp32"),
     case("grouped_gemm", "profile", dict(tokens=8 * 2048, n=14336, k=4096, groups=8), True),
     case("grouped_gemm", "profile", dict(tokens=64 * 16, n=1408, k=2048, groups=64), True),
-    case("rmsnorm", "profile", dict(tokens=8192, hidden=4096), True),
-    case("gate", "profile", dict(tokens=4096, hidden=2048, experts=64, top_k=6)),
+    case("rmsnorm", "profile", dict(tokens=8192, dim=4096), True),
+    case("gate", "profile", dict(tokens=4096, dim=2048, n_routed_experts=64, n_activated_experts=6)),
     case("gather_rows", "profile", dict(rows=32768, width=4096, dst_rows=4096), True),
     case("index_select_rows", "profile", dict(rows=32768, width=4096, dst_rows=4096), True),
     case("sort", "profile", dict(n=131072, groups=64)),

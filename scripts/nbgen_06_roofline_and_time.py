@@ -131,8 +131,8 @@ code("""worst = sorted(rows, key=lambda r: -abs(r["error"]))[:5]
 print("the five worst-predicted validation cases:")
 for r in worst:
     shape = ", ".join(f"{k}={v}" for k, v in r["shape"].items() if v is not None and k not in ("numel",))
-    print(f"  {r['op']:12}{' fwd+bwd' if r['backward'] else '':8} {shape[:60]:60} measured {r['measured_s'] * 1e6:9.1f} us, "
-          f"model {r['error']:+.1%}")"""),
+    print(f"  {r['op']:12}{' fwd+bwd' if r['backward'] else '':8} {shape}\\n{'':22}measured "
+          f"{r['measured_s'] * 1e6:9.1f} us, model {r['error']:+.1%}")"""),
 md("""## Where an MoE layer loses efficiency
 
 An MoE layer runs the same FLOPs as a dense FFN of its activated width, but in pieces: expert $e$ gets
@@ -153,12 +153,12 @@ code("""fams = {"DeepSeek-V2-Lite (64 experts, top-6)": (2048, 1408, 64, 6),
 tokens = np.unique(np.logspace(5, 15, 41, base=2).astype(int))
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
 for i, (name, (D, I_, E, K)) in enumerate(fams.items()):
-    tf = [3 * 6 * t * K * D * I_ / tm.op_time("moe_ffn", GPU, backward=True, calibration=cal, tokens=int(t), hidden=D,
-                                             moe_inter=I_, experts=E, top_k=K) / 1e12 for t in tokens]
+    layer = dict(dim=D, moe_inter_dim=I_, n_routed_experts=E, n_activated_experts=K)
+    tf = [3 * 6 * t * K * D * I_ / tm.op_time("moe_ffn", GPU, backward=True, calibration=cal, tokens=int(t), **layer)
+          / 1e12 for t in tokens]
     axes[0].semilogx(tokens, tf, color=f"C{i}", label=name)
     m = [(r["shape"]["tokens"], 3 * 6 * r["shape"]["tokens"] * K * D * I_ / r["time_s"] / 1e12) for r in records
-         if r["op"] == "moe_ffn" and r["backward"] and (r["shape"]["hidden"], r["shape"]["moe_inter"],
-                                                          r["shape"]["experts"], r["shape"]["top_k"]) == (D, I_, E, K)]
+         if r["op"] == "moe_ffn" and r["backward"] and all(r["shape"][a] == v for a, v in layer.items())]
     if m:
         axes[0].semilogx(*zip(*m), "o", color=f"C{i}", ms=5)
 axes[0].set_xlabel("tokens"); axes[0].set_ylabel("TFLOP/s (expert GEMMs, fwd+bwd)")
@@ -180,7 +180,7 @@ code("""def groups(kernels):
         out[part] = out.get(part, 0.0) + k.time_s
     return out
 
-shape = dict(tokens=4096, hidden=7168, moe_inter=2048, experts=256, top_k=8)
+shape = dict(tokens=4096, dim=7168, moe_inter_dim=2048, n_routed_experts=256, n_activated_experts=8)
 fig, ax = plt.subplots(figsize=(7, 2.2))
 left = 0.0
 for direction, bwd in (("forward", False), ("forward + backward", True)):
@@ -209,7 +209,8 @@ if prof:
     for k in sorted(ks, key=lambda k: -k.time_s)[:8]:
         print(f"  {k.time_s * 1e6:8.1f} us  {k.name}  {k.note}")"""),
 md("""Each memory-bound kernel of the model's list names the tensors it reads and writes, so that it can be held
-against a line of the profile (T tokens, D hidden, I expert width, E experts, K top-k, N = T K copies):"""),
+against a line of the profile (T tokens, D dim, I moe_inter_dim, E n_routed_experts, K n_activated_experts,
+N = T K copies):"""),
 code("""layer = prof[0]["shape"] if prof else shape
 print(f"model, forward of {layer}:")
 for k in tm.op_kernels("moe_ffn", GPU, backward=False, calibration=cal, **layer):
@@ -238,14 +239,17 @@ md("""## Try it
 
 Pick a GPU and a layer. GPUs other than the H100 and H200 reuse the H100's fitted efficiencies with their
 own datasheet peaks, SM counts and bandwidth (an extrapolation, marked as such)."""),
-code("""def show_moe(gpu="H100-SXM", tokens=4096, hidden=7168, moe_inter=2048, experts=256, top_k=8, backward=True):
+code("""def show_moe(gpu="H100-SXM", tokens=4096, dim=7168, moe_inter_dim=2048, n_routed_experts=256,
+             n_activated_experts=8, backward=True):
     c = cal if gpu == GPU.name else None
-    s = dict(tokens=tokens, hidden=hidden, moe_inter=moe_inter, experts=experts, top_k=min(top_k, experts))
+    K = min(n_activated_experts, n_routed_experts)
+    s = dict(tokens=tokens, dim=dim, moe_inter_dim=moe_inter_dim, n_routed_experts=n_routed_experts,
+             n_activated_experts=K)
     t = tm.op_time("moe_ffn", gpu, backward=backward, calibration=c, **s)
     roof = tm.roofline_time("moe_ffn", gpu, backward=backward, **s)
-    flops = 6 * tokens * s["top_k"] * hidden * moe_inter * (3 if backward else 1)
+    flops = 6 * tokens * K * dim * moe_inter_dim * (3 if backward else 1)
     print(f"{gpu}: {t * 1e3:.3f} ms, {flops / t / 1e12:.0f} TFLOP/s of expert GEMMs; datasheet roofline "
-          f"{roof * 1e3:.3f} ms; {tokens * s['top_k'] / experts:.1f} rows per expert on average")
+          f"{roof * 1e3:.3f} ms; {tokens * K / n_routed_experts:.1f} rows per expert on average")
     print((c or tm.gpu_calibration(gpu)).source)
     ks = sorted(tm.op_kernels("moe_ffn", gpu, backward=backward, calibration=c, **s), key=lambda k: -k.time_s)[:6]
     for k in ks:
@@ -255,10 +259,11 @@ gpus = ["H100-SXM", "H200", "H800", "H100-PCIe", "A100-80GB-SXM"]
 display(widgets.interactive(
     show_moe, gpu=widgets.Dropdown(options=gpus, value="H100-SXM", description="GPU"),
     tokens=widgets.IntSlider(value=4096, min=16, max=65536, step=16, description="tokens"),
-    hidden=widgets.Dropdown(options=[1024, 2048, 4096, 5120, 7168], value=7168, description="hidden"),
-    moe_inter=widgets.Dropdown(options=[512, 768, 1408, 1536, 2048, 14336], value=2048, description="moe_inter"),
-    experts=widgets.Dropdown(options=[8, 16, 64, 128, 160, 256], value=256, description="experts"),
-    top_k=widgets.IntSlider(value=8, min=1, max=8, description="top-k"),
+    dim=widgets.Dropdown(options=[1024, 2048, 4096, 5120, 7168], value=7168, description="dim"),
+    moe_inter_dim=widgets.Dropdown(options=[512, 768, 1408, 1536, 2048, 14336], value=2048,
+                                   description="moe_inter_dim"),
+    n_routed_experts=widgets.Dropdown(options=[8, 16, 64, 128, 160, 256], value=256, description="experts"),
+    n_activated_experts=widgets.IntSlider(value=8, min=1, max=8, description="top-k"),
     backward=widgets.Checkbox(value=True, description="with backward")))"""),
 code("""def show_gemm(gpu="H100-SXM", m=4096, n=4096, k=4096):
     c = cal if gpu == GPU.name else None
@@ -277,7 +282,7 @@ md("""## Worked questions
 **Q1.** A DeepSeek-V3 MoE layer (256 experts, top-8, hidden 7168, expert width 2048, no shared expert) sees
 4096 tokens. How long do its forward and backward take on the GPU, and how far is that from the datasheet
 roofline?"""),
-code("""s = dict(tokens=4096, hidden=7168, moe_inter=2048, experts=256, top_k=8)
+code("""s = dict(tokens=4096, dim=7168, moe_inter_dim=2048, n_routed_experts=256, n_activated_experts=8)
 t = tm.op_time("moe_ffn", GPU, backward=True, calibration=cal, **s)
 roof = tm.roofline_time("moe_ffn", GPU, backward=True, **s)
 print(f"model: {t * 1e3:.2f} ms; datasheet roofline: {roof * 1e3:.2f} ms ({t / roof:.2f}x); "
@@ -288,9 +293,9 @@ its small to its large tile, and what does the switch do to the layer's throughp
 code("""D, I_, E, K = 2048, 1408, 64, 6
 switch = 128 * E // K + 1                         # the first T with T*K/E > 128
 for t in (switch - 1, switch):
-    tt = tm.op_time("moe_ffn", GPU, backward=True, calibration=cal, tokens=t, hidden=D, moe_inter=I_, experts=E, top_k=K)
-    note = [k.note for k in tm.op_kernels("moe_ffn", GPU, calibration=cal, tokens=t, hidden=D, moe_inter=I_, experts=E,
-                                          top_k=K) if k.kind == "grouped_gemm"][0]
+    layer = dict(tokens=t, dim=D, moe_inter_dim=I_, n_routed_experts=E, n_activated_experts=K)
+    tt = tm.op_time("moe_ffn", GPU, backward=True, calibration=cal, **layer)
+    note = [k.note for k in tm.op_kernels("moe_ffn", GPU, calibration=cal, **layer) if k.kind == "grouped_gemm"][0]
     print(f"T = {t}: {t * K / E:.2f} rows per expert, {note}; fwd+bwd {tt * 1e3:.3f} ms, "
           f"{18 * t * K * D * I_ / tt / 1e12:.0f} TFLOP/s")"""),
 md("""**Q3.** Decoding DeepSeek-V2-Lite with batch 8 and 4096 tokens of context: how much faster is an H200 than an H100, and why

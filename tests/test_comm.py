@@ -256,13 +256,13 @@ def test_bad_topology_arguments():
 
 
 def test_bad_arguments_elsewhere():
-    with pytest.raises(ValueError, match="top_k"):
+    with pytest.raises(ValueError, match="n_activated_experts"):
         expected_nodes_reached(0, 8, 32)
-    with pytest.raises(ValueError, match="top_k"):
+    with pytest.raises(ValueError, match="n_activated_experts"):
         expected_nodes_reached(300, 8, 32)
     with pytest.raises(ValueError, match="node_limit"):
         expected_nodes_reached(8, 8, 1, node_limit=4)
-    with pytest.raises(ValueError, match="ep_size"):
+    with pytest.raises(ValueError, match="ep=4 must divide n_routed_experts=10"):
         moe_a2a_bytes(10, 16, 2, 10, 4)
     with pytest.raises(ValueError, match="zero_stage"):
         dp_volumes(1000, 8, zero_stage=4)
@@ -447,6 +447,8 @@ def test_expected_nodes_reached_edge_cases():
 
 
 def test_moe_a2a_bytes():
+    keywords = dict(tokens=4096, dim=7168, n_activated_experts=8, n_routed_experts=256, ep=64, node_limit=4)
+    assert moe_a2a_bytes(**keywords) == moe_a2a_bytes(4096, 7168, 8, 256, 64, node_limit=4)
     single = moe_a2a_bytes(4096, 7168, 8, 256, 8)
     assert single.ib_bytes == 0 and single.nvlink_bytes > 0
     free = moe_a2a_bytes(4096, 7168, 8, 256, 64)
@@ -481,7 +483,7 @@ def test_ep_step_bytes():
 # volumes per strategy
 
 def test_tp_volume():
-    v = tp_volume(batch=4, seq=2048, hidden=4096, n_layers=32, tp=8)
+    v = tp_volume(batch=4, seq_len=2048, dim=4096, n_layers=32, tp=8)
     assert v.kind == "all_reduce" and v.calls == 4 * 32
     assert v.nbytes == 4 * 2048 * 4096 * 2
     assert v.wire_bytes == pytest.approx(v.calls * v.nbytes * 2 * 7 / 8)
@@ -489,7 +491,7 @@ def test_tp_volume():
 
 
 def test_pp_volume():
-    v = pp_volume(micro_batch=1, seq=4096, hidden=7168, n_microbatches=16)
+    v = pp_volume(micro_batch=1, seq_len=4096, dim=7168, n_microbatches=16)
     assert v.kind == "send_recv" and v.calls == 32 and v.nbytes == 4096 * 7168 * 2
     assert v.time(ranks_per_node=1) > v.time()
 

@@ -164,24 +164,26 @@ def test_gemm_never_beats_the_datasheet_roofline(m, n, k, backward, dtype):
 
 
 @settings(max_examples=40, deadline=None)
-@given(tokens=st.integers(1, 40000), hidden=pow2, inter=pow2, experts=st.sampled_from([8, 16, 64, 160, 256]),
-       top_k=st.integers(1, 8), backward=st.booleans(), gpu=st.sampled_from(["H100-SXM", "H200", "A100-80GB-SXM"]))
-def test_moe_never_beats_the_datasheet_roofline(tokens, hidden, inter, experts, top_k, backward, gpu):
-    s = dict(tokens=tokens, hidden=hidden, moe_inter=inter, experts=experts, top_k=top_k)
+@given(tokens=st.integers(1, 40000), dim=pow2, inter=pow2, n_routed_experts=st.sampled_from([8, 16, 64, 160, 256]),
+       n_activated_experts=st.integers(1, 8), backward=st.booleans(), gpu=st.sampled_from(["H100-SXM", "H200", "A100-80GB-SXM"]))
+def test_moe_never_beats_the_datasheet_roofline(tokens, dim, inter, n_routed_experts, n_activated_experts, backward,
+                                                gpu):
+    s = dict(tokens=tokens, dim=dim, moe_inter_dim=inter, n_routed_experts=n_routed_experts,
+             n_activated_experts=n_activated_experts)
     assert op_time("moe_ffn", gpu, backward=backward, **s) >= roofline_time("moe_ffn", gpu, backward=backward, **s)
 
 
 @settings(max_examples=40, deadline=None)
-@given(batch=st.integers(1, 16), seq=st.integers(1, 9000), heads=st.integers(1, 128),
+@given(batch=st.integers(1, 16), seq_len=st.integers(1, 9000), n_heads=st.integers(1, 128),
        dims=st.sampled_from([(128, 128), (192, 128), (64, 64)]), causal=st.booleans(), backward=st.booleans())
-def test_attention_never_beats_the_datasheet_roofline(batch, seq, heads, dims, causal, backward):
-    s = dict(batch=batch, seq=seq, heads=heads, qk_dim=dims[0], v_dim=dims[1], causal=causal)
+def test_attention_never_beats_the_datasheet_roofline(batch, seq_len, n_heads, dims, causal, backward):
+    s = dict(batch=batch, seq_len=seq_len, n_heads=n_heads, qk_head_dim=dims[0], v_head_dim=dims[1], causal=causal)
     assert op_time("attention", backward=backward, **s) >= roofline_time("attention", backward=backward, **s)
 
 
 @pytest.mark.parametrize("op, shape", [
-    ("rmsnorm", dict(tokens=4096, hidden=7168)), ("elementwise", dict(bytes=10**9)),
-    ("gate", dict(tokens=4096, hidden=7168, experts=256, top_k=8)), ("sort", dict(n=10**6)),
+    ("rmsnorm", dict(tokens=4096, dim=7168)), ("elementwise", dict(bytes=10**9)),
+    ("gate", dict(tokens=4096, dim=7168, n_routed_experts=256, n_activated_experts=8)), ("sort", dict(n=10**6)),
     ("grouped_gemm", dict(tokens=8192, n=2048, k=7168, groups=64)),
     ("gather_rows", dict(rows=65536, width=4096, dst_rows=8192))])
 def test_memory_ops_never_beat_the_datasheet_roofline(op, shape):
@@ -196,18 +198,19 @@ def test_gemm_time_grows_with_every_dimension():
 
 def test_moe_time_grows_with_tokens_within_a_tile_regime():
     # 64 experts, top-6: <= 128 rows per expert on average below 1366 tokens (64x128 tiles), above it 128x256
-    small = [op_time("moe_ffn", tokens=t, hidden=2048, moe_inter=1408, experts=64, top_k=6) for t in range(16, 1360, 37)]
-    large = [op_time("moe_ffn", tokens=t, hidden=2048, moe_inter=1408, experts=64, top_k=6) for t in range(1400, 30000, 997)]
+    moe = dict(dim=2048, moe_inter_dim=1408, n_routed_experts=64, n_activated_experts=6)
+    small = [op_time("moe_ffn", tokens=t, **moe) for t in range(16, 1360, 37)]
+    large = [op_time("moe_ffn", tokens=t, **moe) for t in range(1400, 30000, 997)]
     for times in (small, large):
         assert all(b >= a * (1 - 1e-9) for a, b in zip(times, times[1:]))
 
 
 def test_attention_time_grows_with_sequence_and_causal_is_cheaper():
-    times = [op_time("attention", batch=2, seq=s, heads=16, qk_dim=128, v_dim=128, causal=True, backward=True)
+    times = [op_time("attention", batch=2, seq_len=s, n_heads=16, qk_head_dim=128, v_head_dim=128, causal=True, backward=True)
              for s in range(128, 8192, 256)]
     assert all(b > a for a, b in zip(times, times[1:]))
-    full = op_time("attention", batch=2, seq=8192, heads=16, qk_dim=128, v_dim=128, causal=False)
-    causal = op_time("attention", batch=2, seq=8192, heads=16, qk_dim=128, v_dim=128, causal=True)
+    full = op_time("attention", batch=2, seq_len=8192, n_heads=16, qk_head_dim=128, v_head_dim=128, causal=False)
+    causal = op_time("attention", batch=2, seq_len=8192, n_heads=16, qk_head_dim=128, v_head_dim=128, causal=True)
     assert 0.45 * full < causal < 0.75 * full
 
 
@@ -277,7 +280,8 @@ def test_moe_kernel_list_has_the_flops_dsim_model_runs(backward, monkeypatch):
                 y.backward(torch.randn_like(y))
     finally:
         torch.set_default_dtype(default)
-    kernels = op_kernels("moe_ffn", backward=backward, tokens=T, hidden=D, moe_inter=I, experts=E, top_k=K)
+    kernels = op_kernels("moe_ffn", backward=backward, tokens=T, dim=D, moe_inter_dim=I, n_routed_experts=E,
+                         n_activated_experts=K)
     assert sum(k.flops for k in kernels if k.kind in ("gemm", "grouped_gemm")) == trace.flops
 
 
@@ -296,7 +300,7 @@ def test_step_plan_has_the_flops_of_dsim_cost_flops(name, mode):
 
 
 def test_kernel_times_add_up_and_breakdowns_sum_to_the_total():
-    s = dict(tokens=4096, hidden=2048, moe_inter=1408, experts=64, top_k=6)
+    s = dict(tokens=4096, dim=2048, moe_inter_dim=1408, n_routed_experts=64, n_activated_experts=6)
     assert sum(k.time_s for k in op_kernels("moe_ffn", backward=True, **s)) == pytest.approx(
         op_time("moe_ffn", backward=True, **s))
     st_ = step_time(preset("deepseek-v2-lite"), batch=2, seq_len=2048)
@@ -333,37 +337,64 @@ def _synthetic_records(cal: Calibration) -> list[dict]:
             shapes.append(("gemm", "bf16", False, dict(m=m, n=n, k=k)))
     shapes += [("gemm", "fp32", False, dict(m=m, n=e, k=2048)) for m in (512, 8192) for e in (16, 256)]
     shapes += [("elementwise", "bf16", False, dict(bytes=b)) for b in (10**3, 10**5, 10**7, 10**9)]
-    shapes += [("rmsnorm", "bf16", bwd, dict(tokens=t, hidden=4096)) for t in (64, 8192) for bwd in (False, True)]
+    shapes += [("rmsnorm", "bf16", bwd, dict(tokens=t, dim=4096)) for t in (64, 8192) for bwd in (False, True)]
     shapes += [("grouped_gemm", "bf16", bwd, dict(tokens=g * r, n=2048, k=4096, groups=g))
                for g, r in ((8, 64), (64, 512), (32, 1024)) for bwd in (False, True)]
     shapes += [(op, "bf16", bwd, dict(rows=r, width=2048, dst_rows=r // 8)) for r in (4096, 131072)
                for op in ("gather_rows", "index_select_rows", "index_add_rows") for bwd in (False, True)]
     shapes += [("sort", "bf16", False, dict(n=n)) for n in (4096, 65536, 10**6)]
-    shapes += [("gate", "bf16", False, dict(tokens=t, hidden=2048, experts=64, top_k=6)) for t in (128, 8192)]
-    shapes += [("attention", "bf16", bwd, dict(batch=b, seq=s, heads=16, qk_dim=qk, v_dim=128, causal=c))
+    shapes += [("gate", "bf16", False, dict(tokens=t, dim=2048, n_routed_experts=64, n_activated_experts=6)) for t in (128, 8192)]
+    shapes += [("attention", "bf16", bwd, dict(batch=b, seq_len=s, n_heads=16, qk_head_dim=qk, v_head_dim=128, causal=c))
                for b, s in ((1, 2048), (4, 512), (2, 8192)) for qk in (128, 192) for c in (True, False) for bwd in (False, True)]
     out = []
     for op, dtype, bwd, shape in shapes:
         t = op_time(op, "H100-SXM", dtype, bwd, cal, **shape)
         out.append(dict(op=op, dtype=dtype, backward=bwd, shape=shape, split="calibration", time_s=t,
-                        extra={"backend": "flash_attention" if shape.get("qk_dim") == 128 else "efficient_attention"}
-                        if op == "attention" else {}))
+                        extra={"backend": cal.attn_backend_equal if shape.get("qk_head_dim") == 128
+                               else cal.attn_backend_unequal} if op == "attention" else {}))
     return out
 
 
 def test_fit_recovers_the_constants_that_made_the_data():
     base = Calibration()
     truth = base.replace(launch_s=3.1e-6, bw_eff=0.92, mma_eff=0.72, fp32_eff=0.6, grouped_eff=0.62, gather_eff=0.7,
-                         atomic_eff=0.3, attn_eff={**base.attn_eff, "flash_fwd_mha_causal": 0.55,
-                                                   "efficient_bwd_mla_full": 0.2})
+                         atomic_eff=0.3, attn_eff={**base.attn_eff, "cudnn_fwd_mha_causal": 0.62,
+                                                   "cudnn_bwd_mla_full": 0.3})
     records = _synthetic_records(truth)
     cal = fit_calibration(records, "H100-SXM")
     errors = [abs(predict_record(r, cal) / r["time_s"] - 1) for r in records]
     assert max(errors) < 0.02
     for name in ("bw_eff", "mma_eff", "fp32_eff", "grouped_eff"):
         assert getattr(cal, name) == pytest.approx(getattr(truth, name), rel=0.05), name
-    assert cal.attn_eff["flash_fwd_mha_causal"] == pytest.approx(0.55, rel=0.05)
+    assert cal.attn_eff["cudnn_fwd_mha_causal"] == pytest.approx(0.62, rel=0.05)
     assert set(cal.fit) == {s[0] for s in FIT_STAGES if s[0] != "moe_ffn"}
+
+
+def test_attention_counts_the_pairs_of_the_graph():
+    from dsim.cost.graph import attention_pairs
+    b, s, ctx, h, d = 2, 512, 1536, 4, 128           # a prefill chunk of 512 queries after 1536 cached keys
+    for causal in (True, False):
+        ks = op_kernels("attention", batch=b, seq_len=s, kv_seq_len=s + ctx, n_heads=h, qk_head_dim=d,
+                        v_head_dim=d, causal=causal)
+        assert sum(k.flops for k in ks if k.kind == "attention") == 2 * h * attention_pairs(b, s, ctx, causal) * 2 * d
+    with pytest.raises(ValueError, match="context >= 0"):
+        attention_pairs(1, 8, -1, True)
+
+
+def test_attention_table_has_the_measured_backend_and_other_backends_borrow_it():
+    # the committed calibrations select cuDNN for both head-dim classes: the table holds only its entries
+    for gpu in ("H100-SXM", "H200"):
+        cal = gpu_calibration(gpu)
+        assert (cal.attn_backend_equal, cal.attn_backend_unequal) == ("cudnn_attention", "cudnn_attention")
+        assert all(k.startswith("cudnn_") for k in cal.attn_eff) and len(cal.attn_eff) == 8
+    # a GPU whose SDPA picks FlashAttention runs flash's blocks at cuDNN's efficiency of the same variant
+    cudnn = gpu_calibration("H100-SXM")
+    flash = cudnn.replace(attn_backend_equal="flash_attention")
+    shape = dict(batch=2, seq_len=4096, n_heads=16, qk_head_dim=128, v_head_dim=128, causal=True)
+    ks = op_kernels("attention", calibration=flash, **shape)
+    assert [k.name for k in ks if k.kind == "attention"] == ["flash forward"]
+    slower = flash.replace(attn_eff={**flash.attn_eff, "cudnn_fwd_mha_causal": 0.3})
+    assert op_time("attention", calibration=slower, **shape) > op_time("attention", calibration=flash, **shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,11 +408,11 @@ def test_fit_recovers_the_constants_that_made_the_data():
     (lambda: op_time("gemm", m=0, n=1, k=1), "m must be an integer >= 1"),
     (lambda: op_time("gemm", m=2.5, n=1, k=1), "m must be an integer"),
     (lambda: op_time("gemm", m=1, n=1, k=1, tokens=3), "unexpected argument.*tokens"),
-    (lambda: op_time("moe_ffn", tokens=8, hidden=64, moe_inter=32, experts=4, top_k=6), "top_k must be <= experts"),
-    (lambda: op_time("moe_ffn", dtype="fp32", tokens=8, hidden=64, moe_inter=32, experts=4, top_k=2), "bf16"),
-    (lambda: op_time("attention", batch=1, seq=8, heads=1, qk_dim=64, v_dim=64, causal="yes"), "causal must be True or False"),
-    (lambda: op_time("attention", batch=1, seq=8, kv_seq=4, heads=1, qk_dim=64, v_dim=64, causal=True), "kv_seq"),
-    (lambda: op_time("gate", backward=True, tokens=8, hidden=64, experts=4, top_k=2), "backward"),
+    (lambda: op_time("moe_ffn", tokens=8, dim=64, moe_inter_dim=32, n_routed_experts=4, n_activated_experts=6), "n_activated_experts must be <= n_routed_experts"),
+    (lambda: op_time("moe_ffn", dtype="fp32", tokens=8, dim=64, moe_inter_dim=32, n_routed_experts=4, n_activated_experts=2), "bf16"),
+    (lambda: op_time("attention", batch=1, seq_len=8, n_heads=1, qk_head_dim=64, v_head_dim=64, causal="yes"), "causal must be True or False"),
+    (lambda: op_time("attention", batch=1, seq_len=8, kv_seq_len=4, n_heads=1, qk_head_dim=64, v_head_dim=64, causal=True), "kv_seq_len"),
+    (lambda: op_time("gate", backward=True, tokens=8, dim=64, n_routed_experts=4, n_activated_experts=2), "backward"),
     (lambda: op_time("gemm", "A100-80GB-SXM", "fp8", m=1, n=1, k=1), "not supported"),
     (lambda: step_time(preset("tiny"), 1, 16, mode="serve"), "mode must be"),
     (lambda: step_time(preset("tiny"), 0, 16), "batch must be an integer >= 1"),
@@ -392,8 +423,9 @@ def test_clear_errors_name_the_argument(call, match):
 
 
 def test_every_op_runs_with_its_required_arguments():
-    example = dict(m=8, n=8, k=8, tokens=64, hidden=64, moe_inter=32, experts=8, top_k=2, batch=1, seq=64, heads=2,
-                   qk_dim=64, v_dim=64, causal=True, bytes=1000, groups=4, rows=64, width=64, dst_rows=16)
+    example = dict(m=8, n=8, k=8, tokens=64, dim=64, moe_inter_dim=32, n_routed_experts=8, n_activated_experts=2,
+                   batch=1, seq_len=64, n_heads=2, qk_head_dim=64, v_head_dim=64, causal=True, bytes=1000, groups=4,
+                   rows=64, width=64, dst_rows=16)
     for op, (required, _) in OPS.items():
         t = op_time(op, **{a: example[a] for a in required})
         assert math.isfinite(t) and t > 0, op

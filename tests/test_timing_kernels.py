@@ -10,7 +10,7 @@ from dsim.cost.timing.fit import FIT_STAGES, fit_constants
 
 T, D, I, E, K = 1000, 2048, 1408, 64, 6
 N = T * K
-MOE = dict(tokens=T, hidden=D, moe_inter=I, experts=E, top_k=K)
+MOE = dict(tokens=T, dim=D, moe_inter_dim=I, n_routed_experts=E, n_activated_experts=K)
 
 
 def _by_name(kernels):
@@ -77,7 +77,7 @@ def test_every_constant_belongs_to_a_fit_stage():
     names = Calibration().constants()
     assert len(names) == len(set(names))
     assert set(names) == set(fit_constants())
-    assert "attn_eff.flash_fwd_mha_causal" in names and "launch_s" in names
+    assert "attn_eff.cudnn_fwd_mha_causal" in names and "launch_s" in names
     assert len(names) == len(fit_constants())
 
 

@@ -39,7 +39,7 @@ def fusion_share(c: Claim) -> Verdict:
         (1, 4096, "decode, width 4096"),
         (4096, 768, "training, width 768 (BERT-base)"),
     ):
-        ln = op_time("rmsnorm", tokens=tokens, hidden=D)
+        ln = op_time("rmsnorm", tokens=tokens, dim=D)
         g = op_time("gemm", m=tokens, n=3 * D, k=D)
         share = ln / (ln + g)
         rs.append(in_range(what, lo * (1 - TOLERANCE), hi * (1 + TOLERANCE), share * 100))
@@ -122,7 +122,7 @@ def tp_overhead(c: Claim) -> Verdict:
 
     m, tp, tokens = deepseek_llm_67b(), 8, 4096
     compute = layer_time(m, batch=1, seq_len=tokens, mode="train", gpu="H100-SXM").total_s / tp
-    vol = tp_volume(batch=1, seq=tokens, hidden=m.dim, n_layers=1, tp=tp)
+    vol = tp_volume(batch=1, seq_len=tokens, dim=m.dim, n_layers=1, tp=tp)
     rs, lines = (
         [],
         [

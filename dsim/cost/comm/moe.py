@@ -22,10 +22,13 @@ EP_HALF_SATURATION_BYTES = 1.4e6
 DEEPSEEK_V3_NODE_LIMIT = 4
 
 
-def _nodes_reached_pmf(top_k: int, n_nodes: int, experts_per_node: int) -> list[Fraction]:
-    """P(a token's top_k distinct experts, drawn uniformly, lie on exactly j nodes), j=0..n_nodes.
-    Ways to fill exactly j given nodes, by inclusion-exclusion: sum_i (-1)^i C(j,i) C((j-i)e, k)."""
-    e, k = experts_per_node, top_k
+def _nodes_reached_pmf(
+    n_activated_experts: int, n_nodes: int, experts_per_node: int
+) -> list[Fraction]:
+    """P(a token's n_activated_experts distinct experts, drawn uniformly, lie on exactly j nodes),
+    j=0..n_nodes. Ways to fill exactly j given nodes, by inclusion-exclusion:
+    sum_i (-1)^i C(j,i) C((j-i)e, k)."""
+    e, k = experts_per_node, n_activated_experts
     total = math.comb(n_nodes * e, k)
     pmf = []
     for j in range(min(n_nodes, k) + 1):  # more than k nodes is impossible
@@ -35,23 +38,26 @@ def _nodes_reached_pmf(top_k: int, n_nodes: int, experts_per_node: int) -> list[
 
 
 def expected_nodes_reached(
-    top_k: int, n_nodes: int, experts_per_node: int, node_limit: int | None = None
+    n_activated_experts: int, n_nodes: int, experts_per_node: int, node_limit: int | None = None
 ) -> float:
-    """Expected number of distinct nodes hosting a token's top_k experts under uniform
-    random routing: n_nodes * (1 - C(E - E_node, k) / C(E, k)), E = n_nodes * experts_per_node.
-    With node-limited routing (DeepSeek-V3: at most M = 4 nodes), a token reaches
-    min(that count, node_limit) nodes; we return E[min(X, node_limit)] exactly.
+    """Expected number of distinct nodes hosting a token's k = n_activated_experts experts under
+    uniform random routing: n_nodes * (1 - C(E - E_node, k) / C(E, k)),
+    E = n_nodes * experts_per_node. With node-limited routing (DeepSeek-V3: at most M = 4 nodes),
+    a token reaches min(that count, node_limit) nodes; we return E[min(X, node_limit)] exactly.
     E.g. V3 (k=8, 8 nodes of 32 experts) would reach ~5.3 nodes, capped at 4."""
-    k = check_int("top_k", top_k)
+    k = check_int("n_activated_experts", n_activated_experts)
     n = check_int("n_nodes", n_nodes)
     e = check_int("experts_per_node", experts_per_node)
     if k > n * e:
-        raise ValueError(f"top_k must be <= n_nodes * experts_per_node = {n * e}, got {k}")
+        raise ValueError(
+            f"n_activated_experts must be <= n_nodes * experts_per_node = {n * e}, got {k}"
+        )
     if node_limit is not None:
         m = check_int("node_limit", node_limit)
         if m * e < k:
             raise ValueError(
-                f"node_limit * experts_per_node must be >= top_k={k}, got node_limit={m}"
+                f"node_limit * experts_per_node must be >= n_activated_experts={k}, "
+                f"got node_limit={m}"
             )
         if m < min(n, k):
             pmf = _nodes_reached_pmf(k, n, e)
@@ -74,10 +80,10 @@ class MoEA2ABytes:
 
 def moe_a2a_bytes(
     tokens: int,
-    hidden: int,
-    top_k: int,
-    n_experts: int,
-    ep_size: int,
+    dim: int,
+    n_activated_experts: int,
+    n_routed_experts: int,
+    ep: int,
     ranks_per_node: int = 8,
     node_limit: int | None = None,
     bytes_per_elem: float = 2.0,
@@ -85,21 +91,22 @@ def moe_a2a_bytes(
     """Per-rank traffic of one MoE dispatch, DeepSeek-V3 style (sec. 3.2.2): a token
     crosses IB once per remote destination node (to the GPU with the same local index),
     then is forwarded over NVLink to each other GPU there hosting one of its experts.
-    tokens: tokens on this rank; bytes_per_elem: 2 for BF16, ~1 for FP8 dispatch.
+    tokens: tokens on this rank; dim: the model's hidden size (ModelArgs.dim); ep: expert-parallel
+    ranks; bytes_per_elem: 2 for BF16, ~1 for FP8 dispatch.
     Uniform routing. The NVLink fan-out ignores the node limit (a good approximation)."""
     check_int("tokens", tokens, lo=0)
-    check_int("hidden", hidden)
-    k = check_int("top_k", top_k)
-    n_exp = check_int("n_experts", n_experts)
-    ep = check_int("ep_size", ep_size)
+    check_int("dim", dim)
+    k = check_int("n_activated_experts", n_activated_experts)
+    n_exp = check_int("n_routed_experts", n_routed_experts)
+    ep = check_int("ep", ep)
     topo = Topology(ep, ranks_per_node, intra_bw=1.0, inter_bw=1.0)  # only validates the layout
     g, n_nodes = topo.local_ranks, topo.n_nodes
     check_real("bytes_per_elem", bytes_per_elem, strict=True)
     if n_exp % ep != 0:
-        raise ValueError(f"ep_size={ep} must divide n_experts={n_exp}")
+        raise ValueError(f"ep={ep} must divide n_routed_experts={n_exp}")
     if k > n_exp:
-        raise ValueError(f"top_k must be <= n_experts={n_exp}, got {k}")
-    token_bytes = hidden * bytes_per_elem
+        raise ValueError(f"n_activated_experts must be <= n_routed_experts={n_exp}, got {k}")
+    token_bytes = dim * bytes_per_elem
     experts_per_rank = n_exp // ep
     # IB: one copy per reached node other than our own (by symmetry a fraction (N-1)/N).
     nodes = expected_nodes_reached(k, n_nodes, experts_per_rank * g, node_limit)
@@ -112,10 +119,10 @@ def moe_a2a_bytes(
 
 def moe_dispatch_time(
     tokens: int,
-    hidden: int,
-    top_k: int,
-    n_experts: int,
-    ep_size: int,
+    dim: int,
+    n_activated_experts: int,
+    n_routed_experts: int,
+    ep: int,
     gpu: "str | GPU" = "H100-SXM",
     ranks_per_node: int = 8,
     node_limit: int | None = None,
@@ -128,12 +135,19 @@ def moe_dispatch_time(
     ramp with EP_HALF_SATURATION_BYTES, no launch floor), not torch.distributed's
     all_to_all: for that, use collective_time("all_to_all", ...)."""
     vol = moe_a2a_bytes(
-        tokens, hidden, top_k, n_experts, ep_size, ranks_per_node, node_limit, bytes_per_elem
+        tokens,
+        dim,
+        n_activated_experts,
+        n_routed_experts,
+        ep,
+        ranks_per_node,
+        node_limit,
+        bytes_per_elem,
     )
     topo = Topology.from_gpu(
-        gpu, ep_size, ranks_per_node, half_saturation_bytes=EP_HALF_SATURATION_BYTES
+        gpu, ep, ranks_per_node, half_saturation_bytes=EP_HALF_SATURATION_BYTES
     )
-    msg = tokens * hidden * bytes_per_elem
+    msg = tokens * dim * bytes_per_elem
     t_nvlink = _deepep_phase_time(vol.nvlink_bytes, msg, topo.intra_bw, topo.intra_latency, topo)
     t_ib = _deepep_phase_time(vol.ib_bytes, msg, topo.inter_bw, topo.inter_latency, topo)
     return max(t_nvlink, t_ib)
@@ -153,10 +167,10 @@ def _deepep_phase_time(
 
 def ep_step_bytes(
     tokens: int,
-    hidden: int,
-    top_k: int,
-    n_experts: int,
-    ep_size: int,
+    dim: int,
+    n_activated_experts: int,
+    n_routed_experts: int,
+    ep: int,
     n_moe_layers: int,
     ranks_per_node: int = 8,
     node_limit: int | None = None,
@@ -168,7 +182,7 @@ def ep_step_bytes(
     in the backward pass (the backward of a dispatch is a combine and vice versa).
     Defaults follow DeepSeek-V3 sec. 3.3: FP8 dispatch, BF16 combine."""
     check_int("n_moe_layers", n_moe_layers, lo=0)
-    args = (tokens, hidden, top_k, n_experts, ep_size, ranks_per_node, node_limit)
+    args = (tokens, dim, n_activated_experts, n_routed_experts, ep, ranks_per_node, node_limit)
     d = moe_a2a_bytes(*args, bytes_per_elem=dispatch_bytes_per_elem)
     c = moe_a2a_bytes(*args, bytes_per_elem=combine_bytes_per_elem)
     times = n_moe_layers * (2 if backward else 1)

@@ -48,13 +48,13 @@ class CommVolume:
 
 
 def tp_volume(
-    batch: int, seq: int, hidden: int, n_layers: int, tp: int, bytes_per_elem: float = 2.0
+    batch: int, seq_len: int, dim: int, n_layers: int, tp: int, bytes_per_elem: float = 2.0
 ) -> CommVolume:
     """Megatron tensor parallelism (Shoeybi et al. 2019, fig. 4): per transformer layer,
-    2 all-reduces of the b*s*h activations in the forward (after attention and after
-    the MLP) and 2 in the backward. batch = sequences this rank processes per step.
+    2 all-reduces of the batch x seq_len x dim activations in the forward (after attention and
+    after the MLP) and 2 in the backward. batch = sequences this rank processes per step.
     (Sequence parallelism swaps each all-reduce for RS + AG: same bytes.)"""
-    b, s, h = check_int("batch", batch), check_int("seq", seq), check_int("hidden", hidden)
+    b, s, h = check_int("batch", batch), check_int("seq_len", seq_len), check_int("dim", dim)
     layers = check_int("n_layers", n_layers, lo=0)
     return CommVolume(
         "all_reduce",
@@ -65,15 +65,15 @@ def tp_volume(
 
 
 def pp_volume(
-    micro_batch: int, seq: int, hidden: int, n_microbatches: int, bytes_per_elem: float = 2.0
+    micro_batch: int, seq_len: int, dim: int, n_microbatches: int, bytes_per_elem: float = 2.0
 ) -> CommVolume:
     """Pipeline parallelism, per stage boundary: each micro-batch sends its activations
-    forward and their gradients backward (b*s*h each). For stages on different nodes,
-    call .time(ranks_per_node=1)."""
+    forward and their gradients backward (micro_batch x seq_len x dim each). For stages on
+    different nodes, call .time(ranks_per_node=1)."""
     b, s, h = (
         check_int("micro_batch", micro_batch),
-        check_int("seq", seq),
-        check_int("hidden", hidden),
+        check_int("seq_len", seq_len),
+        check_int("dim", dim),
     )
     m = check_int("n_microbatches", n_microbatches)
     return CommVolume(

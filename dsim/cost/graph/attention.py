@@ -41,7 +41,9 @@ def _sdpa(c: Ctx, qk: int, dv: int, kv_heads: int, saved: list[Item]) -> GraphOp
     f = matmul_flops(c, 2 * full * (qk + dv), 2 * kept * (qk + dv), bwd)
     q, k, v = c.T * H * qk * e, B * skv * kv_heads * qk * e, B * skv * kv_heads * dv * e
     io = dict(reads={"q": q, "k": k, "v": v}, writes={"out": c.T * H * dv * e})
-    shape = dict(batch=B, seq=S, kv_seq=skv, heads=H, qk_dim=qk, v_dim=dv, causal=S > 1)
+    shape = dict(
+        batch=B, seq_len=S, kv_seq_len=skv, n_heads=H, qk_head_dim=qk, v_head_dim=dv, causal=S > 1
+    )
     time = [("sdpa", "attention", shape)]
     return make_op(c, "sdpa", f"{c.block}.attn", C.ATTN_CORE, time, flops=f, saved=saved, **io)
 

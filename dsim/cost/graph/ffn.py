@@ -66,7 +66,14 @@ def _experts(c: Ctx) -> GraphOp:
     io = dict(
         reads={"x rows": N * D * e, "w1, w2, w3 (experts hit)": weights}, writes={"y": T * D * e}
     )
-    shape = dict(tokens=T, hidden=D, moe_inter=I, experts=E, top_k=K, route_norm=a.renormalize)
+    shape = dict(
+        tokens=T,
+        dim=D,
+        moe_inter_dim=I,
+        n_routed_experts=E,
+        n_activated_experts=K,
+        renormalize=a.renormalize,
+    )
     time = [("moe (gate + routed experts)", "moe_ffn", shape)]
     f = matmul_flops(c, 6 * N * D * I)  # three D x moe_inter matmuls per row
     m = f"{c.block}.ffn.experts"

@@ -204,5 +204,5 @@ def rms_norm(
     if kept:
         saved.append(Item(f"{item}.output", rows * width * e, True))
     io = dict(reads={"x": rows * width * e, "weight": width * e}, writes={"y": rows * width * e})
-    time = [(label, "rmsnorm", dict(tokens=rows, hidden=width))]
+    time = [(label, "rmsnorm", dict(tokens=rows, dim=width))]
     return make_op(c, label, module, C.NORMS, time, saved=saved, **io)

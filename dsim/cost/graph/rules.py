@@ -44,9 +44,15 @@ def attention_pairs(batch: int, seq_len: int, context: int, causal: bool) -> int
     """(query, key) pairs per head: all of them (S x (context + S)), or those a causal mask keeps.
 
     Query i of a chunk starting at position `context` sees context + i + 1 keys, so the kept pairs
-    are S * context + S (S + 1) / 2 per sequence.
+    are S * context + S (S + 1) / 2 per sequence. The time model's attention op, with kv_seq_len
+    keys for seq_len queries, asks for context = kv_seq_len - seq_len (its queries are the last
+    seq_len positions); without a mask kv_seq_len may be the shorter (context < 0), with one not.
     """
     if causal:
+        if context < 0:
+            raise ValueError(
+                f"causal attention needs context >= 0 (kv_seq_len >= seq_len), got {context}"
+            )
         return batch * (seq_len * context + seq_len * (seq_len + 1) // 2)
     return batch * seq_len * (context + seq_len)
 

@@ -116,13 +116,13 @@ def _group(keys: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[tuple[int, .
 
 
 def _lookup(
-    T: Tables, name: str, keys: list[tuple[np.ndarray, np.ndarray]], fn
+    tabs: Tables, name: str, keys: list[tuple[np.ndarray, np.ndarray]], fn
 ) -> tuple[np.ndarray, np.ndarray]:
     """fn(*key) once per distinct key of the key columns: (values [len(fn(...)), keys], one column
     per distinct key, and each row's column index). The table is memoised with the job's tables."""
     uniq, inv = _combine(keys)
     memo_key = ("lookup", name, uniq.tobytes(), tuple(v.tobytes() for v, _ in keys))
-    vals = T.memo(
+    vals = tabs.memo(
         memo_key,
         lambda: np.ascontiguousarray(
             np.array(
@@ -180,10 +180,10 @@ def evaluate(
     gathered per layout; the pipeline positions of each (pp, schedule) are padded to one width, so
     the arithmetic is one pass over [positions, layouts] arrays, in chunks that stay in cache.
     `progress`: a tqdm bar or None."""
-    T = tables(job)
+    tabs = tables(job)
     f = {name: _codes(getattr(L, name)) for name in FIELDS}  # (distinct values, row index)
     width = max(
-        len(T.stage_columns(pp, SCHEDULES[s])["compute"])
+        len(tabs.stage_columns(pp, SCHEDULES[s])["compute"])
         for pp, s in _group([f["pp"], f["schedule"]])[0]
     )
     prof_keys = ("dense", "moe", "embed", "head", "eh_proj")
@@ -193,61 +193,62 @@ def evaluate(
     )
     x_tables = dict(
         prof=_lookup(
-            T,
+            tabs,
             "prof",
             tp_mb_dt,
             lambda tp, mb, dt: np.concatenate(
-                [T.profile(tp, mb, MATMUL_DTYPES[dt])[k] for k in prof_keys]
+                [tabs.profile(tp, mb, MATMUL_DTYPES[dt])[k] for k in prof_keys]
             ),
         ),
         expt=_lookup(
-            T,
+            tabs,
             "expt",
             tp_mb_ep_dt,
             lambda tp, mb, ep, dt: np.append(
-                T.experts(tp, mb, ep, MATMUL_DTYPES[dt]), T.ep_a2a(tp, mb, ep, MATMUL_DTYPES[dt])
+                tabs.experts(tp, mb, ep, MATMUL_DTYPES[dt]),
+                tabs.ep_a2a(tp, mb, ep, MATMUL_DTYPES[dt]),
             ),
         ),
         comm1=_lookup(
-            T,
+            tabs,
             "comm1",
             [f["tp"], f["micro_batch"], f["dp"]],
             lambda tp, mb, dp: [
-                T.tp_allreduce(tp, mb),
-                T.p2p(tp, mb, tp * dp >= job.gpus_per_node),
+                tabs.tp_allreduce(tp, mb),
+                tabs.p2p(tp, mb, tp * dp >= job.gpus_per_node),
             ],
         ),
         acts=_lookup(
-            T,
+            tabs,
             "acts",
             [f["micro_batch"], f["recompute"]],
-            lambda mb, rc: T.activations(mb, RECOMPUTE[rc]),
+            lambda mb, rc: tabs.activations(mb, RECOMPUTE[rc]),
         ),
         cols=_lookup(
-            T,
+            tabs,
             f"cols{width}",
             [f["pp"], f["schedule"]],
-            lambda pp, s: T.padded_columns(pp, SCHEDULES[s], width),
+            lambda pp, s: tabs.padded_columns(pp, SCHEDULES[s], width),
         ),
         params=_lookup(
-            T,
+            tabs,
             f"params{width}",
             [f["pp"], f["schedule"], f["tp"]],
-            lambda pp, s, tp: T.column_params(pp, SCHEDULES[s], tp, width),
+            lambda pp, s, tp: tabs.column_params(pp, SCHEDULES[s], tp, width),
         ),
         dp=_lookup(
-            T,
+            tabs,
             f"dp{width}",
             [f["pp"], f["schedule"], f["tp"], f["dp"], f["ep"], f["zero"]],
-            lambda pp, s, tp, dp, ep, z: T.column_dp(pp, SCHEDULES[s], tp, dp, ep, z, width),
+            lambda pp, s, tp, dp, ep, z: tabs.column_dp(pp, SCHEDULES[s], tp, dp, ep, z, width),
         ),
-        block=_lookup(T, "block", [f["tp"], f["ep"]], T.largest_block),
+        block=_lookup(tabs, "block", [f["tp"], f["ep"]], tabs.largest_block),
     )
     out = {k: np.zeros(len(L)) for k in OUTPUTS}
     for start in range(0, len(L), chunk):
         r = slice(start, min(len(L), start + chunk))
         x = {name: np.take(vals, inv[r], axis=1) for name, (vals, inv) in x_tables.items()}
-        _evaluate_rows(job, T, L, r, x, width, out)
+        _evaluate_rows(job, tabs, L, r, x, width, out)
         if progress is not None:
             progress.update(r.stop - r.start)
     hbm = job.hbm_bytes
@@ -272,7 +273,7 @@ def evaluate_layout(job: TrainingJob, layout: dict[str, Any]) -> dict[str, Any]:
 
 def _evaluate_rows(
     job: TrainingJob,
-    T: Tables,
+    tabs: Tables,
     L: Layouts,
     r: slice,
     x: dict[str, np.ndarray],
@@ -302,7 +303,7 @@ def _evaluate_rows(
     moe = mo + x["expt"][:4]  # an MoE block with its routed experts
     rec_d = sel_rc * d[3] + full * d[0]
     rec_m = sel_rc * mo[3] + full * moe[0]
-    blk, rec_b = (moe, rec_m) if T.mtp_is_moe else (d, rec_d)  # the block inside an MTP module
+    blk, rec_b = (moe, rec_m) if tabs.mtp_is_moe else (d, rec_d)  # the block inside an MTP module
     last_f = hd[0] + n_mtp * (blk[0] + eh[0] + hd[0])
     last_b = hd[1] - hd[0] + n_mtp * (blk[1] - blk[0] + rec_b + eh[1] - eh[0] + hd[1] - hd[0])
     last_w = hd[2] + n_mtp * (blk[2] + eh[2] + hd[2])
@@ -334,7 +335,7 @@ def _evaluate_rows(
     params_ = x["params"].reshape(2, width, n)
     dense_p, exp_p = params_[0], params_[1] / ep  # dense and routed-expert parameters held
     held = zero_params(zero, dense_p, exp_p, dp, ep)
-    opt_t = T.optimizer_time(held["optimizer"])
+    opt_t = tabs.optimizer_time(held["optimizer"])
     red, gat = x["dp"].reshape(2, width, n)
     dp_exposed = _dp_exposed(zero, m, red, gat, F, B)
     j, tail = _first_max(dp_exposed + opt_t)
@@ -349,7 +350,7 @@ def _evaluate_rows(
     out["exposed_dp_s"][r] = dp_exposed.ravel()[j]
 
     # ---- memory per GPU by kind, on the fullest position ----
-    sb = T.state_bytes
+    sb = tabs.state_bytes
     kinds = {kind: sb[kind] * p for kind, p in held.items()}
     a = x["acts"]
     kinds["activations"] = inflight * (nd * a[0] + nm * a[1] + last * a[2]) / tp

@@ -99,7 +99,7 @@ class PlanResult:
 
 
 def _plan_from(job: TrainingJob, L: Layouts, res: dict[str, np.ndarray], i: int) -> TrainingPlan:
-    T = tables(job)
+    tabs = tables(job)
     row = L.row(i)
     step = float(res["step_time_s"][i])
     tps = job.batch_tokens / step
@@ -120,7 +120,7 @@ def _plan_from(job: TrainingJob, L: Layouts, res: dict[str, np.ndarray], i: int)
         compute_s=float(res["compute_s"][i]),
         exposed_comm_s=float(res["exposed_comm_s"][i]),
         bubble_s=float(res["bubble_s"][i]),
-        mfu=T.flops_per_seq * job.global_batch / (step * job.n_gpus * T.peak),
+        mfu=tabs.flops_per_seq * job.global_batch / (step * job.n_gpus * tabs.peak),
         tokens_per_s=tps,
         days=seconds / 86400,
         gpu_hours=seconds * job.n_gpus / 3600,

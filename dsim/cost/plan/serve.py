@@ -142,7 +142,7 @@ class Serving:
             self.new = max(1, math.ceil((1 - cache_hit) * prompt))
             self.ctx = prompt - self.new  # cache hits: a cached prefix the new tokens attend to
         self.prompt = prompt
-        self.T = OpTimes(args, self.gpu, calibration)
+        self.op_times = OpTimes(args, self.gpu, calibration)
         # memory: weights of one GPU (no MTP module), KV cache per sequence, activations per
         # sequence
         w = 0.0
@@ -177,7 +177,7 @@ class Serving:
     def step(self, batch: int) -> tuple[float, float, float]:
         """(step seconds, compute seconds, exposed communication seconds) for `batch` sequences per
         GPU."""
-        a, T, tp = self.args, self.T, self.tp
+        a, op_times, tp = self.args, self.op_times, self.tp
         impl = "absorb" if self.phase == "decode" else "naive"  # DeepSeek: absorbed MLA to decode
         sa = shard_args(a.replace(attn_impl=impl) if a.attn_type == "mla" else a, tp)
         mode = self.phase
@@ -186,7 +186,7 @@ class Serving:
         for i in range(a.n_layers):
             moe = a.is_moe and is_moe_layer(a, i)
             key = ("serve-block", moe, batch)
-            if key not in T._memo:
+            if key not in op_times._memo:
                 ops = [
                     p
                     for p in block_plan(
@@ -194,15 +194,15 @@ class Serving:
                     )
                     if p.op != "moe_ffn"
                 ]
-                c = T.sum_ops(ops, self.dtype)[0]
+                c = op_times.sum_ops(ops, self.dtype)[0]
                 a2a = 0.0
                 if moe:
                     # every GPU's experts get, balanced, the top-k copies of 1/tp of a TP group's
                     # tokens
-                    c += T.expert_time(
+                    c += op_times.expert_time(
                         -(-tokens // tp), self.experts_per_gpu, a.moe_inter_dim, self.dtype, False
                     )[0]
-                    a2a = T.a2a(
+                    a2a = op_times.a2a(
                         -(-tokens // tp),
                         self.ep,
                         max(1, self.gpus_per_node // tp),
@@ -210,8 +210,8 @@ class Serving:
                         self.experts_per_gpu * self.ep,
                     )
                 hidden = min(a2a, c) if self.overlap else 0.0
-                T._memo[key] = (c, a2a - hidden)
-            c, e = T._memo[key]
+                op_times._memo[key] = (c, a2a - hidden)
+            c, e = op_times._memo[key]
             comp, exposed = comp + c, exposed + e
         # the last position's logits per sequence, and the embedding lookup
         ops = [
@@ -221,7 +221,7 @@ class Serving:
                 "gather_rows",
                 dict(rows=tokens, width=a.dim, dst_rows=a.vocab_size),
             ),
-            PlanOp(Component.NORMS, "norm", "rmsnorm", dict(tokens=batch, hidden=a.dim)),
+            PlanOp(Component.NORMS, "norm", "rmsnorm", dict(tokens=batch, dim=a.dim)),
             PlanOp(
                 Component.HEAD,
                 "head",
@@ -229,7 +229,7 @@ class Serving:
                 dict(m=batch, n=-(-a.vocab_size // tp), k=a.dim, batch=1),
             ),
         ]
-        comp += T.sum_ops(ops, self.dtype)[0]
+        comp += op_times.sum_ops(ops, self.dtype)[0]
         total = comp + exposed
         return total, comp, exposed
 

@@ -73,24 +73,27 @@ class OpTimes:
         return np.array([f, fb, w, sel])
 
     def expert_time(
-        self, tokens: int, experts: int, moe_inter: int, dt: str, train: bool
+        self, tokens: int, local_experts: int, moe_inter_dim: int, dt: str, train: bool
     ) -> np.ndarray:
         """[f, fb, w, 0] of the routed experts on one GPU: `tokens` local tokens whose top-k copies
-        land (balanced) on `experts` local experts of width moe_inter. The time model's `moe_ffn` op
-        routes over its own experts; the router GEMM is corrected to score all n_routed_experts."""
+        land (balanced) on `local_experts` experts of width moe_inter_dim. The time model's
+        `moe_ffn` op routes over these (its n_routed_experts); the router GEMM is corrected to
+        score all of the model's n_routed_experts."""
 
         def build() -> np.ndarray:
             a = self.args
             K, E, D = a.n_activated_experts, a.n_routed_experts, a.dim
-            # tokens * K rows over `experts` groups; with fewer local experts than K, keep the rows.
-            toks, k = (tokens, K) if experts >= K else (-(-tokens * K // experts), experts)
+            # tokens * K rows over local_experts groups; with fewer local experts than K, keep the
+            # rows.
+            n = local_experts
+            toks, k = (tokens, K) if n >= K else (-(-tokens * K // n), n)
             shape = dict(
                 tokens=toks,
-                hidden=D,
-                moe_inter=moe_inter,
-                experts=experts,
-                top_k=k,
-                route_norm=a.renormalize,
+                dim=D,
+                moe_inter_dim=moe_inter_dim,
+                n_routed_experts=local_experts,
+                n_activated_experts=k,
+                renormalize=a.renormalize,
             )
             res = []
             for backward in (False, True) if train else (False,):
@@ -105,26 +108,26 @@ class OpTimes:
                     shape = dict(m=m, n=n, k=D, batch=1)
                     return self._op(PlanOp(Component.GATE, "router", "gemm", shape, b), "fp32", b)
 
-                total += router(tokens, E) - router(toks, experts)
+                total += router(tokens, E) - router(toks, local_experts)
                 if dt == "fp8":
-                    rows = -(-toks * k // experts)
+                    rows = -(-toks * k // local_experts)
                     shp = PlanOp(
                         Component.ROUTED_EXPERTS,
                         "expert gemm",
                         "gemm",
-                        dict(m=rows, n=moe_inter, k=D, batch=experts),
+                        dict(m=rows, n=moe_inter_dim, k=D, batch=local_experts),
                         backward,
                     )
                     ratio = self._op(shp, "fp8", backward) / self._op(shp, "bf16", backward)
                     total += grouped * (ratio - 1) + self._quant(
-                        toks * k * (D + moe_inter), backward, Component.ROUTED_EXPERTS
+                        toks * k * (D + moe_inter_dim), backward, Component.ROUTED_EXPERTS
                     )
                     grouped *= ratio
                 res.append((total, grouped))
             (f, gf), (fb, gfb) = res[0], res[-1]
             return np.array([f, fb, (gfb - gf) / 2, 0.0])
 
-        return self.memo(("experts", tokens, experts, moe_inter, dt, train), build)
+        return self.memo(("experts", tokens, local_experts, moe_inter_dim, dt, train), build)
 
     def coll(self, kind: str, nbytes: float, n: int, rpn: int) -> float:
         """One collective (dsim.cost.comm.collective_time) over n ranks, rpn of them per node."""
@@ -135,16 +138,19 @@ class OpTimes:
             lambda: comm.collective_time(kind, nbytes, n, self.gpu, rpn),
         )
 
-    def a2a(self, tokens: int, ep: int, rpn: int, dt: str, n_experts: int | None = None) -> float:
+    def a2a(
+        self, tokens: int, ep: int, rpn: int, dt: str, n_routed_experts: int | None = None
+    ) -> float:
         """Forward dispatch (fp8 with its scales, or bf16) + combine (bf16) of one MoE block:
         seconds on a GPU that sends `tokens` tokens to ep expert-parallel ranks, rpn of them per
-        node."""
+        node; the tokens route over n_routed_experts experts (default the model's; serving with
+        redundant experts routes over more)."""
         a = self.args
         if ep == 1 or not a.is_moe:
             return 0.0
         return self.memo(
-            ("a2a", tokens, ep, rpn, dt, n_experts),
-            lambda: _a2a_time(a, self.gpu, tokens, ep, rpn, dt, n_experts),
+            ("a2a", tokens, ep, rpn, dt, n_routed_experts),
+            lambda: _a2a_time(a, self.gpu, tokens, ep, rpn, dt, n_routed_experts),
         )
 
 
@@ -156,11 +162,11 @@ def _moe_ffn(kernels: list) -> tuple[float, float]:
 
 
 def _a2a_time(
-    a: ModelArgs, gpu: GPU, tokens: int, ep: int, rpn: int, dt: str, n_experts: int | None
+    a: ModelArgs, gpu: GPU, tokens: int, ep: int, rpn: int, dt: str, n_routed_experts: int | None
 ) -> float:
     """dsim.cost.comm.moe_dispatch_time for the dispatch and the combine, with the node limit of
     group-limited routing when the groups map onto nodes."""
-    E = n_experts or a.n_routed_experts
+    E = n_routed_experts or a.n_routed_experts
     limit = node_limit(a, max(1, ep // rpn))
     t = 0.0
     for bpe in ((bytes_per_param("fp8") if dt == "fp8" else 2.0), 2.0):

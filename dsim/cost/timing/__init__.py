@@ -39,7 +39,14 @@ the H100-SXM's efficiencies applied to its own datasheet peaks, SM count, L2 and
 extrapolation (on an A100, dsim.model even runs a different MoE path, a padded batched GEMM).
 """
 
-from dsim.cost.timing.calibration import DATA_DIR, Calibration, gpu_calibration, gpu_key
+from dsim.cost.timing.calibration import (
+    ATTN_EFF_BACKEND,
+    DATA_DIR,
+    Calibration,
+    attention_efficiency,
+    gpu_calibration,
+    gpu_key,
+)
 from dsim.cost.timing.fit import (
     FIT_STAGES,
     error_summary,
@@ -49,7 +56,7 @@ from dsim.cost.timing.fit import (
     record_kind,
     validate,
 )
-from dsim.cost.timing.kernels import Kernel, KernelModel, attention_pairs, expert_load
+from dsim.cost.timing.kernels import Kernel, KernelModel, expert_load
 from dsim.cost.timing.ops import (
     ELEMENTWISE_KINDS,
     OPS,
@@ -63,6 +70,7 @@ from dsim.cost.timing.ops import (
 from dsim.cost.timing.step import PlanOp, StepTime, block_plan, layer_time, step_plan, step_time
 
 __all__ = [
+    "ATTN_EFF_BACKEND",
     "DATA_DIR",
     "ELEMENTWISE_KINDS",
     "FIT_STAGES",
@@ -74,7 +82,7 @@ __all__ = [
     "PlanOp",
     "StepTime",
     "attention_backend",
-    "attention_pairs",
+    "attention_efficiency",
     "block_plan",
     "error_summary",
     "expert_load",

@@ -19,12 +19,16 @@ from dsim.cost.hardware import GPU, get_gpu
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
+# The fused SDPA backend whose efficiencies `Calibration.attn_eff` holds: the one PyTorch (2.11)
+# ran on both committed GPUs (H100, H200) for equal and for unequal (MLA) head dims alike.
+ATTN_EFF_BACKEND = "cudnn"
+
+
 def _attn_eff_defaults() -> dict[str, float]:
-    """A guess per SDPA backend, direction, head dims (mha: qk_dim == v_dim, mla: they differ)
-    and mask; each is a different kernel."""
+    """A guess per direction, head dims (mha: qk_head_dim == v_head_dim, mla: they differ) and
+    mask of ATTN_EFF_BACKEND's kernels; each is a different kernel."""
     return {
-        f"{b}_{d}_{h}_{m}": e * (0.8 if d == "bwd" else 1.0)
-        for b, e in (("flash", 0.45), ("efficient", 0.3), ("cudnn", 0.55))
+        f"{ATTN_EFF_BACKEND}_{d}_{h}_{m}": 0.55 * (0.8 if d == "bwd" else 1.0)
         for d in ("fwd", "bwd")
         for h in ("mha", "mla")
         for m in ("causal", "full")
@@ -75,11 +79,14 @@ class Calibration:
     row_s_per_byte: float = 0.8e-9  # norms: one block per row; a lone row streams at this s/byte
     rms_eff: float = 0.9  # bandwidth of the norm kernels, relative to bw_eff
     rms_bwd_passes: float = 1.5  # F.rms_norm backward traffic, in units of its fused minimum
-    # fused attention (SDPA): fraction of peak inside a tile, per backend, direction, dims, mask
+    # fused attention (SDPA): fraction of peak inside a tile, per direction, head dims and mask of
+    # the measured backend (ATTN_EFF_BACKEND; other backends borrow it: `attention_efficiency`)
     attn_eff: dict = field(default_factory=_attn_eff_defaults)
     attn_fill: float = 1.0  # per block (CTA) overhead, in key (or query) blocks
-    attn_backend_equal: str = "flash_attention"  # SDPA's pick for qk_dim == v_dim <= 256 (measured)
-    attn_backend_unequal: str = "efficient_attention"  # and for qk_dim != v_dim (MLA)
+    # SDPA's pick for qk_head_dim == v_head_dim <= 256 and for unequal head dims (MLA), as
+    # measured (fit_calibration reads them from the records)
+    attn_backend_equal: str = "cudnn_attention"
+    attn_backend_unequal: str = "cudnn_attention"
     fit: dict = field(default_factory=dict, compare=False)  # fit diagnostics (per stage)
 
     def replace(self, **changes: Any) -> Calibration:
@@ -107,6 +114,21 @@ class Calibration:
         (`fit` diagnostics, written by fit_calibration). Empty for an unfitted calibration; the
         others keep their default, a round guess."""
         return tuple(name for stage in self.fit.values() for name in stage.get("fitted", ()))
+
+
+def attention_efficiency(cal: Calibration, backend: str, direction: str, variant: str) -> float:
+    """Efficiency of a fused attention kernel: backend ("cudnn", "flash", "efficient"), direction
+    ("fwd", "bwd"), variant ("mha_causal", "mla_full", ...).
+
+    The table has one backend's entries, ATTN_EFF_BACKEND's (cuDNN: the backend SDPA ran on both
+    committed GPUs, so the only one their measurements determine). Another fused backend that a
+    calibration selects (FlashAttention or the memory-efficient kernel, which another GPU or
+    PyTorch build may pick) runs with its own blocks (kernels.ATTN_BLOCKS) and the table's
+    efficiency for the same direction, head-dim class and mask: an assumption, not a measurement
+    (fit_calibration, given records of such a backend, fits these entries to them).
+    """
+    own = cal.attn_eff.get(f"{backend}_{direction}_{variant}")
+    return own if own is not None else cal.attn_eff[f"{ATTN_EFF_BACKEND}_{direction}_{variant}"]
 
 
 def gpu_key(gpu: str | GPU) -> str:

@@ -173,7 +173,8 @@ def _measured_backends(records: list[dict], cal: Calibration) -> dict[str, str]:
         seen = [
             r.get("extra", {}).get("backend")
             for r in records
-            if r["op"] == "attention" and (r["shape"]["qk_dim"] == r["shape"]["v_dim"]) == equal
+            if r["op"] == "attention"
+            and (r["shape"]["qk_head_dim"] == r["shape"]["v_head_dim"]) == equal
         ]
         seen = [
             b

@@ -315,16 +315,20 @@ def _best_gemm(
 # Expert load under random routing
 # ---------------------------------------------------------------------------------------------
 @lru_cache(maxsize=8192)
-def expert_load(tokens: int, top_k: int, experts: int, block: int) -> tuple[float, float, float]:
+def expert_load(
+    tokens: int, n_activated_experts: int, n_routed_experts: int, block: int
+) -> tuple[float, float, float]:
     """Expected (sum over experts of ceil(rows_e / block), experts with >= 1 row, their mean rows).
 
-    Each token sends one copy to each of top_k distinct experts; with random routing an expert's
-    rows are Binomial(tokens, top_k / experts). Tile quantization per expert is what makes a grouped
-    GEMM lose efficiency when experts get few tokens: ceil(rows_e / block) tiles for rows_e rows.
+    Each token sends one copy to each of n_activated_experts distinct experts; with random routing
+    an expert's rows are Binomial(tokens, n_activated_experts / n_routed_experts). Tile quantization
+    per expert is what makes a grouped GEMM lose efficiency when experts get few tokens:
+    ceil(rows_e / block) tiles for rows_e rows.
     """
-    p = top_k / experts
+    K, E = n_activated_experts, n_routed_experts
+    p = K / E
     if p >= 1.0:
-        return experts * math.ceil(tokens / block), float(experts), float(tokens)
+        return E * math.ceil(tokens / block), float(E), float(tokens)
     mean, sd = tokens * p, math.sqrt(tokens * p * (1 - p))
     lo, hi = max(0, int(mean - 9 * sd) - 1), min(tokens, int(mean + 9 * sd) + 2)
     n = np.arange(lo, hi + 1)
@@ -332,10 +336,10 @@ def expert_load(tokens: int, top_k: int, experts: int, block: int) -> tuple[floa
     logpmf = np.array([logc - math.lgamma(i + 1) - math.lgamma(tokens - i + 1) for i in n])
     pmf = np.exp(logpmf + n * math.log(p) + (tokens - n) * math.log1p(-p))
     pmf /= pmf.sum()
-    tiles = experts * float(np.sum(pmf * np.ceil(n / block)))
+    tiles = E * float(np.sum(pmf * np.ceil(n / block)))
     p_active = 1.0 - (1.0 - p) ** tokens
-    active = experts * p_active
-    return tiles, active, tokens * top_k / max(active, 1e-9)
+    active = E * p_active
+    return tiles, active, tokens * K / max(active, 1e-9)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,19 +354,6 @@ ATTN_BLOCKS = {
     "efficient": ((64, 64), (64, 64)),
     "cudnn": ((128, 64), (128, 64)),
 }
-
-
-def attention_pairs(sq: int, skv: int, causal: bool) -> int:
-    """(query, key) pairs per head that attention computes: all, or those a causal mask keeps.
-
-    With kv_seq > seq the queries are the last seq positions (a prefill after kv_seq - seq cached
-    tokens, as dsim.model's mask has it): query i sees the kv_seq - seq cached keys and keys up to
-    i. (The measured cases are causal only with kv_seq == seq, where every convention agrees.)"""
-    if not causal:
-        return sq * skv
-    if skv < sq:
-        raise ValueError(f"causal attention needs kv_seq >= seq, got kv_seq={skv} and seq={sq}")
-    return sq * (skv - sq) + sq * (sq + 1) // 2
 
 
 @lru_cache(maxsize=4096)

@@ -1,11 +1,11 @@
 """The kernels of the MoE layer: dsim.model.Gate and Experts.forward_grouped, as PyTorch runs them.
 
 Each memory-bound kernel is written as the aten op it runs and the tensors it reads and writes
-(`KernelModel.io`), named as a profiler trace shows them: T tokens, D hidden, I moe_inter,
-E experts, K top_k, N = T*K token copies. The kernels and their counts follow an eager trace of
-the layer on an H100; the bytes are the sizes of the tensors each kernel moves, and where one is
-counted at another size than its own (the renormalisation's sums, the gate backward's nine tiny
-kernels) its name says so.
+(`KernelModel.io`), named as a profiler trace shows them: T tokens, D dim, I moe_inter_dim,
+E n_routed_experts, K n_activated_experts, N = T*K token copies. The kernels and their counts
+follow an eager trace of the layer on an H100; the bytes are the sizes of the tensors each kernel
+moves, and where one is counted at another size than its own (the renormalisation's sums, the gate
+backward's nine tiny kernels) its name says so.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ def gate_kernels(
     D: int,
     E: int,
     K: int,
-    route_norm: bool,
+    renormalize: bool,
     backward: bool,
     prefix: str = "gate.",
 ) -> list[Kernel]:
     """dsim.model.Gate (softmax, no groups): fp32 router, scores, top-k, combine weights.
 
-    The kernels of an eager trace, each with the tensors it moves (T tokens, D hidden, E experts,
-    K = top_k); the L2 absorbs only the writes of the fp32 copy of x and, backward, of the bf16
-    dx (the constants were fitted so)."""
+    The kernels of an eager trace, each with the tensors it moves (T tokens, D dim,
+    E n_routed_experts, K n_activated_experts); the L2 absorbs only the writes of the fp32 copy of
+    x and, backward, of the bf16 dx (the constants were fitted so)."""
     p = prefix
     TD, TE, TK = T * D, T * E, T * K
     ks = [
@@ -52,7 +52,7 @@ def gate_kernels(
              read={"indices int64 [T,K]": I64 * TK, "scores fp32 [T,K] (gathered)": F32 * TK},
              write={"weights fp32 [T,K]": F32 * TK}, l2_writes=False),
     ]  # fmt: skip
-    if route_norm:
+    if renormalize:
         # aten.sum (keepdim), aten.div: the sums [T,1] are counted at [T,K], written and read
         ks.append(x.io(p + "renormalise (sum, divide)",
                        read={"weights fp32 [T,K] (sum)": F32 * TK,
@@ -100,10 +100,11 @@ def moe_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
     GEMMs w1, w3, SiLU(h1)*h3, w2; gather the rows back into pair order (ys[inverse]); weighted sum
     over the K experts of each token. The backward gathers too (model.py's _Permute), with no
     scatter-add. Each memory-bound kernel names the aten op and the tensors it moves."""
-    T, D, I, E, K = s["tokens"], s["hidden"], s["moe_inter"], s["experts"], s["top_k"]
+    T, D, I = s["tokens"], s["dim"], s["moe_inter_dim"]
+    E, K = s["n_routed_experts"], s["n_activated_experts"]
     N = T * K  # token copies (rows of the grouped GEMMs)
     ND, NI, TD = N * D, N * I, T * D
-    ks_gate_fwd = gate_kernels(x, T, D, E, K, s["route_norm"], False)
+    ks_gate_fwd = gate_kernels(x, T, D, E, K, s["renormalize"], False)
     # aten._to_copy: weights.type_as(x)
     ks = ks_gate_fwd + [x.io("gate.weights to bf16", read={"weights fp32 [T,K]": F32 * N},
                              write={"weights bf16 [T,K]": BF16 * N}, l2_writes=False)]  # fmt: skip
@@ -192,7 +193,7 @@ def moe_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
             x.io("experts.d x[rows]: sum the K copies", read={"dxs bf16 [T,K,D]": BF16 * ND},
                  write={"dx bf16 [T,D]": BF16 * TD}, kind="reduce", elements=ND),
         ]  # fmt: skip
-        ks += gate_kernels(x, T, D, E, K, s["route_norm"], True, "gate.")[len(ks_gate_fwd) :]
+        ks += gate_kernels(x, T, D, E, K, s["renormalize"], True, "gate.")[len(ks_gate_fwd) :]
         # aten.add
         ks += [x.io("dx = dx_experts + dx_gate",
                     read={"dx experts bf16 [T,D]": BF16 * TD, "dx gate bf16 [T,D]": BF16 * TD},

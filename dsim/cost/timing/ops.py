@@ -6,7 +6,8 @@ The lists follow what PyTorch runs for dsim.model, kernel by kernel, as profiled
 
 What each op times (exactly what bench/timing_measure.py measures), `op_time(op, **shape)`:
   gemm(m, n, k[, batch])     y[m, n] = x[m, k] @ w[k, n] (F.linear); backward adds dX and dW.
-  moe_ffn(tokens, hidden, moe_inter, experts, top_k[, route_norm])   dsim.model.MoE without shared
+  moe_ffn(tokens, dim, moe_inter_dim, n_routed_experts, n_activated_experts[, renormalize])
+                             dsim.model.MoE without shared
                              experts: the gate (fp32 router GEMM, softmax, top-k, combine weights)
                              and Experts.forward_grouped (sort the T*K token copies by expert,
                              gather them, grouped GEMMs w1 and w3, SiLU(h1)*h3, grouped GEMM w2,
@@ -14,12 +15,14 @@ What each op times (exactly what bench/timing_measure.py measures), `op_time(op,
                              Routing is random (each token's top-k experts uniformly spread), so an
                              expert gets Binomial(T, K/E) rows. backward: forward and backward to
                              the input, the gate and the expert weights.
-  attention(batch, seq, heads, qk_dim, v_dim, causal[, kv_seq])   F.scaled_dot_product_attention
-                             on [batch, heads, seq, d] (kv_seq keys, default seq; decode: seq=1).
-  rmsnorm(tokens, hidden)    F.rms_norm.
+  attention(batch, seq_len, n_heads, qk_head_dim, v_head_dim, causal[, kv_seq_len])
+                             F.scaled_dot_product_attention on [batch, n_heads, seq_len, d]
+                             (kv_seq_len keys, default seq_len; decode: seq_len=1).
+  rmsnorm(tokens, dim)       F.rms_norm.
   elementwise(bytes[, kernels, kind, numel])   memory-bound kernels moving `bytes` in total (read
                              + written); kind (ELEMENTWISE_KINDS) says which PyTorch kernel.
-  gate(tokens, hidden, experts, top_k)   dsim.model.Gate (softmax, no groups), forward.
+  gate(tokens, dim, n_routed_experts, n_activated_experts[, renormalize])   dsim.model.Gate
+                             (softmax, no groups), forward.
   grouped_gemm(tokens, n, k, groups)     dsim.model.grouped_mm with `groups` equal groups.
   sort(n), gather_rows / index_select_rows / index_add_rows(rows, width, dst_rows)   the MoE's
                              pieces.
@@ -33,13 +36,13 @@ from typing import Any
 import numpy as np
 
 from dsim.cost.dtypes import DTYPES, dtype_name
+from dsim.cost.graph.rules import attention_pairs
 from dsim.cost.hardware import GPU, get_gpu, peak_flops
-from dsim.cost.timing.calibration import Calibration, gpu_calibration
+from dsim.cost.timing.calibration import Calibration, attention_efficiency, gpu_calibration
 from dsim.cost.timing.kernels import (
     ATTN_BLOCKS,
     Kernel,
     KernelModel,
-    attention_pairs,
     attn_works,
     attn_works_bwd,
     expert_load,
@@ -50,12 +53,18 @@ from dsim.cost.timing.moe_kernels import gate_kernels, moe_kernels
 # op -> (required shape arguments, optional ones with defaults)
 OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "gemm": (("m", "n", "k"), {"batch": 1}),
-    "moe_ffn": (("tokens", "hidden", "moe_inter", "experts", "top_k"), {"route_norm": True}),
-    "attention": (("batch", "seq", "heads", "qk_dim", "v_dim", "causal"), {"kv_seq": None}),
-    "rmsnorm": (("tokens", "hidden"), {}),
+    "moe_ffn": (
+        ("tokens", "dim", "moe_inter_dim", "n_routed_experts", "n_activated_experts"),
+        {"renormalize": True},
+    ),
+    "attention": (
+        ("batch", "seq_len", "n_heads", "qk_head_dim", "v_head_dim", "causal"),
+        {"kv_seq_len": None},
+    ),
+    "rmsnorm": (("tokens", "dim"), {}),
     # kind: see ELEMENTWISE_KINDS
     "elementwise": (("bytes",), {"kernels": 1, "kind": None, "numel": None}),
-    "gate": (("tokens", "hidden", "experts", "top_k"), {"route_norm": True}),
+    "gate": (("tokens", "dim", "n_routed_experts", "n_activated_experts"), {"renormalize": True}),
     "grouped_gemm": (("tokens", "n", "k", "groups"), {}),
     "sort": (("n",), {"groups": None}),
     "gather_rows": (("rows", "width", "dst_rows"), {}),
@@ -124,11 +133,11 @@ def _rows_kernels(x: KernelModel, op: str, s: dict, backward: bool) -> list[Kern
 
 
 def _attention_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
-    b, sq, h = s["batch"], s["seq"], s["heads"]
-    dqk, dv, causal = s["qk_dim"], s["v_dim"], s["causal"]
-    skv = s["kv_seq"] or sq
+    b, sq, h = s["batch"], s["seq_len"], s["n_heads"]
+    dqk, dv, causal = s["qk_head_dim"], s["v_head_dim"], s["causal"]
+    skv = s["kv_seq_len"] or sq
     backend = attention_backend(dqk, dv, x.cal)
-    pairs = attention_pairs(sq, skv, causal)
+    pairs = attention_pairs(1, sq, skv - sq, causal)  # the queries are the last sq positions
     flops_f = 2.0 * b * h * pairs * (dqk + dv)
     io = 2.0 * b * h * (sq * dqk + skv * dqk + skv * dv + sq * dv)  # q, k, v in; o out
     if backend == "math":
@@ -148,7 +157,8 @@ def _attention_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
         return ks
     c, name = x.cal, backend.replace("_attention", "")
     variant = f"{'mha' if dqk == dv else 'mla'}_{'causal' if causal else 'full'}"
-    eff_f, eff_b = c.attn_eff[f"{name}_fwd_{variant}"], c.attn_eff[f"{name}_bwd_{variant}"]
+    eff_f = attention_efficiency(c, name, "fwd", variant)
+    eff_b = attention_efficiency(c, name, "bwd", variant)
     (bm, bn), (bm_b, bn_b) = ATTN_BLOCKS[name]
     per_sm = peak_flops(x.gpu, x.dtype) / x.sms
     # forward: one block per bm queries, looping over bn-key blocks (up to the diagonal if causal)
@@ -191,10 +201,10 @@ def _attention_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
     return ks
 
 
-def attention_backend(qk_dim: int, v_dim: int, cal: Calibration | None = None) -> str:
+def attention_backend(qk_head_dim: int, v_head_dim: int, cal: Calibration | None = None) -> str:
     """The SDPA backend that runs these head dims (as measured on the calibrated GPU)."""
     cal = cal or Calibration()
-    if qk_dim == v_dim and qk_dim <= 256 and qk_dim % 8 == 0:
+    if qk_head_dim == v_head_dim and qk_head_dim <= 256 and qk_head_dim % 8 == 0:
         return cal.attn_backend_equal
     return cal.attn_backend_unequal
 
@@ -205,7 +215,7 @@ def _rmsnorm_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
     Forward reads x and writes y; a row of 4096 or more elements does not stay in registers and is
     read twice. Backward: a dx kernel and a dweight kernel (partial sums, then a reduction), whose
     traffic relative to the minimum is rms_bwd_passes."""
-    T, D = s["tokens"], s["hidden"]
+    T, D = s["tokens"], s["dim"]
     e, r = x.elt, x.cal.rms_bwd_passes
     reads = 1 if D < 4096 else 2
     ks = [
@@ -261,7 +271,14 @@ def _op_kernels(op: str, x: KernelModel, s: dict, backward: bool) -> list[Kernel
         return _elementwise_kernels(x, s, backward)
     if op == "gate":
         return gate_kernels(
-            x, s["tokens"], s["hidden"], s["experts"], s["top_k"], s["route_norm"], backward, ""
+            x,
+            s["tokens"],
+            s["dim"],
+            s["n_routed_experts"],
+            s["n_activated_experts"],
+            s["renormalize"],
+            backward,
+            "",
         )
     if op == "grouped_gemm":
         return _grouped_gemm_kernels(x, s, backward)
@@ -320,7 +337,7 @@ def _check(
         )
     full = {**optional, **shape}
     for name, value in full.items():
-        if name in ("causal", "route_norm"):
+        if name in ("causal", "renormalize"):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         elif name == "kind":
@@ -334,14 +351,16 @@ def _check(
             least = 0 if name == "bytes" else 1
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    kv_seq = full.get("kv_seq")
-    if op == "attention" and full["causal"] and kv_seq is not None and kv_seq < full["seq"]:
+    kv = full.get("kv_seq_len")
+    if op == "attention" and full["causal"] and kv is not None and kv < full["seq_len"]:
         raise ValueError(
-            f"kv_seq must be >= seq for causal attention, got kv_seq={kv_seq} and seq={full['seq']}"
+            f"kv_seq_len must be >= seq_len for causal attention, got kv_seq_len={kv} and "
+            f"seq_len={full['seq_len']}"
         )
-    if op in ("moe_ffn", "gate") and full["top_k"] > full["experts"]:
+    if op in ("moe_ffn", "gate") and full["n_activated_experts"] > full["n_routed_experts"]:
         raise ValueError(
-            f"top_k must be <= experts, got top_k={full['top_k']} and experts={full['experts']}"
+            f"n_activated_experts must be <= n_routed_experts, got n_activated_experts="
+            f"{full['n_activated_experts']} and n_routed_experts={full['n_routed_experts']}"
         )
     return g, d, full
 
@@ -374,9 +393,11 @@ def op_time(
     """Predicted GPU time (seconds) of one op; backward=True means forward plus backward.
 
     op and its shape arguments (module docstring for what each times exactly):
-      "gemm" m, n, k [, batch]; "moe_ffn" tokens, hidden, moe_inter, experts, top_k;
-      "attention" batch, seq, heads, qk_dim, v_dim, causal [, kv_seq]; "rmsnorm" tokens, hidden;
-      "elementwise" bytes [, kernels]; "gate" tokens, hidden, experts, top_k;
+      "gemm" m, n, k [, batch];
+      "moe_ffn" tokens, dim, moe_inter_dim, n_routed_experts, n_activated_experts [, renormalize];
+      "attention" batch, seq_len, n_heads, qk_head_dim, v_head_dim, causal [, kv_seq_len];
+      "rmsnorm" tokens, dim; "elementwise" bytes [, kernels];
+      "gate" tokens, dim, n_routed_experts, n_activated_experts [, renormalize];
       "grouped_gemm" tokens, n, k, groups; "sort" n; "gather_rows" / "index_select_rows" /
       "index_add_rows" rows, width, dst_rows.
     gpu: a dsim.cost.hardware name or GPU; dtype: "bf16" (default), "fp16", "fp32", "tf32", "fp8",
@@ -411,21 +432,21 @@ def roofline_work(
         if d == "fp32":
             f32, f = f, 0.0
     elif op in ("moe_ffn", "gate"):
-        T, D, E, K = s["tokens"], s["hidden"], s["experts"], s["top_k"]
+        T, D, E, K = s["tokens"], s["dim"], s["n_routed_experts"], s["n_activated_experts"]
         f32 = 2.0 * T * D * E * (3 if backward else 1)
         if op == "gate":
             b = 2.0 * T * D + 2.0 * E * D + 12.0 * T * K
         else:
-            I = s["moe_inter"]
+            I = s["moe_inter_dim"]
             _, active, _ = expert_load(T, K, E, 64)
             f = 6.0 * T * K * D * I * (3 if backward else 1)
             b = 4.0 * T * D + 2.0 * E * D + 6.0 * active * D * I
             if backward:
                 b += 4.0 * T * D + 2.0 * E * D + 6.0 * active * D * I + 6.0 * E * D * I
     elif op == "attention":
-        b_, sq, h, dqk, dv = s["batch"], s["seq"], s["heads"], s["qk_dim"], s["v_dim"]
-        skv = s["kv_seq"] or sq
-        pairs = attention_pairs(sq, skv, s["causal"])
+        b_, sq, h = s["batch"], s["seq_len"], s["n_heads"]
+        dqk, dv, skv = s["qk_head_dim"], s["v_head_dim"], s["kv_seq_len"] or sq
+        pairs = attention_pairs(1, sq, skv - sq, s["causal"])
         fwd_bwd = 1.0 + (3 * dqk + 2 * dv) / (dqk + dv) if backward else 1.0
         f = 2.0 * b_ * h * pairs * (dqk + dv) * fwd_bwd
         b = 2.0 * b_ * h * (sq * dqk + skv * dqk + skv * dv + sq * dv) * (3 if backward else 1)
