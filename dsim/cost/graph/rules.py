@@ -22,6 +22,12 @@ def is_moe_layer(args: ModelArgs, layer_id: int) -> bool:
     return layer_id >= args.n_dense_layers
 
 
+def first_moe_layer(args: ModelArgs) -> int | None:
+    """The first block with an MoE FFN (the one a cost view times as "the MoE block"), or None
+    for a dense model."""
+    return args.n_dense_layers if args.is_moe else None
+
+
 def mtp_layer_id(args: ModelArgs) -> int:
     """The layer id an MTP block is built with: an MoE block when the model has MoE layers."""
     return args.n_layers if args.is_moe else 0

@@ -17,10 +17,11 @@ from typing import Any
 from dsim.config import ModelArgs
 from dsim.cost import timing
 from dsim.cost.components import Component
+from dsim.cost.graph import first_moe_layer, is_moe_layer
 from dsim.cost.hardware import GPU, get_gpu
 from dsim.cost.layout import kv_tp_split, replicated_under_tp
 from dsim.cost.memory import bytes_per_param, kv_cache_bytes_per_token, layer_activation_bytes
-from dsim.cost.params import expert_params, is_moe_layer, params
+from dsim.cost.params import expert_params, params
 from dsim.cost.plan.job import (
     ACT_DTYPE,
     MATMUL_DTYPES,
@@ -162,7 +163,7 @@ class Serving:
         self.kv_per_seq = (
             kv_cache_bytes_per_token(args, kv_dtype) * kv_tokens / kv_tp_split(args, tp)
         )
-        layer = args.n_dense_layers if args.is_moe else 0
+        layer = first_moe_layer(args) or 0  # the MoE block keeps the most activations
         self.act_per_seq = layer_activation_bytes(args, layer, 1, self.new, ACT_DTYPE, "cuda") / tp
         free = self.gpu.hbm_bytes - reserved_bytes - self.weight_bytes
         self.max_batch = int(free // (self.kv_per_seq + self.act_per_seq)) if free > 0 else 0
@@ -190,7 +191,7 @@ class Serving:
                 ops = [
                     p
                     for p in block_plan(
-                        sa, a.n_dense_layers if moe else 0, batch, self.new, self.ctx, mode
+                        sa, first_moe_layer(a) if moe else 0, batch, self.new, self.ctx, mode
                     )
                     if p.op != "moe_ffn"
                 ]

@@ -21,10 +21,11 @@ import numpy as np
 from dsim.cost import comm
 from dsim.cost.components import Component
 from dsim.cost.flops import flops
+from dsim.cost.graph import first_moe_layer, is_moe_layer, mtp_layer_id
 from dsim.cost.hardware import peak_flops
 from dsim.cost.layout import stage_layers, stage_params
 from dsim.cost.memory import bytes_per_param, layer_activation_bytes, model_activation_bytes
-from dsim.cost.params import is_moe_layer, params
+from dsim.cost.params import params
 from dsim.cost.plan.job import (
     ACT_DTYPE,
     GRAD_COMM_BYTES,
@@ -46,9 +47,9 @@ class Tables(OpTimes):
         a = self.args
         self.job = job
         self.counts = params(a).modules
-        self.moe_layer = a.n_dense_layers if a.is_moe else 0
+        self.moe_layer = first_moe_layer(a)  # None for a dense model
         self.layer_is_moe = [a.is_moe and is_moe_layer(a, i) for i in range(a.n_layers)]
-        self.mtp_is_moe = a.is_moe
+        self.mtp_is_moe = is_moe_layer(a, mtp_layer_id(a))
         self.flops_per_seq = float(flops(a, 1, job.seq_len, "train").total_causal)
         self.peak = peak_flops(self.gpu, "bf16")
         # Adam: read the fp32 gradient, read + write master weights and both moments, write the bf16

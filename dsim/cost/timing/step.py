@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dsim.cost.graph import MODES, PlanOp, block_plan, is_moe_layer, step_plan, step_shape
+from dsim.cost.graph import MODES, PlanOp, block_plan, first_moe_layer, step_plan, step_shape
 from dsim.cost.hardware import GPU, get_gpu
 from dsim.cost.timing.calibration import Calibration, gpu_calibration
 from dsim.cost.timing.ops import op_time
@@ -64,8 +64,8 @@ def layer_time(
     otherwise)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if layer_id is None:  # the first MoE block
-        layer_id = next((i for i in range(args.n_layers) if is_moe_layer(args, i)), 0)
+    if layer_id is None:  # the first MoE block, or the first block of a dense model
+        layer_id = first_moe_layer(args) or 0
     if not 0 <= layer_id < args.n_layers:
         raise ValueError(
             f"layer_id must be between 0 and n_layers - 1 = {args.n_layers - 1}, got {layer_id}"
