@@ -14,6 +14,26 @@ choice = widgets.Dropdown(options=preset_names()[1:], value="deepseek-v3", descr
 display(widgets.interactive(show, model_name=choice, top_k=top_k))""")
 # Widget callbacks print through the comm channel: nbval cannot compare them, the browser test does.
 widget_cell.metadata["tags"] = ["nbval-ignore-output"]
+train_cell = code("""from dsim.train import TrainConfig, train, get_corpus, unigram_entropy, evaluate
+
+cfg = TrainConfig(steps=200, seed=0)
+model, history = train("tiny", cfg, progress=False)
+h1 = unigram_entropy(get_corpus("train"))
+bpb = history.bits_per_byte
+val = evaluate(model, get_corpus("val"))
+print(f"unigram entropy        {h1:.2f} bits/byte")
+print(f"first training step    {bpb[0]:.2f} bits/byte")
+print(f"last 20 steps (mean)   {np.mean(bpb[-20:]):.2f} bits/byte")
+print(f"held-out               {val:.2f} bits/byte, {h1 - val:.1f} below the unigram entropy")
+# The trained numbers depend on the CPU's float kernels (AVX2 and AVX-512 sum in different orders,
+# and 200 steps of training amplify the last bit): the held-out loss moves by about 0.01 between
+# machines. The checks below allow 5x that; what the chapter claims (the model gets well below the
+# unigram entropy) holds with a wide margin.
+assert abs(val - 3.10) < 0.05, f"held-out {val:.3f} bits/byte: expected 3.10 +- 0.05"
+assert h1 - val > 1.2, "the model should end more than 1.2 bits/byte below the unigram entropy"
+assert bpb[0] > 8.0, 'an untrained model is no better than uniform guessing over 256 bytes (8 bits)'""")
+# Its printed numbers vary in the last digit between CPUs; the asserts above check them instead.
+train_cell.metadata["tags"] = ["nbval-ignore-output"]
 cells = [
 title("""# A tour of a DeepSeek-style MoE
 
@@ -60,17 +80,7 @@ md("""## Training on real text
 
 The corpus is the standard library's top-level `*.py` files as bytes (every 20th file held out). The
 yardstick is the unigram entropy: the loss of the best model that ignores context."""),
-code("""from dsim.train import TrainConfig, train, get_corpus, unigram_entropy, evaluate
-
-cfg = TrainConfig(steps=200, seed=0)
-model, history = train("tiny", cfg, progress=False)
-h1 = unigram_entropy(get_corpus("train"))
-bpb = history.bits_per_byte
-val = evaluate(model, get_corpus("val"))
-print(f"unigram entropy        {h1:.2f} bits/byte")
-print(f"first training step    {bpb[0]:.2f} bits/byte")
-print(f"last 20 steps (mean)   {np.mean(bpb[-20:]):.2f} bits/byte")
-print(f"held-out               {val:.2f} bits/byte, {h1 - val:.1f} below the unigram entropy")"""),
+train_cell,
 code("""fig, ax = plt.subplots(figsize=(6, 3))
 ax.plot(bpb, label="training loss")
 ax.axhline(h1, color="gray", ls="--", label="unigram entropy")
