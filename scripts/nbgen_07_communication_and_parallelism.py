@@ -167,7 +167,7 @@ physical effect rather than a curve fit:
 
 `dsim.cost.comm.calibrate_from_measurements` fits $L$ and $B$ for each collective and one $c$ for
 all of them to the committed sweep, minimising the mean $|\\log(\\text{model}/\\text{measured})|$
-(robust to the odd slow point). The constants in `dsim/cost/comm.py` are its output, and a test
+(robust to the odd slow point). The constants in `dsim/cost/comm/collectives.py` are its output, and a test
 re-runs the fit to keep them so."""),
 code("""if nccl:
     cal = calibrate_from_measurements(nccl)
@@ -180,7 +180,7 @@ code("""if nccl:
         print(f"{k:16}{cal.launch_overhead_s[k] * 1e6:13.1f} us{cal.bus_bw[k] / GB:12.0f} GB/s{cal.bus_bw[k] / nvl:15.3f}")
     same = (cal.launch_overhead_s == comm.LAUNCH_OVERHEAD_S and cal.chunk_overhead_s == comm.NVLINK_CHUNK_OVERHEAD_S
             and cal.bus_bw == comm.MEASURED_BUS_BW)
-    print("the constants committed in dsim/cost/comm.py are this fit:", same)
+    print("the constants committed in dsim/cost/comm/collectives.py are this fit:", same)
     print(f"NVLINK_PEAK_EFFICIENCY = all-reduce B / datasheet = {comm.NVLINK_PEAK_EFFICIENCY:.3f} "
           f"(the scaling book's 8xH100 figure gives 370/450 = {370 / 450:.3f})")
 else:
@@ -485,13 +485,13 @@ display(widgets.interactive(
 ))"""),
 md("""And for expert parallelism: the tokens per GPU, the EP size (8 GPUs per node) and the node limit
 $M$ for DeepSeek-V3's layer."""),
-code("""def explore_ep(gpu="H800", tokens=4096, ep_size=64, node_limit=4):
-    nodes = ep_size // 8
+code("""def explore_ep(gpu="H800", tokens=4096, ep=64, node_limit=4):
+    nodes = ep // 8
     lim = None if node_limit >= min(nodes, K) else max(node_limit, 1)
     reach = expected_nodes_reached(K, nodes, E // nodes, node_limit=lim)
-    vol = moe_a2a_bytes(tokens, D, K, E, ep_size, 8, node_limit=lim, bytes_per_elem=1)
-    t = moe_dispatch_time(tokens, D, K, E, ep_size, gpu=gpu, node_limit=lim, bytes_per_elem=1)
-    print(f"EP{ep_size} on {nodes} node(s) of {gpu}, node limit {lim or 'none'}: a token reaches {reach:.2f} nodes")
+    vol = moe_a2a_bytes(tokens, D, K, E, ep, 8, node_limit=lim, bytes_per_elem=1)
+    t = moe_dispatch_time(tokens, D, K, E, ep, gpu=gpu, node_limit=lim, bytes_per_elem=1)
+    print(f"EP{ep} on {nodes} node(s) of {gpu}, node limit {lim or 'none'}: a token reaches {reach:.2f} nodes")
     print(f"  per GPU: {vol.ib_bytes / MB:.1f} MB over InfiniBand, {vol.nvlink_bytes / MB:.1f} MB over NVLink; "
           f"FP8 dispatch {fmt_t(t).strip()}")
 
@@ -499,7 +499,7 @@ display(widgets.interactive(
     explore_ep,
     gpu=widgets.Dropdown(options=list_gpus(), value="H800", description="GPU"),
     tokens=widgets.IntSlider(value=4096, min=256, max=16384, step=256, description="tokens/GPU"),
-    ep_size=widgets.Dropdown(options=[8, 16, 32, 64, 128, 256], value=64, description="EP size"),
+    ep=widgets.Dropdown(options=[8, 16, 32, 64, 128, 256], value=64, description="EP size"),
     node_limit=widgets.IntSlider(value=4, min=1, max=8, description="node limit M"),
 ))"""),
 md("""## Worked questions

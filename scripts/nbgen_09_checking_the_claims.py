@@ -170,7 +170,7 @@ active count top-2 of 8 experts allows for a 200B model:"""),
 code("""from dsim.config import preset
 from dsim.cost import params
 p = params(preset("deepseek-v3"))
-for k in ("routed_experts", "gate", "attention", "shared_experts", "embedding", "head"):
+for k in ("routed_experts", "gate", "attn_proj", "shared_experts", "embedding", "head"):
     print(f"  {k:15s} {fmt(p.breakdown[k]):>10s}  {p.breakdown[k] / p.total_no_mtp:8.3%}")
 floor = params(C.toy_moe(8, 200e9 / 8, 2)).active_breakdown["routed_experts"]
 print(f"200B in 8 experts, top-2: at least {fmt(floor)} active (the article: under 35B)")
