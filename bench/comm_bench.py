@@ -21,12 +21,16 @@ reduce-scatter, the output of all-gather, the whole send buffer of all-to-all; f
 NVLink multicast (NVLS) stays off: the script sets NCCL_NVLS_ENABLE=0 (and the symmetric-memory and
 NVSHMEM equivalents) unless the environment already sets them.
 """
+
 from __future__ import annotations
 
 import os
 
-for _var, _value in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
-                     ("NVSHMEM_DISABLE_NVLS", "1")):
+for _var, _value in (
+    ("NCCL_NVLS_ENABLE", "0"),
+    ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
+    ("NVSHMEM_DISABLE_NVLS", "1"),
+):
     os.environ.setdefault(_var, _value)
 
 import argparse
@@ -55,10 +59,24 @@ ELEM = 4  # bytes per float32 element
 
 # The EP layer: DeepSeek-V3's expert shape (dim 7168, 2048-wide experts, top-8 of 256, one shared)
 # on GPUs; a small layer of the same structure on CPUs.
-EP_GPU = dict(dim=7168, moe_inter_dim=2048, n_routed_experts=256, n_activated_experts=8, n_shared_experts=1,
-              tokens=(1024, 4096), dtype="bfloat16")
-EP_CPU = dict(dim=256, moe_inter_dim=128, n_routed_experts=16, n_activated_experts=4, n_shared_experts=1,
-              tokens=(256, 1024), dtype="float32")
+EP_GPU = dict(
+    dim=7168,
+    moe_inter_dim=2048,
+    n_routed_experts=256,
+    n_activated_experts=8,
+    n_shared_experts=1,
+    tokens=(1024, 4096),
+    dtype="bfloat16",
+)
+EP_CPU = dict(
+    dim=256,
+    moe_inter_dim=128,
+    n_routed_experts=16,
+    n_activated_experts=4,
+    n_shared_experts=1,
+    tokens=(256, 1024),
+    dtype="float32",
+)
 
 
 def log(rank: int, msg: str) -> None:
@@ -101,11 +119,13 @@ class Timer:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return float(t)
 
-    def time(self, fn, target_s: float, warmup: int = 2, min_iters: int = 3, max_iters: int = 1000) -> tuple[float, int]:
+    def time(
+        self, fn, target_s: float, warmup: int = 2, min_iters: int = 3, max_iters: int = 1000
+    ) -> tuple[float, int]:
         repeats = self.repeats
         for _ in range(warmup):
             fn()
-        one = self.slowest(self._batch(fn, 1))                  # every rank agrees on the count
+        one = self.slowest(self._batch(fn, 1))  # every rank agrees on the count
         iters = int(min(max_iters, max(min_iters, target_s / repeats / max(one, 1e-7))))
         runs = [self.slowest(self._batch(fn, iters)) for _ in range(repeats)]
         return statistics.median(runs), iters
@@ -123,9 +143,9 @@ def collective_fn(kind: str, inp: torch.Tensor, out: torch.Tensor, nbytes: int, 
     if kind == "all_reduce":
         return lambda: dist.all_reduce(inp[:n])
     if kind == "all_gather":
-        return lambda: all_gather(out[:n], inp[:n // world])
+        return lambda: all_gather(out[:n], inp[: n // world])
     if kind == "reduce_scatter":
-        return lambda: reduce_scatter(out[:n // world], inp[:n])
+        return lambda: reduce_scatter(out[: n // world], inp[:n])
     if kind == "all_to_all":
         return lambda: dist.all_to_all_single(out[:n], inp[:n])
     raise ValueError(f"unknown collective {kind!r}")
@@ -147,7 +167,10 @@ def bench_collectives(rank: int, world: int, cfg: dict, timer: Timer, device: to
             times.append(t)
             iters.append(k)
             algbw = nbytes / t
-            log(rank, f"  {kind:15} {nbytes:>12,d} B  {t * 1e6:12.1f} us  algbw {algbw / 1e9:8.3f} GB/s  ({k} iters)")
+            log(
+                rank,
+                f"  {kind:15} {nbytes:>12,d} B  {t * 1e6:12.1f} us  algbw {algbw / 1e9:8.3f} GB/s  ({k} iters)",
+            )
         results[kind] = dict(sizes_bytes=sizes, time_s=times, iters=iters)
     return results
 
@@ -156,24 +179,37 @@ def bench_collectives(rank: int, world: int, cfg: dict, timer: Timer, device: to
 # the expert-parallel MoE layer
 
 
-def bench_ep(rank: int, world: int, cfg: dict, timer: Timer, device: torch.device,
-             expert_impl: str = "grouped") -> list[dict]:
+def bench_ep(
+    rank: int,
+    world: int,
+    cfg: dict,
+    timer: Timer,
+    device: torch.device,
+    expert_impl: str = "grouped",
+) -> list[dict]:
     ep_cfg = EP_GPU if device.type == "cuda" else EP_CPU
     dtype = getattr(torch, ep_cfg["dtype"])
     args = preset("tiny").replace(
-        dim=ep_cfg["dim"], moe_inter_dim=ep_cfg["moe_inter_dim"], n_routed_experts=ep_cfg["n_routed_experts"],
-        n_activated_experts=ep_cfg["n_activated_experts"], n_shared_experts=ep_cfg["n_shared_experts"],
-        expert_impl=expert_impl, name="ep-bench")
-    torch.manual_seed(0)                       # same gate and shared experts on every rank
+        dim=ep_cfg["dim"],
+        moe_inter_dim=ep_cfg["moe_inter_dim"],
+        n_routed_experts=ep_cfg["n_routed_experts"],
+        n_activated_experts=ep_cfg["n_activated_experts"],
+        n_shared_experts=ep_cfg["n_shared_experts"],
+        expert_impl=expert_impl,
+        name="ep-bench",
+    )
+    torch.manual_seed(0)  # same gate and shared experts on every rank
     with torch.device(device):
         ep = EPMoE(args)
     ep.experts.to(dtype)
     if ep.shared_experts is not None:
-        ep.shared_experts.to(dtype)            # the gate stays float32, as DeepSeek computes it
+        ep.shared_experts.to(dtype)  # the gate stays float32, as DeepSeek computes it
     out = []
     for tokens in ep_cfg["tokens"]:
         gen = torch.Generator(device=device).manual_seed(1 + rank)
-        x = torch.randn(tokens, args.dim, device=device, dtype=dtype, generator=gen).requires_grad_()
+        x = torch.randn(
+            tokens, args.dim, device=device, dtype=dtype, generator=gen
+        ).requires_grad_()
         g = torch.randn(tokens, args.dim, device=device, dtype=dtype, generator=gen)
 
         def step():
@@ -189,39 +225,56 @@ def bench_ep(rank: int, world: int, cfg: dict, timer: Timer, device: torch.devic
         xr = torch.empty(sum(recv), args.dim, device=device, dtype=dtype)
 
         def a2a_pair():
-            dist.all_to_all_single(xr, xs, recv, send)       # dispatch
-            dist.all_to_all_single(xs, xr, send, recv)       # combine
+            dist.all_to_all_single(xr, xs, recv, send)  # dispatch
+            dist.all_to_all_single(xs, xr, send, recv)  # combine
 
         pair_s, _ = timer.time(a2a_pair, cfg["target_s"], warmup=2, min_iters=3, max_iters=200)
 
         # the local experts alone (forward + backward on the rows this rank received)
         rows = xr.clone().requires_grad_()
-        local = torch.repeat_interleave(torch.arange(ep.n_local, device=device).repeat(world),
-                                        ep.recv_counts.flatten())
+        local = torch.repeat_interleave(
+            torch.arange(ep.n_local, device=device).repeat(world), ep.recv_counts.flatten()
+        )
         gy = torch.randn_like(rows)
 
         def experts_only():
             ep.experts.zero_grad(set_to_none=True)
             ep._local_experts(rows, local).backward(gy)
 
-        experts_s, _ = timer.time(experts_only, cfg["target_s"], warmup=2, min_iters=3, max_iters=50)
+        experts_s, _ = timer.time(
+            experts_only, cfg["target_s"], warmup=2, min_iters=3, max_iters=50
+        )
 
         most = torch.tensor([sum(recv)], device=device)
-        dist.all_reduce(most, op=dist.ReduceOp.MAX)            # the busiest rank sets the pace
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)  # the busiest rank sets the pace
         elem = torch.finfo(dtype).bits // 8
-        rec = dict(tokens_per_rank=tokens, dim=args.dim, moe_inter_dim=args.moe_inter_dim,
-                   n_routed_experts=args.n_routed_experts, top_k=args.n_activated_experts,
-                   n_shared_experts=args.n_shared_experts, dtype=ep_cfg["dtype"], bytes_per_elem=elem,
-                   expert_impl=expert_impl,
-                   rows_sent=sum(send), rows_sent_remote=sum(send) - send[rank], rows_received=sum(recv),
-                   rows_received_max=int(most),
-                   a2a_send_bytes=sum(send) * args.dim * elem,
-                   step_s=step_s, step_iters=step_iters, a2a_4x_measured_s=2 * pair_s,
-                   experts_only_s=experts_s,
-                   expert_flops=18 * int(most) * args.dim * args.moe_inter_dim,
-                   shared_flops=18 * tokens * args.dim * args.moe_inter_dim * args.n_shared_experts)
-        log(rank, f"  EP MoE {tokens} tokens/rank: step {step_s * 1e3:.3f} ms, 4 all-to-alls "
-                  f"{2 * pair_s * 1e3:.3f} ms, local experts {experts_s * 1e3:.3f} ms")
+        rec = dict(
+            tokens_per_rank=tokens,
+            dim=args.dim,
+            moe_inter_dim=args.moe_inter_dim,
+            n_routed_experts=args.n_routed_experts,
+            top_k=args.n_activated_experts,
+            n_shared_experts=args.n_shared_experts,
+            dtype=ep_cfg["dtype"],
+            bytes_per_elem=elem,
+            expert_impl=expert_impl,
+            rows_sent=sum(send),
+            rows_sent_remote=sum(send) - send[rank],
+            rows_received=sum(recv),
+            rows_received_max=int(most),
+            a2a_send_bytes=sum(send) * args.dim * elem,
+            step_s=step_s,
+            step_iters=step_iters,
+            a2a_4x_measured_s=2 * pair_s,
+            experts_only_s=experts_s,
+            expert_flops=18 * int(most) * args.dim * args.moe_inter_dim,
+            shared_flops=18 * tokens * args.dim * args.moe_inter_dim * args.n_shared_experts,
+        )
+        log(
+            rank,
+            f"  EP MoE {tokens} tokens/rank: step {step_s * 1e3:.3f} ms, 4 all-to-alls "
+            f"{2 * pair_s * 1e3:.3f} ms, local experts {experts_s * 1e3:.3f} ms",
+        )
         out.append(rec)
     del ep
     return out
@@ -242,36 +295,58 @@ def bench_worker(rank: int, world: int, cfg: dict) -> dict:
     timer = Timer(cuda, device, cfg["repeats"])
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    log(rank, f"[comm_bench] {world} ranks, backend {dist.get_backend()}, "
-              f"{cfg['min_bytes']:,d}..{cfg['max_bytes']:,d} bytes")
+    log(
+        rank,
+        f"[comm_bench] {world} ranks, backend {dist.get_backend()}, "
+        f"{cfg['min_bytes']:,d}..{cfg['max_bytes']:,d} bytes",
+    )
     coll = bench_collectives(rank, world, cfg, timer, device)
     ep, ep_error = [], None
     if not cfg["skip_ep"]:
-        for impl in ("grouped", "loop"):       # "loop" (one GEMM per expert) if the grouped GEMM fails
+        for impl in ("grouped", "loop"):  # "loop" (one GEMM per expert) if the grouped GEMM fails
             try:
                 ep = bench_ep(rank, world, cfg, timer, device, impl)
                 break
-            except Exception as e:             # keep the collective measurements
-                ep_error = (ep_error + "; " if ep_error else "") + f"{impl}: {type(e).__name__}: {e}"
+            except Exception as e:  # keep the collective measurements
+                ep_error = (
+                    ep_error + "; " if ep_error else ""
+                ) + f"{impl}: {type(e).__name__}: {e}"
                 log(rank, f"  EP MoE benchmark ({impl}) failed: {type(e).__name__}: {e}")
                 if cuda:
                     torch.cuda.empty_cache()
-    env = dict(torch=torch.__version__, python=platform.python_version(), backend=dist.get_backend())
+    env = dict(
+        torch=torch.__version__, python=platform.python_version(), backend=dist.get_backend()
+    )
     if cuda:
-        env.update(devices=[torch.cuda.get_device_name(i) for i in range(world)],
-                   cuda=torch.version.cuda, nccl=_nccl_version(),
-                   nvls_env={k: os.environ.get(k) for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
-                                                            "NVSHMEM_DISABLE_NVLS")})
+        env.update(
+            devices=[torch.cuda.get_device_name(i) for i in range(world)],
+            cuda=torch.version.cuda,
+            nccl=_nccl_version(),
+            nvls_env={
+                k: os.environ.get(k)
+                for k in (
+                    "NCCL_NVLS_ENABLE",
+                    "TORCH_SYMM_MEM_DISABLE_MULTICAST",
+                    "NVSHMEM_DISABLE_NVLS",
+                )
+            },
+        )
         try:
-            env["nvidia_smi_topo"] = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True,
-                                                    text=True, timeout=20).stdout
+            env["nvidia_smi_topo"] = subprocess.run(
+                ["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=20
+            ).stdout
         except Exception as e:
             env["nvidia_smi_topo"] = f"unavailable: {e}"
     else:
-        env.update(devices=[platform.processor() or platform.machine()], cpus=os.cpu_count(),
-                   threads_per_rank=torch.get_num_threads(),
-                   loadavg_1min=[load_start, os.getloadavg()[0] if hasattr(os, "getloadavg") else None])
-    return dict(collectives=coll, ep_moe=ep, ep_error=ep_error, env=env, elapsed_s=time.perf_counter() - t0)
+        env.update(
+            devices=[platform.processor() or platform.machine()],
+            cpus=os.cpu_count(),
+            threads_per_rank=torch.get_num_threads(),
+            loadavg_1min=[load_start, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
+        )
+    return dict(
+        collectives=coll, ep_moe=ep, ep_error=ep_error, env=env, elapsed_s=time.perf_counter() - t0
+    )
 
 
 def add_model(result: dict, world: int, gpu: str | None, ranks_per_node: int) -> dict:
@@ -279,7 +354,7 @@ def add_model(result: dict, world: int, gpu: str | None, ranks_per_node: int) ->
     try:
         from dsim.cost.comm import bus_bandwidth, collective_time, fit_alpha_beta
         from dsim.cost.hardware import peak_flops
-    except Exception as e:                      # never lose the measurements over the model
+    except Exception as e:  # never lose the measurements over the model
         result["model_error"] = f"{type(e).__name__}: {e}"
         return result
     for kind, c in result["collectives"].items():
@@ -291,38 +366,85 @@ def add_model(result: dict, world: int, gpu: str | None, ranks_per_node: int) ->
         except ValueError as e:
             c["fit_error"] = str(e)
             continue
-        c["fit"] = dict(alpha_s=fit.alpha, beta_s_per_byte=fit.beta, bandwidth_GBps=fit.bandwidth / 1e9,
-                        busbw_GBps=fit.bandwidth * (2 if kind == "all_reduce" else 1) * (world - 1) / world / 1e9)
+        c["fit"] = dict(
+            alpha_s=fit.alpha,
+            beta_s_per_byte=fit.beta,
+            bandwidth_GBps=fit.bandwidth / 1e9,
+            busbw_GBps=fit.bandwidth
+            * (2 if kind == "all_reduce" else 1)
+            * (world - 1)
+            / world
+            / 1e9,
+        )
         c["fit_time_s"] = [fit(s) for s in sizes]
         if gpu:
-            model = [collective_time(kind, s, world, gpu=gpu, ranks_per_node=ranks_per_node) for s in sizes]
+            model = [
+                collective_time(kind, s, world, gpu=gpu, ranks_per_node=ranks_per_node)
+                for s in sizes
+            ]
             c["model_time_s"] = model
-            c["model_busbw_GBps"] = [bus_bandwidth(kind, s, world, t) / 1e9 for s, t in zip(sizes, model)]
-            c["model_error"] = [m / t - 1 for m, t in zip(model, times)]    # + means the model is slower
+            c["model_busbw_GBps"] = [
+                bus_bandwidth(kind, s, world, t) / 1e9 for s, t in zip(sizes, model)
+            ]
+            c["model_error"] = [
+                m / t - 1 for m, t in zip(model, times)
+            ]  # + means the model is slower
     a2a_fit = result["collectives"]["all_to_all"].get("fit")
     for rec in result["ep_moe"]:
         s = rec["a2a_send_bytes"]
         if a2a_fit:
             rec["a2a_4x_fit_s"] = 4 * (a2a_fit["alpha_s"] + a2a_fit["beta_s_per_byte"] * s)
         if gpu:
-            rec["a2a_4x_model_s"] = 4 * collective_time("all_to_all", s, world, gpu=gpu, ranks_per_node=ranks_per_node)
+            rec["a2a_4x_model_s"] = 4 * collective_time(
+                "all_to_all", s, world, gpu=gpu, ranks_per_node=ranks_per_node
+            )
             dtype = "bf16" if rec["dtype"] == "bfloat16" else "fp32"
-            rec["compute_at_peak_s"] = (rec["expert_flops"] + rec["shared_flops"]) / peak_flops(gpu, dtype)
+            rec["compute_at_peak_s"] = (rec["expert_flops"] + rec["shared_flops"]) / peak_flops(
+                gpu, dtype
+            )
             rec["model_step_lower_bound_s"] = rec["a2a_4x_model_s"] + rec["compute_at_peak_s"]
             rec["a2a_model_error"] = rec["a2a_4x_model_s"] / rec["a2a_4x_measured_s"] - 1
     return result
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--backend", choices=("nccl", "gloo"), default="nccl")
-    p.add_argument("--world-size", type=int, default=2, help="ranks (one GPU each with nccl); ignored under torchrun")
-    p.add_argument("--gpu", default=None, help="dsim GPU name for the model's prediction, e.g. H200 (nccl only)")
-    p.add_argument("--ranks-per-node", type=int, default=None, help="for the prediction (default: all ranks on one node)")
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=2,
+        help="ranks (one GPU each with nccl); ignored under torchrun",
+    )
+    p.add_argument(
+        "--gpu",
+        default=None,
+        help="dsim GPU name for the model's prediction, e.g. H200 (nccl only)",
+    )
+    p.add_argument(
+        "--ranks-per-node",
+        type=int,
+        default=None,
+        help="for the prediction (default: all ranks on one node)",
+    )
     p.add_argument("--min-bytes", type=int, default=1024)
-    p.add_argument("--max-bytes", type=int, default=None, help="default 1 GiB (nccl) or 64 MiB (gloo)")
-    p.add_argument("--target-s", type=float, default=None, help="seconds of timed calls per point (default 0.05 nccl, 0.15 gloo)")
-    p.add_argument("--repeats", type=int, default=None, help="timed batches per point, median taken (default 3 nccl, 5 gloo)")
+    p.add_argument(
+        "--max-bytes", type=int, default=None, help="default 1 GiB (nccl) or 64 MiB (gloo)"
+    )
+    p.add_argument(
+        "--target-s",
+        type=float,
+        default=None,
+        help="seconds of timed calls per point (default 0.05 nccl, 0.15 gloo)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed batches per point, median taken (default 3 nccl, 5 gloo)",
+    )
     p.add_argument("--skip-ep", action="store_true", help="collectives only")
     p.add_argument("--timeout-s", type=float, default=300, help="deadline of the whole run")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
@@ -330,9 +452,13 @@ def main() -> None:
     if a.gpu and a.backend != "nccl":
         p.error("--gpu (the model's prediction) needs --backend nccl")
     max_bytes = a.max_bytes or (2**30 if a.backend == "nccl" else 2**26)
-    cfg = dict(min_bytes=a.min_bytes, max_bytes=max_bytes, skip_ep=a.skip_ep,
-               repeats=a.repeats or (3 if a.backend == "nccl" else 5),
-               target_s=a.target_s or (0.05 if a.backend == "nccl" else 0.15))
+    cfg = dict(
+        min_bytes=a.min_bytes,
+        max_bytes=max_bytes,
+        skip_ep=a.skip_ep,
+        repeats=a.repeats or (3 if a.backend == "nccl" else 5),
+        target_s=a.target_s or (0.05 if a.backend == "nccl" else 0.15),
+    )
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     t0 = time.perf_counter()
     if torchrun:
@@ -348,12 +474,26 @@ def main() -> None:
             return
     else:
         world = a.world_size
-        result = run_distributed(bench_worker, world, args=(cfg,), backend=a.backend, timeout_s=a.timeout_s,
-                                 threads_per_rank=None if a.backend == "nccl" else 1,
-                                 start_method="spawn" if a.backend == "nccl" else "forkserver")[0]
+        result = run_distributed(
+            bench_worker,
+            world,
+            args=(cfg,),
+            backend=a.backend,
+            timeout_s=a.timeout_s,
+            threads_per_rank=None if a.backend == "nccl" else 1,
+            start_method="spawn" if a.backend == "nccl" else "forkserver",
+        )[0]
     rpn = a.ranks_per_node or world
-    result = dict(schema=1, backend=a.backend, world_size=world, ranks_per_node=rpn, gpu_model=a.gpu,
-                  dtype="float32", command=" ".join([Path(sys.executable).name] + sys.argv), **result)
+    result = dict(
+        schema=1,
+        backend=a.backend,
+        world_size=world,
+        ranks_per_node=rpn,
+        gpu_model=a.gpu,
+        dtype="float32",
+        command=" ".join([Path(sys.executable).name] + sys.argv),
+        **result,
+    )
     result = add_model(result, world, a.gpu, rpn)
     result["wall_s"] = time.perf_counter() - t0
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ Accuracy
 Every case that fails records its error instead of stopping the run. Output: JSON with the
 device name, torch and CUDA versions, what was probed, and one record per case.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,10 +46,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dsim.quant import FP8_DTYPE, FP8_MAX, act_quant, fp8_gemm, weight_quant  # noqa: E402
 
-SHAPES = {"moe_gate_up": (4096, 7168), "moe_down": (7168, 2048)}              # name: (n, k)
+SHAPES = {"moe_gate_up": (4096, 7168), "moe_down": (7168, 2048)}  # name: (n, k)
 M_DECODE, M_PREFILL = [1, 8, 16, 32, 64], [4096, 16384]
 K_SWEEP = [256, 512, 1024, 2048, 4096, 8192, 16384]
-L2_BYTES = 50 * 2 ** 20                                                         # H100 SXM: 50 MiB
+L2_BYTES = 50 * 2**20  # H100 SXM: 50 MiB
 
 
 def err_text(e: BaseException) -> str:
@@ -60,7 +61,7 @@ def err_text(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------
 def fp8_tensorwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x ~ q * s with one fp32 scale s = amax / 448."""
-    s = (x.abs().amax().float().clamp(min=1e-12) / FP8_MAX)
+    s = x.abs().amax().float().clamp(min=1e-12) / FP8_MAX
     return (x.float() / s).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), s
 
 
@@ -84,14 +85,19 @@ def col_major(x: torch.Tensor) -> torch.Tensor:
     return out.copy_(x)
 
 
-def block_layouts(a_s: torch.Tensor, b_s: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def block_layouts(
+    a_s: torch.Tensor, b_s: torch.Tensor
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Candidate memory layouts of DeepSeek's scales a_s [m, k/128] and b_s [n/128, k/128]."""
     kb = a_s.shape[1]
     l4 = -(-kb // 4) * 4
-    b_pad = torch.nn.functional.pad(b_s, (0, l4 - kb))                              # [n/128, L4]
+    b_pad = torch.nn.functional.pad(b_s, (0, l4 - kb))  # [n/128, L4]
     return {
-        "a_colmajor/b_padL4_T": (col_major(a_s), col_major(b_pad.t())),             # [L4, n/128], strides (1, L4)
-        "a_colmajor/b_T": (col_major(a_s), col_major(b_s.t())),                     # [k/128, n/128]
+        "a_colmajor/b_padL4_T": (
+            col_major(a_s),
+            col_major(b_pad.t()),
+        ),  # [L4, n/128], strides (1, L4)
+        "a_colmajor/b_T": (col_major(a_s), col_major(b_s.t())),  # [k/128, n/128]
         "a_rowmajor/b_rowmajor": (a_s.contiguous(), b_s.contiguous()),
         "a_rowmajor/b_kmajor": (a_s.contiguous(), b_s.t().contiguous()),
     }
@@ -104,11 +110,28 @@ def block_gemm_candidates(a_q, a_s, b_q, b_s, out_dtype=torch.bfloat16):
     for lname, (sa, sb) in block_layouts(a_s, b_s).items():
         if hasattr(F, "scaled_mm") and hasattr(F, "ScalingType"):
             st = F.ScalingType
-            out.append((f"F.scaled_mm/{lname}",
-                        lambda sa=sa, sb=sb: F.scaled_mm(a_q, b_q.t(), sa, st.BlockWise1x128, sb, st.BlockWise128x128,
-                                                         output_dtype=out_dtype)))
-        out.append((f"torch._scaled_mm/{lname}",
-                    lambda sa=sa, sb=sb: torch._scaled_mm(a_q, b_q.t(), scale_a=sa, scale_b=sb, out_dtype=out_dtype)))
+            out.append(
+                (
+                    f"F.scaled_mm/{lname}",
+                    lambda sa=sa, sb=sb: F.scaled_mm(
+                        a_q,
+                        b_q.t(),
+                        sa,
+                        st.BlockWise1x128,
+                        sb,
+                        st.BlockWise128x128,
+                        output_dtype=out_dtype,
+                    ),
+                )
+            )
+        out.append(
+            (
+                f"torch._scaled_mm/{lname}",
+                lambda sa=sa, sb=sb: torch._scaled_mm(
+                    a_q, b_q.t(), scale_a=sa, scale_b=sb, out_dtype=out_dtype
+                ),
+            )
+        )
     return out
 
 
@@ -158,9 +181,11 @@ def time_calls(calls: list, device: str, warmup: int, reps: int) -> tuple[float,
     CUDA: one pass is captured in a CUDA graph and replayed, timed with CUDA events; if capture
     fails, eager passes are timed with events. CPU: perf_counter.
     """
+
     def one_pass():
         for c in calls:
             c()
+
     if device == "cpu":
         for _ in range(warmup):
             one_pass()
@@ -170,7 +195,7 @@ def time_calls(calls: list, device: str, warmup: int, reps: int) -> tuple[float,
             one_pass()
             times.append((time.perf_counter() - t0) * 1e3 / len(calls))
         return statistics.median(times), "perf_counter"
-    one_pass()                                                      # compile / pick kernels before capture
+    one_pass()  # compile / pick kernels before capture
     torch.cuda.synchronize()
     method, run = "cuda_graph", None
     try:
@@ -200,21 +225,34 @@ def time_calls(calls: list, device: str, warmup: int, reps: int) -> tuple[float,
     return statistics.median(times), method
 
 
-def make_cases(m: int, n: int, k: int, device: str, copies: int, block_name: str | None) -> dict[str, list]:
+def make_cases(
+    m: int, n: int, k: int, device: str, copies: int, block_name: str | None
+) -> dict[str, list]:
     """For each kernel, a list of zero-arg calls that cycle over `copies` different weights."""
     g = torch.Generator(device=device).manual_seed(m * 31 + n)
     a = torch.randn(m, k, device=device, generator=g).to(torch.bfloat16)
-    ws = [(torch.randn(n, k, device=device, generator=g) * 0.02).to(torch.bfloat16) for _ in range(copies)]
+    ws = [
+        (torch.randn(n, k, device=device, generator=g) * 0.02).to(torch.bfloat16)
+        for _ in range(copies)
+    ]
     cases: dict[str, list] = {"bf16": [lambda w=w: torch.mm(a, w.t()) for w in ws]}
     a8, sa = fp8_tensorwise(a)
     w8 = [fp8_tensorwise(w) for w in ws]
     for name, fast in (("fp8_tensor", True), ("fp8_tensor_acc", False)):
-        cases[name] = [lambda q=q, s=s, fast=fast: torch._scaled_mm(a8, q.t(), scale_a=sa, scale_b=s, out_dtype=torch.bfloat16,
-                                                                   use_fast_accum=fast) for q, s in w8]
+        cases[name] = [
+            lambda q=q, s=s, fast=fast: torch._scaled_mm(
+                a8, q.t(), scale_a=sa, scale_b=s, out_dtype=torch.bfloat16, use_fast_accum=fast
+            )
+            for q, s in w8
+        ]
     ar, sar = fp8_rowwise(a)
     wr = [fp8_rowwise(w) for w in ws]
-    cases["fp8_rowwise"] = [lambda q=q, s=s: torch._scaled_mm(ar, q.t(), scale_a=sar, scale_b=s.t(), out_dtype=torch.bfloat16,
-                                                              use_fast_accum=True) for q, s in wr]
+    cases["fp8_rowwise"] = [
+        lambda q=q, s=s: torch._scaled_mm(
+            ar, q.t(), scale_a=sar, scale_b=s.t(), out_dtype=torch.bfloat16, use_fast_accum=True
+        )
+        for q, s in wr
+    ]
     if block_name is not None and k % 128 == 0 and n % 128 == 0:
         ab, sab = act_quant(a.float(), 128)
         wb = [weight_quant(w.float(), 128) for w in ws]
@@ -233,18 +271,26 @@ def timing(device: str, quick: bool, block_name: str | None, deadline: float) ->
     for shape, (n, k) in shapes.items():
         for m in ms_list:
             if time.time() > deadline:
-                rows.append(dict(shape=shape, m=m, n=n, k=k, kernel="*", error="skipped: time budget"))
+                rows.append(
+                    dict(shape=shape, m=m, n=n, k=k, kernel="*", error="skipped: time budget")
+                )
                 continue
-            copies = 1 if device == "cpu" else max(2, math.ceil(4 * L2_BYTES / (n * k)))  # fp8 weights: n*k bytes
+            copies = (
+                1 if device == "cpu" else max(2, math.ceil(4 * L2_BYTES / (n * k)))
+            )  # fp8 weights: n*k bytes
             copies = min(copies, 8)
             cases = make_cases(m, n, k, device, copies, block_name)
             bf16_ms = None
             for kernel, calls in cases.items():
                 row = dict(shape=shape, m=m, n=n, k=k, kernel=kernel, weight_copies=copies)
                 try:
-                    calls[0]()                                                  # does it run at all?
-                    ms, method = time_calls(calls * (20 // len(calls) + 1) if device != "cpu" else calls,
-                                            device, warmup, reps)
+                    calls[0]()  # does it run at all?
+                    ms, method = time_calls(
+                        calls * (20 // len(calls) + 1) if device != "cpu" else calls,
+                        device,
+                        warmup,
+                        reps,
+                    )
                     row.update(ms=ms, method=method, tflops=2 * m * n * k / (ms * 1e-3) / 1e12)
                     if kernel == "bf16":
                         bf16_ms = ms
@@ -253,9 +299,15 @@ def timing(device: str, quick: bool, block_name: str | None, deadline: float) ->
                 except Exception as e:  # noqa: BLE001
                     row["error"] = err_text(e)
                 rows.append(row)
-                print(f"{shape:12s} m={m:6d} {kernel:15s} " +
-                      (f"{row['ms']:.4f} ms  x{row.get('speedup_vs_bf16', float('nan')):.2f} vs bf16"
-                       if "ms" in row else row["error"]), flush=True)
+                print(
+                    f"{shape:12s} m={m:6d} {kernel:15s} "
+                    + (
+                        f"{row['ms']:.4f} ms  x{row.get('speedup_vs_bf16', float('nan')):.2f} vs bf16"
+                        if "ms" in row
+                        else row["error"]
+                    ),
+                    flush=True,
+                )
             del cases
             if device == "cuda":
                 torch.cuda.empty_cache()
@@ -298,29 +350,54 @@ def accuracy(device: str, quick: bool, block_name: str | None, deadline: float) 
                 rows.append(row)
 
             for kernel, fast in (("scaled_mm_fast_accum", True), ("scaled_mm", False)):
+
                 def real(fast=fast):
                     try:
-                        return torch._scaled_mm(qa, qb.t(), scale_a=sa, scale_b=sb, out_dtype=torch.float32,
-                                                use_fast_accum=fast)
+                        return torch._scaled_mm(
+                            qa,
+                            qb.t(),
+                            scale_a=sa,
+                            scale_b=sb,
+                            out_dtype=torch.float32,
+                            use_fast_accum=fast,
+                        )
                     except Exception:  # noqa: BLE001 - some builds want a 16-bit output
-                        return torch._scaled_mm(qa, qb.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16,
-                                                use_fast_accum=fast)
+                        return torch._scaled_mm(
+                            qa,
+                            qb.t(),
+                            scale_a=sa,
+                            scale_b=sb,
+                            out_dtype=torch.bfloat16,
+                            use_fast_accum=fast,
+                        )
+
                 record(kernel, real)
-            record("emulated_no_promotion", lambda: fp8_gemm(qa, sa, qb, sb, 128, acc_mantissa_bits=13, promote=False))
-            record("emulated_promotion_128", lambda: fp8_gemm(qa, sa, qb, sb, 128, acc_mantissa_bits=13, promote=True))
+            record(
+                "emulated_no_promotion",
+                lambda: fp8_gemm(qa, sa, qb, sb, 128, acc_mantissa_bits=13, promote=False),
+            )
+            record(
+                "emulated_promotion_128",
+                lambda: fp8_gemm(qa, sa, qb, sb, 128, acc_mantissa_bits=13, promote=True),
+            )
             if block_name is not None:
                 a_q, a_s = act_quant(a, 128)
                 b_q, b_s = weight_quant(b, 128)
-                ref_block = fp8_gemm(a_q, a_s, b_q, b_s, 128).double()             # exact up to fp32 sums
+                ref_block = fp8_gemm(a_q, a_s, b_q, b_s, 128).double()  # exact up to fp32 sums
+
                 def blockwise():
-                    try:                                                            # fp32 output if offered
+                    try:  # fp32 output if offered
                         return block_gemm_fn(block_name, a_q, a_s, b_q, b_s, torch.float32)()
                     except Exception:  # noqa: BLE001
                         return block_gemm_fn(block_name, a_q, a_s, b_q, b_s, torch.bfloat16)()
+
                 record("scaled_mm_blockwise", blockwise, ref_block)
     for r in rows:
         if "rel_err" in r:
-            print(f"{r['dist']:10s} K={r['k']:6d} {r['kernel']:24s} rel err {r['rel_err']:.2e}", flush=True)
+            print(
+                f"{r['dist']:10s} K={r['k']:6d} {r['kernel']:24s} rel err {r['rel_err']:.2e}",
+                flush=True,
+            )
     return rows
 
 
@@ -329,7 +406,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="tiny sizes (for CPU and tests)")
-    p.add_argument("--budget-s", type=float, default=150.0, help="stop starting new cases after this many seconds")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=150.0,
+        help="stop starting new cases after this many seconds",
+    )
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("CUDA is not available: use --device cpu --quick")
@@ -341,8 +423,12 @@ def main(argv: list[str] | None = None) -> dict:
         schema=1,
         device=torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         capability=list(torch.cuda.get_device_capability()) if args.device == "cuda" else None,
-        torch=torch.__version__, cuda=torch.version.cuda, python=platform.python_version(), quick=args.quick,
-        block_gemm=block_name, block_gemm_probe=probe,
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        python=platform.python_version(),
+        quick=args.quick,
+        block_gemm=block_name,
+        block_gemm_probe=probe,
         note="GEMM only (operands quantized beforehand); int8 has no scaling epilogue; ratios vs bf16 of this run",
     )
     result["accuracy_vs_k"] = accuracy(args.device, args.quick, block_name, deadline)

@@ -11,6 +11,7 @@ give the same numbers (relative difference <= 1e-9; exit status 1 otherwise). Ca
   2. a sweep of cluster sizes (64 to 16384 H100s) for DeepSeek-V3, warm;
   3. the DeepSeek-V3 layouts repeated --repeat times: the per-layout cost once fixed costs are amortised.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,14 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dsim.config import preset  # noqa: E402
-from dsim.cost.plan import (OUTPUTS, TrainingJob, enumerate_layouts, evaluate, evaluate_layout,  # noqa: E402
-                            plan_training)
+from dsim.cost.plan import (
+    OUTPUTS,
+    TrainingJob,
+    enumerate_layouts,
+    evaluate,
+    evaluate_layout,  # noqa: E402
+    plan_training,
+)
 
 
 def best_of(fn, n: int = 5) -> float:
@@ -41,12 +48,21 @@ def best_of(fn, n: int = 5) -> float:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repeat", type=int, default=50, help="copies of the V3 layouts for case 3")
     ap.add_argument("--sample", type=int, default=200, help="layouts evaluated one at a time")
     ns = ap.parse_args()
-    job = TrainingJob(preset("deepseek-v3"), "H800", n_gpus=2048, tokens=14.8e12, seq_len=4096, global_batch=15360,
-                      optimizer_dtype="bf16")
+    job = TrainingJob(
+        preset("deepseek-v3"),
+        "H800",
+        n_gpus=2048,
+        tokens=14.8e12,
+        seq_len=4096,
+        global_batch=15360,
+        optimizer_dtype="bf16",
+    )
     t = time.perf_counter()
     res = plan_training(job, top=10)
     cold = time.perf_counter() - t
@@ -54,26 +70,34 @@ def main() -> int:
     warm = best_of(lambda: plan_training(job, top=10), 20)
     ev = best_of(lambda: evaluate(job, L), 20)
     print("1. DeepSeek-V3, 2048 x H800, sequences of 4096, global batch 15360")
-    print(f"   {res.layouts_evaluated:,} layouts; full search cold {cold:.3f} s (tables from the time model), "
-          f"warm {warm:.3f} s; evaluation alone {ev * 1e3:.1f} ms = {len(L) / ev:,.0f} layouts/s")
+    print(
+        f"   {res.layouts_evaluated:,} layouts; full search cold {cold:.3f} s (tables from the time model), "
+        f"warm {warm:.3f} s; evaluation alone {ev * 1e3:.1f} ms = {len(L) / ev:,.0f} layouts/s"
+    )
 
     total, seconds = 0, 0.0
     for n in (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384):
-        j = TrainingJob(preset("deepseek-v3"), "H100", n_gpus=n, seq_len=4096, global_batch=max(1024, 2 * n))
+        j = TrainingJob(
+            preset("deepseek-v3"), "H100", n_gpus=n, seq_len=4096, global_batch=max(1024, 2 * n)
+        )
         try:
             Ln, _ = enumerate_layouts(j)
         except ValueError:
             continue
-        evaluate(j, Ln)                                     # build the tables
+        evaluate(j, Ln)  # build the tables
         seconds += best_of(lambda: evaluate(j, Ln), 10)
         total += len(Ln)
-    print(f"2. DeepSeek-V3 on 64 ... 16384 x H100 (9 clusters): {total:,} layouts in {seconds:.3f} s = "
-          f"{total / seconds:,.0f} layouts/s")
+    print(
+        f"2. DeepSeek-V3 on 64 ... 16384 x H100 (9 clusters): {total:,} layouts in {seconds:.3f} s = "
+        f"{total / seconds:,.0f} layouts/s"
+    )
 
     big = L.take(np.tile(np.arange(len(L)), ns.repeat))
     t_big = best_of(lambda: evaluate(job, big), 5)
     rate = len(big) / t_big
-    print(f"3. the V3 layouts x {ns.repeat}: {len(big):,} layouts in {t_big:.3f} s = {rate:,.0f} layouts/s")
+    print(
+        f"3. the V3 layouts x {ns.repeat}: {len(big):,} layouts in {t_big:.3f} s = {rate:,.0f} layouts/s"
+    )
 
     rng = np.random.default_rng(0)
     sample = rng.choice(len(L), size=min(ns.sample, len(L)), replace=False)
@@ -88,12 +112,18 @@ def main() -> int:
             a, b = out[key][i], ref[key]
             # relative, with a floor: a time that is exactly 0 in one and 1e-15 s in the other agrees
             worst = max(worst, abs(a - b) / max(abs(a), abs(b), 1e-3))
-    print(f"one layout at a time (evaluate_layout): {len(sample)} layouts in {t_ref:.2f} s = "
-          f"{ref_rate:,.0f} layouts/s")
-    print(f"vectorized / one at a time: {len(L) / ev / ref_rate:,.0f}x (case 1), {rate / ref_rate:,.0f}x (case 3); "
-          f"largest relative difference {worst:.1e}")
+    print(
+        f"one layout at a time (evaluate_layout): {len(sample)} layouts in {t_ref:.2f} s = "
+        f"{ref_rate:,.0f} layouts/s"
+    )
+    print(
+        f"vectorized / one at a time: {len(L) / ev / ref_rate:,.0f}x (case 1), {rate / ref_rate:,.0f}x (case 3); "
+        f"largest relative difference {worst:.1e}"
+    )
     if worst > 1e-9:
-        print("MISMATCH between the vectorized evaluation and one layout at a time", file=sys.stderr)
+        print(
+            "MISMATCH between the vectorized evaluation and one layout at a time", file=sys.stderr
+        )
         return 1
     return 0
 

@@ -26,6 +26,7 @@ Usage:
   python bench/timing_measure.py --only moe_ffn --merge --out dsim/data/timing_h100.json
 At the end it runs bench/validate_timing.py on the new file (skip with --no-validate).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,20 +35,21 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch                                   # noqa: E402
-import torch.nn.functional as F                # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
-from dsim.config import ModelArgs              # noqa: E402
-from dsim.model import MoE, Gate, grouped_mm   # noqa: E402
+from dsim.config import ModelArgs  # noqa: E402
+from dsim.model import Gate, MoE, grouped_mm  # noqa: E402
 
 SCHEMA = 1
-L2_FLUSH_BYTES = 256 * 2**20   # > 4x the L2 of an H100 (50 MiB) or H200 (60 MiB)
+L2_FLUSH_BYTES = 256 * 2**20  # > 4x the L2 of an H100 (50 MiB) or H200 (60 MiB)
 
 # ---------------------------------------------------------------------------------------------
 # The grids. A case: op, split, backward, dtype, shape (the keyword arguments of op_time).
@@ -55,15 +57,19 @@ L2_FLUSH_BYTES = 256 * 2**20   # > 4x the L2 of an H100 (50 MiB) or H200 (60 MiB
 # MoE layer widths (dim, moe_inter_dim, n_routed_experts, n_activated_experts). Calibration and validation use different
 # models so that the validation error says how the model does on a layer it has never seen.
 MOE_CAL = [(3072, 8192, 8, 2), (2048, 1024, 32, 4), (5120, 1536, 160, 6), (4096, 1536, 128, 8)]
-MOE_VAL = [(4096, 14336, 8, 2),    # Mixtral-8x7B
-           (6144, 16384, 8, 2),    # Mixtral-8x22B
-           (2048, 1408, 64, 6),    # DeepSeekMoE-16B / DeepSeek-V2-Lite
-           (2048, 768, 128, 8),    # Qwen3-30B-A3B-like
-           (1024, 512, 64, 8),     # OLMoE-like, small
-           (7168, 2048, 256, 8)]   # DeepSeek-V3
+MOE_VAL = [
+    (4096, 14336, 8, 2),  # Mixtral-8x7B
+    (6144, 16384, 8, 2),  # Mixtral-8x22B
+    (2048, 1408, 64, 6),  # DeepSeekMoE-16B / DeepSeek-V2-Lite
+    (2048, 768, 128, 8),  # Qwen3-30B-A3B-like
+    (1024, 512, 64, 8),  # OLMoE-like, small
+    (7168, 2048, 256, 8),
+]  # DeepSeek-V3
 
 
-def case(op: str, split: str, shape: dict[str, Any], backward: bool = False, dtype: str = "bf16") -> dict:
+def case(
+    op: str, split: str, shape: dict[str, Any], backward: bool = False, dtype: str = "bf16"
+) -> dict:
     return dict(op=op, split=split, backward=backward, dtype=dtype, shape=shape)
 
 
@@ -74,22 +80,43 @@ def full_grid() -> list[dict]:
     for s in (512, 1024, 2048, 3072, 4096, 6144, 8192):
         cases.append(case("gemm", C, dict(m=s, n=s, k=s)))
     for m in (256, 1024, 4096, 16384):
-        for n, k in ((4096, 4096), (14336, 4096), (4096, 14336), (1536, 5120), (24576, 1536), (2048, 2048)):
+        for n, k in (
+            (4096, 4096),
+            (14336, 4096),
+            (4096, 14336),
+            (1536, 5120),
+            (24576, 1536),
+            (2048, 2048),
+        ):
             cases.append(case("gemm", C, dict(m=m, n=n, k=k)))
-    for m in (1024, 4096, 16384):                      # a thin inner dimension: the tile epilogue shows
+    for m in (1024, 4096, 16384):  # a thin inner dimension: the tile epilogue shows
         for n, k in ((16384, 256), (12288, 768)):
             cases.append(case("gemm", C, dict(m=m, n=n, k=k)))
     for m in (1, 8, 32, 128):
         for n, k in ((4096, 4096), (14336, 4096), (4096, 14336), (1536, 5120)):
             cases.append(case("gemm", C, dict(m=m, n=n, k=k)))
-    for m in (1, 128, 1024, 8192, 32768):              # the router's fp32 GEMM
+    for m in (1, 128, 1024, 8192, 32768):  # the router's fp32 GEMM
         for n, k in ((16, 4096), (64, 2048), (256, 7168)):
             cases.append(case("gemm", C, dict(m=m, n=n, k=k), dtype="fp32"))
     for m in (512, 3000, 8192, 12288):
-        for n, k in ((18432, 7168), (7168, 18432), (7168, 16384), (32768, 512), (10944, 2048), (5120, 5120)):
+        for n, k in (
+            (18432, 7168),
+            (7168, 18432),
+            (7168, 16384),
+            (32768, 512),
+            (10944, 2048),
+            (5120, 5120),
+        ):
             cases.append(case("gemm", V, dict(m=m, n=n, k=k)))
     for m in (1, 4, 16, 64):
-        for n, k in ((18432, 7168), (7168, 16384), (24576, 1536), (576, 7168), (32768, 512), (10944, 2048)):
+        for n, k in (
+            (18432, 7168),
+            (7168, 16384),
+            (24576, 1536),
+            (576, 7168),
+            (32768, 512),
+            (10944, 2048),
+        ):
             cases.append(case("gemm", V, dict(m=m, n=n, k=k)))
     for m in (2048, 16384):
         for n, k in ((8, 4096), (160, 5120), (256, 7168)):
@@ -111,32 +138,86 @@ def full_grid() -> list[dict]:
             if groups * rows * max(n, k) * 2 > 8e9:
                 continue
             for bwd in (False, True):
-                cases.append(case("grouped_gemm", C, dict(tokens=groups * rows, n=n, k=k, groups=groups), bwd))
+                cases.append(
+                    case(
+                        "grouped_gemm", C, dict(tokens=groups * rows, n=n, k=k, groups=groups), bwd
+                    )
+                )
     # Pieces of the permutation.
     for rows, width in ((4096, 2048), (32768, 4096), (131072, 2048), (262144, 7168)):
         for bwd in (False, True):
             for op in ("gather_rows", "index_select_rows", "index_add_rows"):
                 cases.append(case(op, C, dict(rows=rows, width=width, dst_rows=rows // 8), bwd))
-    for n, groups in ((8192, 8), (131072, 64), (1048576, 256), (4096, 160), (1024, 64), (2048, 256), (32768, 16),
-                      (262144, 128)):
+    for n, groups in (
+        (8192, 8),
+        (131072, 64),
+        (1048576, 256),
+        (4096, 160),
+        (1024, 64),
+        (2048, 256),
+        (32768, 16),
+        (262144, 128),
+    ):
         cases.append(case("sort", C, dict(n=n, groups=groups)))
 
     # Attention: MHA-like head dims (flash) and MLA head dims (qk 192 != v 128).
-    cal_bsh = ((1, 1024, 16), (4, 2048, 16), (1, 4096, 32), (2, 8192, 8), (8, 512, 32), (16, 256, 16))
-    val_bsh = ((2, 1024, 32), (1, 2048, 128), (4, 4096, 16), (1, 8192, 16), (8, 1536, 8), (32, 384, 16))
+    cal_bsh = (
+        (1, 1024, 16),
+        (4, 2048, 16),
+        (1, 4096, 32),
+        (2, 8192, 8),
+        (8, 512, 32),
+        (16, 256, 16),
+    )
+    val_bsh = (
+        (2, 1024, 32),
+        (1, 2048, 128),
+        (4, 4096, 16),
+        (1, 8192, 16),
+        (8, 1536, 8),
+        (32, 384, 16),
+    )
     for split, grid in ((C, cal_bsh), (V, val_bsh)):
         for b, s, h in grid:
             for qk, v in ((128, 128), (192, 128)):
                 for causal in (True, False):
                     for bwd in (False, True):
-                        cases.append(case("attention", split, dict(batch=b, seq_len=s, n_heads=h, qk_head_dim=qk,
-                                                                   v_head_dim=v, causal=causal), bwd))
-    for split, grid in ((C, ((8, 4096, 32), (64, 2048, 16), (1, 32768, 32))),
-                        (V, ((16, 8192, 32), (128, 1024, 16), (4, 16384, 128)))):
-        for b, s, h in grid:                                          # decode: one query, s keys
+                        cases.append(
+                            case(
+                                "attention",
+                                split,
+                                dict(
+                                    batch=b,
+                                    seq_len=s,
+                                    n_heads=h,
+                                    qk_head_dim=qk,
+                                    v_head_dim=v,
+                                    causal=causal,
+                                ),
+                                bwd,
+                            )
+                        )
+    for split, grid in (
+        (C, ((8, 4096, 32), (64, 2048, 16), (1, 32768, 32))),
+        (V, ((16, 8192, 32), (128, 1024, 16), (4, 16384, 128))),
+    ):
+        for b, s, h in grid:  # decode: one query, s keys
             for qk, v in ((128, 128), (192, 128)):
-                cases.append(case("attention", split, dict(batch=b, seq_len=1, kv_seq_len=s, n_heads=h,
-                                                           qk_head_dim=qk, v_head_dim=v, causal=False)))
+                cases.append(
+                    case(
+                        "attention",
+                        split,
+                        dict(
+                            batch=b,
+                            seq_len=1,
+                            kv_seq_len=s,
+                            n_heads=h,
+                            qk_head_dim=qk,
+                            v_head_dim=v,
+                            causal=False,
+                        ),
+                    )
+                )
 
     # Memory-bound ops.
     for t in (1, 32, 256, 4096, 16384, 65536):
@@ -150,57 +231,112 @@ def full_grid() -> list[dict]:
     for kind in ("add", "copy", "cast", "bcast_mul", "sum_k"):
         for e in (14, 16, 18, 20, 22, 24, 26, 28):
             cases.append(case("elementwise", C, elementwise_shape(kind, 2**e)))
-    for k in (1, 2, 4, 8, 16, 32):                      # k tiny kernels back to back: launch latency and gaps
-        cases.append(case("elementwise", C, dict(bytes=16384 * k, kind="chain", numel=4096, kernels=k)))
+    for k in (1, 2, 4, 8, 16, 32):  # k tiny kernels back to back: launch latency and gaps
+        cases.append(
+            case("elementwise", C, dict(bytes=16384 * k, kind="chain", numel=4096, kernels=k))
+        )
     for kind in ("mul", "silu", "cast", "add", "copy", "bcast_mul", "sum_k"):
-        for n in (3000 * 1024 // 1000, 50_000 * 1024 // 1000, 700_000 * 1024 // 1000, 5_000_000, 30_000_000,
-                  120_000_000, 400_000_000):
+        for n in (
+            3000 * 1024 // 1000,
+            50_000 * 1024 // 1000,
+            700_000 * 1024 // 1000,
+            5_000_000,
+            30_000_000,
+            120_000_000,
+            400_000_000,
+        ):
             n = n // 8192 * 8192 if kind in ("bcast_mul", "sum_k") and n >= 8192 else n
             if kind in ("bcast_mul", "sum_k") and n < 8192:
                 continue
             cases.append(case("elementwise", V, elementwise_shape(kind, n)))
     for k in (3, 12, 24):
-        cases.append(case("elementwise", V, dict(bytes=16384 * k, kind="chain", numel=4096, kernels=k)))
+        cases.append(
+            case("elementwise", V, dict(bytes=16384 * k, kind="chain", numel=4096, kernels=k))
+        )
     for t in (1, 64, 256, 1024, 4096, 32768):
         for d, e, k in ((4096, 8, 2), (2048, 64, 6), (3072, 32, 4), (5120, 256, 8)):
-            cases.append(case("gate", C, dict(tokens=t, dim=d, n_routed_experts=e, n_activated_experts=k)))
+            cases.append(
+                case("gate", C, dict(tokens=t, dim=d, n_routed_experts=e, n_activated_experts=k))
+            )
     for t in (1, 128, 2048, 16384):
-        for d, e, k in ((7168, 256, 8), (5120, 160, 6), (2048, 128, 8), (4096, 8, 2), (6144, 8, 2),
-                        (2048, 64, 6), (1024, 64, 8), (2560, 96, 4), (7168, 64, 4), (1536, 16, 2)):
-            cases.append(case("gate", V, dict(tokens=t, dim=d, n_routed_experts=e, n_activated_experts=k)))
+        for d, e, k in (
+            (7168, 256, 8),
+            (5120, 160, 6),
+            (2048, 128, 8),
+            (4096, 8, 2),
+            (6144, 8, 2),
+            (2048, 64, 6),
+            (1024, 64, 8),
+            (2560, 96, 4),
+            (7168, 64, 4),
+            (1536, 16, 2),
+        ):
+            cases.append(
+                case("gate", V, dict(tokens=t, dim=d, n_routed_experts=e, n_activated_experts=k))
+            )
     return cases
 
 
 def quick_grid() -> list[dict]:
     """A tiny grid that exercises every code path in seconds on a CPU."""
     C, V = "calibration", "validation"
-    cases = [case("gemm", C, dict(m=64, n=128, k=96)), case("gemm", V, dict(m=3, n=256, k=64)),
-             case("gemm", C, dict(m=128, n=8, k=64), dtype="fp32"),
-             case("grouped_gemm", C, dict(tokens=64, n=32, k=48, groups=4), True),
-             case("sort", C, dict(n=1000, groups=8))]
+    cases = [
+        case("gemm", C, dict(m=64, n=128, k=96)),
+        case("gemm", V, dict(m=3, n=256, k=64)),
+        case("gemm", C, dict(m=128, n=8, k=64), dtype="fp32"),
+        case("grouped_gemm", C, dict(tokens=64, n=32, k=48, groups=4), True),
+        case("sort", C, dict(n=1000, groups=8)),
+    ]
     for op in ("gather_rows", "index_select_rows", "index_add_rows"):
         cases.append(case(op, C, dict(rows=256, width=64, dst_rows=32), True))
     for split, t in ((C, 32), (V, 48)):
         for bwd in (False, True):
             cases.append(case("moe_ffn", split, moe_shape((64, 32, 8, 2), t), bwd))
-            cases.append(case("attention", split, dict(batch=1, seq_len=t, n_heads=2, qk_head_dim=24, v_head_dim=16,
-                                                       causal=True), bwd))
+            cases.append(
+                case(
+                    "attention",
+                    split,
+                    dict(batch=1, seq_len=t, n_heads=2, qk_head_dim=24, v_head_dim=16, causal=True),
+                    bwd,
+                )
+            )
             cases.append(case("rmsnorm", split, dict(tokens=t, dim=64), bwd))
-    cases.append(case("attention", V, dict(batch=2, seq_len=1, kv_seq_len=40, n_heads=2, qk_head_dim=16, v_head_dim=16,
-                                           causal=False)))
-    cases += [case("elementwise", C, elementwise_shape("add", 4096)),
-              case("elementwise", C, elementwise_shape("bcast_mul", 8192)),
-              case("elementwise", C, elementwise_shape("sum_k", 8192)),
-              case("elementwise", C, dict(bytes=16384 * 4, kind="chain", numel=4096, kernels=4)),
-              case("elementwise", V, elementwise_shape("silu", 5000)),
-              case("gate", C, dict(tokens=32, dim=64, n_routed_experts=8, n_activated_experts=2)),
-              case("gate", V, dict(tokens=16, dim=32, n_routed_experts=16, n_activated_experts=4))]
+    cases.append(
+        case(
+            "attention",
+            V,
+            dict(
+                batch=2,
+                seq_len=1,
+                kv_seq_len=40,
+                n_heads=2,
+                qk_head_dim=16,
+                v_head_dim=16,
+                causal=False,
+            ),
+        )
+    )
+    cases += [
+        case("elementwise", C, elementwise_shape("add", 4096)),
+        case("elementwise", C, elementwise_shape("bcast_mul", 8192)),
+        case("elementwise", C, elementwise_shape("sum_k", 8192)),
+        case("elementwise", C, dict(bytes=16384 * 4, kind="chain", numel=4096, kernels=4)),
+        case("elementwise", V, elementwise_shape("silu", 5000)),
+        case("gate", C, dict(tokens=32, dim=64, n_routed_experts=8, n_activated_experts=2)),
+        case("gate", V, dict(tokens=16, dim=32, n_routed_experts=16, n_activated_experts=4)),
+    ]
     return cases
 
 
 def moe_shape(fam: tuple[int, int, int, int], tokens: int) -> dict:
     dim, inter, experts, top_k = fam
-    return dict(tokens=tokens, dim=dim, moe_inter_dim=inter, n_routed_experts=experts, n_activated_experts=top_k)
+    return dict(
+        tokens=tokens,
+        dim=dim,
+        moe_inter_dim=inter,
+        n_routed_experts=experts,
+        n_activated_experts=top_k,
+    )
 
 
 # bytes moved per element (read + written, bf16 = 2 bytes; cast reads bf16, writes fp32; bcast_mul:
@@ -222,30 +358,42 @@ class Timer:
         self.device, self.quick = device, quick
         self.cuda = device.type == "cuda"
         if self.cuda:
-            self.flush_buf = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.float32, device=device).fill_(1.0)
+            self.flush_buf = torch.empty(
+                L2_FLUSH_BYTES // 4, dtype=torch.float32, device=device
+            ).fill_(1.0)
             self.cycles_per_ms = self._sleep_rate()
 
     def _sleep_rate(self) -> float:
         """GPU clock cycles per millisecond of torch.cuda._sleep, measured once."""
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda._sleep(1000)
-        s.record(); torch.cuda._sleep(2_000_000); e.record(); torch.cuda.synchronize()
+        s.record()
+        torch.cuda._sleep(2_000_000)
+        e.record()
+        torch.cuda.synchronize()
         return 2_000_000 / max(s.elapsed_time(e), 1e-3)
 
     def once(self, fn: Callable[[], Any], setup: Callable[[], Any] | None) -> float:
         if setup:
             setup()
         if not self.cuda:
-            t0 = time.perf_counter(); fn(); return time.perf_counter() - t0
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(); s.record(); fn(); e.record(); torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
         return s.elapsed_time(e) / 1e3
 
-    def measure(self, fn: Callable[[], Any], setup: Callable[[], Any] | None = None,
-                sleep_ms: float = 0.3) -> dict[str, Any]:
+    def measure(
+        self, fn: Callable[[], Any], setup: Callable[[], Any] | None = None, sleep_ms: float = 0.3
+    ) -> dict[str, Any]:
         """Median time (s) of repeats of fn; setup runs before each, outside the timed region."""
-        first = self.once(fn, setup)                                  # warm-up (allocations, heuristics)
-        est = min(first, self.once(fn, setup))                        # second warm-up, and an estimate
+        first = self.once(fn, setup)  # warm-up (allocations, heuristics)
+        est = min(first, self.once(fn, setup))  # second warm-up, and an estimate
         if self.quick:
             reps = 3
         else:
@@ -255,16 +403,23 @@ class Timer:
             for _ in range(reps):
                 if setup:
                     setup()
-                t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
         else:
-            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+            events = [
+                (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                for _ in range(reps)
+            ]
             torch.cuda.synchronize()
             for s, e in events:
                 if setup:
                     setup()
-                self.flush_buf.sum()                                  # evict the L2 by reading 256 MiB
+                self.flush_buf.sum()  # evict the L2 by reading 256 MiB
                 torch.cuda._sleep(int(self.cycles_per_ms * sleep_ms))  # let the CPU queue the op
-                s.record(); fn(); e.record()
+                s.record()
+                fn()
+                e.record()
             torch.cuda.synchronize()
             times = [s.elapsed_time(e) / 1e3 for s, e in events]
         times.sort()
@@ -282,7 +437,9 @@ def sync(device: torch.device) -> None:
 DT = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def _randn(*shape: int, device: torch.device, dtype=torch.bfloat16, grad: bool = False) -> torch.Tensor:
+def _randn(
+    *shape: int, device: torch.device, dtype=torch.bfloat16, grad: bool = False
+) -> torch.Tensor:
     return torch.randn(*shape, device=device, dtype=dtype).requires_grad_(grad)
 
 
@@ -299,6 +456,7 @@ def _backward_fn(forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor]
     def setup() -> None:
         for t in leaves:
             t.grad = None
+
     return fn, setup
 
 
@@ -315,11 +473,23 @@ class MoECache:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             dim, inter, experts, top_k = fam
-            args = ModelArgs(dim=dim, moe_inter_dim=inter, n_routed_experts=experts, n_activated_experts=top_k,
-                             n_shared_experts=0, n_layers=1, n_dense_layers=0, inter_dim=0, score_func="softmax",
-                             route_norm=True, name="timing")
+            args = ModelArgs(
+                dim=dim,
+                moe_inter_dim=inter,
+                n_routed_experts=experts,
+                n_activated_experts=top_k,
+                n_shared_experts=0,
+                n_layers=1,
+                n_dense_layers=0,
+                inter_dim=0,
+                score_func="softmax",
+                route_norm=True,
+                name="timing",
+            )
             default = torch.get_default_dtype()
-            torch.set_default_dtype(torch.bfloat16)   # build the weights directly in bf16 on the device
+            torch.set_default_dtype(
+                torch.bfloat16
+            )  # build the weights directly in bf16 on the device
             try:
                 with torch.device(device):
                     self.moe = MoE(args)
@@ -338,8 +508,10 @@ def build(c: dict, device: torch.device):
     setup = None
     if op == "gemm":
         x = _randn(s["m"], s["k"], device=device, dtype=dtype, grad=bwd)
-        w = (_randn(s["n"], s["k"], device=device, dtype=dtype) * s["k"] ** -0.5).requires_grad_(bwd)
-        fn = lambda: F.linear(x, w)                                    # noqa: E731
+        w = (_randn(s["n"], s["k"], device=device, dtype=dtype) * s["k"] ** -0.5).requires_grad_(
+            bwd
+        )
+        fn = lambda: F.linear(x, w)  # noqa: E731
         if bwd:
             fn, setup = _backward_fn(lambda: F.linear(x, w), [x, w])
     elif op == "moe_ffn":
@@ -348,9 +520,15 @@ def build(c: dict, device: torch.device):
         x = _randn(s["tokens"], s["dim"], device=device, grad=bwd)
         with torch.no_grad():
             moe(x)
-        counts = torch.bincount(moe.routing.indices.flatten(), minlength=s["n_routed_experts"]).tolist()
-        extra["expert_counts"] = dict(max=max(counts), min=min(counts), tiles64=sum(math.ceil(n / 64) for n in counts),
-                                      tiles128=sum(math.ceil(n / 128) for n in counts))
+        counts = torch.bincount(
+            moe.routing.indices.flatten(), minlength=s["n_routed_experts"]
+        ).tolist()
+        extra["expert_counts"] = dict(
+            max=max(counts),
+            min=min(counts),
+            tiles64=sum(math.ceil(n / 64) for n in counts),
+            tiles128=sum(math.ceil(n / 128) for n in counts),
+        )
         if bwd:
             fn, setup0 = _backward_fn(lambda: moe(x), [x])
 
@@ -358,6 +536,7 @@ def build(c: dict, device: torch.device):
                 setup0()
                 moe.zero_grad(set_to_none=True)
         else:
+
             def fn():
                 with torch.no_grad():
                     return moe(x)
@@ -366,7 +545,7 @@ def build(c: dict, device: torch.device):
         xs = _randn(s["tokens"], s["k"], device=device, grad=bwd)
         w = (_randn(g, s["n"], s["k"], device=device) * s["k"] ** -0.5).requires_grad_(bwd)
         counts = torch.full((g,), rows, device=device, dtype=torch.long)
-        fn = lambda: grouped_mm(xs, w, counts)                         # noqa: E731
+        fn = lambda: grouped_mm(xs, w, counts)  # noqa: E731
         if bwd:
             fn, setup = _backward_fn(lambda: grouped_mm(xs, w, counts), [xs, w])
     elif op in ("gather_rows", "index_select_rows", "index_add_rows"):
@@ -374,7 +553,9 @@ def build(c: dict, device: torch.device):
         idx = torch.randint(0, dst, (rows,), device=device)
         if op == "index_add_rows":
             src = _randn(rows, width, device=device, grad=bwd)
-            fwd = lambda: torch.zeros(dst, width, device=device, dtype=torch.bfloat16).index_add_(0, idx, src)  # noqa: E731
+            fwd = lambda: torch.zeros(dst, width, device=device, dtype=torch.bfloat16).index_add_(
+                0, idx, src
+            )  # noqa: E731
             leaves = [src]
         else:
             src = _randn(dst, width, device=device, grad=bwd)
@@ -385,13 +566,18 @@ def build(c: dict, device: torch.device):
             fn, setup = _backward_fn(fwd, leaves)
     elif op == "sort":
         keys = torch.randint(0, s["groups"], (s["n"],), device=device)
-        fn = lambda: torch.argsort(keys, stable=True)                  # noqa: E731
+        fn = lambda: torch.argsort(keys, stable=True)  # noqa: E731
     elif op == "attention":
         b, sq, h, qk, v = s["batch"], s["seq_len"], s["n_heads"], s["qk_head_dim"], s["v_head_dim"]
         skv = s.get("kv_seq_len", sq)
-        leaves = [_randn(b, sq, h, qk, device=device, grad=bwd), _randn(b, skv, h, qk, device=device, grad=bwd),
-                  _randn(b, skv, h, v, device=device, grad=bwd)]
-        q, k, vv = (t.transpose(1, 2) for t in leaves)                 # [B, H, S, d] views, as dsim.model.attention
+        leaves = [
+            _randn(b, sq, h, qk, device=device, grad=bwd),
+            _randn(b, skv, h, qk, device=device, grad=bwd),
+            _randn(b, skv, h, v, device=device, grad=bwd),
+        ]
+        q, k, vv = (
+            t.transpose(1, 2) for t in leaves
+        )  # [B, H, S, d] views, as dsim.model.attention
         causal = s["causal"]
         fwd = lambda: F.scaled_dot_product_attention(q, k, vv, is_causal=causal)  # noqa: E731
         extra["backend"] = sdpa_backend(q, k, vv, causal)
@@ -401,7 +587,7 @@ def build(c: dict, device: torch.device):
     elif op == "rmsnorm":
         x = _randn(s["tokens"], s["dim"], device=device, grad=bwd)
         w = torch.ones(s["dim"], device=device, dtype=torch.bfloat16, requires_grad=bwd)
-        fwd = lambda: F.rms_norm(x, (s["dim"],), w, 1e-6)           # noqa: E731
+        fwd = lambda: F.rms_norm(x, (s["dim"],), w, 1e-6)  # noqa: E731
         fn = fwd
         if bwd:
             fn, setup = _backward_fn(fwd, [x, w])
@@ -410,23 +596,38 @@ def build(c: dict, device: torch.device):
         a, b = _randn(n, device=device), _randn(n, device=device)
         out = torch.empty_like(a)
         if kind == "chain":
+
             def fn():
                 for _ in range(s["kernels"]):
                     a.add_(1.0)
         elif kind == "bcast_mul":
             a2, w = a.view(-1, 1024), _randn(n // 1024, 1, device=device)
-            fn = lambda: a2 * w                                        # noqa: E731
+            fn = lambda: a2 * w  # noqa: E731
         elif kind == "sum_k":
             a3 = a.view(-1, 8, 1024)
-            fn = lambda: a3.sum(1)                                     # noqa: E731
+            fn = lambda: a3.sum(1)  # noqa: E731
         else:
-            fn = {"add": lambda: torch.add(a, b, out=out), "copy": lambda: out.copy_(a), "mul": lambda: a * b,
-                  "silu": lambda: F.silu(a), "cast": lambda: a.float()}[kind]
+            fn = {
+                "add": lambda: torch.add(a, b, out=out),
+                "copy": lambda: out.copy_(a),
+                "mul": lambda: a * b,
+                "silu": lambda: F.silu(a),
+                "cast": lambda: a.float(),
+            }[kind]
     elif op == "gate":
-        args = ModelArgs(dim=s["dim"], n_routed_experts=s["n_routed_experts"],
-                         n_activated_experts=s["n_activated_experts"],
-                         n_shared_experts=0, n_layers=1, n_dense_layers=0, inter_dim=0, moe_inter_dim=16,
-                         score_func="softmax", route_norm=True, name="timing")
+        args = ModelArgs(
+            dim=s["dim"],
+            n_routed_experts=s["n_routed_experts"],
+            n_activated_experts=s["n_activated_experts"],
+            n_shared_experts=0,
+            n_layers=1,
+            n_dense_layers=0,
+            inter_dim=0,
+            moe_inter_dim=16,
+            score_func="softmax",
+            route_norm=True,
+            name="timing",
+        )
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)
         try:
@@ -448,9 +649,10 @@ def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
     """The backend F.scaled_dot_product_attention picks for these inputs (flash, efficient, cudnn, math)."""
     try:
         from torch.nn.attention import SDPBackend
+
         choice = torch._fused_sdp_choice(q, k, v, None, 0.0, causal)
         return SDPBackend(choice).name.lower()
-    except Exception as e:                                   # private API; keep the measurement going
+    except Exception as e:  # private API; keep the measurement going
         return f"unknown ({type(e).__name__})"
 
 
@@ -459,6 +661,7 @@ def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
 # ---------------------------------------------------------------------------------------------
 def profile_case(c: dict, device: torch.device) -> dict:
     from torch.profiler import ProfilerActivity, profile
+
     fn, setup, _ = build(c, device)
     for _ in range(2):
         if setup:
@@ -467,7 +670,9 @@ def profile_case(c: dict, device: torch.device) -> dict:
     sync(device)
     if setup:
         setup()
-    kind = torch.autograd.DeviceType.CUDA if device.type == "cuda" else torch.autograd.DeviceType.CPU
+    kind = (
+        torch.autograd.DeviceType.CUDA if device.type == "cuda" else torch.autograd.DeviceType.CPU
+    )
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
         fn()
@@ -479,12 +684,19 @@ def profile_case(c: dict, device: torch.device) -> dict:
             dur = evt.time_range.elapsed_us() if hasattr(evt, "time_range") else 0.0
             name = evt.name if len(evt.name) < 200 else evt.name[:197] + "..."
             kernels.setdefault(name, []).append(dur)
-            sequence.append((evt.time_range.start if hasattr(evt, "time_range") else 0.0, name, dur))
+            sequence.append(
+                (evt.time_range.start if hasattr(evt, "time_range") else 0.0, name, dur)
+            )
     rows = sorted(([n, len(d), sum(d) * 1e-6] for n, d in kernels.items()), key=lambda r: -r[2])
     sequence.sort()
-    return dict(op=c["op"], backward=c["backward"], shape=c["shape"], dtype=c["dtype"],
-                kernels=[dict(name=n, count=k, time_s=t) for n, k, t in rows],
-                sequence=[dict(name=n, time_s=d * 1e-6) for _, n, d in sequence[:300]])
+    return dict(
+        op=c["op"],
+        backward=c["backward"],
+        shape=c["shape"],
+        dtype=c["dtype"],
+        kernels=[dict(name=n, count=k, time_s=t) for n, k, t in rows],
+        sequence=[dict(name=n, time_s=d * 1e-6) for _, n, d in sequence[:300]],
+    )
 
 
 PROFILE_CASES = [
@@ -492,14 +704,44 @@ PROFILE_CASES = [
     case("moe_ffn", "profile", moe_shape((2048, 1408, 64, 6), 4096), True),
     case("moe_ffn", "profile", moe_shape((7168, 2048, 256, 8), 512), True),
     case("moe_ffn", "profile", moe_shape((4096, 14336, 8, 2), 64), False),
-    case("attention", "profile", dict(batch=2, seq_len=4096, n_heads=16,
-                                       qk_head_dim=128, v_head_dim=128, causal=True), True),
-    case("attention", "profile", dict(batch=2, seq_len=4096, n_heads=16,
-                                       qk_head_dim=192, v_head_dim=128, causal=True), True),
-    case("attention", "profile", dict(batch=8, seq_len=1, kv_seq_len=4096, n_heads=32,
-                                       qk_head_dim=128, v_head_dim=128, causal=False)),
-    case("attention", "profile", dict(batch=8, seq_len=1, kv_seq_len=4096, n_heads=32,
-                                       qk_head_dim=192, v_head_dim=128, causal=False)),
+    case(
+        "attention",
+        "profile",
+        dict(batch=2, seq_len=4096, n_heads=16, qk_head_dim=128, v_head_dim=128, causal=True),
+        True,
+    ),
+    case(
+        "attention",
+        "profile",
+        dict(batch=2, seq_len=4096, n_heads=16, qk_head_dim=192, v_head_dim=128, causal=True),
+        True,
+    ),
+    case(
+        "attention",
+        "profile",
+        dict(
+            batch=8,
+            seq_len=1,
+            kv_seq_len=4096,
+            n_heads=32,
+            qk_head_dim=128,
+            v_head_dim=128,
+            causal=False,
+        ),
+    ),
+    case(
+        "attention",
+        "profile",
+        dict(
+            batch=8,
+            seq_len=1,
+            kv_seq_len=4096,
+            n_heads=32,
+            qk_head_dim=192,
+            v_head_dim=128,
+            causal=False,
+        ),
+    ),
     case("gemm", "profile", dict(m=8192, n=8192, k=8192)),
     case("gemm", "profile", dict(m=1024, n=1024, k=1024)),
     case("gemm", "profile", dict(m=3000, n=7168, k=18432)),
@@ -511,7 +753,9 @@ PROFILE_CASES = [
     case("grouped_gemm", "profile", dict(tokens=8 * 2048, n=14336, k=4096, groups=8), True),
     case("grouped_gemm", "profile", dict(tokens=64 * 16, n=1408, k=2048, groups=64), True),
     case("rmsnorm", "profile", dict(tokens=8192, dim=4096), True),
-    case("gate", "profile", dict(tokens=4096, dim=2048, n_routed_experts=64, n_activated_experts=6)),
+    case(
+        "gate", "profile", dict(tokens=4096, dim=2048, n_routed_experts=64, n_activated_experts=6)
+    ),
     case("gather_rows", "profile", dict(rows=32768, width=4096, dst_rows=4096), True),
     case("index_select_rows", "profile", dict(rows=32768, width=4096, dst_rows=4096), True),
     case("sort", "profile", dict(n=131072, groups=64)),
@@ -536,35 +780,58 @@ def catalog_name(device_name: str) -> str:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    env: dict[str, Any] = dict(torch=torch.__version__, python=platform.python_version(), device_type=device.type)
+    env: dict[str, Any] = dict(
+        torch=torch.__version__, python=platform.python_version(), device_type=device.type
+    )
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        env.update(device_name=torch.cuda.get_device_name(device), gpu=catalog_name(torch.cuda.get_device_name(device)),
-                   sm_count=p.multi_processor_count, memory_bytes=p.total_memory, capability=list(torch.cuda.get_device_capability(device)),
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                   allow_tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+        env.update(
+            device_name=torch.cuda.get_device_name(device),
+            gpu=catalog_name(torch.cuda.get_device_name(device)),
+            sm_count=p.multi_processor_count,
+            memory_bytes=p.total_memory,
+            capability=list(torch.cuda.get_device_capability(device)),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            allow_tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        )
         for attr in ("L2_cache_size", "clock_rate", "memory_clock_rate"):
             if hasattr(p, attr):
                 env[attr] = getattr(p, attr)
     else:
-        env.update(device_name=platform.processor() or "cpu", gpu="cpu", threads=torch.get_num_threads())
+        env.update(
+            device_name=platform.processor() or "cpu", gpu="cpu", threads=torch.get_num_threads()
+        )
     return env
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", required=True, help="output JSON (e.g. dsim/data/timing_h100.json)")
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny grid, 3 repeats (tests the code paths)")
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny grid, 3 repeats (tests the code paths)"
+    )
     ap.add_argument("--only", default="", help="comma-separated op kinds to measure (default: all)")
-    ap.add_argument("--merge", action="store_true", help="replace only the measured op kinds in an existing --out")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the measured op kinds in an existing --out",
+    )
     ap.add_argument("--no-profile", action="store_true", help="skip the kernel profiles")
-    ap.add_argument("--no-validate", action="store_true", help="do not run bench/validate_timing.py afterwards")
+    ap.add_argument(
+        "--no-validate", action="store_true", help="do not run bench/validate_timing.py afterwards"
+    )
     a = ap.parse_args(argv)
 
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available: use --device cpu --quick to test the code paths", file=sys.stderr)
+        print(
+            "CUDA is not available: use --device cpu --quick to test the code paths",
+            file=sys.stderr,
+        )
         return 2
     torch.manual_seed(0)
     start = time.time()
@@ -575,7 +842,10 @@ def main(argv: list[str] | None = None) -> int:
     # (the grids list the MoE cases layer width by layer width, so each module is built once)
     timer = Timer(device, a.quick)
     env = environment(device)
-    print(f"timing_measure: {len(cases)} cases on {env['device_name']} (torch {env['torch']})", flush=True)
+    print(
+        f"timing_measure: {len(cases)} cases on {env['device_name']} (torch {env['torch']})",
+        flush=True,
+    )
 
     records: list[dict] = []
     last_op, n_done = None, 0
@@ -583,21 +853,26 @@ def main(argv: list[str] | None = None) -> int:
         if c["op"] != last_op:
             print(f"  [{time.time() - start:6.1f}s] {c['op']} ...", flush=True)
             last_op = c["op"]
-            MOE_CACHE.moe = MOE_CACHE.key = None                     # free the last MoE layer's weights
+            MOE_CACHE.moe = MOE_CACHE.key = None  # free the last MoE layer's weights
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         try:
             fn, setup, extra = build(c, device)
-            sleep_ms = 5.0 if c["op"] == "moe_ffn" else 2.0 if c["op"] == "gate" or c["backward"] else 0.3
+            sleep_ms = (
+                5.0 if c["op"] == "moe_ffn" else 2.0 if c["op"] == "gate" or c["backward"] else 0.3
+            )
             res = timer.measure(fn, setup, sleep_ms)
             records.append({**c, **res, **({"extra": extra} if extra else {})})
             n_done += 1
         except torch.cuda.OutOfMemoryError as e:
             records.append({**c, "error": f"OOM: {str(e)[:200]}"})
             print(f"    OOM in {c['op']} {c['shape']}", flush=True)
-        except Exception as e:                                   # record and keep going
+        except Exception as e:  # record and keep going
             records.append({**c, "error": f"{type(e).__name__}: {str(e)[:300]}"})
-            print(f"    error in {c['op']} {c['shape']}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            print(
+                f"    error in {c['op']} {c['shape']}: {type(e).__name__}: {str(e)[:200]}",
+                flush=True,
+            )
         finally:
             fn = setup = None
         if (i + 1) % 50 == 0:
@@ -609,7 +884,11 @@ def main(argv: list[str] | None = None) -> int:
     profiles: list[dict] = []
     if not a.no_profile and not only:
         print(f"  [{time.time() - start:6.1f}s] kernel profiles ...", flush=True)
-        pcases = PROFILE_CASES if not a.quick else [case("moe_ffn", "profile", moe_shape((64, 32, 8, 2), 32), True)]
+        pcases = (
+            PROFILE_CASES
+            if not a.quick
+            else [case("moe_ffn", "profile", moe_shape((64, 32, 8, 2), 32), True)]
+        )
         for c in pcases:
             try:
                 profiles.append(profile_case(c, device))
@@ -618,27 +897,43 @@ def main(argv: list[str] | None = None) -> int:
         MOE_CACHE.moe = MOE_CACHE.key = None
 
     out = Path(a.out)
-    data = dict(schema=SCHEMA, created=time.strftime("%Y-%m-%d %H:%M:%S"), elapsed_s=round(time.time() - start, 1),
-                env=env, quick=a.quick,
-                method=("median of repeats; GPU: CUDA events around one call, L2 flushed (256 MiB read) and the "
-                        "GPU slept before each so the CPU had queued the op; CPU: wall clock"),
-                records=records, profiles=profiles)
+    data = dict(
+        schema=SCHEMA,
+        created=time.strftime("%Y-%m-%d %H:%M:%S"),
+        elapsed_s=round(time.time() - start, 1),
+        env=env,
+        quick=a.quick,
+        method=(
+            "median of repeats; GPU: CUDA events around one call, L2 flushed (256 MiB read) and the "
+            "GPU slept before each so the CPU had queued the op; CPU: wall clock"
+        ),
+        records=records,
+        profiles=profiles,
+    )
     if a.merge and out.exists():
         old = json.loads(out.read_text())
         kept = [r for r in old["records"] if r["op"] not in {c["op"] for c in cases}]
-        data = {**old, "records": kept + records, "merged": old.get("merged", []) + [dict(ops=sorted(only), env=env,
-                                                                                         created=data["created"])]}
+        data = {
+            **old,
+            "records": kept + records,
+            "merged": old.get("merged", [])
+            + [dict(ops=sorted(only), env=env, created=data["created"])],
+        }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1))
     errors = sum("error" in r for r in records)
-    print(f"timing_measure: {n_done} measured, {errors} errors, {time.time() - start:.0f}s; wrote {out}", flush=True)
+    print(
+        f"timing_measure: {n_done} measured, {errors} errors, {time.time() - start:.0f}s; wrote {out}",
+        flush=True,
+    )
 
     if not a.no_validate:
         sys.path.insert(0, str(REPO / "bench"))
         try:
             import validate_timing
+
             validate_timing.main(["--data", str(out)])
-        except Exception as e:                                   # the measurements are safe on disk already
+        except Exception as e:  # the measurements are safe on disk already
             print(f"validate_timing failed: {type(e).__name__}: {e}", flush=True)
     return 0
 

@@ -12,6 +12,7 @@ scores [T, E], indices [T, K], logits [T, E], with T = B*S tokens in batch-major
 Notation (DeepSeek-V3's): N_r = E routed experts, K_r = K chosen per token, s_{i,t} the affinity of
 token t for expert i (softmax or sigmoid of the router logit), b_i the balancing bias of expert i.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 class BalanceConfig(Protocol):
     """The fields of dsim.train.TrainConfig that `aux_losses` reads."""
+
     seq_aux_alpha: float
     switch_aux_alpha: float
     z_loss: float
@@ -36,17 +38,23 @@ def expert_counts(indices: torch.Tensor, n_experts: int) -> torch.Tensor:
     return torch.bincount(indices.flatten(), minlength=n_experts).float()
 
 
-def main_moe_layers(model: "Transformer") -> list["MoE"]:
+def main_moe_layers(model: Transformer) -> list[MoE]:
     """The MoE FFNs of the main trunk (not those inside MTP modules), in layer order."""
     from dsim.model import MoE
+
     return [layer.ffn for layer in model.layers if isinstance(layer.ffn, MoE)]
 
 
 # ------------------------------------------------------------------------------------------
 # Losses
 # ------------------------------------------------------------------------------------------
-def sequence_balance_loss(routing: "Routing", batch: int, seq: int, alpha: float,
-                          count: Literal["scores", "choice"] = "scores") -> torch.Tensor:
+def sequence_balance_loss(
+    routing: Routing,
+    batch: int,
+    seq: int,
+    alpha: float,
+    count: Literal["scores", "choice"] = "scores",
+) -> torch.Tensor:
     """DeepSeek-V3's complementary sequence-wise balance loss (eqs. 17-20), averaged over sequences.
 
     For one sequence of T tokens (the paper's T is the sequence length, not the batch):
@@ -71,17 +79,19 @@ def sequence_balance_loss(routing: "Routing", batch: int, seq: int, alpha: float
     E = routing.scores.shape[-1]
     K = routing.indices.shape[-1]
     if routing.scores.shape[0] != batch * seq:
-        raise ValueError(f"routing has {routing.scores.shape[0]} tokens, not batch * seq = {batch} * {seq}")
-    s = routing.scores.view(batch, seq, E)                                 # [B, S, E]
-    s = s / s.sum(dim=-1, keepdim=True)                                    # s' (19)
+        raise ValueError(
+            f"routing has {routing.scores.shape[0]} tokens, not batch * seq = {batch} * {seq}"
+        )
+    s = routing.scores.view(batch, seq, E)  # [B, S, E]
+    s = s / s.sum(dim=-1, keepdim=True)  # s' (19)
     top = routing.scores.detach().topk(K, dim=-1)[1] if count == "scores" else routing.indices
     chosen = torch.zeros(batch, seq, E, device=s.device).scatter_(-1, top.view(batch, seq, K), 1.0)
-    f = chosen.sum(dim=1) * E / (K * seq)                                  # [B, E] (18), a count
-    P = s.mean(dim=1)                                                      # [B, E] (20)
-    return alpha * (f * P).sum(dim=-1).mean()                              # (17), mean over sequences
+    f = chosen.sum(dim=1) * E / (K * seq)  # [B, E] (18), a count
+    P = s.mean(dim=1)  # [B, E] (20)
+    return alpha * (f * P).sum(dim=-1).mean()  # (17), mean over sequences
 
 
-def switch_loss(routing: "Routing", alpha: float) -> torch.Tensor:
+def switch_loss(routing: Routing, alpha: float) -> torch.Tensor:
     """Switch Transformer's auxiliary loss over the whole batch: alpha * E * sum_i f_i P_i.
 
     f_i: fraction of the T*K (token, expert) assignments that went to expert i (the actual choice);
@@ -90,17 +100,17 @@ def switch_loss(routing: "Routing", alpha: float) -> torch.Tensor:
     alpha * E / K.
     """
     E = routing.scores.shape[-1]
-    p = routing.scores / routing.scores.sum(dim=-1, keepdim=True)         # [T, E]
-    f = expert_counts(routing.indices, E) / routing.indices.numel()       # [E], sums to 1
+    p = routing.scores / routing.scores.sum(dim=-1, keepdim=True)  # [T, E]
+    f = expert_counts(routing.indices, E) / routing.indices.numel()  # [E], sums to 1
     return alpha * E * (f * p.mean(dim=0)).sum()
 
 
-def z_loss(routing: "Routing", coef: float) -> torch.Tensor:
+def z_loss(routing: Routing, coef: float) -> torch.Tensor:
     """ST-MoE's router z-loss: coef * mean_t (logsumexp_i logits_{t,i})^2, keeps router logits small."""
     return coef * torch.logsumexp(routing.logits, dim=-1).square().mean()
 
 
-def aux_losses(model: "Transformer", shape: tuple[int, int], cfg: BalanceConfig) -> torch.Tensor:
+def aux_losses(model: Transformer, shape: tuple[int, int], cfg: BalanceConfig) -> torch.Tensor:
     """Sum of the enabled balance losses over every MoE layer (main and MTP), for input shape (B, S).
 
     An MTP module at depth k routes B * (S - k) tokens; its sequence length is read from its routing.
@@ -125,7 +135,7 @@ def aux_losses(model: "Transformer", shape: tuple[int, int], cfg: BalanceConfig)
 # The auxiliary-loss-free bias update
 # ------------------------------------------------------------------------------------------
 @torch.no_grad()
-def update_bias(model: "Transformer", gamma: float) -> None:
+def update_bias(model: Transformer, gamma: float) -> None:
     """Auxiliary-loss-free balancing (DeepSeek-V3 section 2.1.2), after each optimizer step.
 
     Per MoE layer (main and MTP) and expert, from the load c_i of the step's batch:
@@ -150,10 +160,11 @@ def update_bias(model: "Transformer", gamma: float) -> None:
 @dataclass
 class LoadStats:
     """Expert load of the last step, over the main MoE layers."""
-    load: np.ndarray        # [layers, E] fraction of assignments per expert (rows sum to 1)
-    imbalance: float        # max load / mean load, averaged over layers (1 = balanced, E/K = collapsed)
-    entropy: float          # load entropy / log(E), averaged over layers (1 = uniform)
-    dropped: int            # (token, expert) assignments dropped by a capacity limit, all layers
+
+    load: np.ndarray  # [layers, E] fraction of assignments per expert (rows sum to 1)
+    imbalance: float  # max load / mean load, averaged over layers (1 = balanced, E/K = collapsed)
+    entropy: float  # load entropy / log(E), averaged over layers (1 = uniform)
+    dropped: int  # (token, expert) assignments dropped by a capacity limit, all layers
 
 
 def load_entropy(load: np.ndarray) -> np.ndarray:
@@ -164,7 +175,7 @@ def load_entropy(load: np.ndarray) -> np.ndarray:
     return h / np.log(E) if E > 1 else np.ones_like(h)
 
 
-def load_stats(model: "Transformer", include_mtp: bool = False) -> LoadStats:
+def load_stats(model: Transformer, include_mtp: bool = False) -> LoadStats:
     """Cheap per-step statistics (one bincount per layer), from each layer's last routing.
 
     include_mtp: also count the MoE layers inside MTP modules (off by default, so that runs with
@@ -173,7 +184,7 @@ def load_stats(model: "Transformer", include_mtp: bool = False) -> LoadStats:
     return load_stats_of(model.moe_layers() if include_mtp else main_moe_layers(model))
 
 
-def load_stats_of(layers: list["MoE"]) -> LoadStats:
+def load_stats_of(layers: list[MoE]) -> LoadStats:
     """Load statistics of the given MoE layers' last routing (layers that have not routed are skipped)."""
     rows, dropped = [], 0
     for moe in layers:
@@ -184,13 +195,13 @@ def load_stats_of(layers: list["MoE"]) -> LoadStats:
         dropped += moe.routing.dropped
     if not rows:
         return LoadStats(np.zeros((0, 0), dtype=np.float32), 1.0, 1.0, 0)
-    load = np.stack(rows)                                                 # [L, E]
+    load = np.stack(rows)  # [L, E]
     E = load.shape[1]
     imbalance = float(np.mean(load.max(axis=1) * E))
     return LoadStats(load, imbalance, float(np.mean(load_entropy(load))), dropped)
 
 
-def gate_biases(model: "Transformer", include_mtp: bool = False) -> np.ndarray:
+def gate_biases(model: Transformer, include_mtp: bool = False) -> np.ndarray:
     """The balancing bias of each main MoE layer (and MTP layer if asked): [layers, E]."""
     layers = model.moe_layers() if include_mtp else main_moe_layers(model)
     if not layers:

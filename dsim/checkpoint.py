@@ -21,6 +21,7 @@ Loading validates everything first (readable file, checksum, JSON, ModelArgs, ev
 and dtype against the live model and optimizer) and only then copies into the Trainer, so a bad
 file raises `CheckpointError` naming the problem and leaves nothing half-loaded.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,11 +46,19 @@ FORMAT = "dsim-checkpoint"
 VERSION = "1"
 
 # History fields and how each is stored: (dtype, per-step shape kind)
-_HISTORY_SCALARS = {"loss": torch.float64, "mtp_loss": torch.float64, "aux_loss": torch.float64,
-                    "imbalance": torch.float64, "entropy": torch.float64, "dropped": torch.int64}
-_HISTORY_ARRAYS = ("load", "bias")          # [steps, layers, E] float32
+_HISTORY_SCALARS = {
+    "loss": torch.float64,
+    "mtp_loss": torch.float64,
+    "aux_loss": torch.float64,
+    "imbalance": torch.float64,
+    "entropy": torch.float64,
+    "dropped": torch.int64,
+}
+_HISTORY_ARRAYS = ("load", "bias")  # [steps, layers, E] float32
 _HISTORY_FIELDS = set(_HISTORY_SCALARS) | set(_HISTORY_ARRAYS) | {"val_bpb"}
-assert _HISTORY_FIELDS == {f.name for f in dataclasses.fields(History)}, "History changed: update checkpoint.py"
+assert _HISTORY_FIELDS == {f.name for f in dataclasses.fields(History)}, (
+    "History changed: update checkpoint.py"
+)
 
 
 class CheckpointError(ValueError):
@@ -67,36 +76,47 @@ def save_checkpoint(trainer: Trainer, path: str | Path) -> Path:
     names = _param_names(trainer)
     tensors: dict[str, torch.Tensor] = {}
     for key, t in model.state_dict().items():
-        tensors[f"model/{key}"] = t.detach().cpu().contiguous().clone()   # clone: tied weights share storage
+        tensors[f"model/{key}"] = (
+            t.detach().cpu().contiguous().clone()
+        )  # clone: tied weights share storage
     optim_params = []
     for p in _optimizer_params(opt):
         state = opt.state.get(p, {})
         if not state:
-            continue                                  # never stepped (e.g. MTP weights while lambda = 0)
+            continue  # never stepped (e.g. MTP weights while lambda = 0)
         optim_params.append(names[id(p)])
         for key, value in state.items():
             if not torch.is_tensor(value):
-                raise CheckpointError(f"optimizer state {names[id(p)]}/{key} is a {type(value).__name__}, "
-                                      "not a tensor: only AdamW's tensor state is supported")
+                raise CheckpointError(
+                    f"optimizer state {names[id(p)]}/{key} is a {type(value).__name__}, "
+                    "not a tensor: only AdamW's tensor state is supported"
+                )
             tensors[f"optim/{names[id(p)]}/{key}"] = value.detach().cpu().contiguous().clone()
     tensors["rng/batches"] = trainer.generator.get_state().clone()
     tensors["rng/torch"] = torch.get_rng_state().clone()
     tensors.update(_history_tensors(trainer))
-    groups = [{"name": g.get("name", str(i)), "params": [names[id(p)] for p in g["params"]]}
-              for i, g in enumerate(opt.param_groups)]
+    groups = [
+        {"name": g.get("name", str(i)), "params": [names[id(p)] for p in g["params"]]}
+        for i, g in enumerate(opt.param_groups)
+    ]
     metadata = {
-        "format": FORMAT, "version": VERSION, "step": str(trainer.step),
+        "format": FORMAT,
+        "version": VERSION,
+        "step": str(trainer.step),
         "model_args": json.dumps(trainer.args.to_dict()),
         "train_config": json.dumps(trainer.cfg.to_dict()),
         "optimizer": json.dumps({"type": type(opt).__name__, "param_groups": groups}),
         "optim_params": json.dumps(optim_params),
-        "data_bytes": str(trainer.data.numel()), "data_sha256": _data_digest(trainer.data),
+        "data_bytes": str(trainer.data.numel()),
+        "data_sha256": _data_digest(trainer.data),
         "torch_version": torch.__version__,
     }
     return write_checkpoint(tensors, metadata, path)
 
 
-def write_checkpoint(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path) -> Path:
+def write_checkpoint(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path
+) -> Path:
     """Low level: add the checksum to `metadata` and write atomically (tmp file, then rename)."""
     path = Path(path)
     metadata = {k: v for k, v in metadata.items() if k != "sha256"}
@@ -129,6 +149,7 @@ def checkpoint_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 @dataclass
 class Checkpoint:
     """A checkpoint file read and checked for integrity, not yet matched against a model."""
+
     path: Path
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
@@ -147,21 +168,29 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for bad headers and short files
-        raise CheckpointError(f"{path} is not a readable safetensors file (corrupted or truncated?): "
-                              f"{type(e).__name__}: {e}") from None
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (corrupted or truncated?): "
+            f"{type(e).__name__}: {e}"
+        ) from None
     if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a dsim checkpoint (metadata format={metadata.get('format')!r}, "
-                              f"expected {FORMAT!r})")
+        raise CheckpointError(
+            f"{path} is not a dsim checkpoint (metadata format={metadata.get('format')!r}, "
+            f"expected {FORMAT!r})"
+        )
     if metadata.get("version") != VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {metadata.get('version')!r}; this dsim reads "
-                              f"version {VERSION!r}")
+        raise CheckpointError(
+            f"{path} has checkpoint version {metadata.get('version')!r}; this dsim reads "
+            f"version {VERSION!r}"
+        )
     expected = metadata.get("sha256")
     if expected is None:
         raise CheckpointError(f"{path} has no sha256 in its metadata")
     actual = checkpoint_digest(tensors, metadata)
     if actual != expected:
-        raise CheckpointError(f"{path} is corrupted: its contents do not match the checksum written with "
-                              f"them (sha256 {actual[:12]}... != {expected[:12]}...)")
+        raise CheckpointError(
+            f"{path} is corrupted: its contents do not match the checksum written with "
+            f"them (sha256 {actual[:12]}... != {expected[:12]}...)"
+        )
     try:
         step = int(metadata["step"])
         args = ModelArgs(**json.loads(metadata["model_args"]))
@@ -191,15 +220,20 @@ def load_checkpoint(path: str | Path, trainer: Trainer | None = None) -> Trainer
     if trainer is None:
         trainer = Trainer(ck.args, ck.cfg)
     elif trainer.args != ck.args:
-        diff = [f"{f.name}={getattr(ck.args, f.name)!r} in the checkpoint but {getattr(trainer.args, f.name)!r} here"
-                for f in dataclasses.fields(ModelArgs) if f.compare and getattr(ck.args, f.name) != getattr(trainer.args, f.name)]
+        diff = [
+            f"{f.name}={getattr(ck.args, f.name)!r} in the checkpoint but {getattr(trainer.args, f.name)!r} here"
+            for f in dataclasses.fields(ModelArgs)
+            if f.compare and getattr(ck.args, f.name) != getattr(trainer.args, f.name)
+        ]
         raise CheckpointError(f"{ck.path} was written for a different model: {'; '.join(diff)}")
-    plan = _plan(ck, trainer)                     # every check; raises before anything is copied
+    plan = _plan(ck, trainer)  # every check; raises before anything is copied
     _apply(plan, trainer)
     if ck.metadata.get("data_sha256") != _data_digest(trainer.data):
-        warnings.warn(f"{ck.path} was trained on different text ({ck.metadata.get('data_bytes')} bytes then, "
-                      f"{trainer.data.numel()} now): the resumed run will not repeat the original batches",
-                      stacklevel=2)
+        warnings.warn(
+            f"{ck.path} was trained on different text ({ck.metadata.get('data_bytes')} bytes then, "
+            f"{trainer.data.numel()} now): the resumed run will not repeat the original batches",
+            stacklevel=2,
+        )
     return trainer
 
 
@@ -218,7 +252,7 @@ def _plan(ck: Checkpoint, trainer: Trainer) -> _Plan:
     t, where = ck.tensors, ck.path
     # --- model ---
     live = trainer.model.state_dict()
-    saved = {k[len("model/"):]: v for k, v in t.items() if k.startswith("model/")}
+    saved = {k[len("model/") :]: v for k, v in t.items() if k.startswith("model/")}
     _same_keys(where, "model tensors", saved, live)
     for key, ref in live.items():
         _same_tensor_kind(where, f"model/{key}", saved[key], ref)
@@ -226,22 +260,32 @@ def _plan(ck: Checkpoint, trainer: Trainer) -> _Plan:
     opt = trainer.optimizer
     names = _param_names(trainer)
     groups = json.loads(ck.metadata["optimizer"])["param_groups"]
-    live_groups = [{"name": g.get("name", str(i)), "params": [names[id(p)] for p in g["params"]]}
-                   for i, g in enumerate(opt.param_groups)]
+    live_groups = [
+        {"name": g.get("name", str(i)), "params": [names[id(p)] for p in g["params"]]}
+        for i, g in enumerate(opt.param_groups)
+    ]
     if groups != live_groups:
-        raise CheckpointError(f"{where}: the optimizer's parameter groups differ from this trainer's "
-                              f"({[(g['name'], len(g['params'])) for g in groups]} in the checkpoint, "
-                              f"{[(g['name'], len(g['params'])) for g in live_groups]} here)")
+        raise CheckpointError(
+            f"{where}: the optimizer's parameter groups differ from this trainer's "
+            f"({[(g['name'], len(g['params'])) for g in groups]} in the checkpoint, "
+            f"{[(g['name'], len(g['params'])) for g in live_groups]} here)"
+        )
     with_state = json.loads(ck.metadata["optim_params"])
     params = {names[id(p)]: p for p in _optimizer_params(opt)}
     unknown = [n for n in with_state if n not in params]
     if unknown:
-        raise CheckpointError(f"{where}: optimizer state for unknown parameter(s) {', '.join(unknown[:5])}")
-    expected_keys = {f"optim/{n}/{k}" for n in with_state for k in ("exp_avg", "exp_avg_sq", "step")}
+        raise CheckpointError(
+            f"{where}: optimizer state for unknown parameter(s) {', '.join(unknown[:5])}"
+        )
+    expected_keys = {
+        f"optim/{n}/{k}" for n in with_state for k in ("exp_avg", "exp_avg_sq", "step")
+    }
     saved_keys = {k for k in t if k.startswith("optim/")}
     if saved_keys != expected_keys:
         missing, extra = sorted(expected_keys - saved_keys), sorted(saved_keys - expected_keys)
-        raise CheckpointError(f"{where}: optimizer tensors do not match: missing {missing[:5]}, unexpected {extra[:5]}")
+        raise CheckpointError(
+            f"{where}: optimizer tensors do not match: missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     index = {names[id(p)]: i for i, p in enumerate(_optimizer_params(opt))}
     state: dict[int, dict[str, torch.Tensor]] = {}
     for n in with_state:
@@ -250,23 +294,43 @@ def _plan(ck: Checkpoint, trainer: Trainer) -> _Plan:
             _same_tensor_kind(where, f"optim/{n}/{k}", t[f"optim/{n}/{k}"], p.detach())
         step = t[f"optim/{n}/step"]
         if step.dim() != 0 or not step.is_floating_point():
-            raise CheckpointError(f"{where}: optim/{n}/step must be a 0-dim float tensor, got "
-                                  f"{step.dtype} of shape {list(step.shape)}")
-        state[index[n]] = {"step": step.clone(), "exp_avg": t[f"optim/{n}/exp_avg"].clone(),
-                           "exp_avg_sq": t[f"optim/{n}/exp_avg_sq"].clone()}
-    optim_state = {"state": state,
-                   "param_groups": [{**{k: v for k, v in g.items() if k != "params"},
-                                     "params": [index[names[id(p)]] for p in g["params"]]} for g in opt.param_groups]}
+            raise CheckpointError(
+                f"{where}: optim/{n}/step must be a 0-dim float tensor, got "
+                f"{step.dtype} of shape {list(step.shape)}"
+            )
+        state[index[n]] = {
+            "step": step.clone(),
+            "exp_avg": t[f"optim/{n}/exp_avg"].clone(),
+            "exp_avg_sq": t[f"optim/{n}/exp_avg_sq"].clone(),
+        }
+    optim_state = {
+        "state": state,
+        "param_groups": [
+            {
+                **{k: v for k, v in g.items() if k != "params"},
+                "params": [index[names[id(p)]] for p in g["params"]],
+            }
+            for g in opt.param_groups
+        ],
+    }
     # --- random number generators ---
-    for key, ref in (("rng/batches", trainer.generator.get_state()), ("rng/torch", torch.get_rng_state())):
+    for key, ref in (
+        ("rng/batches", trainer.generator.get_state()),
+        ("rng/torch", torch.get_rng_state()),
+    ):
         if key not in t:
             raise CheckpointError(f"{where}: missing tensor {key}")
         _same_tensor_kind(where, key, t[key], ref)
     # --- history ---
     history = _history_from(ck, trainer)
-    return _Plan(model_state={k: v.clone() for k, v in saved.items()}, optim_state=optim_state,
-                 rng_batches=t["rng/batches"].clone(), rng_torch=t["rng/torch"].clone(), step=ck.step,
-                 history=history)
+    return _Plan(
+        model_state={k: v.clone() for k, v in saved.items()},
+        optim_state=optim_state,
+        rng_batches=t["rng/batches"].clone(),
+        rng_torch=t["rng/torch"].clone(),
+        step=ck.step,
+        history=history,
+    )
 
 
 def _apply(plan: _Plan, trainer: Trainer) -> None:
@@ -301,15 +365,19 @@ def _data_digest(data: torch.Tensor) -> str:
 def _same_keys(where: Path, what: str, saved: dict[str, Any], live: dict[str, Any]) -> None:
     missing, extra = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
     if missing or extra:
-        raise CheckpointError(f"{where}: {what} do not match this model: missing {missing[:5]}"
-                              f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
-                              f"{' ...' if len(extra) > 5 else ''}")
+        raise CheckpointError(
+            f"{where}: {what} do not match this model: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+            f"{' ...' if len(extra) > 5 else ''}"
+        )
 
 
 def _same_tensor_kind(where: Path, key: str, saved: torch.Tensor, ref: torch.Tensor) -> None:
     if saved.shape != ref.shape or saved.dtype != ref.dtype:
-        raise CheckpointError(f"{where}: {key} has shape {list(saved.shape)} and dtype {saved.dtype} in the "
-                              f"checkpoint, but this model expects shape {list(ref.shape)} and dtype {ref.dtype}")
+        raise CheckpointError(
+            f"{where}: {key} has shape {list(saved.shape)} and dtype {saved.dtype} in the "
+            f"checkpoint, but this model expects shape {list(ref.shape)} and dtype {ref.dtype}"
+        )
 
 
 def _history_tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -336,19 +404,25 @@ def _history_from(ck: Checkpoint, trainer: Trainer) -> History:
     for name, dtype in _HISTORY_SCALARS.items():
         x = t.get(f"history/{name}")
         if x is None or x.dtype != dtype or x.shape != (n,):
-            raise CheckpointError(f"{where}: history/{name} must be a {dtype} tensor of shape [{n}] (one per step), "
-                                  f"got {None if x is None else (x.dtype, list(x.shape))}")
+            raise CheckpointError(
+                f"{where}: history/{name} must be a {dtype} tensor of shape [{n}] (one per step), "
+                f"got {None if x is None else (x.dtype, list(x.shape))}"
+            )
         values[name] = x.tolist()
     L, E = _load_shape(trainer)
     for name in _HISTORY_ARRAYS:
         x = t.get(f"history/{name}")
         if x is None or x.dtype != torch.float32 or x.shape != (n, L, E):
-            raise CheckpointError(f"{where}: history/{name} must be a float32 tensor of shape [{n}, {L}, {E}], "
-                                  f"got {None if x is None else (x.dtype, list(x.shape))}")
+            raise CheckpointError(
+                f"{where}: history/{name} must be a float32 tensor of shape [{n}, {L}, {E}], "
+                f"got {None if x is None else (x.dtype, list(x.shape))}"
+            )
         arr = x.numpy()
         values[name] = [arr[i].copy() for i in range(n)]
     v = t.get("history/val_bpb")
     if v is None or v.dtype != torch.float64 or v.dim() != 2 or v.shape[1] != 2:
-        raise CheckpointError(f"{where}: history/val_bpb must be a float64 tensor of shape [evaluations, 2]")
+        raise CheckpointError(
+            f"{where}: history/val_bpb must be a float64 tensor of shape [evaluations, 2]"
+        )
     values["val_bpb"] = [(int(s), float(b)) for s, b in v.tolist()]
     return History(**values)

@@ -10,6 +10,7 @@ Beyond DeepSeek's fields there are a few that a comparison needs: the attention 
 Mixtral make differently from V3 (how a group of experts is scored, whether top-k weights are
 renormalised).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,6 +63,7 @@ class ModelArgs:
         expert_impl: "grouped" (sorted tokens, grouped GEMM) or "loop" (one expert at a time).
         max_batch_size: batch rows the KV cache is allocated for.
     """
+
     # sizes
     vocab_size: int = 256
     dim: int = 64
@@ -123,7 +125,11 @@ class ModelArgs:
     @property
     def qk_head_dim(self) -> int:
         """Query/key width per head: for MLA the no-RoPE part plus the decoupled RoPE part."""
-        return self.qk_nope_head_dim + self.qk_rope_head_dim if self.attn_type == "mla" else self.head_size
+        return (
+            self.qk_nope_head_dim + self.qk_rope_head_dim
+            if self.attn_type == "mla"
+            else self.head_size
+        )
 
     @property
     def head_size(self) -> int:
@@ -152,13 +158,13 @@ class ModelArgs:
     @property
     def softmax_scale(self) -> float:
         """1/sqrt(d_qk), times YaRN's mscale^2 when the context is extended (DeepSeek's rule)."""
-        scale = self.qk_head_dim ** -0.5
+        scale = self.qk_head_dim**-0.5
         if self.uses_yarn:
             m = 0.1 * self.mscale * math.log(self.rope_factor) + 1.0
             scale *= m * m
         return scale
 
-    def replace(self, **changes: Any) -> "ModelArgs":
+    def replace(self, **changes: Any) -> ModelArgs:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
@@ -168,18 +174,53 @@ class ModelArgs:
     # ---- validation ----
     def validate(self) -> None:
         """Raise ValueError naming the field and its allowed range for any invalid value."""
+
         def need(ok: bool, name: str, allowed: str) -> None:
             if not ok:
-                raise ValueError(f"ModelArgs.{name} = {getattr(self, name)!r} is invalid: must be {allowed}")
+                raise ValueError(
+                    f"ModelArgs.{name} = {getattr(self, name)!r} is invalid: must be {allowed}"
+                )
 
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "max_batch_size",
-                     "original_seq_len"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
-        for name in ("inter_dim", "moe_inter_dim", "n_dense_layers", "n_routed_experts", "n_shared_experts",
-                     "n_activated_experts", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim",
-                     "qk_rope_head_dim", "v_head_dim", "head_dim", "n_kv_heads", "n_mtp_layers"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name, "an integer >= 0")
-        need(self.n_dense_layers <= self.n_layers, "n_dense_layers", f"between 0 and n_layers={self.n_layers}")
+        for name in (
+            "vocab_size",
+            "dim",
+            "n_layers",
+            "n_heads",
+            "max_seq_len",
+            "max_batch_size",
+            "original_seq_len",
+        ):
+            need(
+                isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                name,
+                "an integer >= 1",
+            )
+        for name in (
+            "inter_dim",
+            "moe_inter_dim",
+            "n_dense_layers",
+            "n_routed_experts",
+            "n_shared_experts",
+            "n_activated_experts",
+            "q_lora_rank",
+            "kv_lora_rank",
+            "qk_nope_head_dim",
+            "qk_rope_head_dim",
+            "v_head_dim",
+            "head_dim",
+            "n_kv_heads",
+            "n_mtp_layers",
+        ):
+            need(
+                isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                name,
+                "an integer >= 0",
+            )
+        need(
+            self.n_dense_layers <= self.n_layers,
+            "n_dense_layers",
+            f"between 0 and n_layers={self.n_layers}",
+        )
         need(self.score_func in ("softmax", "sigmoid"), "score_func", "'softmax' or 'sigmoid'")
         need(self.group_score in ("top2_sum", "max"), "group_score", "'top2_sum' or 'max'")
         need(self.attn_type in ("mla", "mha", "gqa"), "attn_type", "'mla', 'mha' or 'gqa'")
@@ -193,41 +234,78 @@ class ModelArgs:
         need(self.rope_theta > 0, "rope_theta", "> 0")
         need(self.rope_factor >= 1, "rope_factor", ">= 1")
         need(self.n_dense_layers == self.n_layers or self.inter_dim >= 0, "inter_dim", ">= 0")
-        need(self.n_dense_layers == 0 or self.inter_dim >= 1, "inter_dim", ">= 1 when there are dense layers")
+        need(
+            self.n_dense_layers == 0 or self.inter_dim >= 1,
+            "inter_dim",
+            ">= 1 when there are dense layers",
+        )
         if self.n_routed_experts > 0 and self.n_layers > self.n_dense_layers:
             need(self.moe_inter_dim >= 1, "moe_inter_dim", ">= 1 when there are MoE layers")
-            need(1 <= self.n_activated_experts <= self.n_routed_experts, "n_activated_experts",
-                 f"between 1 and n_routed_experts={self.n_routed_experts}")
-            need(self.n_expert_groups >= 1 and self.n_routed_experts % self.n_expert_groups == 0,
-                 "n_expert_groups", f"a divisor of n_routed_experts={self.n_routed_experts}")
-            need(1 <= self.n_limited_groups <= self.n_expert_groups, "n_limited_groups",
-                 f"between 1 and n_expert_groups={self.n_expert_groups}")
+            need(
+                1 <= self.n_activated_experts <= self.n_routed_experts,
+                "n_activated_experts",
+                f"between 1 and n_routed_experts={self.n_routed_experts}",
+            )
+            need(
+                self.n_expert_groups >= 1 and self.n_routed_experts % self.n_expert_groups == 0,
+                "n_expert_groups",
+                f"a divisor of n_routed_experts={self.n_routed_experts}",
+            )
+            need(
+                1 <= self.n_limited_groups <= self.n_expert_groups,
+                "n_limited_groups",
+                f"between 1 and n_expert_groups={self.n_expert_groups}",
+            )
             per_group = self.n_routed_experts // self.n_expert_groups
             if self.n_expert_groups > 1:
-                need(self.group_score == "max" or per_group >= 2, "n_expert_groups",
-                     "such that each group holds >= 2 experts (group score = sum of the top-2)")
-                need(self.n_limited_groups * per_group >= self.n_activated_experts, "n_limited_groups",
-                     f">= n_activated_experts / experts per group = {self.n_activated_experts}/{per_group}")
+                need(
+                    self.group_score == "max" or per_group >= 2,
+                    "n_expert_groups",
+                    "such that each group holds >= 2 experts (group score = sum of the top-2)",
+                )
+                need(
+                    self.n_limited_groups * per_group >= self.n_activated_experts,
+                    "n_limited_groups",
+                    f">= n_activated_experts / experts per group = {self.n_activated_experts}/{per_group}",
+                )
         elif self.n_layers > self.n_dense_layers:
-            raise ValueError("ModelArgs.n_routed_experts = 0 is invalid: must be >= 1 when n_dense_layers < n_layers")
+            raise ValueError(
+                "ModelArgs.n_routed_experts = 0 is invalid: must be >= 1 when n_dense_layers < n_layers"
+            )
         if self.attn_type == "mla":
             need(self.kv_lora_rank >= 1, "kv_lora_rank", ">= 1 for MLA")
-            need(self.qk_rope_head_dim >= 2 and self.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim",
-                 "an even integer >= 2 for MLA")
+            need(
+                self.qk_rope_head_dim >= 2 and self.qk_rope_head_dim % 2 == 0,
+                "qk_rope_head_dim",
+                "an even integer >= 2 for MLA",
+            )
             need(self.qk_nope_head_dim >= 1, "qk_nope_head_dim", ">= 1 for MLA")
             need(self.v_head_dim >= 1, "v_head_dim", ">= 1 for MLA")
         else:
-            need(self.head_size >= 2 and self.head_size % 2 == 0, "head_dim",
-                 "0 (dim // n_heads) or an even integer >= 2")
-            need(self.n_heads % self.kv_heads == 0, "n_kv_heads", f"a divisor of n_heads={self.n_heads}")
+            need(
+                self.head_size >= 2 and self.head_size % 2 == 0,
+                "head_dim",
+                "0 (dim // n_heads) or an even integer >= 2",
+            )
+            need(
+                self.n_heads % self.kv_heads == 0,
+                "n_kv_heads",
+                f"a divisor of n_heads={self.n_heads}",
+            )
             if self.attn_type == "mha":
-                need(self.kv_heads == self.n_heads, "n_kv_heads", "0 or n_heads for MHA (use attn_type='gqa')")
+                need(
+                    self.kv_heads == self.n_heads,
+                    "n_kv_heads",
+                    "0 or n_heads for MHA (use attn_type='gqa')",
+                )
         if self.tie_embeddings:
             pass  # any size works: the head reuses the embedding matrix
 
     # ---- Hugging Face configs ----
     @classmethod
-    def from_hf_config(cls, path_or_dict: str | Path | dict[str, Any], **overrides: Any) -> "ModelArgs":
+    def from_hf_config(
+        cls, path_or_dict: str | Path | dict[str, Any], **overrides: Any
+    ) -> ModelArgs:
         """Read a Hugging Face `config.json` of the DeepSeek-V2/V3 or Mixtral families (a path to
         the file or to its directory, or the parsed dict); overrides replace fields afterwards.
         The parsing lives in dsim.hf.config (imported here, so that dsim.config imports nothing
@@ -242,43 +320,150 @@ class ModelArgs:
 # ---------------------------------------------------------------------------------------------
 _PRESETS: dict[str, dict[str, Any]] = {
     # A model that trains on a CPU in seconds: byte vocabulary, 2 layers (1 dense, 1 MoE).
-    "tiny": dict(vocab_size=256, dim=64, inter_dim=192, moe_inter_dim=32, n_layers=2, n_dense_layers=1,
-                 n_heads=4, n_routed_experts=8, n_shared_experts=1, n_activated_experts=2,
-                 kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
-                 max_seq_len=256, original_seq_len=256),
+    "tiny": dict(
+        vocab_size=256,
+        dim=64,
+        inter_dim=192,
+        moe_inter_dim=32,
+        n_layers=2,
+        n_dense_layers=1,
+        n_heads=4,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        n_activated_experts=2,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+        max_seq_len=256,
+        original_seq_len=256,
+    ),
     # deepseek-ai/DeepSeek-V3 config.json and inference/configs/config_671B.json; arXiv:2412.19437.
-    "deepseek-v3": dict(vocab_size=129280, dim=7168, inter_dim=18432, moe_inter_dim=2048, n_layers=61,
-                        n_dense_layers=3, n_heads=128, n_routed_experts=256, n_shared_experts=1,
-                        n_activated_experts=8, n_expert_groups=8, n_limited_groups=4, score_func="sigmoid", route_norm=True,
-                        route_scale=2.5, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
-                        qk_rope_head_dim=64, v_head_dim=128, max_seq_len=163840, original_seq_len=4096,
-                        rope_theta=10000.0, rope_factor=40, beta_fast=32, beta_slow=1, mscale=1.0,
-                        n_mtp_layers=1),
+    "deepseek-v3": dict(
+        vocab_size=129280,
+        dim=7168,
+        inter_dim=18432,
+        moe_inter_dim=2048,
+        n_layers=61,
+        n_dense_layers=3,
+        n_heads=128,
+        n_routed_experts=256,
+        n_shared_experts=1,
+        n_activated_experts=8,
+        n_expert_groups=8,
+        n_limited_groups=4,
+        score_func="sigmoid",
+        route_norm=True,
+        route_scale=2.5,
+        q_lora_rank=1536,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        max_seq_len=163840,
+        original_seq_len=4096,
+        rope_theta=10000.0,
+        rope_factor=40,
+        beta_fast=32,
+        beta_slow=1,
+        mscale=1.0,
+        n_mtp_layers=1,
+    ),
     # deepseek-ai/DeepSeek-V2 config.json; arXiv:2405.04434 (topk_method group_limited_greedy).
-    "deepseek-v2": dict(vocab_size=102400, dim=5120, inter_dim=12288, moe_inter_dim=1536, n_layers=60,
-                        n_dense_layers=1, n_heads=128, n_routed_experts=160, n_shared_experts=2,
-                        n_activated_experts=6, n_expert_groups=8, n_limited_groups=3, score_func="softmax",
-                        route_scale=16.0, route_norm=False, group_score="max", q_lora_rank=1536,
-                        kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
-                        max_seq_len=163840, original_seq_len=4096, rope_factor=40, mscale=0.707),
+    "deepseek-v2": dict(
+        vocab_size=102400,
+        dim=5120,
+        inter_dim=12288,
+        moe_inter_dim=1536,
+        n_layers=60,
+        n_dense_layers=1,
+        n_heads=128,
+        n_routed_experts=160,
+        n_shared_experts=2,
+        n_activated_experts=6,
+        n_expert_groups=8,
+        n_limited_groups=3,
+        score_func="softmax",
+        route_scale=16.0,
+        route_norm=False,
+        group_score="max",
+        q_lora_rank=1536,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        max_seq_len=163840,
+        original_seq_len=4096,
+        rope_factor=40,
+        mscale=0.707,
+    ),
     # deepseek-ai/DeepSeek-V2-Lite config.json (no query compression, no group limit).
-    "deepseek-v2-lite": dict(vocab_size=102400, dim=2048, inter_dim=10944, moe_inter_dim=1408, n_layers=27,
-                             n_dense_layers=1, n_heads=16, n_routed_experts=64, n_shared_experts=2,
-                             n_activated_experts=6, score_func="softmax", route_scale=1.0, route_norm=False,
-                             q_lora_rank=0, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
-                             v_head_dim=128, max_seq_len=163840, original_seq_len=4096, rope_factor=40,
-                             mscale=0.707),
+    "deepseek-v2-lite": dict(
+        vocab_size=102400,
+        dim=2048,
+        inter_dim=10944,
+        moe_inter_dim=1408,
+        n_layers=27,
+        n_dense_layers=1,
+        n_heads=16,
+        n_routed_experts=64,
+        n_shared_experts=2,
+        n_activated_experts=6,
+        score_func="softmax",
+        route_scale=1.0,
+        route_norm=False,
+        q_lora_rank=0,
+        kv_lora_rank=512,
+        qk_nope_head_dim=128,
+        qk_rope_head_dim=64,
+        v_head_dim=128,
+        max_seq_len=163840,
+        original_seq_len=4096,
+        rope_factor=40,
+        mscale=0.707,
+    ),
     # deepseek-ai/deepseek-moe-16b-base config.json; arXiv:2401.06066 (MHA, 4k context).
-    "deepseekmoe-16b": dict(vocab_size=102400, dim=2048, inter_dim=10944, moe_inter_dim=1408, n_layers=28,
-                            n_dense_layers=1, n_heads=16, n_routed_experts=64, n_shared_experts=2,
-                            n_activated_experts=6, score_func="softmax", route_norm=False, attn_type="mha",
-                            head_dim=128, max_seq_len=4096, original_seq_len=4096, rope_theta=10000.0),
+    "deepseekmoe-16b": dict(
+        vocab_size=102400,
+        dim=2048,
+        inter_dim=10944,
+        moe_inter_dim=1408,
+        n_layers=28,
+        n_dense_layers=1,
+        n_heads=16,
+        n_routed_experts=64,
+        n_shared_experts=2,
+        n_activated_experts=6,
+        score_func="softmax",
+        route_norm=False,
+        attn_type="mha",
+        head_dim=128,
+        max_seq_len=4096,
+        original_seq_len=4096,
+        rope_theta=10000.0,
+    ),
     # mistralai/Mixtral-8x7B-v0.1 config.json; arXiv:2401.04088 (GQA 32/8, every layer MoE).
-    "mixtral-8x7b": dict(vocab_size=32000, dim=4096, inter_dim=0, moe_inter_dim=14336, n_layers=32,
-                         n_dense_layers=0, n_heads=32, n_routed_experts=8, n_shared_experts=0,
-                         n_activated_experts=2, score_func="softmax", route_norm=True, attn_type="gqa",
-                         head_dim=128, n_kv_heads=8, max_seq_len=32768, original_seq_len=32768,
-                         rope_theta=1e6, norm_eps=1e-5),
+    "mixtral-8x7b": dict(
+        vocab_size=32000,
+        dim=4096,
+        inter_dim=0,
+        moe_inter_dim=14336,
+        n_layers=32,
+        n_dense_layers=0,
+        n_heads=32,
+        n_routed_experts=8,
+        n_shared_experts=0,
+        n_activated_experts=2,
+        score_func="softmax",
+        route_norm=True,
+        attn_type="gqa",
+        head_dim=128,
+        n_kv_heads=8,
+        max_seq_len=32768,
+        original_seq_len=32768,
+        rope_theta=1e6,
+        norm_eps=1e-5,
+    ),
 }
 
 # Published totals, for the tour and the tests: (total, activated) parameters and the source.
@@ -312,17 +497,32 @@ def scaled_down(args: ModelArgs, **overrides: Any) -> ModelArgs:
     groups = min(args.n_expert_groups, 4)
     per_group = 2 if args.n_routed_experts else 0
     routed = groups * max(per_group, 2) if args.n_routed_experts else 0
-    topk = min(args.n_activated_experts, routed, max(1, min(args.n_limited_groups, groups) * 2)) if routed else 0
+    topk = (
+        min(args.n_activated_experts, routed, max(1, min(args.n_limited_groups, groups) * 2))
+        if routed
+        else 0
+    )
     small = dict(
-        vocab_size=97, dim=32, inter_dim=48 if args.inter_dim else 0, moe_inter_dim=16 if routed else 0,
+        vocab_size=97,
+        dim=32,
+        inter_dim=48 if args.inter_dim else 0,
+        moe_inter_dim=16 if routed else 0,
         n_layers=min(args.n_layers, args.n_dense_layers + 2) if routed else min(args.n_layers, 2),
-        n_dense_layers=min(args.n_dense_layers, 1), n_heads=4,
-        n_routed_experts=routed, n_shared_experts=min(args.n_shared_experts, 2),
-        n_activated_experts=topk, n_expert_groups=groups if routed else 1,
+        n_dense_layers=min(args.n_dense_layers, 1),
+        n_heads=4,
+        n_routed_experts=routed,
+        n_shared_experts=min(args.n_shared_experts, 2),
+        n_activated_experts=topk,
+        n_expert_groups=groups if routed else 1,
         n_limited_groups=min(args.n_limited_groups, groups) if routed else 1,
-        q_lora_rank=12 if args.q_lora_rank else 0, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4,
-        v_head_dim=8, head_dim=8 if args.attn_type != "mla" else 0,
-        n_kv_heads=(2 if args.attn_type == "gqa" else 0), max_seq_len=64,
+        q_lora_rank=12 if args.q_lora_rank else 0,
+        kv_lora_rank=16,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=4,
+        v_head_dim=8,
+        head_dim=8 if args.attn_type != "mla" else 0,
+        n_kv_heads=(2 if args.attn_type == "gqa" else 0),
+        max_seq_len=64,
         original_seq_len=64 if not args.uses_yarn else 32,
         name=f"{args.name}-small",
     )

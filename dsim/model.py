@@ -16,6 +16,7 @@ so that every line is about the architecture. It trains (forward and backward) o
 Shapes in comments: B batch, S sequence, T = B*S tokens, D dim, H heads, E routed experts,
 K activated experts (top-k), I moe_inter_dim, V vocab.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,11 +54,19 @@ def precompute_freqs_cis(args: ModelArgs) -> torch.Tensor:
     dim, base = args.rope_dim, args.rope_theta
     freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
     if args.uses_yarn:
+
         def correction_dim(rotations: float) -> float:
-            return dim * math.log(args.original_seq_len / (rotations * 2 * math.pi)) / (2 * math.log(base))
+            return (
+                dim
+                * math.log(args.original_seq_len / (rotations * 2 * math.pi))
+                / (2 * math.log(base))
+            )
+
         low = max(math.floor(correction_dim(args.beta_fast)), 0)
         high = min(math.ceil(correction_dim(args.beta_slow)), dim - 1)
-        ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low + 1e-3), 0, 1)
+        ramp = torch.clamp(
+            (torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low + 1e-3), 0, 1
+        )
         smooth = 1 - ramp
         freqs = freqs / args.rope_factor * (1 - smooth) + freqs * smooth
     angles = torch.outer(torch.arange(args.max_seq_len, dtype=torch.float32), freqs)
@@ -74,20 +83,28 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
 
 def causal_mask(seqlen: int, start_pos: int, device: torch.device) -> torch.Tensor:
     """Additive mask [S, start_pos + S]: query i (at position start_pos + i) sees keys 0..start_pos + i."""
-    return torch.full((seqlen, start_pos + seqlen), float("-inf"), device=device).triu_(start_pos + 1)
+    return torch.full((seqlen, start_pos + seqlen), float("-inf"), device=device).triu_(
+        start_pos + 1
+    )
 
 
 # ------------------------------------------------------------------------------------------
 # Attention
 # ------------------------------------------------------------------------------------------
-def cache_buffer(module: nn.Module, name: str, bsz: int, *shape: int, like: torch.Tensor) -> torch.Tensor:
+def cache_buffer(
+    module: nn.Module, name: str, bsz: int, *shape: int, like: torch.Tensor
+) -> torch.Tensor:
     """The attention module's cache `name`: [max_batch_size, max_seq_len, *shape], allocated on first use."""
     args: ModelArgs = module.args
     buf = module.cache.get(name)
     if buf is None or buf.dtype != like.dtype or buf.device != like.device:
         if bsz > args.max_batch_size:
-            raise ValueError(f"batch size {bsz} exceeds ModelArgs.max_batch_size={args.max_batch_size}")
-        buf = torch.zeros(args.max_batch_size, args.max_seq_len, *shape, dtype=like.dtype, device=like.device)
+            raise ValueError(
+                f"batch size {bsz} exceeds ModelArgs.max_batch_size={args.max_batch_size}"
+            )
+        buf = torch.zeros(
+            args.max_batch_size, args.max_seq_len, *shape, dtype=like.dtype, device=like.device
+        )
         module.cache[name] = buf
     return buf
 
@@ -117,24 +134,30 @@ class MLA(nn.Module):
             self.wq = nn.Linear(args.dim, self.n_heads * self.qk_head_dim, bias=False)
         self.wkv_a = nn.Linear(args.dim, self.kv_lora_rank + self.qk_rope_head_dim, bias=False)
         self.kv_norm = RMSNorm(self.kv_lora_rank, args.norm_eps)
-        self.wkv_b = nn.Linear(self.kv_lora_rank, self.n_heads * (self.qk_nope_head_dim + self.v_head_dim), bias=False)
+        self.wkv_b = nn.Linear(
+            self.kv_lora_rank, self.n_heads * (self.qk_nope_head_dim + self.v_head_dim), bias=False
+        )
         self.wo = nn.Linear(self.n_heads * self.v_head_dim, args.dim, bias=False)
         self.softmax_scale = args.softmax_scale
         self.cache: dict[str, torch.Tensor] = {}
 
-    def forward(self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
-        bsz, seqlen, _ = x.shape                                                  # x: [B, S, D]
+    def forward(
+        self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False
+    ) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape  # x: [B, S, D]
         end_pos = start_pos + seqlen
         q = self.wq(x) if self.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
-        q = q.view(bsz, seqlen, self.n_heads, self.qk_head_dim)                   # [B, S, H, dqk]
+        q = q.view(bsz, seqlen, self.n_heads, self.qk_head_dim)  # [B, S, H, dqk]
         q_nope, q_pe = torch.split(q, [self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
         q_pe = apply_rotary_emb(q_pe, freqs_cis)
         kv, k_pe = torch.split(self.wkv_a(x), [self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
-        k_pe = apply_rotary_emb(k_pe.unsqueeze(2), freqs_cis)                    # [B, S, 1, dr]
-        kv = self.kv_norm(kv)                                                     # [B, S, R] the latent
+        k_pe = apply_rotary_emb(k_pe.unsqueeze(2), freqs_cis)  # [B, S, 1, dr]
+        kv = self.kv_norm(kv)  # [B, S, R] the latent
         if self.args.attn_impl == "naive":
             q = torch.cat([q_nope, q_pe], dim=-1)
-            kv = self.wkv_b(kv).view(bsz, seqlen, self.n_heads, self.qk_nope_head_dim + self.v_head_dim)
+            kv = self.wkv_b(kv).view(
+                bsz, seqlen, self.n_heads, self.qk_nope_head_dim + self.v_head_dim
+            )
             k_nope, v = torch.split(kv, [self.qk_nope_head_dim, self.v_head_dim], dim=-1)
             k = torch.cat([k_nope, k_pe.expand(-1, -1, self.n_heads, -1)], dim=-1)  # [B, S, H, dqk]
             if use_cache:
@@ -142,24 +165,30 @@ class MLA(nn.Module):
                 v_cache = cache_buffer(self, "v", bsz, self.n_heads, self.v_head_dim, like=v)
                 k_cache[:bsz, start_pos:end_pos], v_cache[:bsz, start_pos:end_pos] = k, v
                 k, v = k_cache[:bsz, :end_pos], v_cache[:bsz, :end_pos]
-            out = attention(q, k, v, self.softmax_scale, start_pos)              # [B, S, H, dv]
+            out = attention(q, k, v, self.softmax_scale, start_pos)  # [B, S, H, dv]
         else:
             # Absorb W_UK into the query: q_nope . (c W_UK_h) = (q_nope W_UK_h^T) . c
-            wkv_b = self.wkv_b.weight.view(self.n_heads, -1, self.kv_lora_rank)   # [H, dn+dv, R]
-            q_nope = torch.einsum("bshd,hdc->bshc", q_nope, wkv_b[:, :self.qk_nope_head_dim])  # [B, S, H, R]
+            wkv_b = self.wkv_b.weight.view(self.n_heads, -1, self.kv_lora_rank)  # [H, dn+dv, R]
+            q_nope = torch.einsum(
+                "bshd,hdc->bshc", q_nope, wkv_b[:, : self.qk_nope_head_dim]
+            )  # [B, S, H, R]
             k_pe = k_pe.squeeze(2)
             if use_cache:
                 kv_cache = cache_buffer(self, "kv", bsz, self.kv_lora_rank, like=kv)
                 pe_cache = cache_buffer(self, "pe", bsz, self.qk_rope_head_dim, like=k_pe)
                 kv_cache[:bsz, start_pos:end_pos], pe_cache[:bsz, start_pos:end_pos] = kv, k_pe
                 kv, k_pe = kv_cache[:bsz, :end_pos], pe_cache[:bsz, :end_pos]
-            scores = (torch.einsum("bshc,btc->bsht", q_nope, kv) +
-                      torch.einsum("bshr,btr->bsht", q_pe, k_pe)) * self.softmax_scale  # [B, S, H, T]
+            scores = (
+                torch.einsum("bshc,btc->bsht", q_nope, kv)
+                + torch.einsum("bshr,btr->bsht", q_pe, k_pe)
+            ) * self.softmax_scale  # [B, S, H, T]
             if seqlen > 1:
                 scores = scores + causal_mask(seqlen, start_pos, x.device)[None, :, None, :]
             scores = scores.softmax(dim=-1, dtype=torch.float32).type_as(x)
-            out = torch.einsum("bsht,btc->bshc", scores, kv)                      # [B, S, H, R]
-            out = torch.einsum("bshc,hdc->bshd", out, wkv_b[:, -self.v_head_dim:])  # W_UV: [B, S, H, dv]
+            out = torch.einsum("bsht,btc->bshc", scores, kv)  # [B, S, H, R]
+            out = torch.einsum(
+                "bshc,hdc->bshd", out, wkv_b[:, -self.v_head_dim :]
+            )  # W_UV: [B, S, H, dv]
         return self.wo(out.flatten(2))
 
 
@@ -177,21 +206,30 @@ class GQA(nn.Module):
         self.softmax_scale = args.softmax_scale
         self.cache: dict[str, torch.Tensor] = {}
 
-    def forward(self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False
+    ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         q = apply_rotary_emb(self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim), freqs_cis)
-        k = apply_rotary_emb(self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim), freqs_cis)
+        k = apply_rotary_emb(
+            self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim), freqs_cis
+        )
         v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         if use_cache:
             k_cache = cache_buffer(self, "k", bsz, self.n_kv_heads, self.head_dim, like=k)
             v_cache = cache_buffer(self, "v", bsz, self.n_kv_heads, self.head_dim, like=v)
-            k_cache[:bsz, start_pos:start_pos + seqlen], v_cache[:bsz, start_pos:start_pos + seqlen] = k, v
-            k, v = k_cache[:bsz, :start_pos + seqlen], v_cache[:bsz, :start_pos + seqlen]
+            (
+                k_cache[:bsz, start_pos : start_pos + seqlen],
+                v_cache[:bsz, start_pos : start_pos + seqlen],
+            ) = k, v
+            k, v = k_cache[:bsz, : start_pos + seqlen], v_cache[:bsz, : start_pos + seqlen]
         out = attention(q, k, v, self.softmax_scale, start_pos)
         return self.wo(out.flatten(2))
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start_pos: int) -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, start_pos: int
+) -> torch.Tensor:
     """Causal scaled-dot-product attention. q: [B, S, H, d], k/v: [B, T, Hkv, d] -> [B, S, H, dv].
 
     Uses PyTorch's fused kernel (`F.scaled_dot_product_attention`), which handles GQA's shared heads.
@@ -199,7 +237,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, s
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = k.shape[1] != q.shape[1]
     if start_pos == 0 and q.shape[2] == k.shape[2]:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, scale=scale, enable_gqa=gqa)
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=q.shape[2] > 1, scale=scale, enable_gqa=gqa
+        )
     else:
         mask = causal_mask(q.shape[2], start_pos, q.device).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
@@ -225,11 +265,12 @@ class MLP(nn.Module):
 @dataclass
 class Routing:
     """What the gate decided for T tokens; kept on the MoE module for losses and statistics."""
-    scores: torch.Tensor    # [T, E] affinities (softmax or sigmoid), before bias and group masking
-    indices: torch.Tensor   # [T, K] chosen experts
-    weights: torch.Tensor   # [T, K] combine weights (zero where a token was dropped)
-    logits: torch.Tensor    # [T, E] raw router logits (for the z-loss)
-    dropped: int = 0        # (token, expert) assignments dropped by the capacity limit
+
+    scores: torch.Tensor  # [T, E] affinities (softmax or sigmoid), before bias and group masking
+    indices: torch.Tensor  # [T, K] chosen experts
+    weights: torch.Tensor  # [T, K] combine weights (zero where a token was dropped)
+    logits: torch.Tensor  # [T, E] raw router logits (for the z-loss)
+    dropped: int = 0  # (token, expert) assignments dropped by the capacity limit
 
 
 class Gate(nn.Module):
@@ -254,19 +295,19 @@ class Gate(nn.Module):
         self.register_buffer("bias", torch.zeros(args.n_routed_experts, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> Routing:
-        logits = F.linear(x.float(), self.weight.float())                       # [T, E], fp32 as DeepSeek
+        logits = F.linear(x.float(), self.weight.float())  # [T, E], fp32 as DeepSeek
         scores = logits.softmax(dim=-1) if self.args.score_func == "softmax" else logits.sigmoid()
         choice = scores + self.bias
         if self.n_groups > 1:
-            grouped = choice.view(x.size(0), self.n_groups, -1)                   # [T, G, E/G]
+            grouped = choice.view(x.size(0), self.n_groups, -1)  # [T, G, E/G]
             if self.args.group_score == "max":
                 group_scores = grouped.amax(dim=-1)
             else:
-                group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)             # [T, G]
+                group_scores = grouped.topk(2, dim=-1)[0].sum(dim=-1)  # [T, G]
             keep = group_scores.topk(self.topk_groups, dim=-1)[1]
             dropped = torch.ones_like(group_scores, dtype=torch.bool).scatter_(1, keep, False)
             choice = grouped.masked_fill(dropped.unsqueeze(-1), float("-inf")).flatten(1)
-        indices = choice.topk(self.topk, dim=-1)[1]                               # [T, K]
+        indices = choice.topk(self.topk, dim=-1)[1]  # [T, K]
         weights = scores.gather(1, indices)
         if self.args.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
@@ -293,9 +334,11 @@ class Experts(nn.Module):
         """Expert e on its tokens x: [n, D] -> [n, D]."""
         return F.linear(F.silu(F.linear(x, self.w1[e])) * F.linear(x, self.w3[e]), self.w2[e])
 
-    def forward_loop(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward_loop(
+        self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
         """The readable reference: for each expert, gather its tokens, run it, scatter-add back."""
-        y = torch.zeros_like(x)                                                   # [T, D]
+        y = torch.zeros_like(x)  # [T, D]
         counts = torch.bincount(indices.flatten(), minlength=self.n_experts).tolist()
         for e in range(self.n_experts):
             if counts[e] == 0:
@@ -304,7 +347,9 @@ class Experts(nn.Module):
             y.index_add_(0, token, self.expert(e, x[token]) * weights[token, slot, None])
         return y
 
-    def forward_grouped(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward_grouped(
+        self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
         """Sort the T*K (token, expert) pairs by expert, run one grouped GEMM per weight, unsort.
 
         Uses `torch._grouped_mm` where this torch and device support it, else a padded batched GEMM.
@@ -312,19 +357,27 @@ class Experts(nn.Module):
         nothing here waits for the GPU (no host sync), so the CPU can queue the whole layer ahead.
         """
         T, K = indices.shape
-        flat = indices.flatten()                                                  # [T*K] expert of each pair
-        order = torch.argsort(flat, stable=True)                                  # pairs sorted by expert
+        flat = indices.flatten()  # [T*K] expert of each pair
+        order = torch.argsort(flat, stable=True)  # pairs sorted by expert
         inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(T * K, device=order.device)                 # where each pair went
+        inverse[order] = torch.arange(T * K, device=order.device)  # where each pair went
         # tokens per expert [E]; a scatter-add rather than torch.bincount, which syncs with the host on CUDA
         counts = flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))
-        xs = _Permute.apply(x, order // K, inverse, K)                            # [T*K, D] sorted by expert
+        xs = _Permute.apply(x, order // K, inverse, K)  # [T*K, D] sorted by expert
         h = F.silu(grouped_mm(xs, self.w1, counts)) * grouped_mm(xs, self.w3, counts)
-        ys = _Permute.apply(grouped_mm(h, self.w2, counts), inverse, order, 1)    # [T*K, D] in pair order
-        return (ys.view(T, K, -1) * weights.unsqueeze(-1)).sum(1)                 # weighted sum over the K experts
+        ys = _Permute.apply(
+            grouped_mm(h, self.w2, counts), inverse, order, 1
+        )  # [T*K, D] in pair order
+        return (ys.view(T, K, -1) * weights.unsqueeze(-1)).sum(1)  # weighted sum over the K experts
 
-    def forward(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, impl: str = "grouped") -> torch.Tensor:
-        return self.forward_loop(x, indices, weights) if impl == "loop" else self.forward_grouped(x, indices, weights)
+    def forward(
+        self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, impl: str = "grouped"
+    ) -> torch.Tensor:
+        return (
+            self.forward_loop(x, indices, weights)
+            if impl == "loop"
+            else self.forward_grouped(x, indices, weights)
+        )
 
 
 class _Permute(torch.autograd.Function):
@@ -334,7 +387,9 @@ class _Permute(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, rows: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, rows: torch.Tensor, inverse: torch.Tensor, k: int
+    ) -> torch.Tensor:
         ctx.save_for_backward(inverse)
         ctx.k = k
         return x[rows]
@@ -350,9 +405,14 @@ class _Permute(torch.autograd.Function):
 
 def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
     """torch._grouped_mm needs bf16 on a Hopper GPU (or newer), 16-byte aligned strides."""
-    return (hasattr(torch, "_grouped_mm") and x.is_cuda and x.dtype == torch.bfloat16 and
-            torch.cuda.get_device_capability(x.device)[0] >= 9 and
-            x.shape[-1] % 8 == 0 and w.shape[1] % 8 == 0)
+    return (
+        hasattr(torch, "_grouped_mm")
+        and x.is_cuda
+        and x.dtype == torch.bfloat16
+        and torch.cuda.get_device_capability(x.device)[0] >= 9
+        and x.shape[-1] % 8 == 0
+        and w.shape[1] % 8 == 0
+    )
 
 
 def grouped_mm(xs: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -369,10 +429,10 @@ def grouped_mm(xs: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch
         return xs.new_zeros(0, w.shape[1])
     cap = int(counts.max())
     starts = torch.cumsum(counts, 0) - counts
-    expert = torch.repeat_interleave(torch.arange(E, device=xs.device), counts)   # [N]
+    expert = torch.repeat_interleave(torch.arange(E, device=xs.device), counts)  # [N]
     slot = torch.arange(N, device=xs.device) - starts[expert]
     padded = xs.new_zeros(E, cap, xs.shape[1]).index_put_((expert, slot), xs)
-    out = torch.bmm(padded, w.transpose(-2, -1))                                   # [E, cap, out]
+    out = torch.bmm(padded, w.transpose(-2, -1))  # [E, cap, out]
     return out[expert, slot]
 
 
@@ -384,16 +444,25 @@ class MoE(nn.Module):
         self.args = args
         self.gate = Gate(args)
         self.experts = Experts(args.n_routed_experts, args.dim, args.moe_inter_dim)
-        self.shared_experts = MLP(args.dim, args.n_shared_experts * args.moe_inter_dim) if args.n_shared_experts else None
+        self.shared_experts = (
+            MLP(args.dim, args.n_shared_experts * args.moe_inter_dim)
+            if args.n_shared_experts
+            else None
+        )
         self.routing: Routing | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x = x.reshape(-1, self.args.dim)                                          # [T, D]
+        x = x.reshape(-1, self.args.dim)  # [T, D]
         routing = self.gate(x)
         weights = routing.weights
         if self.args.capacity_factor > 0:
-            keep = capacity_mask(routing, self.args.n_routed_experts, self.args.capacity_factor, self.args.drop_policy)
+            keep = capacity_mask(
+                routing,
+                self.args.n_routed_experts,
+                self.args.capacity_factor,
+                self.args.drop_policy,
+            )
             routing.dropped = int((~keep).sum())
             weights = routing.weights = weights * keep
         self.routing = routing
@@ -403,7 +472,9 @@ class MoE(nn.Module):
         return y.view(shape)
 
 
-def capacity_mask(routing: Routing, n_experts: int, capacity_factor: float, policy: str) -> torch.Tensor:
+def capacity_mask(
+    routing: Routing, n_experts: int, capacity_factor: float, policy: str
+) -> torch.Tensor:
     """[T, K] bool: which (token, expert) assignments fit in each expert's capacity.
 
     capacity = ceil(capacity_factor * T * K / E). Over-full experts keep their highest-score
@@ -413,9 +484,11 @@ def capacity_mask(routing: Routing, n_experts: int, capacity_factor: float, poli
     capacity = math.ceil(capacity_factor * T * K / n_experts)
     flat = routing.indices.flatten()
     if policy == "score":
-        priority = routing.scores.gather(1, routing.indices).flatten()            # higher keeps first
+        priority = routing.scores.gather(1, routing.indices).flatten()  # higher keeps first
     else:
-        priority = -torch.arange(T * K, device=flat.device, dtype=torch.float32)  # earlier keeps first
+        priority = -torch.arange(
+            T * K, device=flat.device, dtype=torch.float32
+        )  # earlier keeps first
     # Sort by (expert, -priority); a row's rank inside its expert decides whether it fits.
     order = torch.argsort(priority, descending=True, stable=True)
     order = order[torch.argsort(flat[order], stable=True)]
@@ -439,7 +512,9 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False
+    ) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), start_pos, freqs_cis, use_cache)
         return x + self.ffn(self.ffn_norm(x))
 
@@ -490,23 +565,29 @@ class Transformer(nn.Module):
             if p.dim() == 2 and name != "embed.weight" and not name.endswith("gate.weight"):
                 nn.init.normal_(p, std=p.shape[1] ** -0.5)
 
-    def hidden(self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = False) -> torch.Tensor:
+    def hidden(
+        self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = False
+    ) -> torch.Tensor:
         """Last block's output, before the final norm: [B, S] token ids -> [B, S, D]."""
         bsz, seqlen = tokens.shape
         if start_pos + seqlen > self.args.max_seq_len:
-            raise ValueError(f"start_pos + sequence length = {start_pos + seqlen} exceeds "
-                             f"ModelArgs.max_seq_len={self.args.max_seq_len}")
+            raise ValueError(
+                f"start_pos + sequence length = {start_pos + seqlen} exceeds "
+                f"ModelArgs.max_seq_len={self.args.max_seq_len}"
+            )
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.args.vocab_size):
             raise ValueError(f"token ids must be in [0, vocab_size={self.args.vocab_size})")
         if self.freqs_cis.device != tokens.device:
             self.freqs_cis = self.freqs_cis.to(tokens.device)
-        freqs_cis = self.freqs_cis[start_pos:start_pos + seqlen]
+        freqs_cis = self.freqs_cis[start_pos : start_pos + seqlen]
         h = self.embed(tokens)
         for layer in self.layers:
             h = layer(h, start_pos, freqs_cis, use_cache)
         return h
 
-    def forward(self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = False) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = False
+    ) -> torch.Tensor:
         """Logits for every position: [B, S] -> [B, S, V]. With use_cache, keys/values (or MLA latents)
         of positions start_pos.. are kept, so a later call can decode from start_pos + S."""
         return self.head(self.norm(self.hidden(tokens, start_pos, use_cache)))
@@ -534,8 +615,13 @@ class Transformer(nn.Module):
                 m.cache.clear()
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Greedy (temperature 0) or sampled decoding with the KV cache. prompt: [B, S] -> [B, S + n]."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")

@@ -27,11 +27,13 @@ Expert parallelism in one picture (rank r holds experts [r*E/n, (r+1)*E/n)):
 Every rank executes the same collectives in the same order, in the forward and in the backward
 pass; a rank that sends or receives nothing still takes part (with empty buffers).
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -51,7 +53,9 @@ class _AllToAll(torch.autograd.Function):
     the gradient of a row goes back to the rank that sent the row."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
+    def forward(
+        ctx, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group
+    ) -> torch.Tensor:
         ctx.out_splits, ctx.in_splits, ctx.group = out_splits, in_splits, group
         out = x.new_empty(sum(out_splits), *x.shape[1:])
         dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
@@ -60,11 +64,15 @@ class _AllToAll(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grad_in = grad.new_empty(sum(ctx.in_splits), *grad.shape[1:])
-        dist.all_to_all_single(grad_in, grad.contiguous(), ctx.in_splits, ctx.out_splits, group=ctx.group)
+        dist.all_to_all_single(
+            grad_in, grad.contiguous(), ctx.in_splits, ctx.out_splits, group=ctx.group
+        )
         return grad_in, None, None, None
 
 
-def all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group=None) -> torch.Tensor:
+def all_to_all(
+    x: torch.Tensor, out_splits: list[int], in_splits: list[int], group=None
+) -> torch.Tensor:
     """Send rows x[sum(in_splits[:j]) : sum(in_splits[:j+1])] to rank j; receive out_splits[j] rows
     from rank j, concatenated in rank order. x: [sum(in_splits), ...] -> [sum(out_splits), ...].
     Differentiable. (torch.distributed.nn.functional.all_to_all_single does the same, but torch
@@ -101,27 +109,35 @@ class EPMoE(nn.Module):
     def __init__(self, args: ModelArgs, group=None):
         super().__init__()
         if args.capacity_factor > 0:
-            raise ValueError(f"EPMoE needs ModelArgs.capacity_factor = 0 (no token dropping), got {args.capacity_factor}")
+            raise ValueError(
+                f"EPMoE needs ModelArgs.capacity_factor = 0 (no token dropping), got {args.capacity_factor}"
+            )
         self.args, self.group = args, group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         E = args.n_routed_experts
         if E % self.world:
-            raise ValueError(f"n_routed_experts={E} must be divisible by the number of ranks {self.world}")
+            raise ValueError(
+                f"n_routed_experts={E} must be divisible by the number of ranks {self.world}"
+            )
         self.n_local = E // self.world
         self.first_expert = self.rank * self.n_local
         self.gate = Gate(args)
         self.experts = Experts(self.n_local, args.dim, args.moe_inter_dim)
-        self.shared_experts = MLP(args.dim, args.n_shared_experts * args.moe_inter_dim) if args.n_shared_experts else None
+        self.shared_experts = (
+            MLP(args.dim, args.n_shared_experts * args.moe_inter_dim)
+            if args.n_shared_experts
+            else None
+        )
         self.routing = None
         self.send_counts = self.recv_counts = None
 
     @classmethod
-    def from_moe(cls, moe: MoE, group=None) -> "EPMoE":
+    def from_moe(cls, moe: MoE, group=None) -> EPMoE:
         """Shard a full MoE (the same on every rank, e.g. built with the same seed): copy the gate and
         the shared experts, and this rank's slice of the routed experts' weights (same device, dtype)."""
         w1 = moe.experts.w1
         with contextlib.ExitStack() as stack:
-            if w1.device.type != "cpu":        # initialise the new shard where it will live
+            if w1.device.type != "cpu":  # initialise the new shard where it will live
                 stack.enter_context(torch.device(w1.device))
             ep = cls(moe.args, group)
         ep.gate = copy.deepcopy(moe.gate)
@@ -153,31 +169,37 @@ class EPMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x = x.reshape(-1, self.args.dim)                                          # [T, D]
+        x = x.reshape(-1, self.args.dim)  # [T, D]
         routing = self.routing = self.gate(x)
         T, K = routing.indices.shape
         n, E_loc = self.world, self.n_local
 
         # 1. sort the T*K (token, expert) rows by expert: rows for rank 0's experts come first
-        flat = routing.indices.flatten()                                          # [T*K]
+        flat = routing.indices.flatten()  # [T*K]
         order = torch.argsort(flat, stable=True)
-        token = order // K                                                        # source token per row
-        send = torch.bincount(flat, minlength=n * E_loc).view(n, E_loc)           # [n, E/n] rows per (rank, expert)
-        recv = exchange_counts(send, self.group)                                  # [n, E/n] rows from each rank
+        token = order // K  # source token per row
+        send = torch.bincount(flat, minlength=n * E_loc).view(
+            n, E_loc
+        )  # [n, E/n] rows per (rank, expert)
+        recv = exchange_counts(send, self.group)  # [n, E/n] rows from each rank
         self.send_counts, self.recv_counts = send, recv
         send_splits, recv_splits = send.sum(1).tolist(), recv.sum(1).tolist()
 
         # 2. dispatch: rows travel to the rank that holds their expert
-        xr = all_to_all(x[token], recv_splits, send_splits, self.group)           # [R, D] by source, then expert
-        expert = torch.repeat_interleave(torch.arange(E_loc, device=x.device).repeat(n), recv.flatten())  # [R]
+        xr = all_to_all(
+            x[token], recv_splits, send_splits, self.group
+        )  # [R, D] by source, then expert
+        expert = torch.repeat_interleave(
+            torch.arange(E_loc, device=x.device).repeat(n), recv.flatten()
+        )  # [R]
 
         # 3. my experts, then combine: every row goes back to where it came from
-        yr = self._local_experts(xr, expert)                                      # [R, D]
-        ys = all_to_all(yr, send_splits, recv_splits, self.group)                 # [T*K, D] in `order`
+        yr = self._local_experts(xr, expert)  # [R, D]
+        ys = all_to_all(yr, send_splits, recv_splits, self.group)  # [T*K, D] in `order`
 
         # 4. weight the K rows of each token and add them up (as MoE.forward_grouped does)
         ys = ys * routing.weights.type_as(ys).flatten()[order, None]
-        y = torch.zeros_like(x).index_add_(0, token, ys)                          # [T, D]
+        y = torch.zeros_like(x).index_add_(0, token, ys)  # [T, D]
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return y.view(shape)
@@ -198,7 +220,9 @@ def all_reduce_grads(params: Sequence[nn.Parameter], group=None, average: bool =
 # EP versus the single-process MoE
 
 
-def ep_inputs(args: ModelArgs, tokens_per_rank: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def ep_inputs(
+    args: ModelArgs, tokens_per_rank: Sequence[int], seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The full batch x [T, D] and the upstream gradient g [T, D] (rank r owns a contiguous slice)."""
     gen = torch.Generator().manual_seed(seed + 1)
     T = sum(tokens_per_rank)
@@ -215,8 +239,14 @@ def build_moe(args: ModelArgs, seed: int, gate_bias: Sequence[float] | None = No
     return moe
 
 
-def ep_check_worker(rank: int, world: int, args: ModelArgs, tokens_per_rank: Sequence[int], seed: int = 0,
-                    gate_bias: Sequence[float] | None = None) -> dict[str, Any]:
+def ep_check_worker(
+    rank: int,
+    world: int,
+    args: ModelArgs,
+    tokens_per_rank: Sequence[int],
+    seed: int = 0,
+    gate_bias: Sequence[float] | None = None,
+) -> dict[str, Any]:
     """One rank of the EP check: run EPMoE forward and backward on its slice of the batch.
 
     Returns its outputs y, input gradient dx, the gradients of its expert shard, its local (not yet
@@ -225,19 +255,26 @@ def ep_check_worker(rank: int, world: int, args: ModelArgs, tokens_per_rank: Seq
     ep = EPMoE.from_moe(moe, group=None)
     x, g = ep_inputs(args, tokens_per_rank, seed)
     lo = sum(tokens_per_rank[:rank])
-    x = x[lo:lo + tokens_per_rank[rank]].clone().requires_grad_()
+    x = x[lo : lo + tokens_per_rank[rank]].clone().requires_grad_()
     y = ep(x)
-    y.backward(g[lo:lo + tokens_per_rank[rank]])
+    y.backward(g[lo : lo + tokens_per_rank[rank]])
     rep = dict(ep.named_parameters())
-    local_rep = {k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
-                 for k, p in rep.items() if not k.startswith("experts.")}
+    local_rep = {
+        k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+        for k, p in rep.items()
+        if not k.startswith("experts.")
+    }
     all_reduce_grads(ep.replicated_parameters())
     return dict(
-        y=y.detach(), dx=x.grad.detach(),
+        y=y.detach(),
+        dx=x.grad.detach(),
         expert_grads={k: getattr(ep.experts, k).grad.clone() for k in ("w1", "w2", "w3")},
         replicated_grads_local=local_rep,
-        replicated_grads_reduced={k: p.grad.clone() for k, p in rep.items() if not k.startswith("experts.")},
-        send_counts=ep.send_counts.clone(), recv_counts=ep.recv_counts.clone(),
+        replicated_grads_reduced={
+            k: p.grad.clone() for k, p in rep.items() if not k.startswith("experts.")
+        },
+        send_counts=ep.send_counts.clone(),
+        recv_counts=ep.recv_counts.clone(),
     )
 
 
@@ -254,8 +291,13 @@ def one_thread():
 
 
 @one_thread()
-def ep_reference(args: ModelArgs, tokens_per_rank: Sequence[int], seed: int = 0,
-                 gate_bias: Sequence[float] | None = None, rows: slice | None = None) -> dict[str, Any]:
+def ep_reference(
+    args: ModelArgs,
+    tokens_per_rank: Sequence[int],
+    seed: int = 0,
+    gate_bias: Sequence[float] | None = None,
+    rows: slice | None = None,
+) -> dict[str, Any]:
     """The single-process MoE on the same batch (or on `rows` of it): y, dx and every gradient.
     Runs on one thread, like the ranks."""
     moe = build_moe(args, seed, gate_bias)
@@ -265,16 +307,21 @@ def ep_reference(args: ModelArgs, tokens_per_rank: Sequence[int], seed: int = 0,
     x = x.clone().requires_grad_()
     y = moe(x)
     y.backward(g)
-    return dict(y=y.detach(), dx=x.grad.detach(),
-                grads={k: p.grad.clone() for k, p in moe.named_parameters()},
-                counts=torch.bincount(moe.routing.indices.flatten(), minlength=args.n_routed_experts))
+    return dict(
+        y=y.detach(),
+        dx=x.grad.detach(),
+        grads={k: p.grad.clone() for k, p in moe.named_parameters()},
+        counts=torch.bincount(moe.routing.indices.flatten(), minlength=args.n_routed_experts),
+    )
 
 
 # -----------------------------------------------------------------------------
 # data parallelism with a ZeRO-1 optimizer versus one process
 
 
-def toy_batch(args: ModelArgs, step: int, batch: int, seq: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def toy_batch(
+    args: ModelArgs, step: int, batch: int, seq: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic random token windows: inputs [B, S] and next-token targets [B, S]."""
     gen = torch.Generator().manual_seed(seed * 100_003 + step)
     w = torch.randint(0, args.vocab_size, (batch, seq + 1), generator=gen)
@@ -285,8 +332,16 @@ def _lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
 
 
-def dp_zero_worker(rank: int, world: int, args: ModelArgs, steps: int = 3, batch: int = 4, seq: int = 16,
-                   lr: float = 1e-3, seed: int = 0) -> dict[str, Any]:
+def dp_zero_worker(
+    rank: int,
+    world: int,
+    args: ModelArgs,
+    steps: int = 3,
+    batch: int = 4,
+    seq: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> dict[str, Any]:
     """One rank of data parallelism: the same model on every rank (same seed), batch/world rows of
     each batch, DistributedDataParallel averaging the gradients with all-reduce, and AdamW wrapped
     in ZeroRedundancyOptimizer so that each rank keeps the Adam moments of only its share of the
@@ -304,22 +359,30 @@ def dp_zero_worker(rank: int, world: int, args: ModelArgs, steps: int = 3, batch
     losses = []
     for step in range(steps):
         x, y = toy_batch(args, step, batch, seq, seed)
-        loss = _lm_loss(ddp, x[rank * b:(rank + 1) * b], y[rank * b:(rank + 1) * b])
+        loss = _lm_loss(ddp, x[rank * b : (rank + 1) * b], y[rank * b : (rank + 1) * b])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         mean = loss.detach().clone()
         dist.all_reduce(mean)
         losses.append(float(mean) / world)
-    state_numel = sum(t.numel() for s in opt.optim.state.values() for t in s.values()
-                      if torch.is_tensor(t) and t.dim() > 0)
-    return dict(params={k: v.detach().clone() for k, v in model.named_parameters()}, losses=losses,
-                optimizer_state_numel=state_numel)
+    state_numel = sum(
+        t.numel()
+        for s in opt.optim.state.values()
+        for t in s.values()
+        if torch.is_tensor(t) and t.dim() > 0
+    )
+    return dict(
+        params={k: v.detach().clone() for k, v in model.named_parameters()},
+        losses=losses,
+        optimizer_state_numel=state_numel,
+    )
 
 
 @one_thread()
-def dp_reference(args: ModelArgs, steps: int = 3, batch: int = 4, seq: int = 16, lr: float = 1e-3,
-                 seed: int = 0) -> dict[str, Any]:
+def dp_reference(
+    args: ModelArgs, steps: int = 3, batch: int = 4, seq: int = 16, lr: float = 1e-3, seed: int = 0
+) -> dict[str, Any]:
     """One process, full batches, plain AdamW: what dp_zero_worker must reproduce."""
     torch.manual_seed(seed)
     model = Transformer(args)
@@ -332,13 +395,33 @@ def dp_reference(args: ModelArgs, steps: int = 3, batch: int = 4, seq: int = 16,
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    state_numel = sum(t.numel() for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
-    return dict(params={k: v.detach().clone() for k, v in model.named_parameters()}, losses=losses,
-                optimizer_state_numel=state_numel)
+    state_numel = sum(
+        t.numel()
+        for s in opt.state.values()
+        for t in s.values()
+        if torch.is_tensor(t) and t.dim() > 0
+    )
+    return dict(
+        params={k: v.detach().clone() for k, v in model.named_parameters()},
+        losses=losses,
+        optimizer_state_numel=state_numel,
+    )
 
 
 __all__ = [
-    "DistributedError", "free_port", "run_distributed", "all_to_all", "exchange_counts", "EPMoE",
-    "all_reduce_grads", "one_thread", "ep_inputs", "build_moe", "ep_check_worker", "ep_reference", "toy_batch",
-    "dp_zero_worker", "dp_reference",
+    "DistributedError",
+    "free_port",
+    "run_distributed",
+    "all_to_all",
+    "exchange_counts",
+    "EPMoE",
+    "all_reduce_grads",
+    "one_thread",
+    "ep_inputs",
+    "build_moe",
+    "ep_check_worker",
+    "ep_reference",
+    "toy_batch",
+    "dp_zero_worker",
+    "dp_reference",
 ]

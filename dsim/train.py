@@ -13,6 +13,7 @@ Checkpoints (safetensors, no pickle) live in dsim.checkpoint and resume bit-exac
     history = trainer.run()
     mtp_acceptance_rate(trainer.model, get_corpus("val"))     # when n_mtp_layers >= 1
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,7 +49,9 @@ def get_corpus(split: str = "train", max_bytes: int | None = None) -> torch.Tens
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
     if not files:
-        raise RuntimeError(f"no standard-library sources found under {sysconfig.get_paths()['stdlib']}")
+        raise RuntimeError(
+            f"no standard-library sources found under {sysconfig.get_paths()['stdlib']}"
+        )
     chosen = [f for i, f in enumerate(files) if (i % 20 == 19) == (split == "val")]
     data = b"".join(f.read_bytes() for f in chosen)
     if max_bytes is not None:
@@ -63,7 +66,9 @@ def unigram_entropy(data: torch.Tensor) -> float:
     return float(-(p * p.log2()).sum())
 
 
-def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def get_batch(
+    data: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows: inputs x [B, S] and next-byte targets y [B, S]."""
     if data.numel() <= seq_len + 1:
         raise ValueError(f"corpus of {data.numel()} bytes is too short for seq_len={seq_len}")
@@ -104,6 +109,7 @@ class TrainConfig:
         eval_every (0: never), eval_batches: held-out bits per byte every eval_every steps.
         max_train_bytes: use only the first bytes of the training corpus (None: all of it).
     """
+
     steps: int = 200
     batch_size: int = 16
     seq_len: int = 128
@@ -126,34 +132,64 @@ class TrainConfig:
     max_train_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        self.bias_update_schedule = _check_schedule("bias_update_schedule", self.bias_update_schedule)
+        self.bias_update_schedule = _check_schedule(
+            "bias_update_schedule", self.bias_update_schedule
+        )
         self.mtp_lambda_schedule = _check_schedule("mtp_lambda_schedule", self.mtp_lambda_schedule)
         self.validate()
 
     def validate(self) -> None:
         """Raise ValueError naming the field and its allowed range for any invalid value."""
+
         def need(ok: bool, name: str, allowed: str) -> None:
             if not ok:
-                raise ValueError(f"TrainConfig.{name} = {getattr(self, name)!r} is invalid: must be {allowed}")
+                raise ValueError(
+                    f"TrainConfig.{name} = {getattr(self, name)!r} is invalid: must be {allowed}"
+                )
 
         def is_int(v: Any) -> bool:
             return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
         def is_real(v: Any) -> bool:
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+            return (
+                isinstance(v, (int, float, np.integer, np.floating))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+            )
 
         for name in ("steps", "batch_size", "seq_len", "eval_batches"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
         for name in ("warmup", "eval_every", "seed"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an integer >= 0")
         for name in ("lr", "gate_lr_mult"):
-            need(is_real(getattr(self, name)) and getattr(self, name) > 0, name, "a finite number > 0")
-        for name in ("weight_decay", "grad_clip", "bias_update_speed", "seq_aux_alpha", "switch_aux_alpha",
-                     "z_loss", "mtp_lambda"):
-            need(is_real(getattr(self, name)) and getattr(self, name) >= 0, name, "a finite number >= 0")
-        need(is_real(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]")
-        need(self.max_train_bytes is None or (is_int(self.max_train_bytes) and self.max_train_bytes > self.seq_len + 1),
-             "max_train_bytes", f"None or an integer > seq_len + 1 = {self.seq_len + 1}")
+            need(
+                is_real(getattr(self, name)) and getattr(self, name) > 0,
+                name,
+                "a finite number > 0",
+            )
+        for name in (
+            "weight_decay",
+            "grad_clip",
+            "bias_update_speed",
+            "seq_aux_alpha",
+            "switch_aux_alpha",
+            "z_loss",
+            "mtp_lambda",
+        ):
+            need(
+                is_real(getattr(self, name)) and getattr(self, name) >= 0,
+                name,
+                "a finite number >= 0",
+            )
+        need(
+            is_real(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]"
+        )
+        need(
+            self.max_train_bytes is None
+            or (is_int(self.max_train_bytes) and self.max_train_bytes > self.seq_len + 1),
+            "max_train_bytes",
+            f"None or an integer > seq_len + 1 = {self.seq_len + 1}",
+        )
 
     # ---- schedules ----
     def lr_at(self, step: int) -> float:
@@ -161,7 +197,10 @@ class TrainConfig:
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
         t = (step - self.warmup) / max(1, self.steps - self.warmup)
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+        return self.lr * (
+            self.min_lr_ratio
+            + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        )
 
     def mtp_lambda_at(self, step: int) -> float:
         """MTP weight lambda at a step: mtp_lambda, then each (step, value) of mtp_lambda_schedule."""
@@ -179,7 +218,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -192,18 +231,28 @@ def _check_schedule(name: str, schedule: Any) -> Schedule:
     try:
         pairs = tuple((s, v) for s, v in schedule)
     except (TypeError, ValueError):
-        raise ValueError(f"TrainConfig.{name} = {schedule!r} is invalid: must be a sequence of "
-                         "(step, value) pairs") from None
+        raise ValueError(
+            f"TrainConfig.{name} = {schedule!r} is invalid: must be a sequence of "
+            "(step, value) pairs"
+        ) from None
     out = []
     for s, v in pairs:
         ok_step = isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0
-        ok_value = (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-                    and math.isfinite(v) and v >= 0)
+        ok_value = (
+            isinstance(v, (int, float, np.integer, np.floating))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and v >= 0
+        )
         if not (ok_step and ok_value):
-            raise ValueError(f"TrainConfig.{name} has the pair ({s!r}, {v!r}): steps must be integers >= 0 "
-                             "and values finite numbers >= 0")
+            raise ValueError(
+                f"TrainConfig.{name} has the pair ({s!r}, {v!r}): steps must be integers >= 0 "
+                "and values finite numbers >= 0"
+            )
         if out and s <= out[-1][0]:
-            raise ValueError(f"TrainConfig.{name} steps must increase strictly, got {s} after {out[-1][0]}")
+            raise ValueError(
+                f"TrainConfig.{name} steps must increase strictly, got {s} after {out[-1][0]}"
+            )
         out.append((int(s), float(v)))
     return tuple(out)
 
@@ -222,21 +271,35 @@ def deepseek_v3_recipe(steps: int) -> dict[str, Any]:
     gamma = 0.001 for the first 14.3T of 14.8T tokens, then 0; alpha = 0.0001; MTP lambda = 0.3 for
     the first 10T tokens, then 0.1. Use as TrainConfig(steps=steps, **deepseek_v3_recipe(steps)).
     """
-    return dict(bias_update_speed=0.001, bias_update_schedule=((round(steps * 14.3 / 14.8), 0.0),),
-                seq_aux_alpha=1e-4, mtp_lambda=0.3, mtp_lambda_schedule=((round(steps * 10 / 14.8), 0.1),))
+    return dict(
+        bias_update_speed=0.001,
+        bias_update_schedule=((round(steps * 14.3 / 14.8), 0.0),),
+        seq_aux_alpha=1e-4,
+        mtp_lambda=0.3,
+        mtp_lambda_schedule=((round(steps * 10 / 14.8), 0.1),),
+    )
 
 
 @dataclass
 class History:
     """Per-step records of a run (plain lists, cheap to log every step)."""
-    loss: list[float] = field(default_factory=list)          # main next-token loss, nats
-    mtp_loss: list[float] = field(default_factory=list)      # mean MTP cross-entropy over depths, nats (0: off)
-    aux_loss: list[float] = field(default_factory=list)      # sum of the balance/z losses as added
-    load: list[np.ndarray] = field(default_factory=list)     # [layers, E] fraction of assignments per expert
-    imbalance: list[float] = field(default_factory=list)     # max load / mean load, averaged over layers
-    entropy: list[float] = field(default_factory=list)       # load entropy / log(E), averaged over layers
-    dropped: list[int] = field(default_factory=list)         # assignments dropped by capacity, all layers
-    bias: list[np.ndarray] = field(default_factory=list)     # [layers, E] gate biases after the step
+
+    loss: list[float] = field(default_factory=list)  # main next-token loss, nats
+    mtp_loss: list[float] = field(
+        default_factory=list
+    )  # mean MTP cross-entropy over depths, nats (0: off)
+    aux_loss: list[float] = field(default_factory=list)  # sum of the balance/z losses as added
+    load: list[np.ndarray] = field(
+        default_factory=list
+    )  # [layers, E] fraction of assignments per expert
+    imbalance: list[float] = field(
+        default_factory=list
+    )  # max load / mean load, averaged over layers
+    entropy: list[float] = field(
+        default_factory=list
+    )  # load entropy / log(E), averaged over layers
+    dropped: list[int] = field(default_factory=list)  # assignments dropped by capacity, all layers
+    bias: list[np.ndarray] = field(default_factory=list)  # [layers, E] gate biases after the step
     val_bpb: list[tuple[int, float]] = field(default_factory=list)
 
     @property
@@ -251,22 +314,25 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
-def compute_losses(model: Transformer, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                   step: int = 0) -> dict[str, torch.Tensor]:
+def compute_losses(
+    model: Transformer, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, step: int = 0
+) -> dict[str, torch.Tensor]:
     """Forward pass and every loss term: {'loss' (what backward sees), 'main', 'mtp', 'aux'}.
 
     loss = main + lambda / D * sum_k mtp_k + balance losses (DeepSeek-V3 eq. 25 for the MTP part).
     """
-    h = model.hidden(x)                                                     # [B, S, D]
+    h = model.hidden(x)  # [B, S, D]
     main = lm_loss(model.head(model.norm(h)), y)
     out = {"main": main, "mtp": torch.zeros(()), "aux": torch.zeros(())}
     total = main
     lam = cfg.mtp_lambda_at(step)
     if model.args.n_mtp_layers and lam > 0:
         # depth k at position i predicts t_{i+k+1} = y[:, i+k]
-        mtp = [lm_loss(logits, y[:, k:]) for k, logits in enumerate(model.mtp_logits(h, x), start=1)]
+        mtp = [
+            lm_loss(logits, y[:, k:]) for k, logits in enumerate(model.mtp_logits(h, x), start=1)
+        ]
         out["mtp"] = torch.stack(mtp).mean()
-        total = total + lam * out["mtp"]                     # lambda / D * sum_k = lambda * mean_k
+        total = total + lam * out["mtp"]  # lambda / D * sum_k = lambda * mean_k
     aux = balance.aux_losses(model, x.shape, cfg)
     out["aux"] = aux
     out["loss"] = total + aux
@@ -287,22 +353,42 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
             groups["matrices"].append(p)
         else:
             groups["vectors"].append(p)
-    settings = {"matrices": (cfg.weight_decay, 1.0), "router": (cfg.weight_decay, cfg.gate_lr_mult),
-                "vectors": (0.0, 1.0)}
-    param_groups = [{"params": ps, "name": g, "weight_decay": settings[g][0], "lr_mult": settings[g][1],
-                     "lr": cfg.lr * settings[g][1]} for g, ps in groups.items() if ps]
+    settings = {
+        "matrices": (cfg.weight_decay, 1.0),
+        "router": (cfg.weight_decay, cfg.gate_lr_mult),
+        "vectors": (0.0, 1.0),
+    }
+    param_groups = [
+        {
+            "params": ps,
+            "name": g,
+            "weight_decay": settings[g][0],
+            "lr_mult": settings[g][1],
+            "lr": cfg.lr * settings[g][1],
+        }
+        for g, ps in groups.items()
+        if ps
+    ]
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, data: torch.Tensor, seq_len: int = 128, batches: int = 8,
-             batch_size: int = 16, seed: int = 1234) -> float:
+def evaluate(
+    model: Transformer,
+    data: torch.Tensor,
+    seq_len: int = 128,
+    batches: int = 8,
+    batch_size: int = 16,
+    seed: int = 1234,
+) -> float:
     """Bits per byte of the main head on random windows of `data` (fixed seed: comparable across models)."""
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    losses = [lm_loss(model(x), y).item() for x, y in
-              (get_batch(data, batch_size, seq_len, gen) for _ in range(batches))]
+    losses = [
+        lm_loss(model(x), y).item()
+        for x, y in (get_batch(data, batch_size, seq_len, gen) for _ in range(batches))
+    ]
     model.train(was_training)
     return float(np.mean(losses)) * LOG2E
 
@@ -318,11 +404,15 @@ class Trainer:
 
     def __init__(self, args: ModelArgs, cfg: TrainConfig, data: torch.Tensor | None = None):
         if args.max_seq_len < cfg.seq_len:
-            args = args.replace(max_seq_len=cfg.seq_len, original_seq_len=max(args.original_seq_len, cfg.seq_len))
+            args = args.replace(
+                max_seq_len=cfg.seq_len, original_seq_len=max(args.original_seq_len, cfg.seq_len)
+            )
         needs_mtp = cfg.mtp_lambda > 0 or any(v > 0 for _, v in cfg.mtp_lambda_schedule)
         if needs_mtp and args.n_mtp_layers == 0:
-            raise ValueError("TrainConfig.mtp_lambda > 0 needs a model with MTP modules: "
-                             "set ModelArgs.n_mtp_layers >= 1")
+            raise ValueError(
+                "TrainConfig.mtp_lambda > 0 needs a model with MTP modules: "
+                "set ModelArgs.n_mtp_layers >= 1"
+            )
         self.args, self.cfg = args, cfg
         torch.manual_seed(cfg.seed)
         self.model = Transformer(args)
@@ -337,7 +427,7 @@ class Trainer:
         cfg, model = self.cfg, self.model
         model.train()
         for moe in model.moe_layers():
-            moe.routing = None                     # no stale routing from an earlier step or evaluation
+            moe.routing = None  # no stale routing from an earlier step or evaluation
         x, y = get_batch(self.data, cfg.batch_size, cfg.seq_len, self.generator)
         lr = cfg.lr_at(self.step)
         for group in self.optimizer.param_groups:
@@ -348,7 +438,7 @@ class Trainer:
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         self.optimizer.step()
-        stats = balance.load_stats(model)          # the load this step's batch put on each expert
+        stats = balance.load_stats(model)  # the load this step's batch put on each expert
         gamma = cfg.bias_update_speed_at(self.step)
         if gamma > 0:
             balance.update_bias(model, gamma)
@@ -363,9 +453,18 @@ class Trainer:
         h.bias.append(balance.gate_biases(model))
         self.step += 1
         if cfg.eval_every and self.step % cfg.eval_every == 0:
-            h.val_bpb.append((self.step, evaluate(model, get_corpus("val"), cfg.seq_len, cfg.eval_batches)))
-        return {"loss": h.loss[-1], "mtp_loss": h.mtp_loss[-1], "aux_loss": h.aux_loss[-1],
-                "imbalance": stats.imbalance, "entropy": stats.entropy, "dropped": stats.dropped, "lr": lr}
+            h.val_bpb.append(
+                (self.step, evaluate(model, get_corpus("val"), cfg.seq_len, cfg.eval_batches))
+            )
+        return {
+            "loss": h.loss[-1],
+            "mtp_loss": h.mtp_loss[-1],
+            "aux_loss": h.aux_loss[-1],
+            "imbalance": stats.imbalance,
+            "entropy": stats.entropy,
+            "dropped": stats.dropped,
+            "lr": lr,
+        }
 
     def run(self, steps: int | None = None, progress: bool = True) -> History:
         """Train until `steps` total steps (default cfg.steps), with a tqdm progress bar."""
@@ -374,13 +473,19 @@ class Trainer:
         while self.step < target:
             self.train_step()
             bar.update(1)
-            bar.set_postfix(bpb=f"{self.history.bits_per_byte[-1]:.3f}", imb=f"{self.history.imbalance[-1]:.2f}")
+            bar.set_postfix(
+                bpb=f"{self.history.bits_per_byte[-1]:.3f}", imb=f"{self.history.imbalance[-1]:.2f}"
+            )
         bar.close()
         return self.history
 
 
-def train(args: ModelArgs | str = "tiny", cfg: TrainConfig | None = None, progress: bool = True,
-          **cfg_changes) -> tuple[Transformer, History]:
+def train(
+    args: ModelArgs | str = "tiny",
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+    **cfg_changes,
+) -> tuple[Transformer, History]:
     """Train a model (a preset name or ModelArgs) on the standard library's text; returns (model, history)."""
     args = preset(args) if isinstance(args, str) else args
     cfg = dataclasses.replace(cfg or TrainConfig(), **cfg_changes)
@@ -395,10 +500,11 @@ def train(args: ModelArgs | str = "tiny", cfg: TrainConfig | None = None, progre
 @dataclass
 class MTPAcceptance:
     """How well the first MTP module drafts the second token (greedy self-speculative decoding)."""
-    rate: float               # P(main model's token after its own proposal == MTP draft)
-    n: int                    # positions measured
-    main_accuracy: float      # P(main proposal == the true next byte)
-    draft_accuracy: float     # P(MTP draft == the true byte after next), given the main proposal
+
+    rate: float  # P(main model's token after its own proposal == MTP draft)
+    n: int  # positions measured
+    main_accuracy: float  # P(main proposal == the true next byte)
+    draft_accuracy: float  # P(MTP draft == the true byte after next), given the main proposal
 
     @property
     def tokens_per_step(self) -> float:
@@ -407,8 +513,14 @@ class MTPAcceptance:
 
 
 @torch.no_grad()
-def mtp_acceptance(model: Transformer, data: torch.Tensor, context: int = 64, windows: int = 256,
-                   batch_size: int = 64, seed: int = 1234) -> MTPAcceptance:
+def mtp_acceptance(
+    model: Transformer,
+    data: torch.Tensor,
+    context: int = 64,
+    windows: int = 256,
+    batch_size: int = 64,
+    seed: int = 1234,
+) -> MTPAcceptance:
     """Greedy acceptance rate of the second token when MTP drafts it, on windows of held-out text.
 
     For each window x_1..x_S of real text (S = context):
@@ -422,8 +534,10 @@ def mtp_acceptance(model: Transformer, data: torch.Tensor, context: int = 64, wi
     if not len(model.mtp):
         raise ValueError("the model has no MTP module: build it with ModelArgs.n_mtp_layers >= 1")
     if not 1 <= context <= model.args.max_seq_len - 1:
-        raise ValueError(f"context = {context} is invalid: must be in [1, max_seq_len - 1 = "
-                         f"{model.args.max_seq_len - 1}]")
+        raise ValueError(
+            f"context = {context} is invalid: must be in [1, max_seq_len - 1 = "
+            f"{model.args.max_seq_len - 1}]"
+        )
     if windows < 1 or batch_size < 1:
         raise ValueError(f"windows = {windows} and batch_size = {batch_size} must be >= 1")
     was_training = model.training
@@ -432,22 +546,30 @@ def mtp_acceptance(model: Transformer, data: torch.Tensor, context: int = 64, wi
     accepted = main_ok = draft_ok = n = 0
     for start in range(0, windows, batch_size):
         b = min(batch_size, windows - start)
-        x, y = get_batch(data, b, context + 1, gen)                         # x: [b, S+1], y: [b, S+1]
+        x, y = get_batch(data, b, context + 1, gen)  # x: [b, S+1], y: [b, S+1]
         ctx, true_next, true_after = x[:, :context], x[:, context], y[:, context]
-        a = model(ctx)[:, -1].argmax(-1)                                    # [b] main proposal
-        ext = torch.cat([ctx, a[:, None]], dim=1)                           # [b, S+1]
-        h = model.hidden(ext)                                               # [b, S+1, D]
-        verify = model.head(model.norm(h[:, -1])).argmax(-1)                # [b] main's token after a
-        draft = model.mtp_logits(h, ext)[0][:, -1].argmax(-1)               # [b] depth-1 draft after a
+        a = model(ctx)[:, -1].argmax(-1)  # [b] main proposal
+        ext = torch.cat([ctx, a[:, None]], dim=1)  # [b, S+1]
+        h = model.hidden(ext)  # [b, S+1, D]
+        verify = model.head(model.norm(h[:, -1])).argmax(-1)  # [b] main's token after a
+        draft = model.mtp_logits(h, ext)[0][:, -1].argmax(-1)  # [b] depth-1 draft after a
         accepted += int((verify == draft).sum())
         main_ok += int((a == true_next).sum())
         draft_ok += int((draft == true_after).sum())
         n += b
     model.train(was_training)
-    return MTPAcceptance(rate=accepted / n, n=n, main_accuracy=main_ok / n, draft_accuracy=draft_ok / n)
+    return MTPAcceptance(
+        rate=accepted / n, n=n, main_accuracy=main_ok / n, draft_accuracy=draft_ok / n
+    )
 
 
-def mtp_acceptance_rate(model: Transformer, data: torch.Tensor, context: int = 64, windows: int = 256,
-                        batch_size: int = 64, seed: int = 1234) -> float:
+def mtp_acceptance_rate(
+    model: Transformer,
+    data: torch.Tensor,
+    context: int = 64,
+    windows: int = 256,
+    batch_size: int = 64,
+    seed: int = 1234,
+) -> float:
     """The greedy acceptance rate of the MTP draft of the second token (see `mtp_acceptance`)."""
     return mtp_acceptance(model, data, context, windows, batch_size, seed).rate

@@ -74,9 +74,10 @@ import sys
 import tarfile
 import tempfile
 import time
-import tomllib
 import urllib.parse
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 MATHJAX_SPEC = "mathjax@3"
@@ -99,11 +100,14 @@ def strip_ansi(text: str) -> str:
 # 1. MathJax
 # --------------------------------------------------------------------------
 
+
 def vendor_mathjax(src_dir: Path, refresh: bool = False) -> None:
     dest = src_dir / "vendor" / "mathjax"
     stamp = dest / "VERSION"
     if not refresh and (dest / "tex-svg.js").is_file() and stamp.is_file():
-        log(f"MathJax: using vendored {stamp.read_text().strip()} in {dest.relative_to(src_dir.parent)}")
+        log(
+            f"MathJax: using vendored {stamp.read_text().strip()} in {dest.relative_to(src_dir.parent)}"
+        )
         return
     with tempfile.TemporaryDirectory(prefix="dsim-mathjax-") as tmp:
         tarball = os.environ.get("DSIM_MATHJAX_TARBALL")
@@ -114,21 +118,31 @@ def vendor_mathjax(src_dir: Path, refresh: bool = False) -> None:
         else:
             npm = shutil.which("npm")
             if npm is None:
-                raise BuildError("npm is not installed: it is needed once to vendor MathJax "
-                                 f"(`npm pack {MATHJAX_SPEC}`); install Node.js/npm or set "
-                                 "DSIM_MATHJAX_TARBALL to a downloaded mathjax-3.x.tgz")
+                raise BuildError(
+                    "npm is not installed: it is needed once to vendor MathJax "
+                    f"(`npm pack {MATHJAX_SPEC}`); install Node.js/npm or set "
+                    "DSIM_MATHJAX_TARBALL to a downloaded mathjax-3.x.tgz"
+                )
             log(f"MathJax: npm pack {MATHJAX_SPEC}")
-            proc = subprocess.run([npm, "pack", MATHJAX_SPEC, "--pack-destination", tmp, "--silent"],
-                                  capture_output=True, text=True, cwd=tmp)
+            proc = subprocess.run(
+                [npm, "pack", MATHJAX_SPEC, "--pack-destination", tmp, "--silent"],
+                capture_output=True,
+                text=True,
+                cwd=tmp,
+            )
             tgzs = sorted(Path(tmp).glob("mathjax-*.tgz"))
             if proc.returncode != 0 or not tgzs:
-                raise BuildError(f"`npm pack {MATHJAX_SPEC}` failed (exit {proc.returncode}):\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
+                raise BuildError(
+                    f"`npm pack {MATHJAX_SPEC}` failed (exit {proc.returncode}):\n"
+                    f"{proc.stdout}\n{proc.stderr}"
+                )
             tgz = tgzs[0]
         stage = Path(tmp) / "stage"
         stage.mkdir()
         version = "?"
-        wanted = re.compile(r"^package/(es5/tex-svg\.js|es5/input/tex/extensions/[\w-]+\.js|LICENSE|package\.json)$")
+        wanted = re.compile(
+            r"^package/(es5/tex-svg\.js|es5/input/tex/extensions/[\w-]+\.js|LICENSE|package\.json)$"
+        )
         with tarfile.open(tgz, "r:gz") as tf:
             for member in tf.getmembers():
                 m = wanted.match(member.name)
@@ -139,7 +153,7 @@ def vendor_mathjax(src_dir: Path, refresh: bool = False) -> None:
                 if rel == "package.json":
                     version = json.loads(data)["version"]
                     continue
-                out = stage / (rel[len("es5/"):] if rel.startswith("es5/") else rel)
+                out = stage / (rel[len("es5/") :] if rel.startswith("es5/") else rel)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(data)
         if not (stage / "tex-svg.js").is_file():
@@ -176,10 +190,10 @@ def display_math(tex: str) -> str:
 
 
 _MD_MATH_RE = re.compile(
-    r"(?P<code>(?P<ticks>`+).+?(?P=ticks))"                  # inline code span
-    r"|(?P<comment><!--.*?-->)"                                 # HTML comment
-    r"|(?P<esc>\\\$)"                                           # escaped dollar
-    r"|\$\$(?P<display>.+?)\$\$"                                # $$ display $$
+    r"(?P<code>(?P<ticks>`+).+?(?P=ticks))"  # inline code span
+    r"|(?P<comment><!--.*?-->)"  # HTML comment
+    r"|(?P<esc>\\\$)"  # escaped dollar
+    r"|\$\$(?P<display>.+?)\$\$"  # $$ display $$
     r"|(?<![\w$])\$(?P<inline>[^\s$](?:[^$\n]|\\\$)*?)(?<![\s\\])\$(?![\w$])",  # $inline$
     re.S,
 )
@@ -224,7 +238,7 @@ def latex_output_to_markdown(tex: str) -> str:
     t = tex.strip()
     for left, right in (("$$", "$$"), ("\\[", "\\]"), ("$", "$")):
         if t.startswith(left) and t.endswith(right) and len(t) > len(left) + len(right):
-            t = t[len(left):-len(right)]
+            t = t[len(left) : -len(right)]
             break
     return display_math(t).strip("\n") + "\n"
 
@@ -236,7 +250,7 @@ def _widget_state(nb) -> dict:
 
 def _model_refs(value):
     if isinstance(value, str) and value.startswith("IPY_MODEL_"):
-        yield value[len("IPY_MODEL_"):]
+        yield value[len("IPY_MODEL_") :]
     elif isinstance(value, (list, tuple)):
         for v in value:
             yield from _model_refs(v)
@@ -263,12 +277,15 @@ def static_widget_outputs(model_id: str, state: dict) -> list:
             return
         if name == "OutputModel":
             captured.extend(st.get("outputs", []))
-        if st.get("description") is not None and name != "OutputModel" and (
-                "value" in st or "_options_labels" in st):
+        if (
+            st.get("description") is not None
+            and name != "OutputModel"
+            and ("value" in st or "_options_labels" in st)
+        ):
             val = st.get("value")
             labels, index = st.get("_options_labels"), st.get("index")
             if labels is not None and isinstance(index, int) and 0 <= index < len(labels):
-                val = labels[index]                       # Dropdown, RadioButtons, ...
+                val = labels[index]  # Dropdown, RadioButtons, ...
             elif labels is not None and isinstance(index, list):
                 val = ", ".join(labels[i] for i in index if 0 <= i < len(labels))
             if isinstance(val, (list, tuple)):
@@ -285,8 +302,10 @@ def static_widget_outputs(model_id: str, state: dict) -> list:
 
     walk(model_id)
     what = ", ".join(controls) if controls else "its initial state"
-    note = (f"> **Interactive cell.** Shown for {what}. Open the notebook in JupyterLab "
-            "to move the controls.\n")
+    note = (
+        f"> **Interactive cell.** Shown for {what}. Open the notebook in JupyterLab "
+        "to move the controls.\n"
+    )
     outs = [nbformat.v4.new_output("display_data", data={"text/markdown": note})]
     for o in captured:
         outs.append(nbformat.from_dict(o))
@@ -324,17 +343,19 @@ def prepare_for_book(nb) -> list[str]:
                         warnings.append(f"widget {mid} has no saved state; shown as a note only")
                     new_outputs.extend(static_widget_outputs(mid, wstate))
                     continue
-                if "text/latex" in data and not ({"text/html", "text/markdown", "image/png",
-                                                   "image/svg+xml"} & set(data)):
+                if "text/latex" in data and not (
+                    {"text/html", "text/markdown", "image/png", "image/svg+xml"} & set(data)
+                ):
                     out = nbformat.v4.new_output(
                         out.output_type if out.output_type != "execute_result" else "display_data",
-                        data={"text/markdown": latex_output_to_markdown(data["text/latex"])})
+                        data={"text/markdown": latex_output_to_markdown(data["text/latex"])},
+                    )
                 new_outputs.append(out)
             cell.outputs = new_outputs
-            coalesce.preprocess_cell(cell, {}, 0)    # merge stream chunks, apply \r
+            coalesce.preprocess_cell(cell, {}, 0)  # merge stream chunks, apply \r
         for tag in tags:
             if tag.startswith("anchor:"):
-                name = tag[len("anchor:"):]
+                name = tag[len("anchor:") :]
                 if not re.fullmatch(r"[\w-]+", name):
                     raise BuildError(f"bad anchor tag {tag!r}: use letters, digits, _ and -")
                 anchors.setdefault(name, []).append(len(cells))
@@ -369,11 +390,14 @@ def notebook_to_markdown(nb, stem: str, src_dir: Path) -> tuple[str, list[str]]:
     from jinja2 import DictLoader
     from nbconvert import MarkdownExporter
 
-    files_dir = f"generated/{stem}/{stem}_files"       # relative to chapters/
-    exporter = MarkdownExporter(extra_loaders=[DictLoader({"dsim_book.md.j2": BOOK_TEMPLATE})],
-                                template_file="dsim_book.md.j2")
+    files_dir = f"generated/{stem}/{stem}_files"  # relative to chapters/
+    exporter = MarkdownExporter(
+        extra_loaders=[DictLoader({"dsim_book.md.j2": BOOK_TEMPLATE})],
+        template_file="dsim_book.md.j2",
+    )
     body, resources = exporter.from_notebook_node(
-        nb, resources={"unique_key": stem, "output_files_dir": files_dir})
+        nb, resources={"unique_key": stem, "output_files_dir": files_dir}
+    )
     figures = []
     for name, data in sorted(resources.get("outputs", {}).items()):
         path = src_dir / name
@@ -383,15 +407,19 @@ def notebook_to_markdown(nb, stem: str, src_dir: Path) -> tuple[str, list[str]]:
         path.write_bytes(data if isinstance(data, bytes) else data.encode())
         figures.append(name)
     # Every image reference must point at a file we wrote (or be a URL/data URI).
-    for ref in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", body) + re.findall(r"<img[^>]*\ssrc=\"([^\"]+)\"", body):
+    for ref in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", body) + re.findall(
+        r"<img[^>]*\ssrc=\"([^\"]+)\"", body
+    ):
         ref = urllib.parse.unquote(ref)
         if re.match(r"^[a-z][a-z0-9+.-]*:", ref, re.I):
             continue
         if not (src_dir / ref).is_file():
             raise BuildError(f"{stem}: missing figure {ref!r} referenced by the generated markdown")
     # (No literal include directive in here: mdBook expands them even inside comments.)
-    header = (f"<!-- Generated by scripts/build_book.py from notebooks/{stem}.ipynb; do not edit.\n"
-              f"     A chapter in chapters/ includes it as generated/{stem}/{stem}.md -->\n\n")
+    header = (
+        f"<!-- Generated by scripts/build_book.py from notebooks/{stem}.ipynb; do not edit.\n"
+        f"     A chapter in chapters/ includes it as generated/{stem}/{stem}.md -->\n\n"
+    )
     return header + body.strip() + "\n", figures
 
 
@@ -419,8 +447,9 @@ def _book_client_class():
         def _publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
             content = json_clean(dict(data=data or {}, comm_id=self.comm_id, **keys))
             session = self.kernel_client.session
-            msg = session.msg(msg_type, content=content, parent=self.parent_header,
-                              metadata=metadata or {})
+            msg = session.msg(
+                msg_type, content=content, parent=self.parent_header, metadata=metadata or {}
+            )
             # zmq.asyncio.Socket.send_multipart (not Session.send): see the docstring above.
             self.kernel_client.shell_channel.socket.send_multipart(session.serialize(msg))
 
@@ -428,7 +457,7 @@ def _book_client_class():
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.widget_registry["@jupyter-widgets/output"]["OutputModel"] = AsyncSendOutputWidget
-            self.cell_times: list[tuple[int, float, float]] = []   # (index, wall s, reply lag s)
+            self.cell_times: list[tuple[int, float, float]] = []  # (index, wall s, reply lag s)
 
         async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
             t0 = time.time()
@@ -436,7 +465,7 @@ def _book_client_class():
             if cell.cell_type == "code" and cell.source.strip():
                 ex = cell.get("metadata", {}).get("execution", {})
                 lag = 0.0
-                if "iopub.status.idle" in ex:       # kernel-side timestamps (record_timing)
+                if "iopub.status.idle" in ex:  # kernel-side timestamps (record_timing)
                     idle = _iso_time(ex["iopub.status.idle"])
                     lag = max(0.0, time.time() - idle)
                 self.cell_times.append((cell_index, time.time() - t0, lag))
@@ -448,6 +477,7 @@ def _book_client_class():
 def _iso_time(stamp: str) -> float:
     """Seconds since the epoch of an ISO 8601 time stamp (nbclient's timing metadata)."""
     import datetime
+
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
@@ -456,22 +486,30 @@ def _iso_time(stamp: str) -> float:
 REPLY_LAG_WARN_S = 2.0
 
 
-def run_notebook(nb_path: str, work_dir: str, src_dir: str, root: str, timeout: int,
-                 deadline: float, threads: int) -> dict:
+def run_notebook(
+    nb_path: str,
+    work_dir: str,
+    src_dir: str,
+    root: str,
+    timeout: int,
+    deadline: float,
+    threads: int,
+) -> dict:
     """Execute one notebook and write chapters/generated/<stem>/. Runs in a worker process.
 
     timeout: seconds a cell may run; deadline: time.time() by which the whole build must be done
     (a cell is stopped there too); threads: torch/OpenMP threads of the kernel."""
     import nbformat
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     nb_path, src, root_p = Path(nb_path), Path(src_dir), Path(root)
     stem = nb_path.stem
     t0 = time.time()
     if t0 >= deadline:
-        raise BuildError(f"notebook {nb_path.name} is late: the build's deadline passed before "
-                         "it could start")
+        raise BuildError(
+            f"notebook {nb_path.name} is late: the build's deadline passed before it could start"
+        )
     nb = nbformat.read(nb_path, as_version=4)
     kernel = nb.metadata.get("kernelspec", {}).get("name") or "python3"
     try:
@@ -479,7 +517,8 @@ def run_notebook(nb_path: str, work_dir: str, src_dir: str, root: str, timeout: 
     except NoSuchKernel:
         kernel = "python3"
     os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(root_p)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+        [str(root_p)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     os.environ["DSIM_BOOK_BUILD"] = "1"
     # One OpenMP pool per kernel sized to its share of the cores: torch reads these at import.
     # Two kernels of two threads each on two cores made notebook 01 take 200 s instead of 25 s.
@@ -503,52 +542,73 @@ def run_notebook(nb_path: str, work_dir: str, src_dir: str, root: str, timeout: 
         return max(1, min(timeout, left))
 
     client = _book_client_class()(
-        nb, timeout=timeout, timeout_func=cell_timeout, kernel_name=kernel, allow_errors=False,
-        store_widget_state=True, record_timing=True, resources={"metadata": {"path": work_dir}})
+        nb,
+        timeout=timeout,
+        timeout_func=cell_timeout,
+        kernel_name=kernel,
+        allow_errors=False,
+        store_widget_state=True,
+        record_timing=True,
+        resources={"metadata": {"path": work_dir}},
+    )
     try:
         client.execute()
     except CellExecutionError as exc:
-        raise BuildError(f"notebook {nb_path.name} raised an error:\n{strip_ansi(str(exc))}") from None
+        raise BuildError(
+            f"notebook {nb_path.name} raised an error:\n{strip_ansi(str(exc))}"
+        ) from None
     except CellTimeoutError as exc:
         if late["cell"] is not None and time.time() >= deadline - 1:
-            raise BuildError(f"notebook {nb_path.name} is late: the build's deadline (--deadline) "
-                             f"passed while this cell was running ({time.time() - t0:.0f} s into "
-                             "the notebook):"
-                             f"\n{strip_ansi(str(exc))[:2000]}") from None
-        raise BuildError(f"notebook {nb_path.name}: a cell ran longer than {timeout}s:\n"
-                         f"{strip_ansi(str(exc))[:2000]}") from None
+            raise BuildError(
+                f"notebook {nb_path.name} is late: the build's deadline (--deadline) "
+                f"passed while this cell was running ({time.time() - t0:.0f} s into "
+                "the notebook):"
+                f"\n{strip_ansi(str(exc))[:2000]}"
+            ) from None
+        raise BuildError(
+            f"notebook {nb_path.name}: a cell ran longer than {timeout}s:\n"
+            f"{strip_ansi(str(exc))[:2000]}"
+        ) from None
     except DeadKernelError as exc:
         raise BuildError(f"notebook {nb_path.name}: the kernel died: {exc}") from None
     t_exec = time.time() - t0
     executed_dir = root_p / "build" / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, executed_dir / nb_path.name)      # for inspection; never the committed file
+    nbformat.write(nb, executed_dir / nb_path.name)  # for inspection; never the committed file
     warnings = prepare_for_book(nb)
     slow = max(client.cell_times, key=lambda c: c[1], default=(None, 0.0, 0.0))
     waited = [(i, lag) for i, _, lag in client.cell_times if lag > REPLY_LAG_WARN_S]
-    warnings += [f"cell {i}: its reply arrived {lag:.1f}s after the kernel went idle"
-                 for i, lag in waited]
+    warnings += [
+        f"cell {i}: its reply arrived {lag:.1f}s after the kernel went idle" for i, lag in waited
+    ]
     out_dir = src / "generated" / stem
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     md, figures = notebook_to_markdown(nb, stem, src)
     (out_dir / f"{stem}.md").write_text(md)
-    return {"stem": stem, "exec_s": t_exec, "total_s": time.time() - t0, "figures": figures,
-            "warnings": warnings, "slowest_cell": slow[:2],
-            "max_reply_lag_s": max((lag for _, _, lag in client.cell_times), default=0.0)}
+    return {
+        "stem": stem,
+        "exec_s": t_exec,
+        "total_s": time.time() - t0,
+        "figures": figures,
+        "warnings": warnings,
+        "slowest_cell": slow[:2],
+        "max_reply_lag_s": max((lag for _, _, lag in client.cell_times), default=0.0),
+    }
 
 
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, e.g. a container's share)."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:                   # not Linux
+    except AttributeError:  # not Linux
         return os.cpu_count() or 1
 
 
-def build_notebooks(root: Path, src_dir: Path, only: list[str], jobs: int | None, timeout: int,
-                    deadline: float) -> list[dict]:
+def build_notebooks(
+    root: Path, src_dir: Path, only: list[str], jobs: int | None, timeout: int, deadline: float
+) -> list[dict]:
     """Execute the notebooks, at most one per core at a time, each kernel with its share of the
     cores as threads; fail with a BuildError naming the notebooks still running at `deadline`."""
     nb_dir = root / "notebooks"
@@ -560,7 +620,7 @@ def build_notebooks(root: Path, src_dir: Path, only: list[str], jobs: int | None
             raise BuildError(f"no such notebook(s) in {nb_dir}: {', '.join(sorted(missing))}")
         notebooks = [p for p in notebooks if p.stem in wanted]
     gen = src_dir / "generated"
-    if not only and gen.exists():          # drop pages of notebooks that no longer exist
+    if not only and gen.exists():  # drop pages of notebooks that no longer exist
         for d in gen.iterdir():
             if d.is_dir() and d.name not in {p.stem for p in notebooks}:
                 shutil.rmtree(d)
@@ -576,15 +636,28 @@ def build_notebooks(root: Path, src_dir: Path, only: list[str], jobs: int | None
     with tempfile.TemporaryDirectory(prefix="dsim-book-nb-") as tmp:
         work = Path(tmp) / "notebooks"
         shutil.copytree(nb_dir, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-        log(f"executing {len(notebooks)} notebook(s), {jobs} at a time with {threads} thread(s) "
+        log(
+            f"executing {len(notebooks)} notebook(s), {jobs} at a time with {threads} thread(s) "
             f"each, cell timeout {timeout}s, {deadline - time.time():.0f}s left: "
-            + ", ".join(p.stem for p in notebooks))
+            + ", ".join(p.stem for p in notebooks)
+        )
         ctx = multiprocessing.get_context("spawn")
         pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
         errors = []
         try:
-            futs = {pool.submit(run_notebook, str(work / p.name), str(work), str(src_dir),
-                                str(root), timeout, deadline, threads): p for p in notebooks}
+            futs = {
+                pool.submit(
+                    run_notebook,
+                    str(work / p.name),
+                    str(work),
+                    str(src_dir),
+                    str(root),
+                    timeout,
+                    deadline,
+                    threads,
+                ): p
+                for p in notebooks
+            }
             started = {}
             pending = set(futs)
             while pending:
@@ -592,10 +665,13 @@ def build_notebooks(root: Path, src_dir: Path, only: list[str], jobs: int | None
                 left = deadline + 60 - time.time()
                 if left <= 0:
                     late = sorted(futs[f].stem for f in pending)
-                    raise BuildError(f"the build's deadline passed with notebook(s) still "
-                                     f"running or queued: {', '.join(late)}")
+                    raise BuildError(
+                        f"the build's deadline passed with notebook(s) still "
+                        f"running or queued: {', '.join(late)}"
+                    )
                 done, pending = concurrent.futures.wait(
-                    pending, timeout=min(left, 5), return_when=concurrent.futures.FIRST_COMPLETED)
+                    pending, timeout=min(left, 5), return_when=concurrent.futures.FIRST_COMPLETED
+                )
                 for f in pending:
                     if f.running() and f not in started:
                         started[f] = time.time()
@@ -610,14 +686,19 @@ def build_notebooks(root: Path, src_dir: Path, only: list[str], jobs: int | None
                         continue
                     except Exception as exc:  # a bug in the conversion, or a worker crash
                         import traceback
-                        errors.append(f"converting {futs[fut].name} failed unexpectedly:\n"
-                                      + "".join(traceback.format_exception(exc)))
+
+                        errors.append(
+                            f"converting {futs[fut].name} failed unexpectedly:\n"
+                            + "".join(traceback.format_exception(exc))
+                        )
                         continue
                     results.append(r)
                     i, cell_s = r["slowest_cell"]
-                    log(f"  [{len(results)}/{len(notebooks)}] {name}: {r['exec_s']:.1f}s "
+                    log(
+                        f"  [{len(results)}/{len(notebooks)}] {name}: {r['exec_s']:.1f}s "
                         f"(slowest cell {i}: {cell_s:.1f}s; longest reply wait "
-                        f"{r['max_reply_lag_s']:.2f}s), {len(r['figures'])} figure(s)")
+                        f"{r['max_reply_lag_s']:.2f}s), {len(r['figures'])} figure(s)"
+                    )
                     for w in r["warnings"]:
                         log(f"  WARNING {name}: {w}")
         finally:
@@ -629,7 +710,7 @@ def build_notebooks(root: Path, src_dir: Path, only: list[str], jobs: int | None
 
 def _stop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     """Shut the pool down; workers still running (past the deadline) are terminated."""
-    procs = list(getattr(pool, "_processes", {}).values())   # no public API lists them
+    procs = list(getattr(pool, "_processes", {}).values())  # no public API lists them
     pool.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
         if proc.is_alive():
@@ -641,6 +722,7 @@ def _stop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
 # --------------------------------------------------------------------------
 # 3. mdBook
 # --------------------------------------------------------------------------
+
 
 def find_mdbook() -> str:
     for cand in (Path(sys.executable).parent / "mdbook", REPO / ".venv" / "bin" / "mdbook"):
@@ -657,8 +739,9 @@ def run_mdbook(root: Path, build_dir: Path) -> None:
     if build_dir.exists():
         shutil.rmtree(build_dir)
     env = dict(os.environ, NO_COLOR="1")
-    proc = subprocess.run([mdbook, "build", str(root)], cwd=root, capture_output=True,
-                          text=True, env=env)
+    proc = subprocess.run(
+        [mdbook, "build", str(root)], cwd=root, capture_output=True, text=True, env=env
+    )
     output = strip_ansi(proc.stdout + proc.stderr)
     for line in output.splitlines():
         log(f"  mdbook| {line}")
@@ -666,20 +749,23 @@ def run_mdbook(root: Path, build_dir: Path) -> None:
         raise BuildError(f"mdbook build failed (exit {proc.returncode})")
     errors = [l for l in output.splitlines() if re.search(r"\bERROR\b", l)]
     if errors:
-        raise BuildError("mdbook reported errors (e.g. an {{#include}} of a missing file):\n  "
-                         + "\n  ".join(errors))
+        raise BuildError(
+            "mdbook reported errors (e.g. an {{#include}} of a missing file):\n  "
+            + "\n  ".join(errors)
+        )
 
 
 # --------------------------------------------------------------------------
 # 4. Checks
 # --------------------------------------------------------------------------
 
+
 class _PageParser(html.parser.HTMLParser):
     URL_ATTRS = {"href", "src", "poster", "data"}
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.links: list[tuple[str, str, str, bool]] = []   # (tag, attr, url, in_main)
+        self.links: list[tuple[str, str, str, bool]] = []  # (tag, attr, url, in_main)
         self.ids: set[str] = set()
         self.base: str | None = None
         self._main_depth = 0
@@ -723,7 +809,9 @@ def _resolve(book: Path, page: Path, base: str | None, url: str) -> tuple[Path |
     if path.startswith("/"):
         target = book / path.lstrip("/")
     elif base is not None:
-        target = book / base.lstrip("/") / path if base.startswith("/") else page.parent / base / path
+        target = (
+            book / base.lstrip("/") / path if base.startswith("/") else page.parent / base / path
+        )
     else:
         target = page.parent / path
     target = Path(os.path.normpath(target))
@@ -757,16 +845,28 @@ def check_site(book: Path) -> list[str]:
             if not target.resolve().is_relative_to(book.resolve()):
                 problems.append(f"{rel}: {what} <{tag} {attr}={url!r}> points outside the book")
             elif not target.is_file():
-                problems.append(f"{rel}: {what} <{tag} {attr}={url!r}> -> {target.relative_to(book) if target.is_relative_to(book) else target} does not exist")
-            elif (frag and in_main and tag == "a" and target.suffix == ".html"
-                  and page.name != "print.html" and target in parsed
-                  and frag not in parsed[target].ids):
-                problems.append(f"{rel}: broken anchor {url!r} (no id={frag!r} in {target.relative_to(book)})")
+                problems.append(
+                    f"{rel}: {what} <{tag} {attr}={url!r}> -> {target.relative_to(book) if target.is_relative_to(book) else target} does not exist"
+                )
+            elif (
+                frag
+                and in_main
+                and tag == "a"
+                and target.suffix == ".html"
+                and page.name != "print.html"
+                and target in parsed
+                and frag not in parsed[target].ids
+            ):
+                problems.append(
+                    f"{rel}: broken anchor {url!r} (no id={frag!r} in {target.relative_to(book)})"
+                )
         text = "".join(p.main_text)
         for m in re.finditer(r"\{\{#\w+[^}]*\}\}", text):
             problems.append(f"{rel}: unresolved mdBook directive {m.group(0)!r}")
     for css in sorted(book.rglob("*.css")):
-        for m in re.finditer(r"url\(\s*['\"]?([^'\")]+)['\"]?\s*\)", css.read_text(errors="replace")):
+        for m in re.finditer(
+            r"url\(\s*['\"]?([^'\")]+)['\"]?\s*\)", css.read_text(errors="replace")
+        ):
             url = m.group(1)
             if url.startswith(("data:", "#")):
                 continue
@@ -781,30 +881,57 @@ def check_includes(src_dir: Path, results: list[dict]) -> list[str]:
     text = "\n".join(p.read_text(errors="replace") for p in src_dir.glob("*.md"))
     gen = src_dir / "generated"
     stems = sorted(d.name for d in gen.iterdir() if d.is_dir()) if gen.is_dir() else []
-    return [f"notebook {s}.ipynb is not included by any chapter "
-            f"(add {{{{#include generated/{s}/{s}.md}}}} to a chapter)"
-            for s in stems if f"generated/{s}/{s}.md" not in text]
+    return [
+        f"notebook {s}.ipynb is not included by any chapter "
+        f"(add {{{{#include generated/{s}/{s}.md}}}} to a chapter)"
+        for s in stems
+        if f"generated/{s}/{s}.md" not in text
+    ]
 
 
 # --------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", type=Path, default=REPO, help="repository root (book.toml, notebooks/)")
-    ap.add_argument("--skip-notebooks", action="store_true",
-                    help="do not execute notebooks; reuse chapters/generated/")
-    ap.add_argument("--notebook", action="append", default=[], metavar="NAME",
-                    help="execute only this notebook (stem or file name); repeatable")
-    ap.add_argument("--jobs", "-j", type=int, default=None,
-                    help="notebooks executed in parallel (default and maximum: the cores "
-                         "available)")
-    ap.add_argument("--timeout", type=int, default=240,
-                    help="per-cell timeout in seconds (default 240; the slowest cell, a training "
-                         "run, takes about 30 s on 2 cores)")
-    ap.add_argument("--deadline", type=int, default=900,
-                    help="seconds the whole build may take (default 900); past it the build fails "
-                         "and names the notebooks still running")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--root", type=Path, default=REPO, help="repository root (book.toml, notebooks/)"
+    )
+    ap.add_argument(
+        "--skip-notebooks",
+        action="store_true",
+        help="do not execute notebooks; reuse chapters/generated/",
+    )
+    ap.add_argument(
+        "--notebook",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="execute only this notebook (stem or file name); repeatable",
+    )
+    ap.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        help="notebooks executed in parallel (default and maximum: the cores available)",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=int,
+        default=240,
+        help="per-cell timeout in seconds (default 240; the slowest cell, a training "
+        "run, takes about 30 s on 2 cores)",
+    )
+    ap.add_argument(
+        "--deadline",
+        type=int,
+        default=900,
+        help="seconds the whole build may take (default 900); past it the build fails "
+        "and names the notebooks still running",
+    )
     ap.add_argument("--refresh-mathjax", action="store_true", help="re-download MathJax")
     args = ap.parse_args(argv)
 
@@ -828,21 +955,26 @@ def main(argv: list[str] | None = None) -> int:
         if args.skip_notebooks:
             log("skipping notebook execution (--skip-notebooks); using chapters/generated/")
         else:
-            results = build_notebooks(root, src_dir, args.notebook, args.jobs, args.timeout,
-                                      deadline=t0 + args.deadline)
+            results = build_notebooks(
+                root, src_dir, args.notebook, args.jobs, args.timeout, deadline=t0 + args.deadline
+            )
         for w in check_includes(src_dir, results):
             log(f"WARNING: {w}")
         log("mdbook build")
         run_mdbook(root, build_dir)
-        problems = list(dict.fromkeys(check_site(build_dir)))   # mdBook repeats each <img> once
+        problems = list(dict.fromkeys(check_site(build_dir)))  # mdBook repeats each <img> once
         if problems:
-            raise BuildError(f"{len(problems)} problem(s) in the built book:\n  " + "\n  ".join(problems))
+            raise BuildError(
+                f"{len(problems)} problem(s) in the built book:\n  " + "\n  ".join(problems)
+            )
     except BuildError as exc:
         print(f"\nBOOK BUILD FAILED: {exc}", file=sys.stderr, flush=True)
         return 1
     n_fig = sum(len(r["figures"]) for r in results)
-    log(f"OK: {build_dir.relative_to(root)}/index.html ({len(results)} notebook(s), "
-        f"{n_fig} figure(s)) in {time.time() - t0:.1f}s")
+    log(
+        f"OK: {build_dir.relative_to(root)}/index.html ({len(results)} notebook(s), "
+        f"{n_fig} figure(s)) in {time.time() - t0:.1f}s"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """Writes notebooks/01_tour.ipynb (unexecuted); execute it with nbconvert afterwards."""
+
 import nbformat as nbf
 
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
@@ -8,6 +9,7 @@ def title(text):
     cell = md(text)
     cell.metadata["tags"] = ["remove-cell"]  # the chapter has its own heading
     return cell
+
 
 widget_cell = code("""top_k = widgets.IntSlider(value=8, min=1, max=16, description="top-k")
 choice = widgets.Dropdown(options=preset_names()[1:], value="deepseek-v3", description="preset")
@@ -35,13 +37,13 @@ assert bpb[0] > 8.0, 'an untrained model is no better than uniform guessing over
 # Its printed numbers vary in the last digit between CPUs; the asserts above check them instead.
 train_cell.metadata["tags"] = ["nbval-ignore-output"]
 cells = [
-title("""# A tour of a DeepSeek-style MoE
+    title("""# A tour of a DeepSeek-style MoE
 
 This notebook builds dsim's `tiny` preset (a 2-layer DeepSeek-style MoE), looks at what its gate does,
 trains it on the Python standard library's source code, and compares the parameter counts of real
 DeepSeek models. Everything runs on a CPU in well under a minute, and every number below is computed
 here."""),
-code("""%matplotlib inline
+    code("""%matplotlib inline
 import matplotlib
 matplotlib.rcParams["figure.dpi"] = 80
 import matplotlib.pyplot as plt
@@ -63,11 +65,11 @@ print(f"layers {args.n_layers} (dense {args.n_dense_layers}), dim {args.dim}, "
       f"attention {args.attn_type} (kv_lora_rank {args.kv_lora_rank})")
 counted = sum(p.numel() for p in model.parameters())
 print(f"parameters counted on the module: {counted:,}; predicted by dsim.cost.params: {params(args).total:,}")"""),
-md("""## What the gate does
+    md("""## What the gate does
 
 Run a line of code through the untrained model and look at the MoE layer's decision: for each byte, the two
 routed experts it goes to and their combine weights. The shared expert sees every byte and needs no gate."""),
-code("""text = b"def add(a, b): return a + b"
+    code("""text = b"def add(a, b): return a + b"
 tokens = torch.tensor([list(text)])
 with torch.no_grad():
     model(tokens)
@@ -76,24 +78,24 @@ for ch, idx, w in list(zip(text.decode(), routing.indices.tolist(), routing.weig
     print(f"{ch!r:5} -> experts {idx}  weights {[round(x, 2) for x in w]}")
 load = torch.bincount(routing.indices.flatten(), minlength=args.n_routed_experts)
 print("assignments per expert:", load.tolist())"""),
-md("""## Training on real text
+    md("""## Training on real text
 
 The corpus is the standard library's top-level `*.py` files as bytes (every 20th file held out). The
 yardstick is the unigram entropy: the loss of the best model that ignores context."""),
-train_cell,
-code("""fig, ax = plt.subplots(figsize=(6, 3))
+    train_cell,
+    code("""fig, ax = plt.subplots(figsize=(6, 3))
 ax.plot(bpb, label="training loss")
 ax.axhline(h1, color="gray", ls="--", label="unigram entropy")
 ax.set_xlabel("step"); ax.set_ylabel("bits per byte"); ax.legend(); ax.set_title("tiny MoE on the standard library")
 plt.show()"""),
-md("""## Stored versus computed: total and activated parameters
+    md("""## Stored versus computed: total and activated parameters
 
 `dsim.cost.params` counts the parameters of any `ModelArgs` analytically (the tests hold it equal to
 `sum(p.numel())` of the real module on scaled-down copies of every preset). Next to it, the figures the
 papers publish. "Total" here is the main model without the multi-token-prediction module, which is how
 DeepSeek reports 671B; "activated" counts what one token touches, with and without the input embedding table (papers differ:
 DeepSeek-V2-Lite's 2.4B excludes it, DeepSeekMoE 16B's 2.8B includes it)."""),
-code("""rows = []
+    code("""rows = []
 for name in preset_names()[1:]:
     p = params(preset(name))
     pub_total, pub_active, source = PUBLISHED_PARAMS[name]
@@ -101,17 +103,17 @@ for name in preset_names()[1:]:
 print(f"{'model':18}{'total':>9}{'published':>11}{'active':>9}{'w/o embed':>11}{'published':>11}{'share':>8}")
 for name, t, pt, a, ane, pa in rows:
     print(f"{name:18}{t/1e9:8.1f}B{pt/1e9:10.1f}B{a/1e9:8.2f}B{ane/1e9:10.2f}B{pa/1e9:10.1f}B{a/t:8.1%}")"""),
-code("""fig, ax = plt.subplots(figsize=(7, 3))
+    code("""fig, ax = plt.subplots(figsize=(7, 3))
 x = np.arange(len(rows))
 ax.bar(x - 0.2, [r[1] / 1e9 for r in rows], 0.4, label="total")
 ax.bar(x + 0.2, [r[3] / 1e9 for r in rows], 0.4, label="activated per token")
 ax.set_xticks(x, [r[0] for r in rows], rotation=15); ax.set_yscale("log"); ax.set_ylabel("parameters (billions)")
 ax.legend(); plt.tight_layout(); plt.show()"""),
-md("""## Try it: top-k
+    md("""## Try it: top-k
 
 Choose a preset and the number of activated experts per token. The total does not move; the activated count
 does, and so does the compute per token."""),
-code("""def show(model_name="deepseek-v3", top_k=8):
+    code("""def show(model_name="deepseek-v3", top_k=8):
     base = preset(model_name)
     k = min(top_k, base.n_routed_experts)
     limited = base.n_limited_groups * (base.n_routed_experts // base.n_expert_groups)
@@ -123,8 +125,10 @@ code("""def show(model_name="deepseek-v3", top_k=8):
           f"({p.active / p.total_no_mtp:.1%})")
 
 show("deepseek-v3", 16)"""),
-md("""The same as an interactive control (move the slider; the output below it is recomputed):"""),
-widget_cell,
+    md(
+        """The same as an interactive control (move the slider; the output below it is recomputed):"""
+    ),
+    widget_cell,
 ]
 nb = nbf.v4.new_notebook(cells=cells)
 nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

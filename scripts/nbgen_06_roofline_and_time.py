@@ -1,9 +1,10 @@
 """Writes notebooks/06_roofline_and_time.ipynb (unexecuted); execute it with nbconvert afterwards."""
+
 import nbformat as nbf
 
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = [
-md("""# The roofline, and a time model that predicts real runs
+    md("""# The roofline, and a time model that predicts real runs
 
 How long does a GEMM, an attention call or a whole MoE layer take on an H100? The datasheet gives two
 numbers, a peak FLOP rate and a peak memory bandwidth, and the *roofline* turns them into a lower bound.
@@ -13,7 +14,7 @@ waves, kernel launches and the copies an MoE layer makes, with efficiency consta
 *calibration* set of shapes (the first cell prints how many), and checks it on a *validation* set of other
 shapes.
 Everything below is computed from the committed JSON, on a CPU."""),
-code("""%matplotlib inline
+    code("""%matplotlib inline
 import json
 from pathlib import Path
 import matplotlib
@@ -46,7 +47,7 @@ print(f"model: {GPU.name}, {GPU.sm_count} SMs, bf16 peak {peak_flops(GPU, 'bf16'
       f"HBM {GPU.hbm_bw / 1e12:.2f} TB/s; calibration: {cal.source}")
 print(f"constants: {len(cal.constants())} (tm.Calibration), of which the calibration records constrain "
       f"{len(cal.fitted_constants())}; the others keep their default")"""),
-md("""## The roofline
+    md("""## The roofline
 
 An op that computes $F$ FLOPs and must move $B$ bytes to and from HBM can finish no sooner than
 
@@ -56,7 +57,7 @@ so its attainable FLOP rate is $\\min(P_\\text{peak},\\ I \\cdot W_\\text{peak})
 $I = F/B$ in FLOP per byte. Below the *ridge point* $I^* = P_\\text{peak}/W_\\text{peak}$ an op is memory-bound.
 Each dot below is a measured op placed at its intensity and the FLOP rate it actually reached; the dashed roof
 is the datasheet, the solid one the *achievable* roof with the fitted efficiencies."""),
-code("""def work(r):
+    code("""def work(r):
     return tm.roofline_work(r["op"], GPU, r["dtype"], r["backward"], **r["shape"])
 
 P, W = peak_flops(GPU, "bf16"), GPU.hbm_bw
@@ -77,12 +78,12 @@ for op, (marker, color) in styles.items():
 ax.set_xlabel("arithmetic intensity (FLOP / byte)"); ax.set_ylabel("TFLOP/s")
 ax.set_title(f"measured ops on the {GPU.name} roofline"); ax.legend(fontsize=8, loc="lower right")
 plt.show()"""),
-md("""Two things stand out. Far right, big GEMMs and MoE layers are compute-bound, yet they stay well below
+    md("""Two things stand out. Far right, big GEMMs and MoE layers are compute-bound, yet they stay well below
 the peak: the tensor cores are fed by tiles, and a tile of the output costs the same whether it is full or
 padded. Far left, decode-size GEMMs (a few tokens against a large weight) are memory-bound and sit under the
 bandwidth slope. Memory-bound ops (norms, elementwise, the gate) have almost no FLOPs, so their chart is
 bandwidth against size:"""),
-code("""fig, ax = plt.subplots(figsize=(7, 3.4))
+    code("""fig, ax = plt.subplots(figsize=(7, 3.4))
 for op, marker in (("elementwise", "o"), ("rmsnorm", "s"), ("gate", "^")):
     pts = [(b, b / r["time_s"]) for r in records if r["op"] == op for f, f32, b in [work(r)]]
     if pts:
@@ -97,7 +98,7 @@ one = cal.op_start_s + cal.launch_s
 print(f"fitted: a lone kernel costs {one * 1e6:.2f} us before it moves a byte ({cal.op_start_s * 1e6:.2f} us of "
       f"first-launch latency, then {cal.launch_s * 1e6:.2f} us per kernel in a chain); that is the time to move "
       f"{one * cal.bw_eff * W / 1e6:.1f} MB at the achievable bandwidth")"""),
-md("""## Predicted against measured
+    md("""## Predicted against measured
 
 The model (`dsim/cost/timing/`) writes each op as the kernels it launches, and gives each kernel
 `launch + max(compute, memory)`, where compute time counts whole tiles in whole waves over the SMs and memory
@@ -105,7 +106,7 @@ time counts the bytes really moved (the MoE layer's sort, gathers and weighted s
 are fitted on the calibration shapes; the plot shows the validation shapes, which the fit never saw, with the
 datasheet roofline's prediction of the same ops in grey. (`gemm:fp32` is the MoE router's fp32 GEMM, measured
 for the gate's sake.)"""),
-code("""rows = tm.validate(valid, cal, GPU)
+    code("""rows = tm.validate(valid, cal, GPU)
 fig, ax = plt.subplots(figsize=(5.6, 5.2))
 meas = np.array([r["measured_s"] for r in rows]); pred = np.array([r["predicted_s"] for r in rows])
 roof = np.array([r["roofline_s"] for r in rows])
@@ -127,13 +128,13 @@ print(f"{'op kind':14}{'cases':>6}{'median':>9}{'worst':>9}   roofline: {'median
 for kind, s in summary.items():
     print(f"{kind:14}{s['n']:6}{s['median']:9.1%}{s['worst']:9.1%}             {s['roofline_median']:7.1%}"
           f"{s['roofline_worst']:9.1%}")"""),
-code("""worst = sorted(rows, key=lambda r: -abs(r["error"]))[:5]
+    code("""worst = sorted(rows, key=lambda r: -abs(r["error"]))[:5]
 print("the five worst-predicted validation cases:")
 for r in worst:
     shape = ", ".join(f"{k}={v}" for k, v in r["shape"].items() if v is not None and k not in ("numel",))
     print(f"  {r['op']:12}{' fwd+bwd' if r['backward'] else '':8} {shape}\\n{'':22}measured "
           f"{r['measured_s'] * 1e6:9.1f} us, model {r['error']:+.1%}")"""),
-md("""## Where an MoE layer loses efficiency
+    md("""## Where an MoE layer loses efficiency
 
 An MoE layer runs the same FLOPs as a dense FFN of its activated width, but in pieces: expert $e$ gets
 $n_e$ of the $T \\cdot k$ token copies. Two effects follow.
@@ -147,7 +148,7 @@ average, 128x256 tiles above.
 **Memory traffic around the GEMMs.** Sorting the copies by expert, gathering them, weighting and scattering the
 results back moves several times the layer's activations; when experts get few tokens, reading every expert's
 weights dominates (decode)."""),
-code("""fams = {"DeepSeek-V2-Lite (64 experts, top-6)": (2048, 1408, 64, 6),
+    code("""fams = {"DeepSeek-V2-Lite (64 experts, top-6)": (2048, 1408, 64, 6),
         "DeepSeek-V3 (256 experts, top-8)": (7168, 2048, 256, 8),
         "Mixtral-8x7B (8 experts, top-2)": (4096, 14336, 8, 2)}
 tokens = np.unique(np.logspace(5, 15, 41, base=2).astype(int))
@@ -170,7 +171,7 @@ for bm in (64, 128):
 axes[1].set_xlabel("mean rows per expert (T k / E)"); axes[1].set_ylabel("useful fraction of tile rows")
 axes[1].set_title("tile quantization, 256 experts, random routing"); axes[1].legend(fontsize=8)
 plt.tight_layout(); plt.show()"""),
-code("""def groups(kernels):
+    code("""def groups(kernels):
     out = {}
     for k in kernels:
         part = ("grouped GEMMs" if k.kind == "grouped_gemm" else "gate" if k.name.startswith("gate.") else
@@ -193,11 +194,11 @@ for direction, bwd in (("forward", False), ("forward + backward", True)):
         ax.barh(direction, t * 1e3, left=left, color=f"C{j}", label=part if bwd else None)
         left += t * 1e3
 ax.set_xlabel("ms (model)"); ax.legend(fontsize=7, loc="lower right"); plt.show()"""),
-md("""The measurement run also profiled one layer kernel by kernel (`torch.profiler`, in the committed JSON).
+    md("""The measurement run also profiled one layer kernel by kernel (`torch.profiler`, in the committed JSON).
 Here is the measured profile of a DeepSeek-V2-Lite-sized layer, forward and backward, next to the model's
 kernel list for the same layer; the kernel names say what ran (CUTLASS grouped GEMMs, gathers, PyTorch's
 non-vectorized elementwise kernels for the weighting, radix-sort passes)."""),
-code("""prof = [p for p in data.get("profiles", []) if p["op"] == "moe_ffn" and p["backward"] and "kernels" in p]
+    code("""prof = [p for p in data.get("profiles", []) if p["op"] == "moe_ffn" and p["backward"] and "kernels" in p]
 if prof:
     p = prof[0]
     total = sum(k["time_s"] for k in p["kernels"])
@@ -208,23 +209,23 @@ if prof:
     print(f"model: {sum(k.count for k in ks)} kernels, {sum(k.time_s for k in ks) * 1e3:.2f} ms (launch gaps included)")
     for k in sorted(ks, key=lambda k: -k.time_s)[:8]:
         print(f"  {k.time_s * 1e6:8.1f} us  {k.name}  {k.note}")"""),
-md("""Each memory-bound kernel of the model's list names the tensors it reads and writes, so that it can be held
+    md("""Each memory-bound kernel of the model's list names the tensors it reads and writes, so that it can be held
 against a line of the profile (T tokens, D dim, I moe_inter_dim, E n_routed_experts, K n_activated_experts,
 N = T K copies):"""),
-code("""layer = prof[0]["shape"] if prof else shape
+    code("""layer = prof[0]["shape"] if prof else shape
 print(f"model, forward of {layer}:")
 for k in tm.op_kernels("moe_ffn", GPU, backward=False, calibration=cal, **layer):
     if k.name in ("gate.topk (select, sort the k)", "experts.ys * weights", "experts.sum over the K experts"):
         print(f"{k.name}: {k.count} kernel(s), {k.bytes / 1e6:.1f} MB, {k.time_s * 1e6:.1f} us")
         for verb, tensors in (("reads", k.reads), ("writes", k.writes)):
             print(f"  {verb}: " + ", ".join(f"{t} {b / 1e6:.2f} MB" for t, b in tensors.items()))"""),
-md("""## Decode against prefill
+    md("""## Decode against prefill
 
 A GEMM of $m$ tokens against a $k \\times n$ bf16 weight does $2mkn$ FLOPs and must read $2kn$ bytes of weight, so
 its intensity is about $m$ FLOP/byte: below the ridge point every decode step is memory-bound, and its time is
 roughly the bytes of all weights it touches divided by the bandwidth. In an MoE layer the $m$ that matters is the
 tokens *per expert*, $Tk/E$, which is tiny in decode."""),
-code("""args = preset("deepseek-v2-lite")
+    code("""args = preset("deepseek-v2-lite")
 prefill = tm.step_time(args, 1, 4096, "prefill", GPU, calibration=cal)
 print(f"{args.name}: prefill of 4096 tokens {prefill.total_s * 1e3:.1f} ms, "
       f"{prefill.total_s / 4096 * 1e6:.1f} us per token")
@@ -235,11 +236,11 @@ for b in (1, 8, 64, 256):
 parts = tm.step_time(args, 8, 4096, "decode", GPU, calibration=cal).breakdown()
 print("decode step, batch 8, by component: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in
                                                           sorted(parts.items(), key=lambda kv: -kv[1])[:5]))"""),
-md("""## Try it
+    md("""## Try it
 
 Pick a GPU and a layer. GPUs other than the H100 and H200 reuse the H100's fitted efficiencies with their
 own datasheet peaks, SM counts and bandwidth (an extrapolation, marked as such)."""),
-code("""def show_moe(gpu="H100-SXM", tokens=4096, dim=7168, moe_inter_dim=2048, n_routed_experts=256,
+    code("""def show_moe(gpu="H100-SXM", tokens=4096, dim=7168, moe_inter_dim=2048, n_routed_experts=256,
              n_activated_experts=8, backward=True):
     c = cal if gpu == GPU.name else None
     K = min(n_activated_experts, n_routed_experts)
@@ -265,7 +266,7 @@ display(widgets.interactive(
     n_routed_experts=widgets.Dropdown(options=[8, 16, 64, 128, 160, 256], value=256, description="experts"),
     n_activated_experts=widgets.IntSlider(value=8, min=1, max=8, description="top-k"),
     backward=widgets.Checkbox(value=True, description="with backward")))"""),
-code("""def show_gemm(gpu="H100-SXM", m=4096, n=4096, k=4096):
+    code("""def show_gemm(gpu="H100-SXM", m=4096, n=4096, k=4096):
     c = cal if gpu == GPU.name else None
     ks = tm.op_kernels("gemm", gpu, calibration=c, m=m, n=n, k=k)
     t, roof = ks[0].time_s, tm.roofline_time("gemm", gpu, m=m, n=n, k=k)
@@ -277,20 +278,20 @@ display(widgets.interactive(
     m=widgets.IntSlider(value=4096, min=1, max=16384, description="m (tokens)"),
     n=widgets.IntSlider(value=4096, min=64, max=32768, step=64, description="n"),
     k=widgets.IntSlider(value=4096, min=64, max=32768, step=64, description="k")))"""),
-md("""## Worked questions
+    md("""## Worked questions
 
 **Q1.** A DeepSeek-V3 MoE layer (256 experts, top-8, hidden 7168, expert width 2048, no shared expert) sees
 4096 tokens. How long do its forward and backward take on the GPU, and how far is that from the datasheet
 roofline?"""),
-code("""s = dict(tokens=4096, dim=7168, moe_inter_dim=2048, n_routed_experts=256, n_activated_experts=8)
+    code("""s = dict(tokens=4096, dim=7168, moe_inter_dim=2048, n_routed_experts=256, n_activated_experts=8)
 t = tm.op_time("moe_ffn", GPU, backward=True, calibration=cal, **s)
 roof = tm.roofline_time("moe_ffn", GPU, backward=True, **s)
 print(f"model: {t * 1e3:.2f} ms; datasheet roofline: {roof * 1e3:.2f} ms ({t / roof:.2f}x); "
       f"rows per expert {4096 * 8 / 256:.0f}, so the grouped GEMMs use "
       f"{'64x128' if 4096 * 8 / 256 <= 128 else '128x256'} tiles")"""),
-md("""**Q2.** For a DeepSeek-V2-Lite layer (64 experts, top-6), at how many tokens does `torch._grouped_mm` switch from
+    md("""**Q2.** For a DeepSeek-V2-Lite layer (64 experts, top-6), at how many tokens does `torch._grouped_mm` switch from
 its small to its large tile, and what does the switch do to the layer's throughput?"""),
-code("""D, I_, E, K = 2048, 1408, 64, 6
+    code("""D, I_, E, K = 2048, 1408, 64, 6
 switch = 128 * E // K + 1                         # the first T with T*K/E > 128
 for t in (switch - 1, switch):
     layer = dict(tokens=t, dim=D, moe_inter_dim=I_, n_routed_experts=E, n_activated_experts=K)
@@ -298,23 +299,23 @@ for t in (switch - 1, switch):
     note = [k.note for k in tm.op_kernels("moe_ffn", GPU, calibration=cal, **layer) if k.kind == "grouped_gemm"][0]
     print(f"T = {t}: {t * K / E:.2f} rows per expert, {note}; fwd+bwd {tt * 1e3:.3f} ms, "
           f"{18 * t * K * D * I_ / tt / 1e12:.0f} TFLOP/s")"""),
-md("""**Q3.** Decoding DeepSeek-V2-Lite with batch 8 and 4096 tokens of context: how much faster is an H200 than an H100, and why
+    md("""**Q3.** Decoding DeepSeek-V2-Lite with batch 8 and 4096 tokens of context: how much faster is an H200 than an H100, and why
 not by the ratio of their peak FLOP rates?"""),
-code("""h100 = tm.step_time(args, 8, 4096, "decode", "H100-SXM")
+    code("""h100 = tm.step_time(args, 8, 4096, "decode", "H100-SXM")
 h200 = tm.step_time(args, 8, 4096, "decode", "H200")
 print(f"H100 {h100.total_s * 1e3:.2f} ms, H200 {h200.total_s * 1e3:.2f} ms: {h100.total_s / h200.total_s:.2f}x faster; "
       f"bandwidth ratio {get_gpu('H200').hbm_bw / get_gpu('H100-SXM').hbm_bw:.2f}, bf16 peak ratio "
       f"{peak_flops('H200', 'bf16') / peak_flops('H100-SXM', 'bf16'):.2f}")
 print(f"calibrations: H100 {tm.gpu_calibration('H100-SXM').source}; H200 {tm.gpu_calibration('H200').source}")"""),
-md("""**Q4.** How wrong is the datasheet roofline on the validation GEMMs of decode size (at most 64 tokens), and how
+    md("""**Q4.** How wrong is the datasheet roofline on the validation GEMMs of decode size (at most 64 tokens), and how
 wrong is the model?"""),
-code("""dec = [r for r in rows if r["op"] == "gemm" and r["shape"]["m"] <= 64]
+    code("""dec = [r for r in rows if r["op"] == "gemm" and r["shape"]["m"] <= 64]
 if dec:
     e_model = np.abs([r["error"] for r in dec]); e_roof = np.abs([r["roofline_error"] for r in dec])
     print(f"{len(dec)} decode-size GEMMs: roofline median {np.median(e_roof):.0%}, worst {e_roof.max():.0%}; "
           f"model median {np.median(e_model):.1%}, worst {e_model.max():.1%}")"""),
 ]
-for c in cells:   # a widget's printout is kept in the widget state, which nbval cannot compare
+for c in cells:  # a widget's printout is kept in the widget state, which nbval cannot compare
     if c.cell_type == "code" and "widgets.interactive(" in c.source:
         c.metadata["tags"] = ["nbval-ignore-output"]
 nb = nbf.v4.new_notebook(cells=cells)

@@ -1,9 +1,10 @@
 """Writes notebooks/07_communication_and_parallelism.ipynb (unexecuted); execute it with nbconvert afterwards."""
+
 import nbformat as nbf
 
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = [
-md("""# Communication and parallelism
+    md("""# Communication and parallelism
 
 A model that does not fit on one GPU is split over many, and every split costs communication:
 data parallelism all-reduces gradients, ZeRO reduce-scatters and all-gathers them, pipeline
@@ -13,7 +14,7 @@ that hold its experts and back. This notebook puts numbers on each: the analytic
 GPUs when `dsim/data/comm_nccl_h200x2.json` exists), and real expert-parallel runs of dsim's MoE
 layer on several processes. Every number printed below is computed here or read from the committed
 measurement files, so the notebook gives the same output on every run."""),
-code("""%matplotlib inline
+    code("""%matplotlib inline
 import json
 from pathlib import Path
 
@@ -47,7 +48,7 @@ if nccl:
 else:
     print("NCCL was not run: dsim/data/comm_nccl_h200x2.json is absent, so the GPU comparison below "
           "uses the model only (the command that measures it is in bench/.comm_ready).")"""),
-md("""## The alpha-beta model
+    md("""## The alpha-beta model
 
 A collective of $S$ bytes on $n$ ranks costs a latency per step and a transfer time per byte on the
 wire. For a ring all-reduce (a reduce-scatter then an all-gather, $n-1$ steps each, every step
@@ -66,7 +67,7 @@ with the best chunk size the time on the wire is
 $\\left(\\sqrt{W/B} + \\sqrt{k\\,c}\\right)^2$ for $W$ bytes on the wire; links never reach
 their datasheet peak; and NCCL picks the fastest of ring, tree and hierarchical algorithms.
 Here is what it predicts on H200 GPUs:"""),
-code("""def fmt_t(t):
+    code("""def fmt_t(t):
     return f"{t * 1e6:9.1f} us" if t < 1e-3 else f"{t * 1e3:9.3f} ms"
 
 def fmt_b(s):
@@ -83,10 +84,10 @@ for name, n, g in layouts:
         row = "".join(f"{fmt_t(collective_time(k, s, n, gpu='H200', ranks_per_node=g)):>16}" for k in KINDS)
         print(f"{name:18}{label:>7}{row}")
     print()"""),
-md("""Bus bandwidth against message size shows the two regimes: latency-bound small messages, and
+    md("""Bus bandwidth against message size shows the two regimes: latency-bound small messages, and
 bandwidth-bound large ones that approach the link's effective peak. Across nodes the InfiniBand NIC
 (one per GPU) is the bottleneck."""),
-code("""S = np.logspace(3, 10, 60)
+    code("""S = np.logspace(3, 10, 60)
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 for name, n, g in layouts:
     bw = [bus_bandwidth("all_reduce", s, n, collective_time("all_reduce", s, n, gpu="H200", ranks_per_node=g)) / GB for s in S]
@@ -99,14 +100,14 @@ axes[1].set(xlabel="message size S (bytes)", ylabel="time (s)", title="8 x H200,
 for ax in axes:
     ax.legend(fontsize=8); ax.grid(alpha=0.3)
 plt.tight_layout(); plt.show()"""),
-md("""## Measured: gloo on this CPU, and NCCL on two H200s
+    md("""## Measured: gloo on this CPU, and NCCL on two H200s
 
 `bench/comm_bench.py` times each collective with torch.distributed from 1 KB up, takes the slowest
 rank's average over many calls, and fits $T = \\alpha + \\beta S$ to each curve
 (`dsim.cost.fit_alpha_beta`, relative least squares). The gloo run below is two processes talking
 over loopback TCP on a small shared CPU machine: its $\\alpha$ is the cost of a round of system calls
 and thread wake-ups, not of a wire. The numbers come from the committed JSON files."""),
-code("""def show_fits(run, label):
+    code("""def show_fits(run, label):
     print(f"{label}: alpha-beta fit per collective (T = alpha + S / bandwidth)")
     print(f"{'':16}{'alpha':>12}{'bandwidth':>14}{'busbw':>12}{'half-bw size':>15}")
     for k, c in run["collectives"].items():
@@ -118,7 +119,7 @@ show_fits(gloo, f"gloo, {gloo['world_size']} processes, loopback")
 if nccl:
     print()
     show_fits(nccl, f"NCCL, {nccl['world_size']} x {nccl['env']['devices'][0]}")"""),
-code("""ncols = 2 if nccl else 1
+    code("""ncols = 2 if nccl else 1
 fig, axes = plt.subplots(1, ncols, figsize=(5.6 * ncols, 3.8), squeeze=False)
 ax = axes[0, 0]
 for i, (k, c) in enumerate(gloo["collectives"].items()):
@@ -140,7 +141,7 @@ if nccl:
            title=f"NCCL, {n} x H200: measured (dots), model (lines),\\nmodel before this calibration (dotted)")
     ax.legend(fontsize=7); ax.grid(alpha=0.3)
 plt.tight_layout(); plt.show()"""),
-md("""## Calibrating the model on the NCCL measurements
+    md("""## Calibrating the model on the NCCL measurements
 
 Before these measurements existed, the model's constants came from published figures only: the
 scaling book's 8xH100 all-reduce (about 370 GB/s of bus bandwidth for huge arrays, about 150 GB/s at
@@ -169,7 +170,7 @@ physical effect rather than a curve fit:
 all of them to the committed sweep, minimising the mean $|\\log(\\text{model}/\\text{measured})|$
 (robust to the odd slow point). The constants in `dsim/cost/comm/collectives.py` are its output, and a test
 re-runs the fit to keep them so."""),
-code("""if nccl:
+    code("""if nccl:
     cal = calibrate_from_measurements(nccl)
     print(f"fit on {cal.n_ranks} x {cal.gpu}: mean |log(model / measured)| = {cal.mean_abs_log_error:.3f}")
     print(f"  chunk overhead per step c = {cal.chunk_overhead_s * 1e6:.2f} us "
@@ -185,7 +186,7 @@ code("""if nccl:
           f"(the scaling book's 8xH100 figure gives 370/450 = {370 / 450:.3f})")
 else:
     print("NCCL was not run: no measurement to calibrate on.")"""),
-code("""if nccl:
+    code("""if nccl:
     n, rpn, gpu = nccl["world_size"], nccl["ranks_per_node"], nccl["gpu_model"]
     print(f"NCCL on {n} x {nccl['env']['devices'][0]} against collective_time(..., gpu='{gpu}', ranks_per_node={rpn})")
     print(f"{'collective':16}{'size':>10}{'measured':>13}{'model':>13}{'busbw meas.':>13}{'busbw model':>13}{'error':>8}{'before':>8}")
@@ -212,21 +213,21 @@ code("""if nccl:
 else:
     print("NCCL was not run (no dsim/data/comm_nccl_h200x2.json): there is no GPU measurement to set against the "
           "H200 model yet. The gloo curves above are real; their fit is the CPU's alpha and beta, not a GPU's.")"""),
-md("""The largest errors left are points the measurement itself does not order: a collective that took
+    md("""The largest errors left are points the measurement itself does not order: a collective that took
 longer than the same collective on twice the bytes. No model whose time grows with the size can
 follow such a spike; the next cell lists every point the model misses by more than half. (The
 reduce-scatter between 2 and 8 MiB is different: a real plateau at a higher floor than the small
 sizes', perhaps a change of NCCL protocol that the model does not know about.)"""),
-code("""if nccl:
+    code("""if nccl:
     for k, (S, e, _) in errors.items():
         T = np.array(nccl["collectives"][k]["time_s"])
         for i in np.flatnonzero(np.abs(e) > 0.5):
             nxt = f"{fmt_b(S[i + 1])} took {fmt_t(T[i + 1]).strip()}" if i + 1 < len(S) else "last point"
             print(f"{k:15} {fmt_b(S[i]):>8}: measured {fmt_t(T[i]).strip()}, model error {e[i]:+.0%}; {nxt}")"""),
-md("""Why a floor and not a sum: from the flat part of the curve to 8 and 16 MiB, the measured all-reduce
+    md("""Why a floor and not a sum: from the flat part of the curve to 8 and 16 MiB, the measured all-reduce
 time grows by less than the bytes would take even at the datasheet NVLink bandwidth. If the launch
 cost were added to the transfer, that would be impossible."""),
-code("""if nccl:
+    code("""if nccl:
     c = nccl["collectives"]["all_reduce"]
     S, T = np.array(c["sizes_bytes"]), np.array(c["time_s"])
     floor = np.median(T[S <= 2**20])
@@ -236,7 +237,7 @@ code("""if nccl:
         t = T[S == s][0]
         print(f"  {fmt_b(s):>7}: measured {fmt_t(t).strip()}, {fmt_t(t - floor).strip()} above the floor; the bytes alone "
               f"at the {peak / GB:.0f} GB/s datasheet peak take {fmt_t(s * bus_bandwidth_factor('all_reduce', n) / peak).strip()}")"""),
-md("""### Does the same model fit the scaling book's 8xH100?
+    md("""### Does the same model fit the scaling book's 8xH100?
 
 The published 8xH100 figures were the model's only anchors before; now they are a check. Large
 messages agree (the H200's measured all-reduce efficiency is the book's to about 1%). At 58 MB they
@@ -244,7 +245,7 @@ do not: with the chunk overhead measured on two H200s the model is faster than t
 The same formula does fit both 8xH100 anchors if the per-step overhead is left free, so one
 functional form covers both machines but one set of constants does not. dsim keeps the measured
 constants; the gap is printed here and checked by a test."""),
-code("""(big, bw_big), (mid, bw_mid) = comm.SCALING_BOOK_8XH100_ALL_REDUCE
+    code("""(big, bw_big), (mid, bw_mid) = comm.SCALING_BOOK_8XH100_ALL_REDUCE
 h100 = Topology.from_gpu("H100-SXM", 8)
 busbw8 = lambda s, topo=h100: bus_bandwidth("all_reduce", s, 8, time_on_topology(topo, "all_reduce", s)) / GB
 lo, hi = comm.NVLINK_CHUNK_OVERHEAD_S, 100 * comm.NVLINK_CHUNK_OVERHEAD_S
@@ -274,8 +275,7 @@ ax.set(xlabel="message size S (bytes)", ylabel="all-reduce bus bandwidth (GB/s)"
        title="Half-saturation grows with n: 8 ranks need bigger messages")
 ax.legend(fontsize=7); ax.grid(alpha=0.3)
 plt.tight_layout(); plt.show()"""),
-
-md("""## Expert parallelism, for real
+    md("""## Expert parallelism, for real
 
 `dsim.parallel.EPMoE` is dsim's MoE layer with the routed experts sharded over the ranks: rank $r$
 holds experts $[rE/n, (r+1)E/n)$, the gate and the shared experts are replicated. Each rank sorts
@@ -287,7 +287,7 @@ reverse all-to-all. Its backward pass is the same two exchanges in reverse.
 Below, four processes on this CPU run it on uneven shares of a batch (one rank has no token at all,
 and a gate bias sends no token to rank 3's experts), and the result is held against one process
 running `dsim.model.MoE` on the whole batch."""),
-code("""from dsim.config import preset
+    code("""from dsim.config import preset
 from dsim.parallel import ep_check_worker, ep_reference, run_distributed
 
 args = preset("tiny")                                    # 8 routed experts, top-2, dim 64
@@ -308,7 +308,7 @@ rel = float((g - ref["grads"]["gate.weight"]).abs().max() / ref["grads"]["gate.w
 # (6e-8 relative); a sum of a few dozen terms can lose a few of them, never 1e-5.
 assert rel < 1e-5, f"gate gradient differs by {rel:.1e} (relative): more than rounding"
 print("gate grad (all-reduced over ranks): equal to float32 rounding (max relative difference < 1e-5)")"""),
-md("""The outputs and every gradient of the sharded experts are bit-identical: each expert sees its
+    md("""The outputs and every gradient of the sharded experts are bit-identical: each expert sees its
 tokens in the same order as in one process, and adding to zero or multiplying by one is exact. The
 replicated gate is the exception: each rank sums its own tokens' gradients, then an all-reduce adds
 the partial sums, in a different order than one GEMM over the whole batch (floating-point addition
@@ -317,7 +317,7 @@ same thing on 2 and 4 ranks, data parallelism with a ZeRO-1 optimizer against on
 that a rank that raises or is killed makes the launcher fail fast with the rank's name.
 
 The benchmark timed the same layer; on the CPU:"""),
-code("""def show_ep(run, label):
+    code("""def show_ep(run, label):
     for r in run["ep_moe"]:
         line = (f"{label}: {r['tokens_per_rank']} tokens/rank, dim {r['dim']}, top-{r['top_k']} of {r['n_routed_experts']}: "
                 f"step {fmt_t(r['step_s']).strip()}, its 4 all-to-alls alone {fmt_t(r['a2a_4x_measured_s']).strip()}")
@@ -338,7 +338,7 @@ if nccl:
     show_ep(nccl, "NCCL")
     if nccl.get("ep_error"):
         print("note:", nccl["ep_error"])"""),
-md("""## What expert parallelism costs as experts and nodes grow
+    md("""## What expert parallelism costs as experts and nodes grow
 
 Take DeepSeek-V3's layer (hidden 7168, 256 routed experts, top-8) and spread the experts over more
 and more GPUs, 8 per node, each GPU holding 4096 tokens. A token crosses InfiniBand once for every
@@ -346,7 +346,7 @@ and more GPUs, 8 per node, each GPU holding 4096 tokens. A token crosses InfiniB
 the traffic grows with the number of nodes a token reaches. `dsim.cost.moe_a2a_bytes` counts it
 and `moe_dispatch_time` turns it into seconds on H800s (DeepSeek's measured 160 GB/s NVLink and
 50 GB/s InfiniBand per GPU), with FP8 dispatch as in the V3 report."""),
-code("""v3 = preset("deepseek-v3")
+    code("""v3 = preset("deepseek-v3")
 T, D, K, E = 4096, v3.dim, v3.n_activated_experts, v3.n_routed_experts
 ep_sizes = [8, 16, 32, 64, 128, 256]
 print(f"{'EP':>5}{'nodes':>7}{'nodes reached':>15}{'IB MB/GPU':>11}{'NVLink MB':>11}{'dispatch':>12}"
@@ -370,14 +370,14 @@ ax.set(xscale="log", xlabel="EP size (GPUs, 8 per node)", ylabel="dispatch time 
        title="DeepSeek-V3 MoE dispatch, 4096 tokens/GPU, H800 (model)")
 ax.set_xticks(ep_sizes, [str(e) for e in ep_sizes]); ax.legend(); ax.grid(alpha=0.3)
 plt.tight_layout(); plt.show()"""),
-md("""## Why DeepSeek limits each token to 4 nodes
+    md("""## Why DeepSeek limits each token to 4 nodes
 
 With 256 experts on 8 nodes (EP64), an unconstrained top-8 token lands on
 $N\\,(1 - \\binom{E-E_N}{K}/\\binom{E}{K})$ distinct nodes on average, and its InfiniBand traffic is
 proportional to that count. DeepSeek-V3's gate first picks the best $M = 4$ of 8 expert *groups*
 (one group per node) and only then the top-8 experts inside them. First, dsim's real gate with V3's
 routing rules, at a small width, on random tokens: how many nodes does a token reach?"""),
-code("""from dsim.model import Gate
+    code("""from dsim.model import Gate
 torch.manual_seed(0)
 for limited in (8, 4):
     a = preset("deepseek-v3").replace(dim=64, n_limited_groups=limited)
@@ -388,12 +388,12 @@ for limited in (8, 4):
     reached = torch.tensor([len(set(r)) for r in node.tolist()]).float()
     print(f"groups kept {limited}: nodes reached per token, mean {reached.mean():.2f}, max {int(reached.max())}; "
           f"expected_nodes_reached = {expected_nodes_reached(8, 8, 32, node_limit=limited if limited < 8 else None):.2f}")"""),
-md("""Then the cost of one dispatch as the node limit $M$ varies (EP64, 4096 tokens per GPU, H800,
+    md("""Then the cost of one dispatch as the node limit $M$ varies (EP64, 4096 tokens per GPU, H800,
 FP8). The NVLink part does not shrink with $M$ (a token still fans out to the same number of GPUs),
 the InfiniBand part does, and the slower of the two sets the time. DeepSeek's report puts it as:
 NVLink is about 3.2 times faster than InfiniBand, so a token can use about 3.2 experts per node
 over NVLink in the time it takes to cross InfiniBand once; 4 nodes give room for about 13 experts."""),
-code("""h800 = get_gpu("H800")
+    code("""h800 = get_gpu("H800")
 ratio = h800.nvlink_bw / h800.scaleout_bw
 print(f"H800 NVLink / InfiniBand bandwidth = {h800.nvlink_bw / GB:.0f} / {h800.scaleout_bw / GB:.0f} GB/s = {ratio:.1f}; "
       f"with M = 4 nodes a token can reach {4 * ratio:.1f} experts at no extra NVLink time")
@@ -418,7 +418,7 @@ ax.set(xlabel="expected nodes reached per token", ylabel="ms per dispatch",
        title="EP64 (8 nodes), DeepSeek-V3 layer, H800 (model)")
 ax.legend(fontsize=8); ax.grid(alpha=0.3)
 plt.tight_layout(); plt.show()"""),
-md("""## Pipeline bubbles: 1F1B against DualPipe
+    md("""## Pipeline bubbles: 1F1B against DualPipe
 
 With $p$ pipeline stages and $m$ micro-batches, 1F1B leaves each stage idle for $(p-1)(F+B)$:
 a fraction $(p-1)/(m+p-1)$ of the step. Zero-bubble schedules (ZB1P) fill part of it with the
@@ -426,7 +426,7 @@ weight-gradient half $W$ of the backward; DualPipe (DeepSeek-V3) feeds micro-bat
 of the pipeline and overlaps one's forward with another's backward, leaving
 $(p/2-1)(F\\&B + B - 3W)$, at the price of two copies of the parameters. With illustrative chunk
 times $F = 1$, $B = 2$, $W = 1$ and no gain from overlapping ($F\\&B = F + B$):"""),
-code("""pp, F, B, W = 8, 1.0, 2.0, 1.0
+    code("""pp, F, B, W = 8, 1.0, 2.0, 1.0
 for sched in ("1f1b", "zb1p", "dualpipe"):
     print(f"{sched:9} bubble {pipeline_bubble_time(sched, pp, F, B, W):5.1f} chunk-times; fraction of a step with "
           f"m = 16 / 32 / 64 micro-batches: " + ", ".join(f"{pipeline_bubble_fraction(sched, pp, m, F, B, W):.1%}" for m in (16, 32, 64)))
@@ -437,14 +437,14 @@ for sched in ("1f1b", "zb1p", "dualpipe"):
 ax.set(xlabel="micro-batches per step m", ylabel="bubble (% of the step)", title=f"{pp} pipeline stages, F=1, B=2, W=1")
 ax.legend(); ax.grid(alpha=0.3)
 plt.tight_layout(); plt.show()"""),
-md("""## What overlap hides
+    md("""## What overlap hides
 
 Communication that runs while independent computation runs costs nothing on the critical path:
 only $\\max(0, T_{comm} - T_{compute})$ is exposed. DualPipe pairs the all-to-all of one
 micro-batch with the expert computation of another. For the DeepSeek-V3 layer on EP64 H800s, the
 dispatch (FP8) and combine (BF16) of a forward pass against the routed and shared experts' forward
 FLOPs at the GPU's peak (a lower bound on compute time, so an upper bound on what stays exposed):"""),
-code("""tok = np.array([256, 512, 1024, 2048, 4096, 8192, 16384])
+    code("""tok = np.array([256, 512, 1024, 2048, 4096, 8192, 16384])
 comm = np.array([moe_dispatch_time(int(t), D, K, E, 64, gpu="H800", node_limit=4, bytes_per_elem=1)
                  + moe_dispatch_time(int(t), D, K, E, 64, gpu="H800", node_limit=4, bytes_per_elem=2) for t in tok])
 flops = tok * (K + v3.n_shared_experts) * 6 * D * v3.moe_inter_dim      # 3 GEMMs of 2*D*I per expert
@@ -458,12 +458,12 @@ ax.loglog(tok, compute * 1e3, "s-", label="expert FLOPs at peak")
 ax.set(xlabel="tokens per GPU", ylabel="ms per MoE layer (forward)", title="DeepSeek-V3 layer, EP64, H800")
 ax.legend(); ax.grid(alpha=0.3)
 plt.tight_layout(); plt.show()"""),
-md("""## Try it: topology and message size
+    md("""## Try it: topology and message size
 
 Pick a GPU from the catalog, how many ranks and how many per node, and a message size. The table
 gives every collective's time under each algorithm the model knows (NCCL would take the fastest),
 and the bus bandwidth."""),
-code("""def explore(gpu="H200", n_ranks=16, ranks_per_node=8, log2_bytes=26):
+    code("""def explore(gpu="H200", n_ranks=16, ranks_per_node=8, log2_bytes=26):
     s = 2.0 ** log2_bytes
     try:
         topo = Topology.from_gpu(gpu, n_ranks, ranks_per_node)
@@ -483,9 +483,9 @@ display(widgets.interactive(
     ranks_per_node=widgets.Dropdown(options=[1, 2, 4, 8], value=8, description="per node"),
     log2_bytes=widgets.IntSlider(value=26, min=10, max=34, description="log2 bytes"),
 ))"""),
-md("""And for expert parallelism: the tokens per GPU, the EP size (8 GPUs per node) and the node limit
+    md("""And for expert parallelism: the tokens per GPU, the EP size (8 GPUs per node) and the node limit
 $M$ for DeepSeek-V3's layer."""),
-code("""def explore_ep(gpu="H800", tokens=4096, ep=64, node_limit=4):
+    code("""def explore_ep(gpu="H800", tokens=4096, ep=64, node_limit=4):
     nodes = ep // 8
     lim = None if node_limit >= min(nodes, K) else max(node_limit, 1)
     reach = expected_nodes_reached(K, nodes, E // nodes, node_limit=lim)
@@ -502,10 +502,10 @@ display(widgets.interactive(
     ep=widgets.Dropdown(options=[8, 16, 32, 64, 128, 256], value=64, description="EP size"),
     node_limit=widgets.IntSlider(value=4, min=1, max=8, description="node limit M"),
 ))"""),
-md("""## Worked questions
+    md("""## Worked questions
 
 Each answer is computed here; the chapter asks the questions."""),
-code("""print("Q1. A 1 GiB all-reduce on 8 H200s in one node:")
+    code("""print("Q1. A 1 GiB all-reduce on 8 H200s in one node:")
 t = collective_time("all_reduce", GiB, 8, gpu="H200", ranks_per_node=8)
 print(f"    {fmt_t(t).strip()}, bus bandwidth {bus_bandwidth('all_reduce', GiB, 8, t) / GB:.0f} GB/s, "
       f"algorithm bandwidth {GiB / t / GB:.0f} GB/s")

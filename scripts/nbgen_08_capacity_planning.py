@@ -1,8 +1,9 @@
 """Writes notebooks/08_capacity_planning.ipynb (unexecuted); execute it with nbconvert afterwards:
 
-    .venv/bin/python scripts/nbgen_08_capacity_planning.py
-    .venv/bin/jupyter nbconvert --to notebook --execute --inplace notebooks/08_capacity_planning.ipynb
+.venv/bin/python scripts/nbgen_08_capacity_planning.py
+.venv/bin/jupyter nbconvert --to notebook --execute --inplace notebooks/08_capacity_planning.ipynb
 """
+
 import sys
 
 import nbformat as nbf
@@ -16,13 +17,16 @@ def tagged(cell, *tags):
 
 
 CELLS = [
-tagged(md("""# Capacity planning
+    tagged(
+        md("""# Capacity planning
 
 Which parallel layout trains a DeepSeek-style MoE fastest on a given cluster, what it costs, and what a
 serving deployment delivers. Everything below is computed by `dsim.cost.plan` from the cost modules
 (parameters, FLOPs, memory, the time model calibrated on H100 measurements, communication) and held
-against DeepSeek's published figures. Runs in well under a minute on a CPU."""), "remove-cell"),
-code("""%matplotlib inline
+against DeepSeek's published figures. Runs in well under a minute on a CPU."""),
+        "remove-cell",
+    ),
+    code("""%matplotlib inline
 import matplotlib
 matplotlib.rcParams["figure.dpi"] = 80
 import matplotlib.pyplot as plt
@@ -55,7 +59,7 @@ def plan_rows(plans):
 
 PLAN_HEADER = ["#", "layout", "step s", "compute", "comm", "bubble", "MFU", "days", "GPU-h", "GB/GPU"]
 print("time model:", gpu_calibration("H800").source)"""),
-md("""## 1. DeepSeek-V3's pre-training, reproduced
+    md("""## 1. DeepSeek-V3's pre-training, reproduced
 
 The technical report states the layout: 2048 H800 GPUs, 16-way pipeline parallelism with the DualPipe
 schedule, 64-way expert parallelism over 8 nodes, ZeRO-1 data parallelism (so dp = 2048 / 16 = 128), no
@@ -67,7 +71,7 @@ trillion tokens (3.7 days on the cluster) and 2,664K GPU-hours for the 14.8T tok
 does not state. Nothing is fitted to the published figures: the compute efficiencies come from the time
 model calibrated on H100 measurements and applied to the H800's datasheet (the same tensor cores), the
 interconnect from the H800's bandwidths as DeepSeek measured them."""),
-code("""stated = reproduce_deepseek_v3_training()                     # the layout of the report
+    code("""stated = reproduce_deepseek_v3_training()                     # the layout of the report
 full = reproduce_deepseek_v3_training(recompute="full")        # the same with full recomputation
 pub = DEEPSEEK_V3_TRAINING
 rows = []
@@ -92,13 +96,13 @@ print(f"Answer 8.1: the stated layout predicts {stated['error']:+.1%} against th
       f"({full['error']:+.1%} with full recomputation)")
 print(f"Answer 8.2: published figures imply {published_mfu:.1%} MFU; dsim predicts {stated['plan'].mfu:.1%} "
       f"(stated layout) and {full['plan'].mfu:.1%} (full recomputation)")"""),
-md("""Where the step goes, and what each GPU holds. The stated layout spends almost all its time computing:
+    md("""Where the step goes, and what each GPU holds. The stated layout spends almost all its time computing:
 DualPipe hides the all-to-all behind the paired chunk's compute, and its bubble is small because
 there are many micro-batches per pipeline. Memory tells a different story: with dsim's activation model
 (every tensor `dsim.model` keeps, in bf16) the stated recomputation does not fit in 80 GB, while full
 recomputation does. DeepSeek keeps less: it caches the inputs of its fp8 GEMMs in fp8, recomputes SwiGLU
 and keeps no fp32 copies for the gate; `dsim.model` is a plain PyTorch model that does none of these."""),
-code("""for name, rep in (("stated", stated), ("full recomputation", full)):
+    code("""for name, rep in (("stated", stated), ("full recomputation", full)):
     p = rep["plan"]
     parts = ", ".join(f"{k} {v / GB:.1f} GB" for k, v in p.memory.items())
     print(f"{name:18s} step {p.step_time_s:.2f} s = compute {p.compute_s:.2f} + exposed communication "
@@ -108,11 +112,11 @@ code("""for name, rep in (("stated", stated), ("full recomputation", full)):
 print("\\nassumptions:")
 for k, v in ASSUMPTIONS.items():
     print(f"  {k:10s} {v}")"""),
-md("""## 2. What the planner would choose
+    md("""## 2. What the planner would choose
 
 The same cluster, model and batch, with every layout open: about ten thousand candidates, evaluated as
 numpy arrays (`bench/plan_speed.py` measures the speed)."""),
-code("""job = TrainingJob(V3, "H800", n_gpus=2048, tokens=14.8e12, seq_len=4096, global_batch=15360, optimizer_dtype="bf16")
+    code("""job = TrainingJob(V3, "H800", n_gpus=2048, tokens=14.8e12, seq_len=4096, global_batch=15360, optimizer_dtype="bf16")
 res = plan_training(job, top=3000)
 print(f"{res.layouts_evaluated:,} layouts evaluated, {res.n_fit:,} fit in 80 GB; rejected:")
 for reason, n in res.rejected.items():
@@ -122,12 +126,12 @@ rank = next(i for i, p in enumerate(res.plans, 1) if (p.pp, p.ep, p.schedule, p.
 best, ds = res.plans[0], res.plans[rank - 1]
 print(f"Answer 8.3: the planner picks {layout(best)}; DeepSeek's PP16 / EP64 / DualPipe / fp8 first appears at "
       f"rank {rank} ({layout(ds)}), {ds.step_time_s / best.step_time_s - 1:+.1%} step time")"""),
-md("""## 3. Clusters and GPUs
+    md("""## 3. Clusters and GPUs
 
 The fastest layout that fits for DeepSeek-V3 on 256 and 2048 H100s (batch 15360 sequences of 4096),
 then the time to train 14.8T tokens as the cluster grows, on A100 (80 GB, no fp8), H100 and H200. The
 price is the same $2 per GPU-hour for every GPU, so cost follows GPU-hours."""),
-code("""def v3_job(gpu, n):
+    code("""def v3_job(gpu, n):
     return TrainingJob(V3, gpu, n_gpus=n, tokens=14.8e12, seq_len=4096, global_batch=15360, optimizer_dtype="bf16")
 
 for n in (256, 2048):
@@ -135,7 +139,7 @@ for n in (256, 2048):
     print(f"{n} x H100: {r.layouts_evaluated:,} layouts, {r.n_fit:,} fit")
     print(table(plan_rows(r.plans), PLAN_HEADER, "rlrrrrrrrr"))
     print()"""),
-code("""counts = [256, 512, 1024, 2048, 4096]
+    code(r"""counts = [256, 512, 1024, 2048, 4096]
 sweep = {}
 for gpu in ("A100", "H100", "H200"):
     for n in counts:
@@ -161,12 +165,12 @@ print(table(rows, ["days"] + [f"{n} GPUs" for n in counts]))
 p = {g: sweep[g, 2048] for g in ("A100", "H100", "H200")}
 print("Answer 8.4: on 2048 GPUs, " + "; ".join(f"{g} {q.days:.0f} days, ${q.cost / 1e6:.2f}M ({layout(q)})"
                                              for g, q in p.items()))"""),
-md("""### Memory by kind
+    md("""### Memory by kind
 
 What the chosen layouts keep on each GPU. Expert parallelism divides the experts' weights, gradients and
 optimizer states by ep, ZeRO-1 divides the optimizer states by the data-parallel replicas, pipeline
 parallelism divides the layers; activations are the part the schedule and recomputation decide."""),
-code("""cases = {"256 x H100": plan_training(v3_job("H100", 256), top=1).plans[0],
+    code("""cases = {"256 x H100": plan_training(v3_job("H100", 256), top=1).plans[0],
          "2048 x H100": sweep["H100", 2048], "2048 x H200": sweep["H200", 2048],
          "DeepSeek (stated)": stated["plan"], "DeepSeek (full rc)": full["plan"]}
 kinds = ["weights", "gradients", "optimizer", "activations", "buffers"]
@@ -184,13 +188,13 @@ fig.tight_layout()
 plt.show()
 for name, p in cases.items():
     print(f"{name:18s} {layout(p)}")"""),
-md("""### Where communication becomes exposed
+    md("""### Where communication becomes exposed
 
 Fix DeepSeek's cluster and pipeline (2048 H800, PP16, ZeRO-1, fp8, full recomputation, one sequence
 per micro-batch) and vary the expert parallelism. Up to 8 ranks the all-to-all stays on NVLink; beyond,
 it crosses InfiniBand, about a third of the bandwidth. Under 1F1B every byte is on the critical path;
 DualPipe overlaps it with the paired chunk's compute."""),
-code("""eps = [1, 2, 4, 8, 16, 32, 64, 128]
+    code("""eps = [1, 2, 4, 8, 16, 32, 64, 128]
 bars = {}
 for sched in ("1f1b", "dualpipe"):
     for ep in eps:
@@ -224,14 +228,14 @@ first = next(ep for ep in eps if bars["1f1b", ep].exposed["expert"] > 0.05 * bar
 print(f"Answer 8.5: under 1F1B the exposed expert all-to-all passes 5% of the step at ep={first}; at ep=64 "
       f"DualPipe leaves {bars['dualpipe', 64].exposed['expert']:.2f} s of the {bars['1f1b', 64].exposed['expert']:.2f} s "
       f"that 1F1B exposes")"""),
-md("""At small ep every GPU holds many experts: their gradients are reduced over the many data-parallel
+    md("""At small ep every GPU holds many experts: their gradients are reduced over the many data-parallel
 replicas that share them, which is what is exposed there. As ep grows, that traffic shrinks and the
 all-to-all grows: under 1F1B it ends up on the critical path, DualPipe hides nearly all of it."""),
-md("""## 4. An interactive planner
+    md("""## 4. An interactive planner
 
 Pick a model, a GPU and a cluster size; the three fastest layouts that fit, for 1T tokens with batches
 of 4M tokens (1024 sequences of 4096). In the book the widget shows its first setting."""),
-code("""def planner(model="deepseek-v3", gpu="H100", gpus=1024):
+    code("""def planner(model="deepseek-v3", gpu="H100", gpus=1024):
     job = TrainingJob(preset(model), gpu, n_gpus=gpus, tokens=1e12, seq_len=4096, global_batch=1024)
     try:
         r = plan_training(job, top=3)
@@ -242,12 +246,15 @@ code("""def planner(model="deepseek-v3", gpu="H100", gpus=1024):
     print(table(plan_rows(r.plans), PLAN_HEADER, "rlrrrrrrrr"))
 
 planner("deepseek-v2", "H100", 256)"""),
-tagged(code("""display(widgets.interactive(
+    tagged(
+        code("""display(widgets.interactive(
     planner,
     model=widgets.Dropdown(options=["deepseek-v3", "deepseek-v2", "mixtral-8x7b", "deepseek-v2-lite"], value="deepseek-v3"),
     gpu=widgets.Dropdown(options=["H100", "H200", "H800", "A100"], value="H100"),
-    gpus=widgets.Dropdown(options=[64, 128, 256, 512, 1024, 2048, 4096], value=1024)))"""), "nbval-ignore-output"),
-md("""## 5. Serving
+    gpus=widgets.Dropdown(options=[64, 128, 256, 512, 1024, 2048, 4096], value=1024)))"""),
+        "nbval-ignore-output",
+    ),
+    md("""## 5. Serving
 
 DeepSeek's inference overview (open-source week, day 6) reports, for a 24-hour window, an average of
 about 73.7k input tokens per second per H800 node in prefill (cache hits included) and 14.8k output
@@ -257,7 +264,7 @@ combine in bf16. The workload comes from the same post: 608B input tokens of whi
 168B output tokens, and on average 4,989 cached tokens per output token. With prompts of P tokens and
 outputs of D tokens, an output token sees P + D/2 cached tokens on average and P/D = 608/168, which
 gives P and D."""),
-code("""w = deepseek_v3_workload()
+    code("""w = deepseek_v3_workload()
 print(f"workload: prompt {w['prompt']:.0f} tokens, output {w['output']:.0f} tokens, cache hit {w['cache_hit']:.2%}")
 rep = reproduce_deepseek_v3_serving()
 slo = reproduce_deepseek_v3_serving(latency_target=1 / 20)
@@ -275,13 +282,13 @@ d = rep["decode"]
 print(f"Answer 8.6: {d.max_batch} sequences of {pubs['kv_length_per_output_token']:,} cached tokens fit per GPU "
       f"next to {d.memory['weights'] / GB:.0f} GB of weights; {d.tokens_per_s_per_node:,.0f} output tokens/s per node "
       f"({rep['decode_error']:+.0%} from the published 14.8k), {1 / d.latency_s:.1f} tokens/s per user")"""),
-md("""Where a decode step goes: the ops of one MoE block at the KV-cache-bound batch, timed by the same model.
+    md("""Where a decode step goes: the ops of one MoE block at the KV-cache-bound batch, timed by the same model.
 The attention core of `dsim.model`'s absorbed MLA runs three kernels (scores, a float32 softmax that
 writes the whole score matrix, and the weighted sum), where DeepSeek's FlashMLA fuses them into one
 pass over the cache; the time model prices the kernels dsim runs. The last line is not a prediction
 but a bound that locates the gap: the step if the attention core cost only one read of the cache at
 the calibrated HBM bandwidth."""),
-code("""from dsim.cost.memory import kv_cache_bytes_per_token
+    code("""from dsim.cost.memory import kv_cache_bytes_per_token
 from dsim.cost.plan import FP8_COMPONENTS
 from dsim.cost.timing import block_plan, op_time
 args = V3.replace(attn_impl="absorb")
@@ -300,12 +307,12 @@ floor_step = d.step_time_s - V3.n_layers * (by["attn_core"] - cache_read)
 print(f"whole step {d.step_time_s * 1e3:.0f} ms; with the attention core at one cache read per block "
       f"({cache_read * 1e3:.2f} ms instead of {by['attn_core'] * 1e3:.2f} ms): {floor_step * 1e3:.0f} ms, "
       f"{d.batch / floor_step * 8:,.0f} output tokens/s per node")"""),
-md("""### Throughput against batch, and the KV-cache limit
+    md("""### Throughput against batch, and the KV-cache limit
 
 Decode on DeepSeek's EP144 deployment: a larger batch reuses each weight read for more tokens, so
 throughput per GPU grows, and each user waits longer per token. The KV cache stops the batch: each
 sequence keeps its 4,989 cached tokens of latent (576 numbers per layer)."""),
-code("""batches = [1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 256]
+    code("""batches = [1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 256]
 deploy = dict(phase="decode", n_gpus=144, redundant_experts=32, context=4989)
 limit = {gpu: plan_serving(V3, gpu, **deploy).max_batch for gpu in ("H800", "H200")}
 curves = {gpu: serving_curve(V3, sorted(set(batches + [limit[gpu]])), gpu=gpu, **deploy) for gpu in limit}
@@ -330,12 +337,12 @@ fig.tight_layout()
 plt.show()
 print(table([[gpu, limit[gpu], f"{curves[gpu][-1].tokens_per_s_per_node:,.0f}", f"{1 / curves[gpu][-1].latency_s:.1f}"]
              for gpu in limit], ["GPU", "KV-bound batch", "tokens/s per node", "tokens/s per user"]))"""),
-md("""### Data-parallel or tensor-parallel attention
+    md("""### Data-parallel or tensor-parallel attention
 
 MLA caches one latent per token, the same for every head: tensor parallelism splits the heads but every
 rank must still hold the whole cache. Serving DeepSeek-V3 on one 8 x H200 node, with all 256 experts
 spread over its 8 GPUs:"""),
-code("""rows = []
+    code("""rows = []
 for tp in (1, 2, 4, 8):
     p = plan_serving(V3, "H200", "decode", 8, tp=tp, context=4096)
     rows.append([f"tp {tp} x dp {p.dp}", p.max_batch, f"{p.memory['weights'] / GB:.0f}",
@@ -350,7 +357,11 @@ print(f"Answer 8.7: data-parallel attention serves {dp1.tokens_per_s_per_gpu / t
 def main() -> None:
     nb = nbf.v4.new_notebook()
     nb.cells = CELLS
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     out = sys.argv[1] if len(sys.argv) > 1 else "notebooks/08_capacity_planning.ipynb"
     nbf.write(nb, out)

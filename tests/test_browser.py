@@ -18,6 +18,7 @@ Environment knobs (for development):
   DSIM_WIDGET_SLIDER=top-k    description of the slider to move
   DSIM_LAB_RUN_TIMEOUT=120    seconds that Run All Cells may take in JupyterLab
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,9 +43,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = Path(os.environ.get("DSIM_BOOK_ROOT", REPO)).resolve()
-CHROMIUM = Path(os.environ.get("DSIM_CHROMIUM", "/usr/bin/chromium"))   # Debian's chromium
+CHROMIUM = Path(os.environ.get("DSIM_CHROMIUM", "/usr/bin/chromium"))  # Debian's chromium
 SHOTS = REPO / "artifacts" / "screenshots"
-WAIT_MS = 120_000            # upper bound for any single wait in the browser
+WAIT_MS = 120_000  # upper bound for any single wait in the browser
 # The book build (about 100 s on 2 cores) runs in the first chapter test's setup. pytest-timeout
 # counts setup, so these tests get the build's deadline plus a margin instead of the suite's
 # per-test timeout.
@@ -53,15 +54,24 @@ BUILD_DEADLINE_S = 600
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.timeout(BUILD_DEADLINE_S + 300),
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason=f"Debian's chromium is not installed ({CHROMIUM}); "
-                              "`apt-get install chromium` to run the browser tests"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"Debian's chromium is not installed ({CHROMIUM}); "
+        "`apt-get install chromium` to run the browser tests",
+    ),
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def _chapters() -> list[str]:
@@ -90,6 +100,7 @@ def _shot(page_or_locator, name: str) -> None:
 
 # --------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture(scope="session")
 def browser():
     with sync_api.sync_playwright() as pw:
@@ -105,17 +116,35 @@ def built_book() -> Path:
     book = ROOT / "build" / "book"
     if os.environ.get("DSIM_BOOK_SKIP_BUILD") == "1" and (book / "index.html").is_file():
         return book
-    if not (shutil.which("npm") or os.environ.get("DSIM_MATHJAX_TARBALL")
-            or (ROOT / "chapters" / "vendor" / "mathjax" / "VERSION").is_file()):
-        pytest.skip("npm is not installed, so the book build cannot vendor MathJax "
-                    "(install npm, or set DSIM_MATHJAX_TARBALL)")
+    if not (
+        shutil.which("npm")
+        or os.environ.get("DSIM_MATHJAX_TARBALL")
+        or (ROOT / "chapters" / "vendor" / "mathjax" / "VERSION").is_file()
+    ):
+        pytest.skip(
+            "npm is not installed, so the book build cannot vendor MathJax "
+            "(install npm, or set DSIM_MATHJAX_TARBALL)"
+        )
     # The build bounds itself (BUILD_DEADLINE_S) and names a late notebook; the margin: mdBook.
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "build_book.py"),
-                           "--root", str(ROOT), "--deadline", str(BUILD_DEADLINE_S)],
-                          capture_output=True, text=True, timeout=BUILD_DEADLINE_S + 120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "build_book.py"),
+            "--root",
+            str(ROOT),
+            "--deadline",
+            str(BUILD_DEADLINE_S),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_DEADLINE_S + 120,
+    )
     if proc.returncode != 0:
-        pytest.fail(f"scripts/build_book.py failed (exit {proc.returncode}):\n"
-                    f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}", pytrace=False)
+        pytest.fail(
+            f"scripts/build_book.py failed (exit {proc.returncode}):\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}",
+            pytrace=False,
+        )
     return book
 
 
@@ -126,7 +155,8 @@ def book_url(built_book):
             pass
 
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(built_book)))
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(built_book))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -144,10 +174,22 @@ def book_page(browser, book_url):
     page.set_default_timeout(WAIT_MS)
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})")
-            if r.url.startswith(book_url) else None)
-    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}")
-            if r.url.startswith(book_url) and r.status >= 400 else None)
+    page.on(
+        "requestfailed",
+        lambda r: (
+            problems.append(f"request failed: {r.url} ({r.failure})")
+            if r.url.startswith(book_url)
+            else None
+        ),
+    )
+    page.on(
+        "response",
+        lambda r: (
+            problems.append(f"HTTP {r.status}: {r.url}")
+            if r.url.startswith(book_url) and r.status >= 400
+            else None
+        ),
+    )
     page.problems = problems
     try:
         yield page
@@ -184,7 +226,7 @@ def test_chapter_renders(book_page, book_url, built_book, chapter):
     page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
 
     raw = (built_book / chapter).read_text()
-    main_html = raw[raw.find("<main"):raw.find("</main>")]
+    main_html = raw[raw.find("<main") : raw.find("</main>")]
     has_math_source = bool(re.search(r"\\\(|\\\[|\$\$|\\begin\{", main_html))
     n_math = page.locator("main mjx-container svg").count()
     if has_math_source:
@@ -192,10 +234,14 @@ def test_chapter_renders(book_page, book_url, built_book, chapter):
     n_err = page.locator("mjx-container [data-mml-node='merror']").count()
     assert n_err == 0, f"{chapter}: {n_err} TeX error(s): " + " | ".join(
         page.locator("mjx-container [data-mml-node='merror']").evaluate_all(
-            "els => els.map(e => e.getAttribute('data-mjx-error') || e.textContent)"))
+            "els => els.map(e => e.getAttribute('data-mjx-error') || e.textContent)"
+        )
+    )
     text = page.evaluate(TEXT_OUTSIDE_MATH_JS)
-    leftovers = [text[max(0, m.start() - 40):m.end() + 40].replace("\n", " ")
-                 for m in re.finditer(r"\\\(|\\\)|\\\[|\\\]|\$\$", text)]
+    leftovers = [
+        text[max(0, m.start() - 40) : m.end() + 40].replace("\n", " ")
+        for m in re.finditer(r"\\\(|\\\)|\\\[|\\\]|\$\$", text)
+    ]
     assert not leftovers, f"{chapter}: raw TeX delimiters left in the text: {leftovers[:5]}"
 
     images = page.evaluate(IMAGES_JS)
@@ -212,12 +258,16 @@ def test_next_chapter_link(book_page, book_url, index):
     # mdBook has two next links (wide and mobile layouts); CSS shows one, depending on the width.
     nxt = page.locator("a[rel~='next']:visible")
     if index == len(CHAPTERS) - 1:
-        assert page.locator("a[rel~='next']").count() == 0, "the last chapter has a next-chapter link"
+        assert page.locator("a[rel~='next']").count() == 0, (
+            "the last chapter has a next-chapter link"
+        )
         return
     expected = CHAPTERS[index + 1]
     assert nxt.count() >= 1, f"{CHAPTERS[index]}: no visible next-chapter link"
     href = urllib.parse.urljoin(page.url, nxt.first.get_attribute("href") or "")
-    assert href == f"{book_url}/{expected}", f"{CHAPTERS[index]}: next link points to {href}, not {expected}"
+    assert href == f"{book_url}/{expected}", (
+        f"{CHAPTERS[index]}: next link points to {href}, not {expected}"
+    )
     nxt.first.click(timeout=30_000)
     page.wait_for_url(re.compile(re.escape(f"{book_url}/{expected}") + r"$"), timeout=30_000)
     assert page.title(), "the next chapter has no title"
@@ -230,8 +280,10 @@ LAB_SETTINGS = {
     # All cells in the DOM (no virtual scrolling), so prompts and outputs can be inspected.
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     # No news/update toast over the notebook.
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-        {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
 }
 
 
@@ -245,30 +297,47 @@ def jupyter_lab(notebooks: Path):
         f = tmp / "settings" / rel
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps(value))
-    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}   # kernels: inline plots
-    env.update(JUPYTER_CONFIG_DIR=str(tmp / "config"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
-               IPYTHONDIR=str(tmp / "ipython"), JUPYTER_PLATFORM_DIRS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])))
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # kernels: inline plots
+    env.update(
+        JUPYTER_CONFIG_DIR=str(tmp / "config"),
+        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+        IPYTHONDIR=str(tmp / "ipython"),
+        JUPYTER_PLATFORM_DIRS="1",
+        PYTHONPATH=os.pathsep.join(
+            [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        ),
+    )
     port = _free_port()
     jupyter = Path(sys.executable).parent / "jupyter"
-    cmd = [str(jupyter) if jupyter.exists() else "jupyter", "lab", "--no-browser",
-           *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
-           "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
-           "--IdentityProvider.token=", "--ServerApp.password=",
-           f"--ServerApp.root_dir={root_dir}", "--LabApp.news_url=None",
-           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-           f"--LabApp.user_settings_dir={tmp / 'settings'}",
-           f"--LabApp.workspaces_dir={tmp / 'workspaces'}"]
+    cmd = [
+        str(jupyter) if jupyter.exists() else "jupyter",
+        "lab",
+        "--no-browser",
+        *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        "--IdentityProvider.token=",
+        "--ServerApp.password=",
+        f"--ServerApp.root_dir={root_dir}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        f"--LabApp.user_settings_dir={tmp / 'settings'}",
+        f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
+    ]
     log_path = tmp / "jupyter.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True, cwd=tmp)
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"jupyter lab exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{base}/api/status", timeout=5) as r:
                     if r.status == 200:
@@ -276,18 +345,20 @@ def jupyter_lab(notebooks: Path):
             except OSError:
                 pass
             if time.time() > deadline:
-                raise RuntimeError(f"jupyter lab did not answer in 120 s:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"jupyter lab did not answer in 120 s:\n{log_path.read_text()[-3000:]}"
+                )
             time.sleep(0.3)
         yield base, log_path
     finally:
         if proc.poll() is None:
-            proc.terminate()                          # SIGTERM: the server shuts its kernels down
+            proc.terminate()  # SIGTERM: the server shuts its kernels down
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 pass
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)       # anything left in the group it started
+            os.killpg(proc.pid, signal.SIGKILL)  # anything left in the group it started
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
         log.close()
@@ -335,7 +406,10 @@ def _wait_notebook_ran(page, timeout_s: float = 120) -> dict:
     while time.time() < deadline:
         state = page.evaluate(NOTEBOOK_STATE_JS)
         if state["errors"]:
-            pytest.fail("a cell raised an error in JupyterLab:\n" + state["errors"][0][-3000:], pytrace=False)
+            pytest.fail(
+                "a cell raised an error in JupyterLab:\n" + state["errors"][0][-3000:],
+                pytrace=False,
+            )
         if state["cells"] and not state["pending"] and state["status"] in ("idle", None):
             return state
         time.sleep(0.5)
@@ -344,14 +418,18 @@ def _wait_notebook_ran(page, timeout_s: float = 120) -> dict:
 
 def _menu(page, menu: str, item: str, timeout_ms: int = 30_000) -> None:
     """Click `item` in the menu bar's `menu` (matched on their visible labels)."""
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(rf"^{re.escape(menu)}$")).click(timeout=timeout_ms)
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(rf"^{re.escape(menu)}$")).click(
+        timeout=timeout_ms
+    )
     page.locator(".lm-Menu-item[data-type='command']").filter(
         has=page.locator(".lm-Menu-itemLabel", has_text=re.compile(rf"^{re.escape(item)}$"))
     ).first.click(timeout=timeout_ms)
 
 
 def _prompts(page) -> list[str]:
-    return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt").all_text_contents()
+    return page.locator(
+        ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt"
+    ).all_text_contents()
 
 
 def _run_all_cells(page, attempts: int = 3) -> None:
@@ -361,7 +439,9 @@ def _run_all_cells(page, attempts: int = 3) -> None:
     would otherwise look like a finished run."""
     for _ in range(attempts):
         # Make the notebook the current widget: the menus act on it.
-        page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell .jp-InputPrompt").first.click(timeout=30_000)
+        page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell .jp-InputPrompt").first.click(
+            timeout=30_000
+        )
         with contextlib.suppress(sync_api.TimeoutError):
             _menu(page, "Edit", "Clear Outputs of All Cells", timeout_ms=10_000)
         page.keyboard.press("Escape")
@@ -374,8 +454,10 @@ def _run_all_cells(page, attempts: int = 3) -> None:
             if any("*" in p for p in now) or status not in ("idle", None) or now != before:
                 return
             time.sleep(0.2)
-        page.keyboard.press("Escape")                 # close a menu that is still open
-    pytest.fail(f"Run > Run All Cells did not start the notebook ({attempts} attempts)", pytrace=False)
+        page.keyboard.press("Escape")  # close a menu that is still open
+    pytest.fail(
+        f"Run > Run All Cells did not start the notebook ({attempts} attempts)", pytrace=False
+    )
 
 
 def _wait_change(page, get, before: str, timeout_s: float = 60) -> str:
@@ -404,28 +486,36 @@ def test_notebook_slider_in_jupyterlab(browser):
             # A kernel chooser appears only if the notebook's kernelspec is unknown: accept the default.
             with contextlib.suppress(sync_api.TimeoutError):
                 page.locator(".jp-Dialog .jp-mod-accept").click(timeout=1500)
-            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(state="attached")
+            page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
+                state="attached"
+            )
 
             t0 = time.time()
             _run_all_cells(page)
             state = _wait_notebook_ran(page, float(os.environ.get("DSIM_LAB_RUN_TIMEOUT", "120")))
             ran_s = time.time() - t0
 
-            label = page.locator("label.widget-label",
-                                 has_text=re.compile(rf"^\s*{re.escape(slider_name)}\s*$"))
+            label = page.locator(
+                "label.widget-label", has_text=re.compile(rf"^\s*{re.escape(slider_name)}\s*$")
+            )
             slider = page.locator(".widget-slider").filter(has=label)
             try:
                 slider.first.wait_for(state="visible", timeout=60_000)
             except sync_api.TimeoutError:
                 found = page.locator(".widget-slider label.widget-label").all_text_contents()
                 _shot(page, "lab_no_slider.png")
-                pytest.fail(f"no slider described {slider_name!r} in {nb_rel} after Run All "
-                            f"(sliders found: {found}; {state})", pytrace=False)
+                pytest.fail(
+                    f"no slider described {slider_name!r} in {nb_rel} after Run All "
+                    f"(sliders found: {found}; {state})",
+                    pytrace=False,
+                )
             slider = slider.first
             slider.scroll_into_view_if_needed()
             cell = page.locator(".jp-Notebook .jp-Cell").filter(has=slider).last
             cell_handle = cell.element_handle()
-            notebook_handle = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").element_handle()
+            notebook_handle = page.locator(
+                ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook"
+            ).element_handle()
 
             def snapshot() -> str:
                 own = page.evaluate(OUTPUT_SNAPSHOT_JS, cell_handle)
@@ -437,9 +527,10 @@ def test_notebook_slider_in_jupyterlab(browser):
             handle = handle.first
 
             def value() -> str:
-                if handle.get_attribute("role") == "slider":            # noUiSlider handle
+                if handle.get_attribute("role") == "slider":  # noUiSlider handle
                     return handle.get_attribute("aria-valuenow") or ""
-                return handle.input_value()                           # <input type=range>
+                return handle.input_value()  # <input type=range>
+
             readout = lambda: slider.locator(".widget-readout").first.text_content() or ""
 
             before, v0 = snapshot(), value()
@@ -447,19 +538,23 @@ def test_notebook_slider_in_jupyterlab(browser):
             _shot(page, "lab_before.png")
             handle.focus()
             page.keyboard.press("ArrowRight")
-            if _wait_change(page, value, v0, timeout_s=5) == v0:      # already at its maximum
+            if _wait_change(page, value, v0, timeout_s=5) == v0:  # already at its maximum
                 page.keyboard.press("ArrowLeft")
                 page.keyboard.press("ArrowLeft")
             v1 = _wait_change(page, value, v0, timeout_s=10)
-            assert v1 != v0, f"the {slider_name!r} slider did not move with the keyboard (value {v0})"
+            assert v1 != v0, (
+                f"the {slider_name!r} slider did not move with the keyboard (value {v0})"
+            )
             after = _wait_change(page, snapshot, before, timeout_s=90)
             _wait_notebook_ran(page, timeout_s=90)
-            time.sleep(0.5)                                           # let the redraw settle
+            time.sleep(0.5)  # let the redraw settle
             after = snapshot()
             _shot(cell, "lab_slider_after.png")
             _shot(page, "lab_after.png")
-            assert after != before, (f"moving {slider_name!r} from {v0} to {v1} (readout "
-                                     f"{readout()!r}) did not change the output next to it")
+            assert after != before, (
+                f"moving {slider_name!r} from {v0} to {v1} (readout "
+                f"{readout()!r}) did not change the output next to it"
+            )
             assert after.strip(), "the output next to the slider is empty after moving it"
             print(f"run all: {ran_s:.1f}s; {slider_name}: {v0} -> {v1}")
         except BaseException:

@@ -1,4 +1,5 @@
 """Checkpoints: safetensors only, bit-exact resume, and clear errors that leave the trainer untouched."""
+
 import json
 from pathlib import Path
 
@@ -14,13 +15,36 @@ from dsim.train import TrainConfig, Trainer
 
 torch.set_num_threads(1)
 
-SMALL = dict(dim=32, inter_dim=64, moe_inter_dim=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4,
-             v_head_dim=8, n_routed_experts=8, max_seq_len=64, original_seq_len=64, n_mtp_layers=1)
+SMALL = dict(
+    dim=32,
+    inter_dim=64,
+    moe_inter_dim=16,
+    kv_lora_rank=16,
+    qk_nope_head_dim=8,
+    qk_rope_head_dim=4,
+    v_head_dim=8,
+    n_routed_experts=8,
+    max_seq_len=64,
+    original_seq_len=64,
+    n_mtp_layers=1,
+)
 # Everything that carries state switched on: bias update, both losses, z-loss, MTP with a schedule
 # (lambda 0 after step 5: the MTP weights then stop getting gradient), capacity dropping, evaluation.
-CFG = TrainConfig(steps=8, batch_size=4, seq_len=32, warmup=2, max_train_bytes=100_000, bias_update_speed=0.01,
-                  seq_aux_alpha=1e-3, switch_aux_alpha=1e-3, z_loss=1e-4, mtp_lambda=0.3,
-                  mtp_lambda_schedule=((5, 0.0),), eval_every=4, eval_batches=1)
+CFG = TrainConfig(
+    steps=8,
+    batch_size=4,
+    seq_len=32,
+    warmup=2,
+    max_train_bytes=100_000,
+    bias_update_speed=0.01,
+    seq_aux_alpha=1e-3,
+    switch_aux_alpha=1e-3,
+    z_loss=1e-4,
+    mtp_lambda=0.3,
+    mtp_lambda_schedule=((5, 0.0),),
+    eval_every=4,
+    eval_batches=1,
+)
 
 
 def args(**changes):
@@ -54,7 +78,7 @@ def test_resume_continues_the_exact_same_run(halfway, tmp_path):
         assert all((a == b).all() for a, b in zip(h.bias, s.bias))
         for key, value in straight.model.state_dict().items():
             assert torch.equal(run.model.state_dict()[key], value), key
-    assert any(d > 0 for d in straight.history.dropped)              # the capacity limit was exercised
+    assert any(d > 0 for d in straight.history.dropped)  # the capacity limit was exercised
     # saving the resumed run and loading it again gives the same state
     again = load_checkpoint(save_checkpoint(resumed, tmp_path / "end.safetensors"))
     assert again.history.loss == straight.history.loss and again.step == CFG.steps
@@ -66,19 +90,35 @@ def test_the_file_is_plain_safetensors_with_json_metadata(halfway):
     assert meta["format"] == "dsim-checkpoint" and meta["step"] == "4"
     assert json.loads(meta["model_args"])["n_routed_experts"] == 8
     assert json.loads(meta["train_config"])["mtp_lambda_schedule"] == [[5, 0.0]]
-    assert {"model/layers.1.ffn.gate.bias", "optim/embed.weight/exp_avg", "optim/embed.weight/exp_avg_sq",
-            "optim/embed.weight/step", "rng/batches", "rng/torch", "history/loss", "history/load"} <= keys
+    assert {
+        "model/layers.1.ffn.gate.bias",
+        "optim/embed.weight/exp_avg",
+        "optim/embed.weight/exp_avg_sq",
+        "optim/embed.weight/step",
+        "rng/batches",
+        "rng/torch",
+        "history/loss",
+        "history/load",
+    } <= keys
     source = Path(ckpt.__file__).read_text()
-    assert "torch.save(" not in source and "torch.load(" not in source and "import pickle" not in source
+    assert (
+        "torch.save(" not in source
+        and "torch.load(" not in source
+        and "import pickle" not in source
+    )
 
 
 def test_a_different_model_is_refused_and_nothing_is_loaded(halfway):
     other = Trainer(args(n_routed_experts=16), CFG)
     other.run(1, progress=False)
     before, step = snapshot(other), other.step
-    with pytest.raises(CheckpointError, match="different model: n_routed_experts=8 in the checkpoint but 16 here"):
+    with pytest.raises(
+        CheckpointError, match="different model: n_routed_experts=8 in the checkpoint but 16 here"
+    ):
         load_checkpoint(halfway, other)
-    assert other.step == step and all(torch.equal(v, before[k]) for k, v in other.model.state_dict().items())
+    assert other.step == step and all(
+        torch.equal(v, before[k]) for k, v in other.model.state_dict().items()
+    )
 
 
 def rewrite(src: Path, dst: Path, edit) -> Path:
@@ -95,45 +135,62 @@ def test_wrong_shapes_inside_a_file_are_refused_before_copying(halfway, tmp_path
         a = json.loads(meta["model_args"])
         a["n_routed_experts"] = 16
         meta["model_args"] = json.dumps(a)
-    with pytest.raises(CheckpointError, match=r"model/layers.1.ffn.gate.weight has shape \[8, 32\].*expects shape \[16, 32\]"):
+
+    with pytest.raises(
+        CheckpointError,
+        match=r"model/layers.1.ffn.gate.weight has shape \[8, 32\].*expects shape \[16, 32\]",
+    ):
         load_checkpoint(rewrite(halfway, tmp_path / "a.safetensors", sixteen))
 
     # The model tensors are fine but one optimizer moment has the wrong shape: the live trainer's
     # weights must stay as they were (validation happens before any copy).
     def bad_moment(tensors, meta):
         tensors["optim/head.weight/exp_avg"] = tensors["optim/head.weight/exp_avg"][:-1].clone()
+
     trainer = Trainer(args(), CFG)
     before = snapshot(trainer)
     with pytest.raises(CheckpointError, match="optim/head.weight/exp_avg has shape"):
         load_checkpoint(rewrite(halfway, tmp_path / "b.safetensors", bad_moment), trainer)
-    assert trainer.step == 0 and all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+    assert trainer.step == 0 and all(
+        torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items()
+    )
 
     def missing(tensors, meta):
         del tensors["model/layers.1.ffn.gate.bias"]
-    with pytest.raises(CheckpointError, match=r"model tensors do not match this model: missing \['layers.1.ffn.gate.bias'\]"):
+
+    with pytest.raises(
+        CheckpointError,
+        match=r"model tensors do not match this model: missing \['layers.1.ffn.gate.bias'\]",
+    ):
         load_checkpoint(rewrite(halfway, tmp_path / "c.safetensors", missing))
 
     def short_history(tensors, meta):
         tensors["history/loss"] = tensors["history/loss"][:2].clone()
-    with pytest.raises(CheckpointError, match=r"history/loss must be a torch.float64 tensor of shape \[4\]"):
+
+    with pytest.raises(
+        CheckpointError, match=r"history/loss must be a torch.float64 tensor of shape \[4\]"
+    ):
         load_checkpoint(rewrite(halfway, tmp_path / "d.safetensors", short_history))
 
 
-@pytest.mark.parametrize("damage, match", [
-    ("truncate", "not a readable safetensors file"),
-    ("header", "not a readable safetensors file"),
-    ("flip", "is corrupted: its contents do not match the checksum"),
-    ("empty", "not a readable safetensors file"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("truncate", "not a readable safetensors file"),
+        ("header", "not a readable safetensors file"),
+        ("flip", "is corrupted: its contents do not match the checksum"),
+        ("empty", "not a readable safetensors file"),
+    ],
+)
 def test_corrupted_or_truncated_files_are_refused(halfway, tmp_path, damage, match):
     raw = halfway.read_bytes()
     if damage == "truncate":
         raw = raw[: len(raw) * 2 // 3]
     elif damage == "header":
-        raw = raw[:8] + b"{\"x\": 1" + raw[15:]
+        raw = raw[:8] + b'{"x": 1' + raw[15:]
     elif damage == "flip":
-        i = len(raw) - 1000                                             # a byte of tensor data
-        raw = raw[:i] + bytes([raw[i] ^ 0x10]) + raw[i + 1:]
+        i = len(raw) - 1000  # a byte of tensor data
+        raw = raw[:i] + bytes([raw[i] ^ 0x10]) + raw[i + 1 :]
     else:
         raw = b""
     bad = tmp_path / "bad.safetensors"

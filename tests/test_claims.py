@@ -1,11 +1,20 @@
 """The claims checker: every numeric claim of the seed articles gets a computed verdict."""
+
 import math
 import time
 
 import pytest
 
 from dsim import claims as C
-from dsim.claims import NOT_NUMERIC, VERDICTS, check_all, check_claim, load_claims, reference_checks, summary
+from dsim.claims import (
+    NOT_NUMERIC,
+    VERDICTS,
+    check_all,
+    check_claim,
+    load_claims,
+    reference_checks,
+    summary,
+)
 from dsim.cost import bytes_per_param
 
 
@@ -22,7 +31,9 @@ def test_inventory_is_well_formed():
     claims = load_claims()
     ids = [c.id for c in claims]
     assert len(ids) == len(set(ids)), "claim ids must be unique"
-    assert {c.article for c in claims} == set(C.ARTICLES), "every article has claims, and only those"
+    assert {c.article for c in claims} == set(C.ARTICLES), (
+        "every article has claims, and only those"
+    )
     for c in claims:
         assert c.id[:2] == C.ARTICLES[c.article][:2], c.id
         assert c.claim and c.topic and c.check, c.id
@@ -84,7 +95,7 @@ def test_fp16_bytes_per_parameter(verdicts):
 
 def test_calculate_moe_flops_mismatch(verdicts):
     printed = C.calculate_moe_flops_as_written(expert_num=64, expert_size=4096, capacity_factor=1.2)
-    assert printed == 2 ** 31 == 64 * 2 * 4096 * 4096
+    assert printed == 2**31 == 64 * 2 * 4096 * 4096
     v = verdicts["a3-calc-moe-flops"]
     assert v.verdict == "off"
     assert v.stated == 24_248_320 and v.computed == printed
@@ -93,21 +104,24 @@ def test_calculate_moe_flops_mismatch(verdicts):
     assert C.calculate_moe_flops_as_written(4, 10, 0.625) == 2 * 2 * 10 * 10
 
 
-@pytest.mark.parametrize("claim_id, verdict", [
-    ("a0-v100-65b-int8-21gb", "cannot_hold"),       # bits vs bytes
-    ("a4-200b-35b-top2-of-8", "cannot_hold"),       # active vs total
-    ("a4-quant-table-int8-2.5x", "cannot_hold"),    # a speed-up above both ratios
-    ("a4-quant-table-int4-4.8x", "cannot_hold"),
-    ("a4-quant-table-bf16-1.2x", "off"),
-    ("a1-equiv-13b-dense-compute", "cannot_hold"),
-    ("a0-single-node-340b-training", "cannot_hold"),
-    ("a2-1b-energy-mwh", "cannot_hold"),
-    ("a2-data-100b-vs-570b", "off"),                # GB of text read as tokens
-    ("a1-flops-ratio-vs-100b", "holds"),
-    ("a2-lora-bert-99pct", "holds"),
-    ("a3-int8-quarter-of-fp32", "holds"),
-    ("a2-int8-storage-75pct", "depends"),           # FP32 or FP16 baseline
-])
+@pytest.mark.parametrize(
+    "claim_id, verdict",
+    [
+        ("a0-v100-65b-int8-21gb", "cannot_hold"),  # bits vs bytes
+        ("a4-200b-35b-top2-of-8", "cannot_hold"),  # active vs total
+        ("a4-quant-table-int8-2.5x", "cannot_hold"),  # a speed-up above both ratios
+        ("a4-quant-table-int4-4.8x", "cannot_hold"),
+        ("a4-quant-table-bf16-1.2x", "off"),
+        ("a1-equiv-13b-dense-compute", "cannot_hold"),
+        ("a0-single-node-340b-training", "cannot_hold"),
+        ("a2-1b-energy-mwh", "cannot_hold"),
+        ("a2-data-100b-vs-570b", "off"),  # GB of text read as tokens
+        ("a1-flops-ratio-vs-100b", "holds"),
+        ("a2-lora-bert-99pct", "holds"),
+        ("a3-int8-quarter-of-fp32", "holds"),
+        ("a2-int8-storage-75pct", "depends"),  # FP32 or FP16 baseline
+    ],
+)
 def test_known_verdicts(verdicts, claim_id, verdict):
     assert verdicts[claim_id].verdict == verdict, verdicts[claim_id].arithmetic
 

@@ -5,15 +5,44 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dsim.cost.comm import (
-    ALGORITHMS, COLLECTIVE_BW_FACTORS, KINDS, LAUNCH_OVERHEAD_S, MEASURED_BUS_BW, NVLINK_CHUNK_OVERHEAD_S,
-    NVLINK_PEAK_EFFICIENCY, SCALING_BOOK_8XH100_ALL_REDUCE, AlphaBeta, CommCalibration, CommVolume, Topology,
-    achieved_bandwidth, bubble_fraction_1f1b, bus_bandwidth, bus_bandwidth_factor, calibrate_from_measurements,
-    collective_time, dp_volumes, ep_step_bytes, expected_nodes_reached, exposed_comm_time, fit_alpha_beta,
-    hidden_comm_fraction, load_measurements, measured_calibration, moe_a2a_bytes, moe_dispatch_time,
-    pipeline_bubble_fraction, pipeline_bubble_time, pp_volume, time_on_topology, tp_volume, zero_comm_bytes,
+    ALGORITHMS,
+    COLLECTIVE_BW_FACTORS,
+    KINDS,
+    LAUNCH_OVERHEAD_S,
+    MEASURED_BUS_BW,
+    NVLINK_CHUNK_OVERHEAD_S,
+    NVLINK_PEAK_EFFICIENCY,
+    SCALING_BOOK_8XH100_ALL_REDUCE,
+    AlphaBeta,
+    CommCalibration,
+    CommVolume,
+    Topology,
+    achieved_bandwidth,
+    bubble_fraction_1f1b,
+    bus_bandwidth,
+    bus_bandwidth_factor,
+    calibrate_from_measurements,
+    collective_time,
+    dp_volumes,
+    ep_step_bytes,
+    expected_nodes_reached,
+    exposed_comm_time,
+    fit_alpha_beta,
+    hidden_comm_fraction,
+    load_measurements,
+    measured_calibration,
+    moe_a2a_bytes,
+    moe_dispatch_time,
+    pipeline_bubble_fraction,
+    pipeline_bubble_time,
+    pp_volume,
+    time_on_topology,
+    tp_volume,
+    zero_comm_bytes,
 )
 from dsim.cost.hardware import get_gpu
 
@@ -25,6 +54,7 @@ kind_algo = st.sampled_from([(k, a) for k in KINDS for a in (None, *ALGORITHMS[k
 # -----------------------------------------------------------------------------
 # collective_time basics
 
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_one_rank_or_empty_buffer_costs_nothing(kind):
     assert collective_time(kind, 1 * GB, 1) == 0.0
@@ -32,7 +62,13 @@ def test_one_rank_or_empty_buffer_costs_nothing(kind):
 
 
 @settings(max_examples=200, deadline=None)
-@given(ka=kind_algo, n=ranks, a=sizes, b=sizes, gpu=st.sampled_from(["H100-SXM", "H800", "A100", "H100-PCIe"]))
+@given(
+    ka=kind_algo,
+    n=ranks,
+    a=sizes,
+    b=sizes,
+    gpu=st.sampled_from(["H100-SXM", "H800", "A100", "H100-PCIe"]),
+)
 def test_monotonic_in_nbytes(ka, n, a, b, gpu):
     kind, algo = ka
     lo, hi = sorted((a, b))
@@ -44,11 +80,17 @@ def test_monotonic_in_nbytes(ka, n, a, b, gpu):
 
 def wire_only(topo, **changes):
     """The same topology without the launch floor and with one bandwidth for every collective."""
-    return dataclasses.replace(topo, launch_overhead=0.0, kind_bw_factors=(1.0,) * len(KINDS), **changes)
+    return dataclasses.replace(
+        topo, launch_overhead=0.0, kind_bw_factors=(1.0,) * len(KINDS), **changes
+    )
 
 
 @settings(max_examples=100, deadline=None)
-@given(nbytes=st.floats(min_value=1, max_value=1e11), n=ranks, algo=st.sampled_from(["ring", "hierarchical"]))
+@given(
+    nbytes=st.floats(min_value=1, max_value=1e11),
+    n=ranks,
+    algo=st.sampled_from(["ring", "hierarchical"]),
+)
 def test_all_reduce_is_reduce_scatter_plus_all_gather_on_the_wire(nbytes, n, algo):
     # T_LL and T_bulk are both homogeneous in (bytes, steps): two passes cost twice one pass.
     topo = wire_only(Topology.from_gpu("H100-SXM", n))
@@ -63,13 +105,17 @@ def test_all_reduce_is_reduce_scatter_plus_all_gather_on_the_wire(nbytes, n, alg
 def test_one_all_reduce_call_beats_reduce_scatter_then_all_gather(nbytes, n):
     # Measured on 2 x H200: the fused call has one launch floor and more bus bandwidth.
     ar = collective_time("all_reduce", nbytes, n)
-    assert ar <= collective_time("reduce_scatter", nbytes, n) + collective_time("all_gather", nbytes, n)
+    assert ar <= collective_time("reduce_scatter", nbytes, n) + collective_time(
+        "all_gather", nbytes, n
+    )
 
 
 def test_default_picks_fastest_algorithm():
     for n in (8, 64):
         for s in (1e3, 1e9):
-            best = min(collective_time("all_reduce", s, n, algorithm=a) for a in ALGORITHMS["all_reduce"])
+            best = min(
+                collective_time("all_reduce", s, n, algorithm=a) for a in ALGORITHMS["all_reduce"]
+            )
             assert collective_time("all_reduce", s, n) == best
 
 
@@ -96,9 +142,13 @@ def test_same_form_fits_the_scaling_book_with_a_larger_chunk_overhead():
     (big, bw_big), (mid, bw_mid) = SCALING_BOOK_8XH100_ALL_REDUCE
     base = Topology.from_gpu("H100-SXM", 8)
     lo, hi = NVLINK_CHUNK_OVERHEAD_S, 100 * NVLINK_CHUNK_OVERHEAD_S
-    for _ in range(60):                          # bisection: busbw(58 MB) falls as the overhead grows
+    for _ in range(60):  # bisection: busbw(58 MB) falls as the overhead grows
         c = (lo + hi) / 2
-        lo, hi = (c, hi) if busbw_8xh100(mid, dataclasses.replace(base, intra_chunk_overhead=c)) > bw_mid else (lo, c)
+        lo, hi = (
+            (c, hi)
+            if busbw_8xh100(mid, dataclasses.replace(base, intra_chunk_overhead=c)) > bw_mid
+            else (lo, c)
+        )
     fitted = dataclasses.replace(base, intra_chunk_overhead=lo)
     assert busbw_8xh100(mid, fitted) == pytest.approx(bw_mid, rel=1e-6)
     assert busbw_8xh100(big, fitted) == pytest.approx(bw_big, rel=0.10)
@@ -116,14 +166,23 @@ def test_bus_bandwidth_conventions():
 def test_large_message_ring_is_the_pipelined_bulk_formula():
     topo = Topology.from_gpu("H100-SXM", 8)
     bw = topo.intra_bw * topo.bw_factor("reduce_scatter")
-    assert bw == pytest.approx(370 * GB * MEASURED_BUS_BW["reduce_scatter"] / MEASURED_BUS_BW["all_reduce"], rel=0.02)
+    assert bw == pytest.approx(
+        370 * GB * MEASURED_BUS_BW["reduce_scatter"] / MEASURED_BUS_BW["all_reduce"], rel=0.02
+    )
     for s in (64 * MB, 1 * GB, 100 * GB):
         wire = s * 7 / 8
         expected = (math.sqrt(wire / bw) + math.sqrt(7 * NVLINK_CHUNK_OVERHEAD_S)) ** 2
-        assert collective_time("reduce_scatter", s, 8, algorithm="ring") == pytest.approx(expected, rel=1e-12)
+        assert collective_time("reduce_scatter", s, 8, algorithm="ring") == pytest.approx(
+            expected, rel=1e-12
+        )
     # huge messages approach the link bandwidth, slowly (the sqrt term)
-    busbw = [bus_bandwidth("reduce_scatter", s, 8, collective_time("reduce_scatter", s, 8)) for s in (1e8, 1e9, 1e10, 1e11)]
-    assert busbw == sorted(busbw) and busbw[-1] == pytest.approx(bw, rel=0.02) and busbw[0] < 0.8 * bw
+    busbw = [
+        bus_bandwidth("reduce_scatter", s, 8, collective_time("reduce_scatter", s, 8))
+        for s in (1e8, 1e9, 1e10, 1e11)
+    ]
+    assert (
+        busbw == sorted(busbw) and busbw[-1] == pytest.approx(bw, rel=0.02) and busbw[0] < 0.8 * bw
+    )
 
 
 def test_half_saturation_size_grows_with_n():
@@ -135,11 +194,18 @@ def test_half_saturation_size_grows_with_n():
         for _ in range(200):
             mid = math.sqrt(lo * hi)
             t = time_on_topology(topo, "all_reduce", mid, "ring")
-            lo, hi = (mid, hi) if bus_bandwidth("all_reduce", mid, n, t) < topo.intra_bw / 2 else (lo, mid)
+            lo, hi = (
+                (mid, hi)
+                if bus_bandwidth("all_reduce", mid, n, t) < topo.intra_bw / 2
+                else (lo, mid)
+            )
         return lo, topo.intra_bw
+
     for n in (2, 4, 8):
         s, bw = half_size(n)
-        assert s == pytest.approx(n * NVLINK_CHUNK_OVERHEAD_S * bw / (math.sqrt(2) - 1) ** 2, rel=1e-6)
+        assert s == pytest.approx(
+            n * NVLINK_CHUNK_OVERHEAD_S * bw / (math.sqrt(2) - 1) ** 2, rel=1e-6
+        )
     assert half_size(8)[0] == pytest.approx(4 * half_size(2)[0], rel=1e-6)
 
 
@@ -153,20 +219,26 @@ def test_hierarchical_slower_across_nodes_than_within():
 
 def test_hierarchical_beats_flat_ring_across_nodes():
     s = 1 * GB
-    assert collective_time("all_reduce", s, 32, algorithm="hierarchical") < \
-        collective_time("all_reduce", s, 32, algorithm="ring")
+    assert collective_time("all_reduce", s, 32, algorithm="hierarchical") < collective_time(
+        "all_reduce", s, 32, algorithm="ring"
+    )
     # one node: hierarchical degenerates to the ring
-    assert collective_time("all_reduce", s, 8, algorithm="hierarchical") == \
-        collective_time("all_reduce", s, 8, algorithm="ring")
+    assert collective_time("all_reduce", s, 8, algorithm="hierarchical") == collective_time(
+        "all_reduce", s, 8, algorithm="ring"
+    )
 
 
 def test_tree_wins_small_ring_wins_large():
-    assert collective_time("all_reduce", 1e3, 64, algorithm="tree") < \
-        collective_time("all_reduce", 1e3, 64, algorithm="ring")
-    assert collective_time("all_reduce", 10 * GB, 8, algorithm="ring") < \
-        collective_time("all_reduce", 10 * GB, 8, algorithm="tree")
+    assert collective_time("all_reduce", 1e3, 64, algorithm="tree") < collective_time(
+        "all_reduce", 1e3, 64, algorithm="ring"
+    )
+    assert collective_time("all_reduce", 10 * GB, 8, algorithm="ring") < collective_time(
+        "all_reduce", 10 * GB, 8, algorithm="tree"
+    )
     topo = dataclasses.replace(Topology.from_gpu("H100-SXM", 64), launch_overhead=0.0)
-    assert time_on_topology(topo, "all_reduce", 1e3, "tree") < time_on_topology(topo, "all_reduce", 1e3, "hierarchical")
+    assert time_on_topology(topo, "all_reduce", 1e3, "tree") < time_on_topology(
+        topo, "all_reduce", 1e3, "hierarchical"
+    )
 
 
 def test_all_to_all_across_nodes_is_ib_bound():
@@ -182,35 +254,53 @@ def test_send_recv_cross_node_slower():
 
 def test_faster_gpu_links_are_faster():
     s = 1 * GB
-    assert collective_time("all_reduce", s, 8, gpu="H100-SXM") < collective_time("all_reduce", s, 8, gpu="A100")
-    assert collective_time("all_reduce", s, 8, gpu="H100-SXM") < collective_time("all_reduce", s, 8, gpu="H800")
-    assert collective_time("all_reduce", s, 8, gpu="H100-PCIe") > collective_time("all_reduce", s, 8, gpu="H100-SXM")
+    assert collective_time("all_reduce", s, 8, gpu="H100-SXM") < collective_time(
+        "all_reduce", s, 8, gpu="A100"
+    )
+    assert collective_time("all_reduce", s, 8, gpu="H100-SXM") < collective_time(
+        "all_reduce", s, 8, gpu="H800"
+    )
+    assert collective_time("all_reduce", s, 8, gpu="H100-PCIe") > collective_time(
+        "all_reduce", s, 8, gpu="H100-SXM"
+    )
 
 
 def test_topology_from_gpu():
     h100 = Topology.from_gpu("H100-SXM", 16)
     assert h100.n_nodes == 2 and h100.local_ranks == 8
-    assert h100.intra_bw == pytest.approx(MEASURED_BUS_BW["all_reduce"])   # same NVLink as the H200
-    assert h100.intra_bw == pytest.approx(370 * GB, rel=0.02)               # the scaling-book's figure
+    assert h100.intra_bw == pytest.approx(MEASURED_BUS_BW["all_reduce"])  # same NVLink as the H200
+    assert h100.intra_bw == pytest.approx(370 * GB, rel=0.02)  # the scaling-book's figure
     assert h100.bw_factor("all_reduce") == 1.0
     assert h100.bw_factor("send_recv") == h100.bw_factor("all_to_all") < 1.0
     assert h100.launch("send_recv") == LAUNCH_OVERHEAD_S["all_to_all"]
     assert h100.inter_bw == pytest.approx(43 * GB)
-    h800 = Topology.from_gpu("H800", 16)          # measured: used as is
+    h800 = Topology.from_gpu("H800", 16)  # measured: used as is
     assert h800.intra_bw == 160 * GB and h800.inter_bw == 50 * GB
     assert Topology.from_gpu("H100-PCIe", 2).intra_bw > Topology.from_gpu("H100-PCIe", 8).intra_bw
     assert Topology.from_gpu("H100-SXM", 4).n_nodes == 1
 
 
 def test_time_on_custom_topology():
-    topo = Topology(n_ranks=4, ranks_per_node=4, intra_bw=100 * GB, inter_bw=10 * GB,
-                    intra_latency=0.0, inter_latency=0.0, intra_chunk_overhead=0.0, inter_chunk_overhead=0.0,
-                    launch_overhead=0.0)
+    topo = Topology(
+        n_ranks=4,
+        ranks_per_node=4,
+        intra_bw=100 * GB,
+        inter_bw=10 * GB,
+        intra_latency=0.0,
+        inter_latency=0.0,
+        intra_chunk_overhead=0.0,
+        inter_chunk_overhead=0.0,
+        launch_overhead=0.0,
+    )
     # pure bandwidth: ring AR of S bytes sends 2*(n-1)/n*S per rank
-    assert time_on_topology(topo, "all_reduce", 4 * GB, "ring") == pytest.approx(2 * 3 / 4 * 4 * GB / (100 * GB))
+    assert time_on_topology(topo, "all_reduce", 4 * GB, "ring") == pytest.approx(
+        2 * 3 / 4 * 4 * GB / (100 * GB)
+    )
     # the older hyperbolic ramp, on request: S_half = S halves the bandwidth
     ramp = dataclasses.replace(topo, half_saturation_bytes=4 * GB)
-    assert time_on_topology(ramp, "all_reduce", 4 * GB, "ring") == pytest.approx(2 * 2 * 3 / 4 * 4 * GB / (100 * GB))
+    assert time_on_topology(ramp, "all_reduce", 4 * GB, "ring") == pytest.approx(
+        2 * 2 * 3 / 4 * 4 * GB / (100 * GB)
+    )
     assert achieved_bandwidth(100 * GB, 1 * GB, 0.0) == 100 * GB
 
 
@@ -239,16 +329,20 @@ def test_launch_floor_is_a_max_not_a_sum():
     for size in (2**23, 2**24):
         measured = t[s == size][0]
         assert measured - floor < size * bus_bandwidth_factor("all_reduce", 2) / peak
-        assert collective_time("all_reduce", size, 2, gpu="H200", ranks_per_node=2) == pytest.approx(measured, rel=0.20)
+        assert collective_time(
+            "all_reduce", size, 2, gpu="H200", ranks_per_node=2
+        ) == pytest.approx(measured, rel=0.20)
 
 
 def test_bad_topology_arguments():
     ok = dict(n_ranks=4, ranks_per_node=4, intra_bw=1.0, inter_bw=1.0)
-    for bad, name in [(dict(kind_bw_factors=(1.0,)), "kind_bw_factors"),
-                      (dict(kind_bw_factors=(1.0, 1.0, 0.0, 1.0, 1.0)), "kind_bw_factors"),
-                      (dict(launch_overhead=-1.0), "launch_overhead"),
-                      (dict(intra_chunk_overhead=float("nan")), "intra_chunk_overhead"),
-                      (dict(inter_chunk_overhead=-1e-6), "inter_chunk_overhead")]:
+    for bad, name in [
+        (dict(kind_bw_factors=(1.0,)), "kind_bw_factors"),
+        (dict(kind_bw_factors=(1.0, 1.0, 0.0, 1.0, 1.0)), "kind_bw_factors"),
+        (dict(launch_overhead=-1.0), "launch_overhead"),
+        (dict(intra_chunk_overhead=float("nan")), "intra_chunk_overhead"),
+        (dict(inter_chunk_overhead=-1e-6), "inter_chunk_overhead"),
+    ]:
         with pytest.raises(ValueError, match=name):
             Topology(**ok, **bad)
     with pytest.raises(ValueError, match="kind"):
@@ -277,8 +371,10 @@ def test_bad_arguments_elsewhere():
     with pytest.raises(ValueError, match="comm_s"):
         exposed_comm_time(-1, 0)
 
+
 # -----------------------------------------------------------------------------
 # fitting
+
 
 def test_fit_alpha_beta_recovers_parameters():
     s = np.logspace(3, 9, 20)
@@ -304,8 +400,10 @@ def test_fit_alpha_beta_on_model_curve_and_errors():
     with pytest.raises(ValueError, match="distinct"):
         fit_alpha_beta([5, 5], [1.0, 2.0])
 
+
 # -----------------------------------------------------------------------------
 # calibration on the committed NCCL measurements (dsim/data/comm_nccl_h200x2.json, 2 x H200)
+
 
 def nccl_errors(min_bytes=64 * 1024):
     """{kind: (sizes, times, model/measured - 1)} for the committed sweep, sizes >= min_bytes."""
@@ -313,8 +411,18 @@ def nccl_errors(min_bytes=64 * 1024):
     out = {}
     for kind, c in run["collectives"].items():
         s, t = np.array(c["sizes_bytes"], float), np.array(c["time_s"])
-        m = np.array([collective_time(kind, x, run["world_size"], gpu=run["gpu_model"],
-                                      ranks_per_node=run["ranks_per_node"]) for x in s])
+        m = np.array(
+            [
+                collective_time(
+                    kind,
+                    x,
+                    run["world_size"],
+                    gpu=run["gpu_model"],
+                    ranks_per_node=run["ranks_per_node"],
+                )
+                for x in s
+            ]
+        )
         keep = s >= min_bytes
         out[kind] = (s[keep], t[keep], (m / t - 1)[keep])
     return out
@@ -347,8 +455,9 @@ def test_committed_constants_equal_the_fit():
 
 def test_model_is_the_fitted_formula_on_the_measured_machine():
     # The committed constants (not a refit, which may sit one grid step away on another machine).
-    committed = CommCalibration("H200", 2, LAUNCH_OVERHEAD_S, NVLINK_CHUNK_OVERHEAD_S,
-                                MEASURED_BUS_BW, 0.0)
+    committed = CommCalibration(
+        "H200", 2, LAUNCH_OVERHEAD_S, NVLINK_CHUNK_OVERHEAD_S, MEASURED_BUS_BW, 0.0
+    )
     for kind in committed.bus_bw:
         for s in np.logspace(3, 10, 29):
             t = collective_time(kind, s, 2, gpu="H200", ranks_per_node=2)
@@ -359,12 +468,12 @@ def test_model_against_nccl_measurements():
     errs = nccl_errors()
     every = np.abs(np.concatenate([e for _, _, e in errs.values()]))
     assert every.size == 4 * 15
-    assert np.median(every) <= 0.05                   # was 0.67 before the measurements
+    assert np.median(every) <= 0.05  # was 0.67 before the measurements
     assert np.percentile(every, 90) <= 0.35
-    assert every.max() <= 0.75                        # the spikes below
+    assert every.max() <= 0.75  # the spikes below
     for kind, (_, _, e) in errs.items():
         assert np.median(np.abs(e)) <= 0.10, kind
-        assert np.abs(e[-4:]).max() <= 0.10, kind     # 128 MiB .. 1 GiB
+        assert np.abs(e[-4:]).max() <= 0.10, kind  # 128 MiB .. 1 GiB
 
 
 def test_worst_errors_are_measurement_spikes():
@@ -394,7 +503,7 @@ def test_calibration_recovers_a_synthetic_machine():
 
 
 def test_calibration_errors():
-    rows = [("all_reduce", 2.0 ** i, 1e-5 + 2.0 ** i / 1e11) for i in range(10, 20)]
+    rows = [("all_reduce", 2.0**i, 1e-5 + 2.0**i / 1e11) for i in range(10, 20)]
     with pytest.raises(ValueError, match="gpu"):
         calibrate_from_measurements(rows, n_ranks=2)
     with pytest.raises(ValueError, match="n_ranks"):
@@ -413,13 +522,17 @@ def test_calibration_errors():
     with pytest.raises(ValueError, match="name"):
         load_measurements("no_such_file.json")
 
+
 # -----------------------------------------------------------------------------
 # MoE routing and dispatch
+
 
 def monte_carlo_nodes(top_k, n_nodes, experts_per_node, node_limit=None, n=20_000, seed=0):
     rng = np.random.default_rng(seed)
     E = n_nodes * experts_per_node
-    experts = np.argpartition(rng.random((n, E)), top_k - 1, axis=1)[:, :top_k]  # k distinct experts
+    experts = np.argpartition(rng.random((n, E)), top_k - 1, axis=1)[
+        :, :top_k
+    ]  # k distinct experts
     nodes = np.sort(experts // experts_per_node, axis=1)
     distinct = 1 + (np.diff(nodes, axis=1) != 0).sum(axis=1)
     if node_limit is not None:
@@ -427,9 +540,17 @@ def monte_carlo_nodes(top_k, n_nodes, experts_per_node, node_limit=None, n=20_00
     return distinct.mean()
 
 
-@pytest.mark.parametrize("k,n_nodes,e,limit", [
-    (8, 8, 32, None), (8, 8, 32, 4), (6, 4, 16, None), (6, 16, 4, 3), (2, 8, 8, None), (8, 32, 8, 4),
-])
+@pytest.mark.parametrize(
+    "k,n_nodes,e,limit",
+    [
+        (8, 8, 32, None),
+        (8, 8, 32, 4),
+        (6, 4, 16, None),
+        (6, 16, 4, 3),
+        (2, 8, 8, None),
+        (8, 32, 8, 4),
+    ],
+)
 def test_expected_nodes_reached_matches_monte_carlo(k, n_nodes, e, limit):
     exact = expected_nodes_reached(k, n_nodes, e, node_limit=limit)
     assert exact == pytest.approx(monte_carlo_nodes(k, n_nodes, e, limit), rel=0.02)
@@ -438,7 +559,7 @@ def test_expected_nodes_reached_matches_monte_carlo(k, n_nodes, e, limit):
 def test_expected_nodes_reached_edge_cases():
     assert expected_nodes_reached(1, 8, 32) == pytest.approx(1.0)
     assert expected_nodes_reached(8, 1, 32) == pytest.approx(1.0)
-    assert expected_nodes_reached(8, 8, 1) == pytest.approx(8.0)        # every node is hit
+    assert expected_nodes_reached(8, 8, 1) == pytest.approx(8.0)  # every node is hit
     v3 = expected_nodes_reached(8, 8, 32)
     assert v3 == pytest.approx(8 * (1 - math.comb(224, 8) / math.comb(256, 8)))
     capped = expected_nodes_reached(8, 8, 32, node_limit=4)
@@ -447,7 +568,9 @@ def test_expected_nodes_reached_edge_cases():
 
 
 def test_moe_a2a_bytes():
-    keywords = dict(tokens=4096, dim=7168, n_activated_experts=8, n_routed_experts=256, ep=64, node_limit=4)
+    keywords = dict(
+        tokens=4096, dim=7168, n_activated_experts=8, n_routed_experts=256, ep=64, node_limit=4
+    )
     assert moe_a2a_bytes(**keywords) == moe_a2a_bytes(4096, 7168, 8, 256, 64, node_limit=4)
     single = moe_a2a_bytes(4096, 7168, 8, 256, 8)
     assert single.ib_bytes == 0 and single.nvlink_bytes > 0
@@ -479,8 +602,10 @@ def test_ep_step_bytes():
     fwd = ep_step_bytes(4096, 7168, 8, 256, 64, n_moe_layers=58, node_limit=4, backward=False)
     assert fwd.total == pytest.approx(step.total / 2)
 
+
 # -----------------------------------------------------------------------------
 # volumes per strategy
+
 
 def test_tp_volume():
     v = tp_volume(batch=4, seq_len=2048, dim=4096, n_layers=32, tp=8)
@@ -500,7 +625,7 @@ def test_pp_volume():
 def test_zero_volumes(dp):
     psi, b = 10**9, 2
     base = zero_comm_bytes(psi, dp, 0, b)
-    assert base == pytest.approx(2 * psi * b * (dp - 1) / dp)      # ZeRO paper: 2 Psi
+    assert base == pytest.approx(2 * psi * b * (dp - 1) / dp)  # ZeRO paper: 2 Psi
     assert zero_comm_bytes(psi, dp, 1, b) == pytest.approx(base)
     assert zero_comm_bytes(psi, dp, 2, b) == pytest.approx(base)
     assert zero_comm_bytes(psi, dp, 3, b) == pytest.approx(1.5 * base)  # 3 Psi
@@ -513,8 +638,10 @@ def test_comm_volume_validation():
         CommVolume("gather", 1.0, 8, 1)
     assert CommVolume("all_reduce", 1.0, 8, 0).time() == 0.0
 
+
 # -----------------------------------------------------------------------------
 # pipeline bubbles
+
 
 def test_bubble_fraction_1f1b_small_cases():
     assert bubble_fraction_1f1b(4, 8) == pytest.approx(3 / 11)
@@ -534,7 +661,9 @@ def test_bubble_times_dualpipe_readme_table():
 
 @given(p=st.integers(1, 64), m=st.integers(1, 512), f=st.floats(0.01, 10), b=st.floats(0.01, 10))
 def test_bubble_fraction_1f1b_independent_of_chunk_times(p, m, f, b):
-    assert pipeline_bubble_fraction("1f1b", p, m, f, b, 0) == pytest.approx(bubble_fraction_1f1b(p, m))
+    assert pipeline_bubble_fraction("1f1b", p, m, f, b, 0) == pytest.approx(
+        bubble_fraction_1f1b(p, m)
+    )
 
 
 def test_dualpipe_beats_1f1b():
@@ -542,8 +671,10 @@ def test_dualpipe_beats_1f1b():
         m = 2 * pp
         assert pipeline_bubble_fraction("dualpipe", pp, m) < pipeline_bubble_fraction("1f1b", pp, m)
 
+
 # -----------------------------------------------------------------------------
 # overlap
+
 
 def test_overlap():
     assert exposed_comm_time(3.0, 2.0) == 1.0

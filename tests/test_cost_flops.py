@@ -1,5 +1,6 @@
 """FLOPs equal what torch.utils.flop_counter.FlopCounterMode counts on the real model, module by module,
 in training, prefill and decode; the textbook approximations are off by exactly what they leave out."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,6 @@ from dsim.config import preset, preset_names, scaled_down
 from dsim.cost import flops, params
 from dsim.cost.flops import attention_pairs, counter_mapping, megatron_flops, sdpa_kernel, six_nd
 from dsim.model import Transformer
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,17 +47,29 @@ def count(args, mode, batch, seq_len, context):
             with FlopCounterMode(display=False, custom_mapping=mapping) as fwd:
                 model(tokens[:, context:], context, use_cache=True)
         prefix, backward = "Transformer.", 0
-    per_module = {k[len(prefix):]: sum(v.values()) for k, v in fwd.get_flop_counts().items() if k.startswith(prefix)}
+    per_module = {
+        k[len(prefix) :]: sum(v.values())
+        for k, v in fwd.get_flop_counts().items()
+        if k.startswith(prefix)
+    }
     return per_module, fwd.get_total_flops(), backward
 
 
 def check_equal(args, mode, batch, seq_len, context=0):
     counted, fwd_total, bwd_total = count(args, mode, batch, seq_len, context)
     if mode == "decode":
-        mine = flops(args, batch=batch, seq_len=context, mode="decode", attn_kernel=sdpa_kernel(args, "cpu"))
+        mine = flops(
+            args, batch=batch, seq_len=context, mode="decode", attn_kernel=sdpa_kernel(args, "cpu")
+        )
     else:
-        mine = flops(args, batch=batch, seq_len=seq_len, mode=mode, context=context or None,
-                     attn_kernel=sdpa_kernel(args, "cpu"))
+        mine = flops(
+            args,
+            batch=batch,
+            seq_len=seq_len,
+            mode=mode,
+            context=context or None,
+            attn_kernel=sdpa_kernel(args, "cpu"),
+        )
     assert mine.forward == fwd_total
     assert mine.backward == bwd_total
     ours = {k: v for k, v in mine.by_module("forward").items() if v}
@@ -65,7 +77,12 @@ def check_equal(args, mode, batch, seq_len, context=0):
     return mine
 
 
-MODES = {"train": (2, 12, 0), "prefill": (2, 12, 0), "chunked-prefill": (2, 5, 7), "decode": (3, 1, 9)}
+MODES = {
+    "train": (2, 12, 0),
+    "prefill": (2, 12, 0),
+    "chunked-prefill": (2, 5, 7),
+    "decode": (3, 1, 9),
+}
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -105,12 +122,24 @@ def test_routed_flops_do_not_depend_on_balance():
         for moe in model.moe_layers():
             moe.gate.bias.copy_(torch.arange(args.n_routed_experts, dtype=torch.float32) * 10)
     tokens = torch.randint(0, args.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=counter_mapping()) as counter:
+    with (
+        torch.no_grad(),
+        FlopCounterMode(display=False, custom_mapping=counter_mapping()) as counter,
+    ):
         model(tokens)
-    loads = [torch.bincount(m.routing.indices.flatten(), minlength=args.n_routed_experts) for m in model.moe_layers()]
-    assert all(int((load > 0).sum()) == args.n_activated_experts for load in loads)   # maximally unbalanced
-    assert counter.get_total_flops() == flops(args, batch=2, seq_len=12, mode="prefill",
-                                              attn_kernel=sdpa_kernel(args, "cpu")).total
+    loads = [
+        torch.bincount(m.routing.indices.flatten(), minlength=args.n_routed_experts)
+        for m in model.moe_layers()
+    ]
+    assert all(
+        int((load > 0).sum()) == args.n_activated_experts for load in loads
+    )  # maximally unbalanced
+    assert (
+        counter.get_total_flops()
+        == flops(
+            args, batch=2, seq_len=12, mode="prefill", attn_kernel=sdpa_kernel(args, "cpu")
+        ).total
+    )
 
 
 def test_what_the_counter_charges_for_sdpa():
@@ -132,7 +161,9 @@ def test_what_the_counter_charges_for_sdpa():
     with FlopCounterMode(display=False) as math_path:
         F.scaled_dot_product_attention(q_wide, k_wide, v, is_causal=True).sum().backward()
     full_forward = 2 * B * H * S * S * (2 * d + d)
-    assert math_path.get_total_flops() == 3 * full_forward      # bmm forward, 2x backward, no causal saving
+    assert (
+        math_path.get_total_flops() == 3 * full_forward
+    )  # bmm forward, 2x backward, no causal saving
 
 
 def test_causal_attention_is_about_half():
@@ -142,8 +173,10 @@ def test_causal_attention_is_about_half():
         core = sum(op.forward for op in f.ops if op.kind == "attn_core")
         causal = sum(op.forward_causal for op in f.ops if op.kind == "attn_core")
         assert causal / core == pytest.approx((S + 1) / (2 * S))
-    assert attention_pairs(2, 3, 5, causal=True) == 2 * (3 * 5 + 6)   # 3 queries after 5 cached tokens
-    decode = flops(args, batch=4, seq_len=100, mode="decode")         # one query sees every key: no saving
+    assert attention_pairs(2, 3, 5, causal=True) == 2 * (
+        3 * 5 + 6
+    )  # 3 queries after 5 cached tokens
+    decode = flops(args, batch=4, seq_len=100, mode="decode")  # one query sees every key: no saving
     assert decode.total_causal == decode.total
 
 
@@ -188,16 +221,30 @@ def test_train_is_three_forwards_for_weight_matmuls():
     for op in f.ops:
         if op.kind not in ("attn_core", "mtp"):
             assert op.backward == 2 * op.forward
-    assert f.breakdown["routed_experts"] == 6 * 2048 * args.n_activated_experts * 3 * args.dim * \
-        args.moe_inter_dim * args.n_moe_layers
+    assert (
+        f.breakdown["routed_experts"]
+        == 6
+        * 2048
+        * args.n_activated_experts
+        * 3
+        * args.dim
+        * args.moe_inter_dim
+        * args.n_moe_layers
+    )
     assert six_nd(args, 2048) == 6 * params(args).active_no_embedding * 2048
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(mode="infer"), "mode"), (dict(batch=0), "batch"), (dict(seq_len=-1), "seq_len"),
-    (dict(mode="train", context=3), "context"), (dict(attn_kernel="flash"), "attn_kernel"),
-    (dict(context=-2, mode="decode"), "context"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(mode="infer"), "mode"),
+        (dict(batch=0), "batch"),
+        (dict(seq_len=-1), "seq_len"),
+        (dict(mode="train", context=3), "context"),
+        (dict(attn_kernel="flash"), "attn_kernel"),
+        (dict(context=-2, mode="decode"), "context"),
+    ],
+)
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         flops(preset("tiny"), **kwargs)

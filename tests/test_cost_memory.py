@@ -1,5 +1,6 @@
 """Memory: byte counts, the KV cache (model buffers and the papers' tables), activations held to the
 tensors autograd really keeps, the parallel layout, and the GPU measurements of bench/measure_memory.py."""
+
 import json
 import math
 from pathlib import Path
@@ -10,8 +11,14 @@ from torch.utils.checkpoint import checkpoint
 
 from dsim.config import ModelArgs, preset, preset_names, scaled_down
 from dsim.cost import bytes_per_param, kv_cache_bytes_per_token, memory, params, weight_bytes
-from dsim.cost.memory import (activation_items, block_memory_delta, kv_cache_elements_per_token,
-                              layer_activation_bytes, model_activation_bytes, saved_activation_bytes)
+from dsim.cost.memory import (
+    activation_items,
+    block_memory_delta,
+    kv_cache_elements_per_token,
+    layer_activation_bytes,
+    model_activation_bytes,
+    saved_activation_bytes,
+)
 from dsim.model import Block, Transformer, precompute_freqs_cis
 
 MEASURED = Path(__file__).resolve().parents[1] / "dsim" / "data" / "memory_measured.json"
@@ -21,7 +28,7 @@ MEASURED = Path(__file__).resolve().parents[1] / "dsim" / "data" / "memory_measu
 # to 2 MiB, the size of one-time library workspaces (cuBLAS, about 1 MiB) that a first call leaves
 # allocated and that do not grow with the layer. The saved-tensor bytes the bench also records on the
 # GPU, free of allocator effects, are held to 0.1%.
-GPU_ACTIVATION_TOL, GPU_KV_TOL, GPU_SLACK_BYTES, GPU_SAVED_TOL = 0.05, 0.01, 2 * 2 ** 20, 0.001
+GPU_ACTIVATION_TOL, GPU_KV_TOL, GPU_SLACK_BYTES, GPU_SAVED_TOL = 0.05, 0.01, 2 * 2**20, 0.001
 TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -33,12 +40,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ---------------------------------------------------------------------------------------------
 def test_bytes_per_param():
     assert bytes_per_param("fp32") == 4 and bytes_per_param("bf16") == 2
-    assert bytes_per_param("fp8", group_size=128 * 128) == 1 + 4 / 16384     # DeepSeek-V3 block scales
+    assert bytes_per_param("fp8", group_size=128 * 128) == 1 + 4 / 16384  # DeepSeek-V3 block scales
     assert bytes_per_param("int4", group_size=128) == 0.5 + 2 / 128
     assert bytes_per_param("int8", group_size=None) == 1
-    assert bytes_per_param(6) == 0.75                                         # bits per element
-    assert weight_bytes(1000, "int4", 128) == 500 + 8 * 2                     # 8 started groups
-    assert weight_bytes(1001, "int4", 128) == 501 + 8 * 2                     # odd count: last byte half used
+    assert bytes_per_param(6) == 0.75  # bits per element
+    assert weight_bytes(1000, "int4", 128) == 500 + 8 * 2  # 8 started groups
+    assert weight_bytes(1001, "int4", 128) == 501 + 8 * 2  # odd count: last byte half used
     assert weight_bytes(7168 * 2048, "fp8", 128 * 128) == 7168 * 2048 + 7168 * 2048 // 16384 * 4
     for bad in ("fp7", "", None):
         with pytest.raises(ValueError, match="dtype"):
@@ -50,9 +57,15 @@ def test_bytes_per_param():
 # ---------------------------------------------------------------------------------------------
 # KV cache
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", [dict(attn_impl="naive"), dict(attn_impl="absorb"),
-                                     dict(attn_type="gqa", head_dim=8, n_kv_heads=2),
-                                     dict(attn_type="mha", head_dim=8, n_kv_heads=0)])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(attn_impl="naive"),
+        dict(attn_impl="absorb"),
+        dict(attn_type="gqa", head_dim=8, n_kv_heads=2),
+        dict(attn_type="mha", head_dim=8, n_kv_heads=0),
+    ],
+)
 def test_kv_cache_equals_model_buffers(variant):
     args = scaled_down(preset("deepseek-v3"), max_batch_size=3, n_mtp_layers=0, **variant)
     model = Transformer(args).eval()
@@ -60,9 +73,18 @@ def test_kv_cache_equals_model_buffers(variant):
         model(torch.zeros(2, 5, dtype=torch.long), use_cache=True)
     buffers = sum(t.numel() for m in model.modules() for t in getattr(m, "cache", {}).values())
     impl = args.attn_impl if args.attn_type == "mla" else None
-    assert buffers == kv_cache_elements_per_token(args, impl) * args.max_batch_size * args.max_seq_len
-    nbytes = sum(t.untyped_storage().nbytes() for m in model.modules() for t in getattr(m, "cache", {}).values())
-    assert nbytes == kv_cache_bytes_per_token(args, "fp32", impl) * args.max_batch_size * args.max_seq_len
+    assert (
+        buffers == kv_cache_elements_per_token(args, impl) * args.max_batch_size * args.max_seq_len
+    )
+    nbytes = sum(
+        t.untyped_storage().nbytes()
+        for m in model.modules()
+        for t in getattr(m, "cache", {}).values()
+    )
+    assert (
+        nbytes
+        == kv_cache_bytes_per_token(args, "fp32", impl) * args.max_batch_size * args.max_seq_len
+    )
 
 
 def test_deepseek_v3_kv_cache_is_61_times_576():
@@ -86,19 +108,35 @@ def test_deepseek_v2_table_small_and_large_moe():
 
 
 # DeepSeek LLM 67B (arXiv:2401.02954, Table 2): 95 layers, width 8192, 64 heads of 128, GQA 8 KV heads.
-DEEPSEEK_67B = ModelArgs(vocab_size=102400, dim=8192, inter_dim=22016, n_layers=95, n_dense_layers=95, n_heads=64,
-                         n_routed_experts=0, n_shared_experts=0, n_activated_experts=0, attn_type="gqa",
-                         head_dim=128, n_kv_heads=8, max_seq_len=4096, original_seq_len=4096, name="deepseek-67b")
+DEEPSEEK_67B = ModelArgs(
+    vocab_size=102400,
+    dim=8192,
+    inter_dim=22016,
+    n_layers=95,
+    n_dense_layers=95,
+    n_heads=64,
+    n_routed_experts=0,
+    n_shared_experts=0,
+    n_activated_experts=0,
+    attn_type="gqa",
+    head_dim=128,
+    n_kv_heads=8,
+    max_seq_len=4096,
+    original_seq_len=4096,
+    name="deepseek-67b",
+)
 
 
 def test_deepseek_v2_reduces_kv_cache_by_93_3_percent():
-    """"Compared with DeepSeek 67B, DeepSeek-V2 ... reduces the KV cache by 93.3%". In elements MLA
+    """ "Compared with DeepSeek 67B, DeepSeek-V2 ... reduces the KV cache by 93.3%". In elements MLA
     saves 82.2%; the claim also counts V2's serving-time KV quantisation to 6 bits per element on
     average (paper, section 3.2.3) against 67B's 16-bit cache."""
     v2 = preset("deepseek-v2")
     elements = 1 - kv_cache_elements_per_token(v2) / kv_cache_elements_per_token(DEEPSEEK_67B)
     assert round(elements * 100, 1) == 82.2
-    nbytes = 1 - kv_cache_bytes_per_token(v2, dtype=6) / kv_cache_bytes_per_token(DEEPSEEK_67B, "bf16")
+    nbytes = 1 - kv_cache_bytes_per_token(v2, dtype=6) / kv_cache_bytes_per_token(
+        DEEPSEEK_67B, "bf16"
+    )
     assert round(nbytes * 100, 1) == 93.3
 
 
@@ -114,9 +152,13 @@ def routing_of(module):
     return out
 
 
-ACT_VARIANTS = {"default": {}, "absorb": dict(attn_impl="absorb"),
-                "gqa": dict(attn_type="gqa", head_dim=8, n_kv_heads=2),
-                "mha": dict(attn_type="mha", head_dim=8, n_kv_heads=0), "capacity": dict(capacity_factor=1.0)}
+ACT_VARIANTS = {
+    "default": {},
+    "absorb": dict(attn_impl="absorb"),
+    "gqa": dict(attn_type="gqa", head_dim=8, n_kv_heads=2),
+    "mha": dict(attn_type="mha", head_dim=8, n_kv_heads=0),
+    "capacity": dict(capacity_factor=1.0),
+}
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -133,14 +175,22 @@ def test_block_activations_equal_saved_tensors(name, variant, dtype):
             freqs = precompute_freqs_cis(args)[:S]
             x = torch.randn(B, S, args.dim, dtype=TORCH_DTYPE[dtype], requires_grad=True)
             exclude = list(block.parameters()) + list(block.buffers()) + [freqs]
-            y, got = saved_activation_bytes(lambda: block(x, 0, freqs), exclude, lambda: routing_of(block))
-            assert got == layer_activation_bytes(args, layer, B, S, dtype, device="cpu"), (layer, B, S)
-            y.float().sum().backward()       # the counting hooks leave a working graph
+            y, got = saved_activation_bytes(
+                lambda: block(x, 0, freqs), exclude, lambda: routing_of(block)
+            )
+            assert got == layer_activation_bytes(args, layer, B, S, dtype, device="cpu"), (
+                layer,
+                B,
+                S,
+            )
+            y.float().sum().backward()  # the counting hooks leave a working graph
 
 
 @pytest.mark.parametrize("recompute", ["none", "full"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("variant", [{}, dict(n_mtp_layers=2), dict(tie_embeddings=True, attn_impl="absorb")])
+@pytest.mark.parametrize(
+    "variant", [{}, dict(n_mtp_layers=2), dict(tie_embeddings=True, attn_impl="absorb")]
+)
 @pytest.mark.parametrize("name", ["deepseek-v3", "mixtral-8x7b"])
 def test_model_activations_equal_saved_tensors(name, variant, dtype, recompute):
     """A whole training forward (main logits and MTP depths), with or without full recomputation
@@ -152,7 +202,9 @@ def test_model_activations_equal_saved_tensors(name, variant, dtype, recompute):
         p.data = p.data.to(TORCH_DTYPE[dtype])
     if recompute == "full":
         for block in list(model.layers) + [m.block for m in model.mtp]:
-            block.forward = (lambda f: lambda *a: checkpoint(f, *a, use_reentrant=False))(block.forward)
+            block.forward = (lambda f: lambda *a: checkpoint(f, *a, use_reentrant=False))(
+                block.forward
+            )
     tokens = torch.randint(0, args.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
     outputs = []
 
@@ -167,12 +219,22 @@ def test_model_activations_equal_saved_tensors(name, variant, dtype, recompute):
 
 def test_recomputation_orders_and_items_name_the_model():
     args = preset("deepseek-v3")
-    none, sel, full = (layer_activation_bytes(args, 5, 1, 4096, recompute=r) for r in ("none", "selective", "full"))
+    none, sel, full = (
+        layer_activation_bytes(args, 5, 1, 4096, recompute=r) for r in ("none", "selective", "full")
+    )
     assert full < sel < none
     items = activation_items(args, 5, 1, 4096)
     assert sum(i.bytes for i in items) == none
     names = " ".join(i.name for i in items)
-    for part in ("attn_norm", "attn.q_norm", "attn.kv_norm", "attn.v", "gate logits", "experts", "shared_experts"):
+    for part in (
+        "attn_norm",
+        "attn.q_norm",
+        "attn.kv_norm",
+        "attn.v",
+        "gate logits",
+        "experts",
+        "shared_experts",
+    ):
         assert part in names
     # Experts dominate an MoE layer: per (token, expert) assignment 3 rows of dim and 4 of moe_inter_dim.
     experts = sum(i.bytes for i in items if i.name.startswith("experts"))
@@ -189,16 +251,36 @@ def test_recomputation_orders_and_items_name_the_model():
 def test_zero_paper_example():
     """ZeRO (Rajbhandari et al.), figure 1: 7.5B parameters, 64-way data parallelism, mixed-precision
     Adam (2 + 2 + 12 bytes per parameter): 120 GB, 31.4 GB (stage 1), 16.6 GB (stage 2), 1.9 GB (stage 3)."""
-    args = preset("deepseekmoe-16b", n_routed_experts=0, n_shared_experts=0, n_activated_experts=0,
-                  n_dense_layers=28)   # a dense model; we only use its parameter count as Psi
+    args = preset(
+        "deepseekmoe-16b",
+        n_routed_experts=0,
+        n_shared_experts=0,
+        n_activated_experts=0,
+        n_dense_layers=28,
+    )  # a dense model; we only use its parameter count as Psi
     psi = params(args).total
-    expected = {0: 16 * psi, 1: 4 * psi + 12 * psi / 64, 2: 2 * psi + 14 * psi / 64, 3: 16 * psi / 64}
+    expected = {
+        0: 16 * psi,
+        1: 4 * psi + 12 * psi / 64,
+        2: 2 * psi + 14 * psi / 64,
+        3: 16 * psi / 64,
+    }
     for zero, want in expected.items():
         m = memory(args, dp=64, zero=zero, grad_dtype="bf16", seq_len=1)
         assert m.weights + m.gradients + m.optimizer == pytest.approx(want)
     scale = 7.5e9 / psi
-    got = [round((memory(args, dp=64, zero=z, grad_dtype="bf16", seq_len=1).total - memory(
-        args, dp=64, zero=z, seq_len=1).activations) * scale / 1e9, 1) for z in range(4)]
+    got = [
+        round(
+            (
+                memory(args, dp=64, zero=z, grad_dtype="bf16", seq_len=1).total
+                - memory(args, dp=64, zero=z, seq_len=1).activations
+            )
+            * scale
+            / 1e9,
+            1,
+        )
+        for z in range(4)
+    ]
     assert got == [120.0, 31.4, 16.6, 1.9]
 
 
@@ -210,10 +292,12 @@ def test_expert_parallel_and_tensor_parallel_split():
     routed = p.breakdown["routed_experts"]
     assert one.weights - ep.weights == pytest.approx(routed * 2 * (1 - 1 / 64))
     tp = memory(args, tp=8, seq_len=1)
-    assert one.weights / 8 < tp.weights < one.weights / 7     # norms, gate, wq_a, wkv_a stay replicated
+    assert (
+        one.weights / 8 < tp.weights < one.weights / 7
+    )  # norms, gate, wq_a, wkv_a stay replicated
     pp = memory(args, pp=4, seq_len=1)
     assert pp.weights < one.weights / 3.5
-    stage = pp.details["layers"]     # 61 layers over 4 stages: 16, 15, 15, 15, contiguous
+    stage = pp.details["layers"]  # 61 layers over 4 stages: 16, 15, 15, 15, contiguous
     assert len(stage) in (15, 16) and stage == list(range(stage[0], stage[0] + len(stage)))
 
 
@@ -229,17 +313,28 @@ def test_inference_kv_cache_split():
     m1 = memory(args, mode="inference", batch=4, seq_len=8192)
     m8 = memory(args, mode="inference", batch=4, seq_len=8192, tp=8)
     assert m1.kv_cache == kv_cache_bytes_per_token(args) * 4 * 8192
-    assert m8.kv_cache == m1.kv_cache / 8                     # 8 KV heads split over 8 ranks
+    assert m8.kv_cache == m1.kv_cache / 8  # 8 KV heads split over 8 ranks
     v3 = preset("deepseek-v3")
-    assert memory(v3, mode="inference", tp=8, seq_len=4096).kv_cache == \
-        memory(v3, mode="inference", seq_len=4096).kv_cache   # the MLA latent is on every TP rank
+    assert (
+        memory(v3, mode="inference", tp=8, seq_len=4096).kv_cache
+        == memory(v3, mode="inference", seq_len=4096).kv_cache
+    )  # the MLA latent is on every TP rank
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(mode="serve"), "mode"), (dict(zero=4), "zero"), (dict(dp=4, ep=3), "ep"), (dict(tp=0), "tp"),
-    (dict(dtype="fp6"), "dtype"), (dict(recompute="some"), "recompute"), (dict(pp=100), "pp"),
-    (dict(act_dtype="int8"), "activation dtype"), (dict(device="tpu"), "device"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(mode="serve"), "mode"),
+        (dict(zero=4), "zero"),
+        (dict(dp=4, ep=3), "ep"),
+        (dict(tp=0), "tp"),
+        (dict(dtype="fp6"), "dtype"),
+        (dict(recompute="some"), "recompute"),
+        (dict(pp=100), "pp"),
+        (dict(act_dtype="int8"), "activation dtype"),
+        (dict(device="tpu"), "device"),
+    ],
+)
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         memory(preset("deepseek-v3"), **kwargs)
@@ -251,7 +346,10 @@ def test_bad_input(kwargs, match):
 def test_bench_script_on_cpu():
     """bench/measure_memory.py's measurement agrees with the formula on a small CPU layer."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("measure_memory", MEASURED.parents[2] / "bench" / "measure_memory.py")
+
+    spec = importlib.util.spec_from_file_location(
+        "measure_memory", MEASURED.parents[2] / "bench" / "measure_memory.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     args = scaled_down(preset("deepseek-v3"), dim=64, expert_impl="loop", n_mtp_layers=0)
@@ -266,31 +364,60 @@ def test_matches_gpu_measurements():
     """Re-predict every record of dsim/data/memory_measured.json (written by bench/measure_memory.py
     on a GPU) with the current formulas."""
     if not MEASURED.exists():
-        pytest.skip(f"{MEASURED.name} not yet measured: run `python bench/measure_memory.py --out "
-                    f"dsim/data/memory_measured.json` on a GPU")
+        pytest.skip(
+            f"{MEASURED.name} not yet measured: run `python bench/measure_memory.py --out "
+            f"dsim/data/memory_measured.json` on a GPU"
+        )
     records = json.loads(MEASURED.read_text())
     assert records, "no records"
     for r in records:
         args = ModelArgs(**r["args"])
         if r["kind"] == "activations":
-            pred = block_memory_delta(args, r["layer_id"], r["batch"], r["seq_len"], r["dtype"], r["device"],
-                                      r["recompute"])
+            pred = block_memory_delta(
+                args,
+                r["layer_id"],
+                r["batch"],
+                r["seq_len"],
+                r["dtype"],
+                r["device"],
+                r["recompute"],
+            )
             tol = GPU_ACTIVATION_TOL if r["device"] == "cuda" else 0
         else:
             impl = args.attn_impl if args.attn_type == "mla" else None
-            pred = kv_cache_bytes_per_token(args, r["dtype"], impl) / args.n_layers * r["batch"] * r["seq_len"]
+            pred = (
+                kv_cache_bytes_per_token(args, r["dtype"], impl)
+                / args.n_layers
+                * r["batch"]
+                * r["seq_len"]
+            )
             tol = GPU_KV_TOL if r["device"] == "cuda" else 0
         slack = GPU_SLACK_BYTES if r["device"] == "cuda" else 0
         assert math.isclose(pred, r["measured_bytes"], rel_tol=tol, abs_tol=slack), (
-            r["layer"], r["kind"], r.get("recompute"), r["seq_len"], pred, r["measured_bytes"])
+            r["layer"],
+            r["kind"],
+            r.get("recompute"),
+            r["seq_len"],
+            pred,
+            r["measured_bytes"],
+        )
         if r["kind"] == "activations" and r["device"] == "cuda":
-            assert math.isclose(pred, r["saved_tensor_bytes"], rel_tol=GPU_SAVED_TOL), (r["layer"], pred)
+            assert math.isclose(pred, r["saved_tensor_bytes"], rel_tol=GPU_SAVED_TOL), (
+                r["layer"],
+                pred,
+            )
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(batch=0), "batch"), (dict(seq_len=-4), "seq_len"), (dict(layer_id=99), "layer_id"),
-    (dict(attn_kernel="flash"), "attn_kernel"), (dict(dtype="fp8"), "activation dtype"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(batch=0), "batch"),
+        (dict(seq_len=-4), "seq_len"),
+        (dict(layer_id=99), "layer_id"),
+        (dict(attn_kernel="flash"), "attn_kernel"),
+        (dict(dtype="fp8"), "activation dtype"),
+    ],
+)
 def test_bad_activation_input(kwargs, match):
     call = dict(layer_id=3, batch=1, seq_len=16, dtype="bf16")
     call.update(kwargs)

@@ -1,4 +1,5 @@
 """Parameter counts equal the real model's, tensor by tensor, and reproduce the published totals."""
+
 import math
 
 import pytest
@@ -31,7 +32,7 @@ def component_of(name: str) -> str:
     if name == "head.weight":
         return "head"
     if ".attn." in name:
-        return "attn_proj"   # every weight of the attention module, its q_norm and kv_norm included
+        return "attn_proj"  # every weight of the attention module, its q_norm and kv_norm included
     if name.endswith("norm.weight"):
         return "norms"
     if ".ffn.gate." in name:
@@ -85,11 +86,15 @@ CONVENTIONS = {
     # V3's 671B counts the main model only; 37B is the activated count without the embedding table
     # (36.6B; with it, 37.6B would print as 38B). The MTP module adds 11.6B (test below).
     "deepseek-v3": ("no_mtp", "no_embedding", "round"),
-    "deepseek-v2": ("all", "no_embedding", "round"),      # 20.9B -> 21B (with the embedding 21.4B, also 21B)
+    "deepseek-v2": (
+        "all",
+        "no_embedding",
+        "round",
+    ),  # 20.9B -> 21B (with the embedding 21.4B, also 21B)
     # V2-Lite's 2.4B: without the embedding it is 2.451B, which rounds to 2.5B; the paper cut the digit.
     "deepseek-v2-lite": ("all", "no_embedding", "truncate"),
-    "deepseekmoe-16b": ("all", "all", "round"),           # 2.83B; without the embedding 2.62B would be 2.6B
-    "mixtral-8x7b": ("all", "all", "round"),              # 12.88B; without the embedding 12.75B would be 12.7B
+    "deepseekmoe-16b": ("all", "all", "round"),  # 2.83B; without the embedding 2.62B would be 2.6B
+    "mixtral-8x7b": ("all", "all", "round"),  # 12.88B; without the embedding 12.75B would be 12.7B
 }
 
 

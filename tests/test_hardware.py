@@ -23,11 +23,21 @@ def test_catalog_has_builtin_entries():
         assert get_gpu(name).name == name
 
 
-@pytest.mark.parametrize("alias,name", [
-    ("h100", "H100-SXM"), ("H100", "H100-SXM"), ("h100_sxm", "H100-SXM"), ("H100 SXM", "H100-SXM"),
-    ("h100-pcie", "H100-PCIe"), ("a100", "A100-80GB-SXM"), ("a100-40gb", "A100-40GB-SXM"),
-    ("h800", "H800"), ("h200", "H200"), ("H200-SXM", "H200"),
-])
+@pytest.mark.parametrize(
+    "alias,name",
+    [
+        ("h100", "H100-SXM"),
+        ("H100", "H100-SXM"),
+        ("h100_sxm", "H100-SXM"),
+        ("H100 SXM", "H100-SXM"),
+        ("h100-pcie", "H100-PCIe"),
+        ("a100", "A100-80GB-SXM"),
+        ("a100-40gb", "A100-40GB-SXM"),
+        ("h800", "H800"),
+        ("h200", "H200"),
+        ("H200-SXM", "H200"),
+    ],
+)
 def test_get_gpu_is_case_insensitive_with_aliases(alias, name):
     assert get_gpu(alias).name == name
 
@@ -77,8 +87,8 @@ def test_peak_flops_errors():
 def test_memory_and_links():
     h100 = get_gpu("H100-SXM")
     assert h100.hbm_bytes == 80e9 and h100.hbm_bw == pytest.approx(3.35e12)
-    assert h100.nvlink_bw == 450e9           # 900 GB/s both directions, halved
-    assert h100.scaleout_bw == 50e9          # 400 Gb/s NIC per GPU
+    assert h100.nvlink_bw == 450e9  # 900 GB/s both directions, halved
+    assert h100.scaleout_bw == 50e9  # 400 Gb/s NIC per GPU
     assert get_gpu("H200").hbm_bytes == 141e9 and get_gpu("H200").hbm_bw == pytest.approx(4.8e12)
     assert get_gpu("A100-40GB-SXM").hbm_bw < get_gpu("A100-80GB-SXM").hbm_bw
     assert get_gpu("H100-PCIe").nvlink_domain == 2
@@ -107,10 +117,17 @@ def test_register_rejects_non_gpu():
         register_gpu("H100")
 
 
-@pytest.mark.parametrize("field,value", [
-    ("hbm_bw", -1.0), ("bf16_flops", 0), ("sm_count", float("nan")), ("nvlink_bw", "fast"),
-    ("scaleout_bw", None), ("nvlink_domain", 2.5),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("hbm_bw", -1.0),
+        ("bf16_flops", 0),
+        ("sm_count", float("nan")),
+        ("nvlink_bw", "fast"),
+        ("scaleout_bw", None),
+        ("nvlink_domain", 2.5),
+    ],
+)
 def test_gpu_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         dataclasses.replace(get_gpu("H100-SXM"), **{field: value})

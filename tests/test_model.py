@@ -1,5 +1,6 @@
 """The model is right: equal to Hugging Face's DeepSeek-V3, equal to itself across implementations,
 and careful about each known trap of DeepSeek routing."""
+
 import pytest
 import torch
 
@@ -8,10 +9,29 @@ from dsim.hf import from_hf_state_dict, hf_config
 from dsim.model import Gate, MoE, Transformer, capacity_mask
 
 # A DeepSeek-V3-shaped model at a tiny size: sigmoid gate, 4 groups keep 2, low-rank q, MTP off.
-SMALL_V3 = dict(vocab_size=97, dim=32, inter_dim=48, moe_inter_dim=16, n_layers=3, n_dense_layers=1, n_heads=4,
-                n_routed_experts=8, n_shared_experts=1, n_activated_experts=2, n_expert_groups=4, n_limited_groups=2,
-                score_func="sigmoid", route_scale=2.5, q_lora_rank=12, kv_lora_rank=16, qk_nope_head_dim=8,
-                qk_rope_head_dim=4, v_head_dim=8, max_seq_len=64, original_seq_len=64)
+SMALL_V3 = dict(
+    vocab_size=97,
+    dim=32,
+    inter_dim=48,
+    moe_inter_dim=16,
+    n_layers=3,
+    n_dense_layers=1,
+    n_heads=4,
+    n_routed_experts=8,
+    n_shared_experts=1,
+    n_activated_experts=2,
+    n_expert_groups=4,
+    n_limited_groups=2,
+    score_func="sigmoid",
+    route_scale=2.5,
+    q_lora_rank=12,
+    kv_lora_rank=16,
+    qk_nope_head_dim=8,
+    qk_rope_head_dim=4,
+    v_head_dim=8,
+    max_seq_len=64,
+    original_seq_len=64,
+)
 
 # Tolerances for fp32 logits (|logits| ~ 0.5): measured max difference ~1e-7.
 ATOL, RTOL = 1e-5, 1e-5
@@ -31,7 +51,7 @@ def test_equals_transformers_deepseek_v3(yarn):
     cfg._attn_implementation = "eager"
     hf = transformers.DeepseekV3ForCausalLM(cfg).eval()
     with torch.no_grad():  # a non-zero correction bias exercises the choice-only path
-        for layer in hf.model.layers[args.n_dense_layers:]:
+        for layer in hf.model.layers[args.n_dense_layers :]:
             layer.mlp.gate.e_score_correction_bias.normal_(0, 0.1)
     model = Transformer(args).eval()
     model.load_state_dict(from_hf_state_dict(hf.state_dict(), args), strict=True)
@@ -48,12 +68,14 @@ def test_group_masking_uses_minus_inf_not_zero():
     args = ModelArgs(**SMALL_V3)
     gate = Gate(args)
     with torch.no_grad():
-        gate.weight.zero_()                        # all sigmoid scores 0.5
+        gate.weight.zero_()  # all sigmoid scores 0.5
         gate.bias.copy_(torch.tensor([-0.6, -0.7, -0.9, -0.95, -2.0, -2.1, -2.2, -2.3]))
     x = torch.randn(5, args.dim)
     routing = gate(x)
-    kept_groups = {0, 1}                           # group scores: sums of choice scores, best two
-    assert set(routing.indices.flatten().tolist()) <= {2 * g + i for g in kept_groups for i in (0, 1)}
+    kept_groups = {0, 1}  # group scores: sums of choice scores, best two
+    assert set(routing.indices.flatten().tolist()) <= {
+        2 * g + i for g in kept_groups for i in (0, 1)
+    }
     # The 0.0-masked variant picks from a dropped group here (that is the bug being guarded against):
     choice = (routing.scores + gate.bias).view(5, 4, 2)
     keep = choice.topk(2, dim=-1)[0].sum(-1).topk(2, dim=-1)[1]
@@ -72,10 +94,10 @@ def test_bias_steers_choice_but_never_enters_weights():
     expected = r.scores.gather(1, r.indices)
     expected = expected / expected.sum(-1, keepdim=True) * args.route_scale
     torch.testing.assert_close(r.weights, expected)
-    assert torch.all(r.scores >= 0) and torch.all(r.scores <= 1)      # bias not added to scores either
+    assert torch.all(r.scores >= 0) and torch.all(r.scores <= 1)  # bias not added to scores either
     with torch.no_grad():
         gate.bias.zero_()
-    assert not torch.equal(gate(x).indices, r.indices)                 # but it did change the choice
+    assert not torch.equal(gate(x).indices, r.indices)  # but it did change the choice
 
 
 @pytest.mark.parametrize("impl", ["naive", "absorb"])
@@ -91,9 +113,9 @@ def test_incremental_decoding_equals_full_forward(kind, impl):
     with torch.no_grad():
         full = model(tokens)
         model.reset_cache()
-        first = model(tokens[:, :5], start_pos=0, use_cache=True)             # prefill 5
-        steps = [model(tokens[:, i:i + 1], start_pos=i, use_cache=True) for i in range(5, 9)]
-        chunk = model(tokens[:, 9:], start_pos=9, use_cache=True)            # a 3-token chunk
+        first = model(tokens[:, :5], start_pos=0, use_cache=True)  # prefill 5
+        steps = [model(tokens[:, i : i + 1], start_pos=i, use_cache=True) for i in range(5, 9)]
+        chunk = model(tokens[:, 9:], start_pos=9, use_cache=True)  # a 3-token chunk
     torch.testing.assert_close(torch.cat([first, *steps, chunk], dim=1), full, atol=ATOL, rtol=RTOL)
 
 
@@ -112,7 +134,12 @@ def test_loop_and_grouped_experts_agree_with_gradients(capacity_factor):
         tokens = torch.randint(0, 97, (2, 24), generator=torch.Generator().manual_seed(3))
         loss = model(tokens).logsumexp(-1).mean()
         loss.backward()
-        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        results.append(
+            (
+                loss.detach(),
+                {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+            )
+        )
     (l1, g1), (l2, g2) = results
     torch.testing.assert_close(l1, l2, atol=1e-6, rtol=1e-6)
     assert g1.keys() == g2.keys()
@@ -124,7 +151,7 @@ def test_routing_ties_pick_exactly_k_distinct_experts():
     args = ModelArgs(**{**SMALL_V3, "n_expert_groups": 1, "n_limited_groups": 1})
     moe = MoE(args)
     with torch.no_grad():
-        moe.gate.weight.zero_()                                      # every score ties
+        moe.gate.weight.zero_()  # every score ties
     x = torch.randn(7, args.dim)
     y_grouped = moe(x)
     r = moe.routing
@@ -138,7 +165,7 @@ def test_expert_with_no_token_gets_zero_gradient():
     args = ModelArgs(**{**SMALL_V3, "n_expert_groups": 1, "n_limited_groups": 1})
     moe = MoE(args)
     with torch.no_grad():
-        moe.gate.bias[5] = -10.0                                      # expert 5 is never chosen
+        moe.gate.bias[5] = -10.0  # expert 5 is never chosen
     x = torch.randn(9, args.dim, requires_grad=True)
     moe(x).sum().backward()
     assert 5 not in moe.routing.indices.tolist()
@@ -154,10 +181,12 @@ def test_batch_of_one_token():
 
 
 def test_capacity_mask_drops_the_lowest_scores():
-    args = ModelArgs(**{**SMALL_V3, "n_expert_groups": 1, "n_limited_groups": 1, "capacity_factor": 0.5})
+    args = ModelArgs(
+        **{**SMALL_V3, "n_expert_groups": 1, "n_limited_groups": 1, "capacity_factor": 0.5}
+    )
     moe = MoE(args)
     with torch.no_grad():
-        moe.gate.bias[0] = 5.0                                        # everybody wants expert 0
+        moe.gate.bias[0] = 5.0  # everybody wants expert 0
     moe(torch.randn(16, args.dim))
     r = moe.routing
     capacity = -(-int(0.5 * 16 * 2) // 8)

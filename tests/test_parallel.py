@@ -3,27 +3,39 @@ ZeRO-1 optimizer against one process. (The launcher's own tests are in tests/tes
 
 Processes are forked from a forkserver that imports torch once, so a run costs ~0.3 s after the first.
 """
+
 import pytest
 import torch
 
 from dsim.config import preset
 from dsim.launch import run_distributed
-from dsim.parallel import EPMoE, all_to_all, dp_reference, dp_zero_worker, ep_check_worker, ep_reference
+from dsim.parallel import (
+    EPMoE,
+    all_to_all,
+    dp_reference,
+    dp_zero_worker,
+    ep_check_worker,
+    ep_reference,
+)
 
 pytestmark = pytest.mark.timeout(120)
 INF = float("-inf")
-ARGS = preset("tiny")          # 8 routed experts, top-2, one shared expert, dim 64
+ARGS = preset("tiny")  # 8 routed experts, top-2, one shared expert, dim 64
 
 
 def check_ep(world: int, tokens_per_rank: list[int], gate_bias: list[float]) -> list[dict]:
     """Run EPMoE on `world` ranks and hold it to the single-process MoE on the same batch."""
-    res = run_distributed(ep_check_worker, world, args=(ARGS, tokens_per_rank, 0, gate_bias), timeout_s=60)
+    res = run_distributed(
+        ep_check_worker, world, args=(ARGS, tokens_per_rank, 0, gate_bias), timeout_s=60
+    )
     ref = ep_reference(ARGS, tokens_per_rank, 0, gate_bias)
     # outputs, input gradients, and the gradients of the sharded experts: bit for bit
     assert torch.equal(torch.cat([r["y"] for r in res]), ref["y"])
     assert torch.equal(torch.cat([r["dx"] for r in res]), ref["dx"])
     for w in ("w1", "w2", "w3"):
-        assert torch.equal(torch.cat([r["expert_grads"][w] for r in res]), ref["grads"][f"experts.{w}"]), w
+        assert torch.equal(
+            torch.cat([r["expert_grads"][w] for r in res]), ref["grads"][f"experts.{w}"]
+        ), w
     # replicated gate and shared experts: each rank's own share is exact (= one process on its rows) ...
     lo = 0
     for rank, n in enumerate(tokens_per_rank):
@@ -38,7 +50,7 @@ def check_ep(world: int, tokens_per_rank: list[int], gate_bias: list[float]) -> 
         for k, g in r["replicated_grads_reduced"].items():
             torch.testing.assert_close(g, ref["grads"][k], rtol=1e-5, atol=1e-6)
     # the split counts are what the single-process gate decided
-    recv = torch.stack([r["recv_counts"].sum(0) for r in res]).flatten()     # rows per expert
+    recv = torch.stack([r["recv_counts"].sum(0) for r in res]).flatten()  # rows per expert
     assert torch.equal(recv, ref["counts"])
     return res
 
@@ -47,15 +59,15 @@ def test_ep_4_ranks_2_experts_each_uneven_and_empty():
     # rank 1 has no token; experts 6 and 7 (all of rank 3's) get no token; expert 0 gets most.
     tokens = [9, 0, 14, 5]
     res = check_ep(4, tokens, [0.5, 0, 0, 0, 0, 0, INF, INF])
-    assert int(res[3]["recv_counts"].sum()) == 0                 # rank 3 received nothing ...
-    assert int(res[1]["send_counts"].sum()) == 0                 # ... rank 1 sent nothing
+    assert int(res[3]["recv_counts"].sum()) == 0  # rank 3 received nothing ...
+    assert int(res[1]["send_counts"].sum()) == 0  # ... rank 1 sent nothing
     received = [int(r["recv_counts"].sum()) for r in res]
-    assert received[0] > 2 * received[1]                         # uneven splits
+    assert received[0] > 2 * received[1]  # uneven splits
 
 
 def test_ep_2_ranks_4_experts_each_with_an_idle_expert():
     res = check_ep(2, [11, 4], [0, 0, INF, 0, 0.3, 0, 0, 0])
-    assert int(res[0]["recv_counts"][:, 2].sum()) == 0            # expert 2 idle
+    assert int(res[0]["recv_counts"][:, 2].sum()) == 0  # expert 2 idle
     assert [int(r["send_counts"].sum()) for r in res] == [22, 8]  # T*K rows each
 
 
@@ -72,14 +84,16 @@ def _a2a_roundtrip(rank: int, world: int) -> dict:
 def test_all_to_all_variable_splits_and_backward():
     res = run_distributed(_a2a_roundtrip, 3, timeout_s=60)
     for rank, r in enumerate(res):
-        start = [sum(src + j + 1 for j in range(rank)) for src in range(3)]    # offset of my block at src
+        start = [
+            sum(src + j + 1 for j in range(rank)) for src in range(3)
+        ]  # offset of my block at src
         want = [100 * src + start[src] + i for src in range(3) for i in range(src + rank + 1)]
         assert r["y"] == want
     # the gradient of a row is the weight (1-based position) the receiver gave it
     for src in range(3):
         grads, pos = res[src]["grad"], 0
         for dst in range(3):
-            offset = sum(s + dst + 1 for s in range(src))                   # where src's rows sit at dst
+            offset = sum(s + dst + 1 for s in range(src))  # where src's rows sit at dst
             for i in range(src + dst + 1):
                 assert grads[pos] == offset + i + 1
                 pos += 1
@@ -101,7 +115,7 @@ def test_dp_with_zero1_equals_one_process_full_batch():
 
 def _ep_bad_args(rank: int, world: int) -> list[str]:
     msgs = []
-    for args in (ARGS.replace(capacity_factor=1.0), ARGS):     # token dropping; 8 experts on 3 ranks
+    for args in (ARGS.replace(capacity_factor=1.0), ARGS):  # token dropping; 8 experts on 3 ranks
         try:
             EPMoE(args)
         except ValueError as e:

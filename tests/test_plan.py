@@ -2,6 +2,7 @@
 terms equal dsim.cost.comm's functions called directly, one layout evaluates as its row of a search,
 rejections are counted by reason, bad layouts are refused with a message, and DeepSeek-V3's
 published training cost is reproduced within 20%."""
+
 import time
 
 import numpy as np
@@ -14,30 +15,74 @@ from dsim.cost.flops import flops
 from dsim.cost.hardware import peak_flops
 from dsim.cost.memory import bytes_per_param
 from dsim.cost.params import is_moe_layer
-from dsim.cost.plan import (DEEPSEEK_V3_SERVING, DEEPSEEK_V3_TRAINING, FIELDS, MATMUL_DTYPES, OUTPUTS, REASONS,
-                            RECOMPUTE, SCHEDULES, Layouts, TrainingJob, deepseek_v3_workload, enumerate_layouts,
-                            evaluate, evaluate_layout, parse_size, pipeline_bubble, plan_serving, plan_training,
-                            reproduce_deepseek_v3_serving, reproduce_deepseek_v3_training, serving_curve)
+from dsim.cost.plan import (
+    DEEPSEEK_V3_SERVING,
+    DEEPSEEK_V3_TRAINING,
+    FIELDS,
+    MATMUL_DTYPES,
+    OUTPUTS,
+    REASONS,
+    RECOMPUTE,
+    SCHEDULES,
+    Layouts,
+    TrainingJob,
+    deepseek_v3_workload,
+    enumerate_layouts,
+    evaluate,
+    evaluate_layout,
+    parse_size,
+    pipeline_bubble,
+    plan_serving,
+    plan_training,
+    reproduce_deepseek_v3_serving,
+    reproduce_deepseek_v3_training,
+    serving_curve,
+)
 
 
 def v3_job(**kw):
-    base = dict(gpu="H800", n_gpus=2048, tokens=14.8e12, seq_len=4096, global_batch=15360, optimizer_dtype="bf16")
+    base = dict(
+        gpu="H800",
+        n_gpus=2048,
+        tokens=14.8e12,
+        seq_len=4096,
+        global_batch=15360,
+        optimizer_dtype="bf16",
+    )
     return TrainingJob(preset("deepseek-v3"), **{**base, **kw})
 
 
 JOBS = {
     "v3-h800-2048": lambda: v3_job(),
-    "mixtral-a100-64": lambda: TrainingJob(preset("mixtral-8x7b"), "A100", n_gpus=64, seq_len=2048, global_batch=256),
+    "mixtral-a100-64": lambda: TrainingJob(
+        preset("mixtral-8x7b"), "A100", n_gpus=64, seq_len=2048, global_batch=256
+    ),
     # a model with tied embeddings and GQA attention, all layers MoE, no MTP
-    "tied-gqa-h100-32": lambda: TrainingJob(preset("mixtral-8x7b", tie_embeddings=True, n_layers=6),
-                                            "H100", n_gpus=32, seq_len=1024, global_batch=128),
-    "v2lite-h200-16": lambda: TrainingJob(preset("deepseek-v2-lite", n_mtp_layers=1), "H200", n_gpus=16, seq_len=2048,
-                                          global_batch=64),
+    "tied-gqa-h100-32": lambda: TrainingJob(
+        preset("mixtral-8x7b", tie_embeddings=True, n_layers=6),
+        "H100",
+        n_gpus=32,
+        seq_len=1024,
+        global_batch=128,
+    ),
+    "v2lite-h200-16": lambda: TrainingJob(
+        preset("deepseek-v2-lite", n_mtp_layers=1), "H200", n_gpus=16, seq_len=2048, global_batch=64
+    ),
 }
 
 
-@pytest.mark.parametrize("text, value", [("14.8T", 14.8e12), ("4096", 4096), ("62.9M", 62.9e6), ("2k", 2000),
-                                         ("1.5b", 1.5e9), (" 3 G ".strip(), 3e9), (1e12, 1e12)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("14.8T", 14.8e12),
+        ("4096", 4096),
+        ("62.9M", 62.9e6),
+        ("2k", 2000),
+        ("1.5b", 1.5e9),
+        (" 3 G ".strip(), 3e9),
+        (1e12, 1e12),
+    ],
+)
 def test_parse_size(text, value):
     assert parse_size(text) == pytest.approx(value)
 
@@ -65,20 +110,44 @@ def test_one_layout_evaluates_as_its_row(name):
     for i in _sample(L, 10, 0, L.schedule == 1, L.zero == 3, L.recompute == 2):
         one = evaluate_layout(job, L.row(i))
         for key in OUTPUTS:
-            assert one[key] == pytest.approx(res[key][i], rel=1e-12, abs=1e-15), (name, L.row(i), key)
+            assert one[key] == pytest.approx(res[key][i], rel=1e-12, abs=1e-15), (
+                name,
+                L.row(i),
+                key,
+            )
         assert one["fits"] == bool(res["fits"][i]) and one["reason"] == int(res["reason"][i])
     assert Layouts.one(L.row(3)).row(0) == L.row(3)
     with pytest.raises(ValueError, match="layout lacks n_microbatches"):
         Layouts.one({k: v for k, v in L.row(3).items() if k != "n_microbatches"})
     with pytest.raises(ValueError, match="schedule must be one of 1f1b, dualpipe"):
         Layouts.one({**L.row(3), "schedule": "gpipe"})
-    assert FIELDS == ("tp", "pp", "dp", "ep", "zero", "micro_batch", "recompute", "schedule", "dtype")
+    assert FIELDS == (
+        "tp",
+        "pp",
+        "dp",
+        "ep",
+        "zero",
+        "micro_batch",
+        "recompute",
+        "schedule",
+        "dtype",
+    )
 
 
 def _memory(job, row, **kw):
-    return memory_fn(job.args, batch=row["micro_batch"], seq_len=job.seq_len, tp=row["tp"], pp=row["pp"],
-                     dp=row["dp"], ep=row["ep"], zero=row["zero"], recompute=row["recompute"],
-                     optimizer_dtype=job.optimizer_dtype, **kw)
+    return memory_fn(
+        job.args,
+        batch=row["micro_batch"],
+        seq_len=job.seq_len,
+        tp=row["tp"],
+        pp=row["pp"],
+        dp=row["dp"],
+        ep=row["ep"],
+        zero=row["zero"],
+        recompute=row["recompute"],
+        optimizer_dtype=job.optimizer_dtype,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("name", list(JOBS))
@@ -95,7 +164,9 @@ def test_1f1b_memory_is_dsim_cost_memory(name):
             assert res[kind][i] == pytest.approx(getattr(est, kind), rel=1e-9), (name, row, kind)
         assert (res["buffers"][i] > job.reserved_bytes) == (row["zero"] == 3)
         assert res["buffers"][i] >= job.reserved_bytes
-        assert res["memory_per_gpu_bytes"][i] == pytest.approx(est.total + res["buffers"][i], rel=1e-9)
+        assert res["memory_per_gpu_bytes"][i] == pytest.approx(
+            est.total + res["buffers"][i], rel=1e-9
+        )
 
 
 @pytest.mark.parametrize("name", ["v3-h800-2048", "tied-gqa-h100-32"])
@@ -123,12 +194,19 @@ def _a2a(job, row):
         return 0.0
     rpn = max(1, g // tp)
     nodes = max(1, ep // rpn)
-    limit = (a.n_limited_groups * nodes // a.n_expert_groups
-             if a.n_expert_groups > 1 and nodes > 1 and nodes % a.n_expert_groups == 0 else None)
+    limit = (
+        a.n_limited_groups * nodes // a.n_expert_groups
+        if a.n_expert_groups > 1 and nodes > 1 and nodes % a.n_expert_groups == 0
+        else None
+    )
     tokens = -(-row["micro_batch"] * job.seq_len // tp)
     dispatch = bytes_per_param("fp8") if row["dtype"] == "fp8" else 2.0
-    return sum(comm.moe_dispatch_time(tokens, a.dim, a.n_activated_experts, a.n_routed_experts, ep, job.gpu, rpn,
-                                      limit, bpe) for bpe in (dispatch, 2.0))
+    return sum(
+        comm.moe_dispatch_time(
+            tokens, a.dim, a.n_activated_experts, a.n_routed_experts, ep, job.gpu, rpn, limit, bpe
+        )
+        for bpe in (dispatch, 2.0)
+    )
 
 
 @pytest.mark.parametrize("name", list(JOBS))
@@ -144,18 +222,30 @@ def test_1f1b_communication_is_dsim_cost_comm(name):
     n_moe = sum(is_moe_layer(a, i) for i in range(a.n_layers)) + (a.n_mtp_layers if a.is_moe else 0)
     one_stage = L.pp == 1
     checked = 0
-    for i in _sample(L, 40, 3, one_stage & (L.tp > 1), one_stage & (L.ep > 1), one_stage & (L.recompute == 2)):
+    for i in _sample(
+        L, 40, 3, one_stage & (L.tp > 1), one_stage & (L.ep > 1), one_stage & (L.recompute == 2)
+    ):
         row = L.row(i)
         m, tp, full = row["n_microbatches"], row["tp"], row["recompute"] == "full"
         if row["pp"] > 1:
-            send = comm.collective_time("send_recv", row["micro_batch"] * S * a.dim * 2.0 / tp, 2, job.gpu,
-                                        1 if tp * row["dp"] >= g else g)
+            send = comm.collective_time(
+                "send_recv",
+                row["micro_batch"] * S * a.dim * 2.0 / tp,
+                2,
+                job.gpu,
+                1 if tp * row["dp"] >= g else g,
+            )
             assert res["exposed_pp_s"][i] == pytest.approx(m * 2 * send, rel=1e-9)
             continue
         assert res["exposed_pp_s"][i] == 0.0 and res["bubble_s"][i] == 0.0
-        ar = (comm.collective_time("all_reduce", row["micro_batch"] * S * a.dim * 2.0, tp, job.gpu, g)
-              if tp > 1 else 0.0)
-        assert res["exposed_tp_s"][i] == pytest.approx(m * n_blocks * (6 if full else 4) * ar, rel=1e-9, abs=1e-15)
+        ar = (
+            comm.collective_time("all_reduce", row["micro_batch"] * S * a.dim * 2.0, tp, job.gpu, g)
+            if tp > 1
+            else 0.0
+        )
+        assert res["exposed_tp_s"][i] == pytest.approx(
+            m * n_blocks * (6 if full else 4) * ar, rel=1e-9, abs=1e-15
+        )
         want_ep = m * n_moe * (3 if full else 2) * _a2a(job, row)
         assert res["exposed_ep_s"][i] == pytest.approx(want_ep, rel=1e-9, abs=1e-15), row
         checked += 1
@@ -171,14 +261,16 @@ def test_pipeline_bubble_is_dsim_cost_comm(seed):
     pp = 2 * rng.integers(1, 17, n)
     f, b = rng.uniform(0.1, 2, n), rng.uniform(0.1, 4, n)
     w = b * rng.uniform(0, 1, n)
-    tau = (f + b) * rng.uniform(1.0, 1.5, n)          # communication only adds
+    tau = (f + b) * rng.uniform(1.0, 1.5, n)  # communication only adds
     for dual, schedule in ((0.0, "1f1b"), (1.0, "dualpipe")):
         got = pipeline_bubble(np.full(n, dual), pp, tau, b, w)
         for k in range(n):
             if schedule == "1f1b":
                 want = comm.pipeline_bubble_time("1f1b", int(pp[k]), f[k], tau[k] - f[k])
             else:
-                want = comm.pipeline_bubble_time("dualpipe", int(pp[k]), f[k], b[k], w[k], f_and_b=tau[k])
+                want = comm.pipeline_bubble_time(
+                    "dualpipe", int(pp[k]), f[k], b[k], w[k], f_and_b=tau[k]
+                )
             assert got[k] == pytest.approx(want, rel=1e-12, abs=1e-15)
 
 
@@ -189,13 +281,20 @@ def test_search_space_and_constraints():
     assert (L.dp % L.ep == 0).all() and (256 % L.ep == 0).all()
     assert (job.global_batch == L.dp * L.micro_batch * L.n_microbatches).all()
     dual = L.schedule == SCHEDULES.index("dualpipe")
-    assert ((L.pp[dual] % 2 == 0) & (L.n_microbatches[dual] % 2 == 0)
-            & (L.n_microbatches[dual] >= 2 * L.pp[dual])).all()
+    assert (
+        (L.pp[dual] % 2 == 0)
+        & (L.n_microbatches[dual] % 2 == 0)
+        & (L.n_microbatches[dual] >= 2 * L.pp[dual])
+    ).all()
     assert not ((L.zero >= 2) & (L.pp > 1)).any()
-    assert set(np.unique(L.recompute)) == set(range(len(RECOMPUTE))) and set(np.unique(L.dtype)) == {0, 1}
+    assert set(np.unique(L.recompute)) == set(range(len(RECOMPUTE))) and set(
+        np.unique(L.dtype)
+    ) == {0, 1}
     assert invalid and all(n > 0 for n in invalid.values())
     # no fp8 on an A100
-    La, _ = enumerate_layouts(TrainingJob(preset("mixtral-8x7b"), "A100", n_gpus=64, global_batch=256))
+    La, _ = enumerate_layouts(
+        TrainingJob(preset("mixtral-8x7b"), "A100", n_gpus=64, global_batch=256)
+    )
     assert set(np.unique(La.dtype)) == {MATMUL_DTYPES.index("bf16")}
 
 
@@ -210,11 +309,25 @@ def test_rejections_counted_by_reason():
     one = plan_training(job, top=1, require_fit=False, tp=1, pp=1, ep=1, zero=0)
     assert one.plans[0].reason == REASONS[0] and not one.plans[0].fits
     # activations: a layout whose states fit but whose micro-batch does not
-    act = plan_training(job, top=1, require_fit=False, tp=1, pp=8, ep=32, zero=1, recompute="none",
-                        micro_batch=8, schedule="1f1b", dtype="bf16")
+    act = plan_training(
+        job,
+        top=1,
+        require_fit=False,
+        tp=1,
+        pp=8,
+        ep=32,
+        zero=1,
+        recompute="none",
+        micro_batch=8,
+        schedule="1f1b",
+        dtype="bf16",
+    )
     p = act.plans[0]
     assert p.reason == REASONS[2]
-    assert p.memory["weights"] + p.memory["gradients"] + p.memory["optimizer"] + p.memory["buffers"] < job.hbm_bytes
+    assert (
+        p.memory["weights"] + p.memory["gradients"] + p.memory["optimizer"] + p.memory["buffers"]
+        < job.hbm_bytes
+    )
 
 
 def test_plans_ranked_and_consistent():
@@ -225,37 +338,46 @@ def test_plans_ranked_and_consistent():
     T = flops(job.args, 1, job.seq_len).total_causal * job.global_batch
     for p in res.plans:
         assert p.step_time_s == pytest.approx(p.compute_s + p.exposed_comm_s + p.bubble_s, rel=1e-9)
-        assert p.mfu == pytest.approx(T / (p.step_time_s * job.n_gpus * peak_flops("H800", "bf16")), rel=1e-9)
-        assert p.gpu_hours == pytest.approx(job.tokens / p.tokens_per_s * job.n_gpus / 3600, rel=1e-9)
+        assert p.mfu == pytest.approx(
+            T / (p.step_time_s * job.n_gpus * peak_flops("H800", "bf16")), rel=1e-9
+        )
+        assert p.gpu_hours == pytest.approx(
+            job.tokens / p.tokens_per_s * job.n_gpus / 3600, rel=1e-9
+        )
         assert p.cost == pytest.approx(p.gpu_hours * job.price_per_gpu_hour)
         assert p.days == pytest.approx(p.gpu_hours / job.n_gpus / 24)
         assert sum(p.memory.values()) == pytest.approx(p.memory_per_gpu_bytes, rel=1e-9)
         assert sum(p.exposed.values()) == pytest.approx(p.exposed_comm_s, rel=1e-9, abs=1e-12)
         assert 0 < p.mfu < 1
-    assert plan_training(job, top=10).to_dict()["plans"] == res.to_dict()["plans"]     # deterministic
+    assert plan_training(job, top=10).to_dict()["plans"] == res.to_dict()["plans"]  # deterministic
 
 
 def test_fixed_fields_are_respected():
     job = v3_job()
     res = plan_training(job, top=50, pp=16, ep=64, schedule="dualpipe", dtype="fp8")
-    assert {(p.pp, p.ep, p.schedule, p.dtype, p.tp * p.dp) for p in res.plans} == {(16, 64, "dualpipe", "fp8", 128)}
+    assert {(p.pp, p.ep, p.schedule, p.dtype, p.tp * p.dp) for p in res.plans} == {
+        (16, 64, "dualpipe", "fp8", 128)
+    }
     res = plan_training(job, top=50, tp=1, pp=16, ep=64, zero=1)
     assert {(p.tp, p.pp, p.ep, p.dp, p.zero) for p in res.plans} == {(1, 16, 64, 128, 1)}
 
 
-@pytest.mark.parametrize("fixed, message", [
-    (dict(tp=3), "tp=3 does not divide the 2048 GPUs"),
-    (dict(pp=7), "pp=7 does not divide the 2048 GPUs"),
-    (dict(dp=3), "dp=3 does not divide the 2048 GPUs"),
-    (dict(tp=8, pp=16, dp=32), "tp=8 x pp=16 x dp=32 = 4096 does not equal the 2048 GPUs"),
-    (dict(ep=3), "ep=3 must divide n_routed_experts=256"),
-    (dict(pp=128), "pp=128 must be at most n_layers=61"),
-    (dict(zero=5), "zero must be one of"),
-    (dict(micro_batch=7), "micro_batch=7 does not divide the global batch"),
-    (dict(tp=16), "tp=16 must divide the 8 GPUs of a node"),
-    (dict(pp=4, schedule="dualpipe", micro_batch=60), "dualpipe"),
-    (dict(colour="red"), "unknown layout field"),
-])
+@pytest.mark.parametrize(
+    "fixed, message",
+    [
+        (dict(tp=3), "tp=3 does not divide the 2048 GPUs"),
+        (dict(pp=7), "pp=7 does not divide the 2048 GPUs"),
+        (dict(dp=3), "dp=3 does not divide the 2048 GPUs"),
+        (dict(tp=8, pp=16, dp=32), "tp=8 x pp=16 x dp=32 = 4096 does not equal the 2048 GPUs"),
+        (dict(ep=3), "ep=3 must divide n_routed_experts=256"),
+        (dict(pp=128), "pp=128 must be at most n_layers=61"),
+        (dict(zero=5), "zero must be one of"),
+        (dict(micro_batch=7), "micro_batch=7 does not divide the global batch"),
+        (dict(tp=16), "tp=16 must divide the 8 GPUs of a node"),
+        (dict(pp=4, schedule="dualpipe", micro_batch=60), "dualpipe"),
+        (dict(colour="red"), "unknown layout field"),
+    ],
+)
 def test_bad_layouts_are_refused_with_a_message(fixed, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("=", "=")):
         plan_training(v3_job(), **fixed)
@@ -267,7 +389,9 @@ def test_bad_jobs_and_models_that_cannot_fit():
     with pytest.raises(ValueError, match="unknown gpu"):
         v3_job(gpu="B300")
     with pytest.raises(ValueError, match="fp8"):
-        plan_training(TrainingJob(preset("mixtral-8x7b"), "A100", n_gpus=64, global_batch=256), dtype="fp8")
+        plan_training(
+            TrainingJob(preset("mixtral-8x7b"), "A100", n_gpus=64, global_batch=256), dtype="fp8"
+        )
     with pytest.raises(ValueError, match=r"no layout of deepseek-v3 fits on 8 x A100-80GB-SXM"):
         plan_training(TrainingJob(preset("deepseek-v3"), "A100", n_gpus=8, global_batch=64))
     with pytest.raises(ValueError, match="not a whole number"):
@@ -282,12 +406,20 @@ def test_deepseek_v3_pretraining_within_20_percent():
     assert r["published_gpu_hours"] == DEEPSEEK_V3_TRAINING["published_gpu_hours"]
     assert abs(r["error"]) < 0.20, r["error"]
     p = r["plan"]
-    assert (p.tp, p.pp, p.ep, p.dp, p.zero, p.schedule, p.dtype, p.recompute) == \
-        (1, 16, 64, 128, 1, "dualpipe", "fp8", "selective")
+    assert (p.tp, p.pp, p.ep, p.dp, p.zero, p.schedule, p.dtype, p.recompute) == (
+        1,
+        16,
+        64,
+        128,
+        1,
+        "dualpipe",
+        "fp8",
+        "selective",
+    )
     assert r["predicted_gpu_hours_per_trillion"] == pytest.approx(r["predicted_gpu_hours"] / 14.8)
     full = reproduce_deepseek_v3_training(recompute="full")
     assert abs(full["error"]) < 0.20 and full["fits"]
-    assert full["predicted_gpu_hours"] > r["predicted_gpu_hours"]    # recomputation costs time
+    assert full["predicted_gpu_hours"] > r["predicted_gpu_hours"]  # recomputation costs time
 
 
 def test_serving_batch_is_bounded_by_the_kv_cache():
@@ -296,14 +428,20 @@ def test_serving_batch_is_bounded_by_the_kv_cache():
     assert p.batch == p.max_batch and p.experts_per_gpu == 2
     assert p.memory_per_gpu_bytes <= 80e9
     per_seq = p.memory["kv_cache"] / p.batch + p.memory["activations"] / p.batch
-    assert p.memory_per_gpu_bytes + per_seq > 80e9                  # one more sequence would not fit
+    assert p.memory_per_gpu_bytes + per_seq > 80e9  # one more sequence would not fit
     with pytest.raises(ValueError, match="does not fit"):
-        plan_serving(args, "H800", "decode", 144, redundant_experts=32, context=4989, batch=p.max_batch + 1)
-    curve = serving_curve(args, [1, 8, 32, 128], gpu="H800", n_gpus=144, redundant_experts=32, context=4989)
+        plan_serving(
+            args, "H800", "decode", 144, redundant_experts=32, context=4989, batch=p.max_batch + 1
+        )
+    curve = serving_curve(
+        args, [1, 8, 32, 128], gpu="H800", n_gpus=144, redundant_experts=32, context=4989
+    )
     tps = [c.tokens_per_s_per_gpu for c in curve]
     lat = [c.latency_s for c in curve]
     assert tps == sorted(tps) and lat == sorted(lat)
-    slo = plan_serving(args, "H800", "decode", 144, redundant_experts=32, context=4989, latency_target=0.05)
+    slo = plan_serving(
+        args, "H800", "decode", 144, redundant_experts=32, context=4989, latency_target=0.05
+    )
     assert slo.latency_s <= 0.05 and slo.batch < p.batch
     assert slo.cost_per_million_tokens == pytest.approx(2.0 / 3600 / slo.tokens_per_s_per_gpu * 1e6)
 
@@ -312,10 +450,12 @@ def test_serving_refuses_bad_deployments():
     args = preset("deepseek-v3")
     with pytest.raises(ValueError, match="ep=3 does not divide the 8 GPUs"):
         plan_serving(args, "H800", n_gpus=8, ep=3)
-    with pytest.raises(ValueError, match="must divide n_routed_experts \\+ redundant_experts = 259"):
+    with pytest.raises(
+        ValueError, match="must divide n_routed_experts \\+ redundant_experts = 259"
+    ):
         plan_serving(args, "H800", n_gpus=8, redundant_experts=3)
     with pytest.raises(ValueError, match="does not fit"):
-        plan_serving(args, "H800", n_gpus=8)                       # 671B parameters on 8 x 80 GB
+        plan_serving(args, "H800", n_gpus=8)  # 671B parameters on 8 x 80 GB
     with pytest.raises(ValueError, match="phase"):
         plan_serving(args, "H800", phase="train", n_gpus=144)
 
@@ -324,7 +464,9 @@ def test_deepseek_v3_serving_reproduction_runs_with_stated_bounds():
     """The Day-6 figures are a 24-hour average of a production service: the notebook explains the gaps;
     here the predictions stay within a factor of two of them."""
     w = deepseek_v3_workload()
-    assert w["prompt"] + w["output"] / 2 == pytest.approx(DEEPSEEK_V3_SERVING["kv_length_per_output_token"])
+    assert w["prompt"] + w["output"] / 2 == pytest.approx(
+        DEEPSEEK_V3_SERVING["kv_length_per_output_token"]
+    )
     r = reproduce_deepseek_v3_serving()
     assert r["prefill"].experts_per_gpu == 9 and r["decode"].experts_per_gpu == 2
     for key in ("prefill_error", "decode_error"):
@@ -334,7 +476,7 @@ def test_deepseek_v3_serving_reproduction_runs_with_stated_bounds():
 def test_full_search_is_fast():
     """A whole DeepSeek-V3 search, table building included, in well under the seconds a user notices
     (bench/plan_speed.py measures layouts per second)."""
-    job = v3_job(seq_len=2048, global_batch=30720)      # tables not built by the other tests
+    job = v3_job(seq_len=2048, global_batch=30720)  # tables not built by the other tests
     t = time.perf_counter()
     res = plan_training(job, top=5)
     assert time.perf_counter() - t < 5.0 and res.layouts_evaluated > 10_000

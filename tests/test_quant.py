@@ -4,6 +4,7 @@ Integer and FP8 formats are held to loop-by-loop references (bit-exact where the
 the FP8 GEMM to dequantize-then-matmul in fp64, the quantized layers to their definitions, the byte
 counts to dsim.cost.weight_bytes, and the accuracy/size table runs on a tiny model trained on text.
 """
+
 import json
 import math
 import os
@@ -20,10 +21,31 @@ from hypothesis import strategies as st
 
 from dsim.config import preset
 from dsim.model import Experts, Transformer
-from dsim.quant import (FP8_DTYPE, aligned_sum, QuantExperts, QuantLinear, accumulation_error, accuracy_size_table, act_quant,
-                        bytes_by_kind, calibrate, calibrate_model, clone_model, dequantize, fake_quant, finish_qat,
-                        fp8_gemm, pack_int4, prepare_qat, quantize, quantize_fp8, quantize_model,
-                        unpack_int4, weight_dequant, weight_quant)
+from dsim.quant import (
+    FP8_DTYPE,
+    QuantExperts,
+    QuantLinear,
+    accumulation_error,
+    accuracy_size_table,
+    act_quant,
+    aligned_sum,
+    bytes_by_kind,
+    calibrate,
+    calibrate_model,
+    clone_model,
+    dequantize,
+    fake_quant,
+    finish_qat,
+    fp8_gemm,
+    pack_int4,
+    prepare_qat,
+    quantize,
+    quantize_fp8,
+    quantize_model,
+    unpack_int4,
+    weight_dequant,
+    weight_quant,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,13 +72,22 @@ def reference_fake_quant(x: np.ndarray, bits, granularity, group_size, symmetric
             s = np.float32(np.abs(grp).max()) / np.float32(qmax)
             zero = np.float32(0)
         else:
-            qmin, qmax = 0, 2 ** bits - 1
+            qmin, qmax = 0, 2**bits - 1
             lo, hi = np.float32(min(grp.min(), 0)), np.float32(max(grp.max(), 0))
             s = (hi - lo) / np.float32(qmax)
         s = np.float32(s if s > 0 else 1.0)
-        s_bf16 = np.float32(torch.tensor(s).to(torch.bfloat16).float().item())     # stored in bf16,
-        s = s_bf16 if s_bf16 >= s else np.float32(                                  # rounded up
-            torch.nextafter(torch.tensor(s_bf16).to(torch.bfloat16), torch.tensor(np.inf).to(torch.bfloat16)).float().item())
+        s_bf16 = np.float32(torch.tensor(s).to(torch.bfloat16).float().item())  # stored in bf16,
+        s = (
+            s_bf16
+            if s_bf16 >= s
+            else np.float32(  # rounded up
+                torch.nextafter(
+                    torch.tensor(s_bf16).to(torch.bfloat16), torch.tensor(np.inf).to(torch.bfloat16)
+                )
+                .float()
+                .item()
+            )
+        )
         if not symmetric:
             zero = np.float32(np.clip(np.round(-lo / s), qmin, qmax))
         q = np.clip(np.round(grp / s) + zero, qmin, qmax).astype(np.float32)
@@ -68,29 +99,35 @@ def reference_fake_quant(x: np.ndarray, bits, granularity, group_size, symmetric
 @pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
 def test_integer_dequant_equals_reference_rounding_exactly(bits, granularity, symmetric):
-    x = randn(6, 96, seed=bits) * torch.linspace(0.1, 3, 96)               # columns of different range
-    x[2, 5] = 25.0                                                             # an outlier
+    x = randn(6, 96, seed=bits) * torch.linspace(0.1, 3, 96)  # columns of different range
+    x[2, 5] = 25.0  # an outlier
     qt = quantize(x, bits, granularity, 32, symmetric)
     expected = reference_fake_quant(x.numpy(), bits, granularity, 32, symmetric)
     np.testing.assert_array_equal(dequantize(qt).numpy(), expected)
-    np.testing.assert_array_equal(fake_quant(x, bits, granularity, 32, symmetric).detach().numpy(), expected)
+    np.testing.assert_array_equal(
+        fake_quant(x, bits, granularity, 32, symmetric).detach().numpy(), expected
+    )
 
 
 def test_storage_layout_as_a_checkpoint_holds_it():
     w = randn(256, 512)
     g = quantize(w, 4, "group", 128)
-    assert g.data.dtype == torch.uint8 and g.data.shape == (256, 256)         # two codes per byte
-    assert g.scale.shape == (256, 4) and g.scale.dtype == torch.bfloat16       # [out, in/128]
+    assert g.data.dtype == torch.uint8 and g.data.shape == (256, 256)  # two codes per byte
+    assert g.scale.shape == (256, 4) and g.scale.dtype == torch.bfloat16  # [out, in/128]
     assert g.nbytes == 256 * 512 // 2 + 256 * 4 * 2
     c = quantize(w, 8, "channel")
-    assert c.data.dtype == torch.int8 and c.scale.shape == (256, 1) and c.nbytes == 256 * 512 + 256 * 2
+    assert (
+        c.data.dtype == torch.int8 and c.scale.shape == (256, 1) and c.nbytes == 256 * 512 + 256 * 2
+    )
     a = quantize(w, 8, "group", 128, symmetric=False)
     assert a.data.dtype == torch.uint8 and a.zero_point.shape == (256, 4)
     assert a.nbytes == 256 * 512 + 256 * 4 * (2 + 1)
     t = quantize(w, 8, "tensor", scale_dtype=torch.float32)
     assert t.scale.shape == () and t.nbytes == 256 * 512 + 4
     f = quantize_fp8(w)
-    assert f.data.dtype == FP8_DTYPE and f.scale.shape == (2, 4) and f.nbytes == 256 * 512 + 2 * 4 * 4
+    assert (
+        f.data.dtype == FP8_DTYPE and f.scale.shape == (2, 4) and f.nbytes == 256 * 512 + 2 * 4 * 4
+    )
 
 
 def test_int4_packing_low_nibble_first():
@@ -101,8 +138,14 @@ def test_int4_packing_low_nibble_first():
 
 
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, 5), groups=st.integers(1, 4), bits=st.sampled_from([4, 8]), symmetric=st.booleans(),
-       seed=st.integers(0, 10_000), scale=st.floats(1e-3, 1e3))
+@given(
+    rows=st.integers(1, 5),
+    groups=st.integers(1, 4),
+    bits=st.sampled_from([4, 8]),
+    symmetric=st.booleans(),
+    seed=st.integers(0, 10_000),
+    scale=st.floats(1e-3, 1e3),
+)
 def test_error_is_at_most_half_a_step(rows, groups, bits, symmetric, seed, scale):
     x = randn(rows, groups * 16, seed=seed) * scale
     qt = quantize(x, bits, "group", 16, symmetric)
@@ -110,14 +153,20 @@ def test_error_is_at_most_half_a_step(rows, groups, bits, symmetric, seed, scale
     err = (dequantize(qt) - x).abs()
     assert bool((err <= 0.5 * step * (1 + 1e-5) + 1e-30).all())
     codes = unpack_int4(qt.data, groups * 16) if bits == 4 else qt.data
-    assert unpack_int4(pack_int4(codes.to(torch.uint8) & 0xF), groups * 16).tolist() == (codes.to(torch.uint8) & 0xF).tolist()
+    assert (
+        unpack_int4(pack_int4(codes.to(torch.uint8) & 0xF), groups * 16).tolist()
+        == (codes.to(torch.uint8) & 0xF).tolist()
+    )
 
 
 def test_per_group_scaling_beats_per_channel_beats_per_tensor_with_outliers():
     w = randn(64, 512, seed=3)
-    w[::8, 7] *= 40                                                             # outlier input channel
-    w[5] *= 10                                                                  # one large output row
-    err = {g: float((dequantize(quantize(w, 4, g, 128)) - w).pow(2).mean()) for g in ("tensor", "channel", "group")}
+    w[::8, 7] *= 40  # outlier input channel
+    w[5] *= 10  # one large output row
+    err = {
+        g: float((dequantize(quantize(w, 4, g, 128)) - w).pow(2).mean())
+        for g in ("tensor", "channel", "group")
+    }
     assert err["group"] < err["channel"] < err["tensor"]
 
 
@@ -128,19 +177,28 @@ def test_padding_of_groups_that_do_not_divide():
     qt = quantize(x, 4, "group", 32, pad=True)
     assert qt.scale.shape == (3, 2) and qt.data.shape == (3, 32)
     padded = F.pad(x, (0, 14))
-    torch.testing.assert_close(dequantize(qt), dequantize(quantize(padded, 4, "group", 32))[:, :50], rtol=0, atol=0)
+    torch.testing.assert_close(
+        dequantize(qt), dequantize(quantize(padded, 4, "group", 32))[:, :50], rtol=0, atol=0
+    )
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.tensor([1.0, float("nan")]), "NaN"),
-    (torch.tensor([1.0, float("inf")]), "inf"),
-    (torch.tensor([1, 2, 3]), "int64"),
-    (torch.tensor([1 + 1j]), "complex"),
-    (torch.tensor([True]), "bool"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.tensor([1.0, float("nan")]), "NaN"),
+        (torch.tensor([1.0, float("inf")]), "inf"),
+        (torch.tensor([1, 2, 3]), "int64"),
+        (torch.tensor([1 + 1j]), "complex"),
+        (torch.tensor([True]), "bool"),
+    ],
+)
 def test_bad_tensors_raise_clear_errors(bad, match):
-    for fn in (lambda t: quantize(t, 8), lambda t: act_quant(t, 128), lambda t: fake_quant(t, 4),
-               lambda t: calibrate(t, "absmax")):
+    for fn in (
+        lambda t: quantize(t, 8),
+        lambda t: act_quant(t, 128),
+        lambda t: fake_quant(t, 4),
+        lambda t: calibrate(t, "absmax"),
+    ):
         with pytest.raises(ValueError, match=match):
             fn(bad)
 
@@ -168,23 +226,30 @@ def test_bad_settings_raise_clear_errors():
 # ------------------------------------------------------------------------------------------
 def test_act_quant_equals_per_tile_reference_and_pads_the_last_tile():
     x = randn(3, 300, seed=1)
-    x[1, :128] = 0                                                               # an all-zero tile
+    x[1, :128] = 0  # an all-zero tile
     y, s = act_quant(x, 128)
-    assert y.dtype == FP8_DTYPE and y.shape == (3, 300) and s.shape == (3, 3) and s.dtype == torch.float32
+    assert (
+        y.dtype == FP8_DTYPE
+        and y.shape == (3, 300)
+        and s.shape == (3, 3)
+        and s.dtype == torch.float32
+    )
     for r in range(3):
         for t in range(3):
-            tile = x[r, t * 128:(t + 1) * 128]
+            tile = x[r, t * 128 : (t + 1) * 128]
             s_ref = max(float(tile.abs().max()), 1e-4) / 448
             assert s[r, t].item() == pytest.approx(s_ref, rel=1e-7)
-            assert torch.equal(y[r, t * 128:(t + 1) * 128].float(), (tile / s[r, t]).to(FP8_DTYPE).float())
+            assert torch.equal(
+                y[r, t * 128 : (t + 1) * 128].float(), (tile / s[r, t]).to(FP8_DTYPE).float()
+            )
     assert s[1, 0].item() == pytest.approx(1e-4 / 448)
 
 
 def test_power_of_two_scales():
     x = randn(4, 256, seed=2) * 3
     y, s = act_quant(x, 128, scale_fmt="ue8m0")
-    assert torch.equal(torch.exp2(torch.log2(s).round()), s)                   # powers of two
-    assert bool((s >= x.view(4, 2, 128).abs().amax(-1) / 448).all())           # rounded up: no overflow
+    assert torch.equal(torch.exp2(torch.log2(s).round()), s)  # powers of two
+    assert bool((s >= x.view(4, 2, 128).abs().amax(-1) / 448).all())  # rounded up: no overflow
     assert float(y.float().abs().max()) <= 448
 
 
@@ -192,12 +257,16 @@ def test_weight_quant_blocks_and_dequant():
     w = randn(300, 200, seed=4)
     y, s = weight_quant(w, 128)
     assert y.shape == (300, 200) and s.shape == (3, 2)
-    s_ref = torch.tensor([[max(float(w[i:i + 128, j:j + 128].abs().max()), 1e-4) / 448 for j in (0, 128)]
-                          for i in (0, 128, 256)])
+    s_ref = torch.tensor(
+        [
+            [max(float(w[i : i + 128, j : j + 128].abs().max()), 1e-4) / 448 for j in (0, 128)]
+            for i in (0, 128, 256)
+        ]
+    )
     torch.testing.assert_close(s, s_ref, rtol=1e-7, atol=0)
     deq = weight_dequant(y, s, 128)
     assert torch.equal(deq[130:140, 150:160], y[130:140, 150:160].float() * s[1, 1])
-    assert float(((deq - w).abs() / w.abs().clamp(min=0.05)).max()) < 2 ** -3   # 3 mantissa bits
+    assert float(((deq - w).abs() / w.abs().clamp(min=0.05)).max()) < 2**-3  # 3 mantissa bits
 
 
 def test_fp8_gemm_equals_dequantize_then_matmul_in_fp64():
@@ -205,12 +274,14 @@ def test_fp8_gemm_equals_dequantize_then_matmul_in_fp64():
     a_q, a_s = act_quant(a, 128)
     w_q, w_s = weight_quant(w, 128)
     got = fp8_gemm(a_q, a_s, w_q, w_s, 128)
-    a_deq = (F.pad(a_q.double(), (0, 84)).view(2, 5, 3, 128) * a_s.double()[..., None]).flatten(-2)[..., :300]
+    a_deq = (F.pad(a_q.double(), (0, 84)).view(2, 5, 3, 128) * a_s.double()[..., None]).flatten(-2)[
+        ..., :300
+    ]
     expected = a_deq @ weight_dequant(w_q, w_s).double().T
     assert got.shape == (2, 5, 200)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
     rel = float((got - a @ w.T).norm() / (a @ w.T).norm())
-    assert rel < 0.05                                                            # FP8 is E4M3: ~3% per element
+    assert rel < 0.05  # FP8 is E4M3: ~3% per element
 
 
 def test_fp8_gemm_without_promotion_needs_per_tensor_scales():
@@ -221,12 +292,16 @@ def test_fp8_gemm_without_promotion_needs_per_tensor_scales():
 
 
 def test_aligned_sum_cuts_every_term_below_the_largest_ones_last_bit():
-    terms = torch.tensor([[1.0, 2 ** -14, 2 ** -14, 2 ** -13],       # ulp of the largest: 2^-13
-                          [1.0, 3 * 2 ** -15, 0.0, 0.0],
-                          [-3.0, 2 ** -12, -2 ** -12, 0.5]])         # largest exponent 1: ulp 2^-12
-    assert aligned_sum(terms, 13).tolist() == [1 + 2 ** -13, 1.0, -2.5]             # fp32 would keep 2^-12
-    assert aligned_sum(terms, 13, "nearest").tolist() == [1 + 2 ** -13, 1 + 2 ** -13, -2.5]
-    assert aligned_sum(terms, 23).tolist() == [1 + 2 ** -12, 1 + 3 * 2 ** -15, -2.5]
+    terms = torch.tensor(
+        [
+            [1.0, 2**-14, 2**-14, 2**-13],  # ulp of the largest: 2^-13
+            [1.0, 3 * 2**-15, 0.0, 0.0],
+            [-3.0, 2**-12, -(2**-12), 0.5],
+        ]
+    )  # largest exponent 1: ulp 2^-12
+    assert aligned_sum(terms, 13).tolist() == [1 + 2**-13, 1.0, -2.5]  # fp32 would keep 2^-12
+    assert aligned_sum(terms, 13, "nearest").tolist() == [1 + 2**-13, 1 + 2**-13, -2.5]
+    assert aligned_sum(terms, 23).tolist() == [1 + 2**-12, 1 + 3 * 2**-15, -2.5]
 
 
 def test_promotion_keeps_accumulation_error_flat_as_k_grows():
@@ -238,7 +313,7 @@ def test_promotion_keeps_accumulation_error_flat_as_k_grows():
         assert large["no_promotion_rel"] > 3 * small["no_promotion_rel"]
         assert large["promotion_rel"] < 1.5 * small["promotion_rel"]
         assert large["no_promotion_rel"] > 10 * large["promotion_rel"]
-    assert large["no_promotion_rel"] > 0.03                                        # |N(0,1)|, K=4096
+    assert large["no_promotion_rel"] > 0.03  # |N(0,1)|, K=4096
 
 
 # ------------------------------------------------------------------------------------------
@@ -258,7 +333,9 @@ def test_quant_linear_w8a8_is_int8_times_int8_with_two_scales():
         assert float((q(x) - lin(x)).norm() / lin(x).norm()) < 0.02
 
 
-@pytest.mark.parametrize("scheme, group, tol", [("w4a16", None, 0.2), ("w4a16", 32, 0.2), ("fp8", 32, 0.06)])
+@pytest.mark.parametrize(
+    "scheme, group, tol", [("w4a16", None, 0.2), ("w4a16", 32, 0.2), ("fp8", 32, 0.06)]
+)
 def test_quant_linear_weight_only_and_fp8(scheme, group, tol):
     lin = torch.nn.Linear(64, 40, bias=False)
     q = QuantLinear.from_linear(lin, scheme, group)
@@ -285,11 +362,15 @@ def test_quant_experts_equal_experts_with_their_dequantized_weights(scheme):
         for n in ("w1", "w2", "w3"):
             getattr(ref, n).copy_(q.dequantized(n))
     with torch.no_grad():
-        y, y_ref, y_fp = q(x, idx, wts), ref.forward_loop(x, idx, wts), experts.forward_loop(x, idx, wts)
+        y, y_ref, y_fp = (
+            q(x, idx, wts),
+            ref.forward_loop(x, idx, wts),
+            experts.forward_loop(x, idx, wts),
+        )
     if scheme == "w4a16":
-        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)               # weight-only: same math
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)  # weight-only: same math
     else:
-        assert float((y - y_ref).norm() / y_ref.norm()) < 0.05                  # plus activation rounding
+        assert float((y - y_ref).norm() / y_ref.norm()) < 0.05  # plus activation rounding
     assert float((y - y_fp).norm() / y_fp.norm()) < (0.25 if scheme == "w4a16" else 0.06)
 
 
@@ -303,9 +384,11 @@ def test_quantize_model_replaces_the_right_modules_and_reports_bytes():
     assert report.after["routed_experts"] == expert_numel // 2 + expert_numel // 32 * 2
     m = clone_model(model)
     report = quantize_model(m, "fp8", layers="all", group_size=32)
-    for kind in ("embedding", "head", "gate", "norms"):                         # stay in high precision
+    for kind in ("embedding", "head", "gate", "norms"):  # stay in high precision
         assert report.after[kind] == report.before[kind]
-    assert isinstance(m.layers[0].attn.wkv_b, QuantLinear) and isinstance(m.layers[1].ffn.experts, QuantExperts)
+    assert isinstance(m.layers[0].attn.wkv_b, QuantLinear) and isinstance(
+        m.layers[1].ffn.experts, QuantExperts
+    )
     assert report.total_after == sum(bytes_by_kind(m).values()) < report.total_before
     att = quantize_model(clone_model(model), "w8a8", layers="attention")
     assert all(".attn." in n for n in att.replaced) and len(att.replaced) == 8
@@ -358,18 +441,25 @@ def test_memory_model_matches_quantized_bytes():
 # ------------------------------------------------------------------------------------------
 def test_calibration_methods():
     x = randn(50_000, seed=13)
-    x[:5] *= 40                                                                  # rare outliers
+    x[:5] *= 40  # rare outliers
     t = {m: calibrate(x, m) for m in ("absmax", "percentile", "mse", "kl")}
     assert t["absmax"] == float(x.abs().max())
-    assert t["percentile"] == pytest.approx(float(x.abs().sort().values[math.ceil(0.9999 * 50_000) - 1]))
-    assert 2.5 < t["kl"] < 0.5 * t["absmax"]                                     # KL clips the outliers
+    assert t["percentile"] == pytest.approx(
+        float(x.abs().sort().values[math.ceil(0.9999 * 50_000) - 1])
+    )
+    assert 2.5 < t["kl"] < 0.5 * t["absmax"]  # KL clips the outliers
 
     def mse(T):
         s = T / 127
         return float(((torch.clamp(torch.round(x / s), -127, 127) * s - x) ** 2).mean())
-    assert mse(t["mse"]) <= mse(t["absmax"]) and mse(t["mse"]) <= mse(t["kl"])  # MSE is what it minimises
+
+    assert mse(t["mse"]) <= mse(t["absmax"]) and mse(t["mse"]) <= mse(
+        t["kl"]
+    )  # MSE is what it minimises
     u = torch.rand(50_000, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    assert calibrate(u, "kl") == pytest.approx(float(u.abs().max()), rel=0.01)  # nothing worth clipping
+    assert calibrate(u, "kl") == pytest.approx(
+        float(u.abs().max()), rel=0.01
+    )  # nothing worth clipping
 
 
 def test_fake_quant_passes_the_gradient_straight_through():
@@ -398,18 +488,22 @@ def test_qat_model_equals_its_quantized_conversion():
 @pytest.fixture(scope="module")
 def trained():
     from dsim.train import get_corpus, train
+
     model, _ = train("tiny", steps=60, batch_size=8, seq_len=64, progress=False)
     return model.eval(), get_corpus("val", 60_000), get_corpus("train", 400_000)
 
 
 def test_calibrated_static_w8a8_stays_close(trained):
     from dsim.train import evaluate, get_batch
+
     model, val, train_data = trained
     m = clone_model(model)
     quantize_model(m, "w8a8")
     gen = torch.Generator().manual_seed(0)
-    thresholds = calibrate_model(m, [get_batch(train_data, 4, 64, gen)[0] for _ in range(2)], "percentile")
-    assert len(thresholds) == 14 + 2                                             # 14 QuantLinear + in/hidden
+    thresholds = calibrate_model(
+        m, [get_batch(train_data, 4, 64, gen)[0] for _ in range(2)], "percentile"
+    )
+    assert len(thresholds) == 14 + 2  # 14 QuantLinear + in/hidden
     assert m.layers[0].attn.wq.act_scale is not None
     base = evaluate(model, val, seq_len=64, batches=2)
     assert abs(evaluate(m, val, seq_len=64, batches=2) - base) < 0.1
@@ -417,19 +511,44 @@ def test_calibrated_static_w8a8_stays_close(trained):
 
 def test_accuracy_size_table(trained):
     model, val, train_data = trained
-    rows = accuracy_size_table(model, val, group_size=32, train_data=train_data, qat_steps=10,
-                               seq_len=64, batches=2, batch_size=8)
+    rows = accuracy_size_table(
+        model,
+        val,
+        group_size=32,
+        train_data=train_data,
+        qat_steps=10,
+        seq_len=64,
+        batches=2,
+        batch_size=8,
+    )
     by = {r["scheme"]: r for r in rows}
-    assert list(by) == ["fp32", "bf16", "W8A8", "W4A16 per-channel", "W4A16 g32", "FP8 32x32",
-                        "fp32 +10 steps", "QAT INT4 g32"]
+    assert list(by) == [
+        "fp32",
+        "bf16",
+        "W8A8",
+        "W4A16 per-channel",
+        "W4A16 g32",
+        "FP8 32x32",
+        "fp32 +10 steps",
+        "QAT INT4 g32",
+    ]
     assert all(math.isfinite(r["bits_per_byte"]) for r in rows)
     assert by["bf16"]["bytes"] * 2 == by["fp32"]["bytes"]
-    assert by["W4A16 per-channel"]["bytes"] < by["W4A16 g32"]["bytes"] < by["FP8 32x32"]["bytes"] < by["bf16"]["bytes"]
+    assert (
+        by["W4A16 per-channel"]["bytes"]
+        < by["W4A16 g32"]["bytes"]
+        < by["FP8 32x32"]["bytes"]
+        < by["bf16"]["bytes"]
+    )
     assert by["W4A16 g32"]["bytes"] == by["QAT INT4 g32"]["bytes"]
     assert abs(by["W8A8"]["delta_bpb"]) < 0.02 and abs(by["FP8 32x32"]["delta_bpb"]) < 0.05
     # the linear layers shrink to about a quarter (FP8, W8) and an eighth (INT4) plus scales
-    assert by["FP8 32x32"]["linear_bytes"] / by["fp32"]["linear_bytes"] == pytest.approx(0.25, abs=0.01)
-    assert by["W4A16 g32"]["linear_bytes"] / by["fp32"]["linear_bytes"] == pytest.approx(1 / 8 + 2 / 32 / 4, abs=0.01)
+    assert by["FP8 32x32"]["linear_bytes"] / by["fp32"]["linear_bytes"] == pytest.approx(
+        0.25, abs=0.01
+    )
+    assert by["W4A16 g32"]["linear_bytes"] / by["fp32"]["linear_bytes"] == pytest.approx(
+        1 / 8 + 2 / 32 / 4, abs=0.01
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -437,9 +556,21 @@ def test_accuracy_size_table(trained):
 # ------------------------------------------------------------------------------------------
 def test_gemm_bench_runs_on_cpu(tmp_path):
     out = tmp_path / "quant_cpu.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gemm_fp8.py"), "--device", "cpu", "--quick",
-                           "--out", str(out)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "gemm_fp8.py"),
+            "--device",
+            "cpu",
+            "--quick",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and data["torch"] == torch.__version__

@@ -30,6 +30,7 @@ busiest one's token count; count that path with expert_impl="loop" or on a GPU.)
 The ops and their numbers are those of the op graph (`dsim.cost.graph.step_graph`): `flops()` lists
 the graph ops that multiply matrices.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -45,8 +46,16 @@ AttnKernel = Literal["fused", "math"]
 
 # Components with matmul FLOPs, in display order (the rest, norms, RoPE, residuals and the
 # embedding lookup, do elementwise work only).
-KINDS = (Component.ATTN_PROJ, Component.ATTN_CORE, Component.DENSE_FFN, Component.GATE,
-         Component.SHARED_EXPERTS, Component.ROUTED_EXPERTS, Component.HEAD, Component.MTP)
+KINDS = (
+    Component.ATTN_PROJ,
+    Component.ATTN_CORE,
+    Component.DENSE_FFN,
+    Component.GATE,
+    Component.SHARED_EXPERTS,
+    Component.ROUTED_EXPERTS,
+    Component.HEAD,
+    Component.MTP,
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class Op:
         core and MLA's absorbed products belong to "layers.3.attn" itself).
     kind: its component (see KINDS); every op of an MTP module is Component.MTP.
     """
+
     module: str
     kind: Component
     forward: int
@@ -76,11 +86,12 @@ class Op:
 @dataclass(frozen=True)
 class FlopCount:
     """FLOPs of one step: `batch` sequences of `seq_len` new tokens after `context` cached ones."""
+
     args: ModelArgs
     mode: str
     batch: int
-    seq_len: int        # new tokens per sequence in this step (1 for decode)
-    context: int        # tokens already in the KV cache before this step
+    seq_len: int  # new tokens per sequence in this step (1 for decode)
+    context: int  # tokens already in the KV cache before this step
     attn_kernel: str
     ops: tuple[Op, ...] = field(repr=False)
 
@@ -126,7 +137,9 @@ class FlopCount:
             out[op.kind] += op.total_causal
         return out
 
-    def by_module(self, direction: Literal["forward", "backward", "total"] = "forward") -> dict[str, int]:
+    def by_module(
+        self, direction: Literal["forward", "backward", "total"] = "forward"
+    ) -> dict[str, int]:
         """FLOPs attributed to every module and its parents ("layers.3", "layers.3.attn", ...),
         the way FlopCounterMode's get_flop_counts() reports them (it nests children into parents).
         The ModuleLists `layers` and `mtp` are never called, so they have no entry."""
@@ -148,8 +161,14 @@ def _check_int(name: str, value: Any, low: int) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
-def flops(args: ModelArgs, batch: int = 1, seq_len: int = 4096, mode: Mode = "train",
-          context: int | None = None, attn_kernel: AttnKernel = "fused") -> FlopCount:
+def flops(
+    args: ModelArgs,
+    batch: int = 1,
+    seq_len: int = 4096,
+    mode: Mode = "train",
+    context: int | None = None,
+    attn_kernel: AttnKernel = "fused",
+) -> FlopCount:
     """FLOPs of one step of `Transformer(args)`, by module and component.
 
     mode:
@@ -164,10 +183,20 @@ def flops(args: ModelArgs, batch: int = 1, seq_len: int = 4096, mode: Mode = "tr
     if attn_kernel not in ("fused", "math"):
         raise ValueError(f"attn_kernel must be 'fused' or 'math', got {attn_kernel!r}")
     g = step_graph(args, batch, seq_len, mode, context, attn_kernel=attn_kernel)
-    ops = tuple(Op(op.module, op.component, f.forward, f.backward, f.forward_causal, f.backward_causal)
-                for op in g.ops if (f := op.flops))
-    return FlopCount(args=args, mode=mode, batch=batch, seq_len=g.seq_len, context=g.context,
-                     attn_kernel=attn_kernel, ops=ops)
+    ops = tuple(
+        Op(op.module, op.component, f.forward, f.backward, f.forward_causal, f.backward_causal)
+        for op in g.ops
+        if (f := op.flops)
+    )
+    return FlopCount(
+        args=args,
+        mode=mode,
+        batch=batch,
+        seq_len=g.seq_len,
+        context=g.context,
+        attn_kernel=attn_kernel,
+        ops=ops,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,14 +226,23 @@ def megatron_flops(args: ModelArgs, batch: int, seq_len: int) -> float:
     if a.attn_type == "mla":
         dn, dr, dv, R = a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim, a.kv_lora_rank
         q = a.q_lora_rank * (D + H * (dn + dr) + 1) if a.q_lora_rank else D * H * (dn + dr)
-        attn = (q + R * (D + H * (dn + dv) + 1) + D * dr + H * dv * D
-                + S * H * (dn + dr) / 2 + S * H * dv / 2)
+        attn = (
+            q
+            + R * (D + H * (dn + dv) + 1)
+            + D * dr
+            + H * dv * D
+            + S * H * (dn + dr) / 2
+            + S * H * dv / 2
+        )
     else:
         qp, kvp = a.head_size * H, a.head_size * a.kv_heads
         attn = D * (qp + 2 * kvp) + qp * S / 2 * 2 + qp * D
     n_moe = a.n_moe_layers + (a.n_mtp_layers if a.is_moe else 0)
     n_dense = a.n_dense_layers + (0 if a.is_moe else a.n_mtp_layers)
-    mlp = D * (3 * a.inter_dim * n_dense + 3 * a.moe_inter_dim * (a.n_activated_experts + a.n_shared_experts) * n_moe)
+    mlp = D * (
+        3 * a.inter_dim * n_dense
+        + 3 * a.moe_inter_dim * (a.n_activated_experts + a.n_shared_experts) * n_moe
+    )
     mtp = a.n_mtp_layers * (3 * D + 2 * D * D)
     logits = D * a.vocab_size * (1 + a.n_mtp_layers)
     return tokens * E3 * (mlp + attn * (a.n_layers + a.n_mtp_layers) + mtp + logits)
@@ -222,7 +260,7 @@ def counter_mapping() -> dict:
     """
     import torch
 
-    def fwd(q, k, v, *args, out_shape=None, **kwargs) -> int:   # shapes [B, H, S, d]
+    def fwd(q, k, v, *args, out_shape=None, **kwargs) -> int:  # shapes [B, H, S, d]
         b, h, sq, dqk = q
         return 2 * b * h * sq * k[2] * (dqk + v[-1])
 
@@ -231,5 +269,7 @@ def counter_mapping() -> dict:
         return 2 * b * h * sq * k[2] * (3 * dqk + 2 * v[-1])
 
     aten = torch.ops.aten
-    return {aten._scaled_dot_product_flash_attention_for_cpu: fwd,
-            aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd}
+    return {
+        aten._scaled_dot_product_flash_attention_for_cpu: fwd,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd,
+    }

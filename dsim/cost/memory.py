@@ -17,6 +17,7 @@ Which tensors autograd keeps depends on PyTorch's kernels, so activations take a
             input); attention runs PyTorch's CPU flash kernel when query and value heads have the
             same size, else the "math" path, which keeps the S x S probabilities, all in float32.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,8 +45,9 @@ def _dtype(dtype: str | float, name: str = "dtype") -> DType | float:
     try:
         return get_dtype(dtype, name)
     except ValueError:
-        raise ValueError(f"{name} must be one of {', '.join(DTYPES)} or a number of bits, "
-                         f"got {dtype!r}") from None
+        raise ValueError(
+            f"{name} must be one of {', '.join(DTYPES)} or a number of bits, got {dtype!r}"
+        ) from None
 
 
 def _check_dtype(dtype: str | float, name: str = "dtype") -> None:
@@ -61,7 +63,9 @@ def _scale_bytes(d: DType | float, group_size: int | None) -> int:
     """Bytes of one scale of `d` (0 for a format without scales), after checking group_size."""
     scale = 0 if isinstance(d, float) else d.scale_bytes
     if scale and group_size is not None and (not isinstance(group_size, int) or group_size < 1):
-        raise ValueError(f"group_size must be an integer >= 1 (elements per scale) or None, got {group_size!r}")
+        raise ValueError(
+            f"group_size must be an integer >= 1 (elements per scale) or None, got {group_size!r}"
+        )
     return scale
 
 
@@ -98,7 +102,9 @@ def weight_bytes(numel: int, dtype: str, group_size: int | None = 128) -> int:
 # ---------------------------------------------------------------------------------------------
 # KV cache
 # ---------------------------------------------------------------------------------------------
-def kv_cache_elements_per_token(args: ModelArgs, impl: Literal["naive", "absorb"] | None = None) -> int:
+def kv_cache_elements_per_token(
+    args: ModelArgs, impl: Literal["naive", "absorb"] | None = None
+) -> int:
     """Numbers cached per token over all layers (MTP modules keep no cache).
 
     MHA/GQA: keys and values, 2 n_kv_heads head_size per layer.
@@ -110,15 +116,22 @@ def kv_cache_elements_per_token(args: ModelArgs, impl: Literal["naive", "absorb"
     if impl not in ("naive", "absorb"):
         raise ValueError(f"impl must be 'naive', 'absorb' or None, got {impl!r}")
     if args.attn_type == "mla":
-        per_layer = (args.kv_lora_rank + args.qk_rope_head_dim if impl == "absorb"
-                     else args.n_heads * (args.qk_head_dim + args.v_head_dim))
+        per_layer = (
+            args.kv_lora_rank + args.qk_rope_head_dim
+            if impl == "absorb"
+            else args.n_heads * (args.qk_head_dim + args.v_head_dim)
+        )
     else:
         per_layer = 2 * args.kv_heads * args.head_size
     return args.n_layers * per_layer
 
 
-def kv_cache_bytes_per_token(args: ModelArgs, dtype: str | float = "bf16",
-                             impl: Literal["naive", "absorb"] | None = None, group_size: int | None = 128) -> float:
+def kv_cache_bytes_per_token(
+    args: ModelArgs,
+    dtype: str | float = "bf16",
+    impl: Literal["naive", "absorb"] | None = None,
+    group_size: int | None = 128,
+) -> float:
     """Bytes of KV cache per token, all layers, for the cache the model keeps by default for inference
     (MLA: the absorbed latent + RoPE key; `impl="naive"` for per-head keys and values)."""
     return kv_cache_elements_per_token(args, impl) * bytes_per_param(dtype, group_size)
@@ -148,22 +161,45 @@ def _kept_bytes(block: list[GraphOp], recompute: Recompute) -> int:
     return block[0].reads["x"] + sum(i.bytes for i in items if i.outside_autograd)
 
 
-def activation_items(args: ModelArgs, layer_id: int, batch: int, seq_len: int, dtype: str = "bf16",
-                     device: Device = "cuda", attn_kernel: str | None = None) -> list[Item]:
+def activation_items(
+    args: ModelArgs,
+    layer_id: int,
+    batch: int,
+    seq_len: int,
+    dtype: str = "bf16",
+    device: Device = "cuda",
+    attn_kernel: str | None = None,
+) -> list[Item]:
     """Tensors one Block keeps for its backward pass (training forward of batch x seq_len tokens), its
     input included (the first norm keeps it) and its output excluded (the next block keeps that).
 
     attn_kernel: "fused" or "math" (None: what PyTorch picks on `device`, see dsim.cost.flops.sdpa_kernel).
     Routed experts: every (token, expert) assignment keeps the same rows, balanced or not.
     """
-    ops = block_graph(args, layer_id, batch, seq_len, 0, "train", attn_kernel=attn_kernel,
-                      act_dtype=dtype, device=device)
+    ops = block_graph(
+        args,
+        layer_id,
+        batch,
+        seq_len,
+        0,
+        "train",
+        attn_kernel=attn_kernel,
+        act_dtype=dtype,
+        device=device,
+    )
     return [i for op in ops for i in op.saved]
 
 
-def layer_activation_bytes(args: ModelArgs, layer_id: int, batch: int, seq_len: int, dtype: str = "bf16",
-                           device: Device = "cuda", recompute: Recompute = "none",
-                           attn_kernel: str | None = None) -> int:
+def layer_activation_bytes(
+    args: ModelArgs,
+    layer_id: int,
+    batch: int,
+    seq_len: int,
+    dtype: str = "bf16",
+    device: Device = "cuda",
+    recompute: Recompute = "none",
+    attn_kernel: str | None = None,
+) -> int:
     """Bytes one Block keeps between forward and backward.
 
     recompute:
@@ -174,27 +210,54 @@ def layer_activation_bytes(args: ModelArgs, layer_id: int, batch: int, seq_len: 
                      outside autograd: MoE.routing's logits, scores, indices and weights.
     """
     _check_recompute(recompute)
-    ops = block_graph(args, layer_id, batch, seq_len, 0, "train", attn_kernel=attn_kernel,
-                      act_dtype=dtype, device=device)
+    ops = block_graph(
+        args,
+        layer_id,
+        batch,
+        seq_len,
+        0,
+        "train",
+        attn_kernel=attn_kernel,
+        act_dtype=dtype,
+        device=device,
+    )
     return _kept_bytes(ops, recompute)
 
 
-def block_memory_delta(args: ModelArgs, layer_id: int, batch: int, seq_len: int, dtype: str = "bf16",
-                       device: Device = "cuda", recompute: Recompute = "none", attn_kernel: str | None = None) -> int:
+def block_memory_delta(
+    args: ModelArgs,
+    layer_id: int,
+    batch: int,
+    seq_len: int,
+    dtype: str = "bf16",
+    device: Device = "cuda",
+    recompute: Recompute = "none",
+    attn_kernel: str | None = None,
+) -> int:
     """What one Block's forward adds to allocated memory when its input already exists and its
     output is kept (bench/measure_memory.py measures this): the block's activations with its output
     in place of its input. The two are the same size unless the first norm keeps a float32 copy of
     the input instead of the input itself (the CPU kernels, 16-bit activations, no recomputation)."""
-    kept = layer_activation_bytes(args, layer_id, batch, seq_len, dtype, device, recompute, attn_kernel)
+    kept = layer_activation_bytes(
+        args, layer_id, batch, seq_len, dtype, device, recompute, attn_kernel
+    )
     act = DTYPE_BITS[dtype] // 8
     copies_input = device == "cpu" and act != 4 and recompute != "full"
     return kept + (batch * seq_len * args.dim * act if copies_input else 0)
 
 
-def model_activation_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: str = "bf16",
-                           device: Device = "cuda", recompute: Recompute = "none",
-                           attn_kernel: str | None = None, layers: range | None = None,
-                           embedding: bool = True, head: bool = True) -> int:
+def model_activation_bytes(
+    args: ModelArgs,
+    batch: int,
+    seq_len: int,
+    dtype: str = "bf16",
+    device: Device = "cuda",
+    recompute: Recompute = "none",
+    attn_kernel: str | None = None,
+    layers: range | None = None,
+    embedding: bool = True,
+    head: bool = True,
+) -> int:
     """Activations of a whole training step on one GPU: every block of `layers` (default all), the
     final norm, the logits (the step's output, kept for the loss; the loss's own float32 softmax is
     not counted) and the MTP modules (`head=True` places them with the head)."""
@@ -204,19 +267,31 @@ def model_activation_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: str
     layers = range(args.n_layers) if layers is None else layers
     # The blocks of one kind (dense or MoE) keep the same tensors: count one of each.
     kinds = {is_moe_layer(args, i): i for i in layers}
-    per_kind = {moe: layer_activation_bytes(args, i, batch, seq_len, dtype, device, recompute, attn_kernel)
-                for moe, i in kinds.items()}
+    per_kind = {
+        moe: layer_activation_bytes(args, i, batch, seq_len, dtype, device, recompute, attn_kernel)
+        for moe, i in kinds.items()
+    }
     total = sum(per_kind[is_moe_layer(args, i)] for i in layers)
     if not head:
         return total
     # The final norm, the logits and the MTP modules (whose blocks recompute like the others).
-    graph = step_graph(args, batch, seq_len, "train", attn_kernel=attn_kernel, act_dtype=dtype,
-                       device=device, layers=range(0))
-    blocks: dict[str, list[GraphOp]] = {}        # Block name ("" outside the blocks) -> its ops
+    graph = step_graph(
+        args,
+        batch,
+        seq_len,
+        "train",
+        attn_kernel=attn_kernel,
+        act_dtype=dtype,
+        device=device,
+        layers=range(0),
+    )
+    blocks: dict[str, list[GraphOp]] = {}  # Block name ("" outside the blocks) -> its ops
     for op in graph.ops:
         blocks.setdefault(op.block, []).append(op)
-    return total + sum(_kept_bytes(ops, recompute) if name else sum(i.bytes for op in ops for i in op.saved)
-                       for name, ops in blocks.items())
+    return total + sum(
+        _kept_bytes(ops, recompute) if name else sum(i.bytes for op in ops for i in op.saved)
+        for name, ops in blocks.items()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,9 +300,10 @@ def model_activation_bytes(args: ModelArgs, batch: int, seq_len: int, dtype: str
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes on the busiest GPU (pipeline stage `stage`), by kind."""
+
     weights: float
     gradients: float
-    optimizer: float          # master weights + Adam moments
+    optimizer: float  # master weights + Adam moments
     activations: float
     kv_cache: float
     stage: int
@@ -239,9 +315,11 @@ class MemoryEstimate:
 
     def gib(self) -> dict[str, float]:
         """Every field in GiB, rounded to 0.01."""
-        g = 2 ** 30
-        return {k: round(getattr(self, k) / g, 2) for k in
-                ("weights", "gradients", "optimizer", "activations", "kv_cache", "total")}
+        g = 2**30
+        return {
+            k: round(getattr(self, k) / g, 2)
+            for k in ("weights", "gradients", "optimizer", "activations", "kv_cache", "total")
+        }
 
 
 def _check_pos(name: str, value: object) -> None:
@@ -249,13 +327,30 @@ def _check_pos(name: str, value: object) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def memory(args: ModelArgs, *, mode: Literal["train", "inference"] = "train", batch: int = 1,
-           seq_len: int = 4096, dtype: str = "bf16", group_size: int | None = 128,
-           grad_dtype: str = "fp32", master_dtype: str | None = "fp32", optimizer_dtype: str = "fp32",
-           tp: int = 1, pp: int = 1, dp: int = 1, ep: int = 1, zero: int = 0,
-           recompute: Recompute = "none", act_dtype: str = "bf16", device: Device = "cuda",
-           kv_dtype: str = "bf16", kv_impl: Literal["naive", "absorb"] | None = None,
-           microbatches_in_flight: int | None = None, prefill_chunk: int = 1) -> MemoryEstimate:
+def memory(
+    args: ModelArgs,
+    *,
+    mode: Literal["train", "inference"] = "train",
+    batch: int = 1,
+    seq_len: int = 4096,
+    dtype: str = "bf16",
+    group_size: int | None = 128,
+    grad_dtype: str = "fp32",
+    master_dtype: str | None = "fp32",
+    optimizer_dtype: str = "fp32",
+    tp: int = 1,
+    pp: int = 1,
+    dp: int = 1,
+    ep: int = 1,
+    zero: int = 0,
+    recompute: Recompute = "none",
+    act_dtype: str = "bf16",
+    device: Device = "cuda",
+    kv_dtype: str = "bf16",
+    kv_impl: Literal["naive", "absorb"] | None = None,
+    microbatches_in_flight: int | None = None,
+    prefill_chunk: int = 1,
+) -> MemoryEstimate:
     """Bytes per GPU for training (Adam) or inference under a TP x PP x DP layout with EP inside DP.
 
     Layout (world = tp * pp * dp GPUs; expert parallelism ep divides dp, as in Megatron and DeepSeek):
@@ -279,19 +374,32 @@ def memory(args: ModelArgs, *, mode: Literal["train", "inference"] = "train", ba
         raise ValueError(f"args must be a dsim.config.ModelArgs, got {type(args).__name__}")
     if mode not in ("train", "inference"):
         raise ValueError(f"mode must be 'train' or 'inference', got {mode!r}")
-    for name, v in (("batch", batch), ("seq_len", seq_len), ("tp", tp), ("pp", pp), ("dp", dp), ("ep", ep)):
+    for name, v in (
+        ("batch", batch),
+        ("seq_len", seq_len),
+        ("tp", tp),
+        ("pp", pp),
+        ("dp", dp),
+        ("ep", ep),
+    ):
         _check_pos(name, v)
     if zero not in (0, 1, 2, 3):
         raise ValueError(f"zero must be 0, 1, 2 or 3, got {zero!r}")
-    for name, d in (("dtype", dtype), ("grad_dtype", grad_dtype), ("optimizer_dtype", optimizer_dtype),
-                    ("kv_dtype", kv_dtype)):
+    for name, d in (
+        ("dtype", dtype),
+        ("grad_dtype", grad_dtype),
+        ("optimizer_dtype", optimizer_dtype),
+        ("kv_dtype", kv_dtype),
+    ):
         _check_dtype(d, name)
     if master_dtype is not None:
         _check_dtype(master_dtype, "master_dtype")
     if pp > args.n_layers:
         raise ValueError(f"pp must be between 1 and n_layers={args.n_layers}, got {pp}")
     if dp % ep:
-        raise ValueError(f"ep must divide dp={dp} (experts are parallel within data parallelism), got {ep}")
+        raise ValueError(
+            f"ep must divide dp={dp} (experts are parallel within data parallelism), got {ep}"
+        )
     if args.n_routed_experts and args.n_routed_experts % ep:
         raise ValueError(f"ep must divide n_routed_experts={args.n_routed_experts}, got {ep}")
     in_flight = pp if microbatches_in_flight is None else microbatches_in_flight
@@ -311,19 +419,35 @@ def memory(args: ModelArgs, *, mode: Literal["train", "inference"] = "train", ba
         grads = opt = acts = kv = 0.0
         if mode == "train":
             grads = held["gradients"] * _bits(grad_dtype) / 8
-            state = 2 * _bits(optimizer_dtype) / 8 + (_bits(master_dtype) / 8 if master_dtype else 0)
+            state = 2 * _bits(optimizer_dtype) / 8 + (
+                _bits(master_dtype) / 8 if master_dtype else 0
+            )
             opt = held["optimizer"] * state
-            per_mb = model_activation_bytes(args, batch, seq_len, act_dtype, device, recompute,
-                                            layers=layers, head=last)
+            per_mb = model_activation_bytes(
+                args, batch, seq_len, act_dtype, device, recompute, layers=layers, head=last
+            )
             acts = per_mb * max(1, in_flight - s) / tp
         else:
             layer = max(layers, key=lambda i: is_moe_layer(args, i))
             acts = layer_activation_bytes(args, layer, batch, prefill_chunk, act_dtype, device) / tp
-            per_layer = kv_cache_bytes_per_token(args, kv_dtype, kv_impl, group_size) / args.n_layers
+            per_layer = (
+                kv_cache_bytes_per_token(args, kv_dtype, kv_impl, group_size) / args.n_layers
+            )
             kv = per_layer * len(layers) * batch * seq_len / kv_tp_split(args, tp)
-        est = MemoryEstimate(weights=weights, gradients=grads, optimizer=opt, activations=acts, kv_cache=kv,
-                             stage=s, details={"params_on_gpu": n_local, "dense_params": dense_n,
-                                               "expert_params": expert_n, "layers": list(layers)})
+        est = MemoryEstimate(
+            weights=weights,
+            gradients=grads,
+            optimizer=opt,
+            activations=acts,
+            kv_cache=kv,
+            stage=s,
+            details={
+                "params_on_gpu": n_local,
+                "dense_params": dense_n,
+                "expert_params": expert_n,
+                "layers": list(layers),
+            },
+        )
         if best is None or est.total > best.total:
             best = est
     assert best is not None

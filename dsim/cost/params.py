@@ -17,6 +17,7 @@ Conventions (papers differ, so each is a separate field):
                          DeepSeek-V2/V3's 21B/37B use this; it is also the N of "6 N D".
     mtp                  unique parameters of the MTP modules (they share embedding and head).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,8 +28,17 @@ from dsim.cost.graph import is_moe_layer, mtp_layer_id  # noqa: F401  (the model
 
 # The components that hold parameters, in display order. ATTN_PROJ holds every weight of the
 # attention modules, their q_norm and kv_norm included; NORMS the blocks' and the final norms.
-COMPONENTS = (Component.EMBEDDING, Component.ATTN_PROJ, Component.DENSE_FFN, Component.SHARED_EXPERTS,
-              Component.ROUTED_EXPERTS, Component.GATE, Component.NORMS, Component.HEAD, Component.MTP)
+COMPONENTS = (
+    Component.EMBEDDING,
+    Component.ATTN_PROJ,
+    Component.DENSE_FFN,
+    Component.SHARED_EXPERTS,
+    Component.ROUTED_EXPERTS,
+    Component.GATE,
+    Component.NORMS,
+    Component.HEAD,
+    Component.MTP,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,9 +82,14 @@ def expert_params(args: ModelArgs) -> int:
 
 def moe_params(args: ModelArgs) -> dict[str, int]:
     """One MoE FFN: the gate (E x D), E stacked routed experts, the fused shared experts."""
-    p = {"gate": args.n_routed_experts * args.dim, "experts": args.n_routed_experts * expert_params(args)}
+    p = {
+        "gate": args.n_routed_experts * args.dim,
+        "experts": args.n_routed_experts * expert_params(args),
+    }
     if args.n_shared_experts:
-        p["shared_experts"] = sum(mlp_params(args.dim, args.n_shared_experts * args.moe_inter_dim).values())
+        p["shared_experts"] = sum(
+            mlp_params(args.dim, args.n_shared_experts * args.moe_inter_dim).values()
+        )
     return p
 
 
@@ -105,17 +120,25 @@ def _component(name: str, layer_id: int, args: ModelArgs) -> Component:
         return Component.NORMS
     if not is_moe_layer(args, layer_id):
         return Component.DENSE_FFN
-    return {"ffn.gate": Component.GATE, "ffn.experts": Component.ROUTED_EXPERTS,
-            "ffn.shared_experts": Component.SHARED_EXPERTS}[name]
+    return {
+        "ffn.gate": Component.GATE,
+        "ffn.experts": Component.ROUTED_EXPERTS,
+        "ffn.shared_experts": Component.SHARED_EXPERTS,
+    }[name]
 
 
 @dataclass(frozen=True)
 class ParamCount:
     """Parameter counts of a model: the breakdown by component, total and activated per token."""
+
     args: ModelArgs
-    breakdown: dict[Component, int]         # component -> parameters (see COMPONENTS)
-    active_breakdown: dict[Component, int]  # component -> parameters one token uses (routed: top-k of E)
-    modules: dict[str, int] = field(repr=False)  # dotted module name -> parameters, like named_parameters
+    breakdown: dict[Component, int]  # component -> parameters (see COMPONENTS)
+    active_breakdown: dict[
+        Component, int
+    ]  # component -> parameters one token uses (routed: top-k of E)
+    modules: dict[str, int] = field(
+        repr=False
+    )  # dotted module name -> parameters, like named_parameters
 
     @property
     def total(self) -> int:
@@ -153,8 +176,12 @@ class ParamCount:
         """The breakdown as aligned text, in units of `unit` (billions by default)."""
         rows = [f"{'component':16s} {'total':>10s} {'active':>10s}"]
         for k in COMPONENTS:
-            rows.append(f"{k:16s} {self.breakdown[k] / unit:10.3f} {self.active_breakdown[k] / unit:10.3f}")
-        rows.append(f"{'sum':16s} {self.total / unit:10.3f} {sum(self.active_breakdown.values()) / unit:10.3f}")
+            rows.append(
+                f"{k:16s} {self.breakdown[k] / unit:10.3f} {self.active_breakdown[k] / unit:10.3f}"
+            )
+        rows.append(
+            f"{'sum':16s} {self.total / unit:10.3f} {sum(self.active_breakdown.values()) / unit:10.3f}"
+        )
         return "\n".join(rows)
 
 
@@ -175,7 +202,9 @@ def params(args: ModelArgs) -> ParamCount:
         for name, n in block_params(args, i).items():
             comp = _component(name, i, args)
             total[comp] += n
-            active[comp] += n if comp != "routed_experts" else args.n_activated_experts * expert_params(args)
+            active[comp] += (
+                n if comp != "routed_experts" else args.n_activated_experts * expert_params(args)
+            )
             modules[f"layers.{i}.{name}"] = n
     total["norms"] += D
     active["norms"] += D

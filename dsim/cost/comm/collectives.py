@@ -97,8 +97,10 @@ MEASURED_BUS_BW = {
 NVLINK_PEAK_EFFICIENCY = MEASURED_BUS_BW["all_reduce"] / get_gpu(MEASURED_GPU).nvlink_bw
 # Each collective's bus bandwidth relative to all-reduce's, in KINDS order (send_recv: as
 # all_to_all, which NCCL runs as grouped sends and receives). Applied to links inside a node.
-COLLECTIVE_BW_FACTORS = tuple(MEASURED_BUS_BW["all_to_all" if k == "send_recv" else k]
-                              / MEASURED_BUS_BW["all_reduce"] for k in KINDS)
+COLLECTIVE_BW_FACTORS = tuple(
+    MEASURED_BUS_BW["all_to_all" if k == "send_recv" else k] / MEASURED_BUS_BW["all_reduce"]
+    for k in KINDS
+)
 
 # Anchors from jax-ml/scaling-book, "How to Think About GPUs" (empirical 8xH100 all-reduce, SHARP
 # off): (message bytes, bus bandwidth). Not fitted; tests/test_comm.py holds the model against them.
@@ -124,18 +126,22 @@ TREE_BW_FACTOR = 0.9
 # -----------------------------------------------------------------------------
 # argument checks (every error names the argument and the allowed range)
 
+
 def check_kind(kind: str) -> str:
     """kind, if it is one of KINDS; else a ValueError listing them."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     return kind
 
+
 def _launch_kind(kind: str) -> str:
     """The measured collective whose launch floor a kind uses (send_recv: all_to_all's)."""
     return "all_to_all" if kind == "send_recv" else kind
 
+
 # -----------------------------------------------------------------------------
 # topology
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -146,24 +152,27 @@ class Topology:
     per step of the bulk protocol; launch_overhead: the per-call floor (None: the measured
     LAUNCH_OVERHEAD_S of each collective; 0 turns it off); half_saturation_bytes > 0 adds
     the older hyperbolic ramp, bandwidth * S / (S + half_saturation_bytes), to bulk transfers."""
+
     n_ranks: int
     ranks_per_node: int
-    intra_bw: float                     # bytes/s, NVLink (or PCIe) inside a node
-    inter_bw: float                     # bytes/s, this GPU's IB/RoCE NIC
-    intra_latency: float = NVLINK_HOP_LATENCY_S   # seconds per hop
-    inter_latency: float = NET_HOP_LATENCY_S      # seconds per hop
+    intra_bw: float  # bytes/s, NVLink (or PCIe) inside a node
+    inter_bw: float  # bytes/s, this GPU's IB/RoCE NIC
+    intra_latency: float = NVLINK_HOP_LATENCY_S  # seconds per hop
+    inter_latency: float = NET_HOP_LATENCY_S  # seconds per hop
     half_saturation_bytes: float = 0.0
     ll_bw_fraction: float = LL_BW_FRACTION
-    intra_chunk_overhead: float = NVLINK_CHUNK_OVERHEAD_S   # seconds per step
-    inter_chunk_overhead: float = NET_CHUNK_OVERHEAD_S      # seconds per step
-    launch_overhead: float | None = None                    # seconds per call
+    intra_chunk_overhead: float = NVLINK_CHUNK_OVERHEAD_S  # seconds per step
+    inter_chunk_overhead: float = NET_CHUNK_OVERHEAD_S  # seconds per step
+    launch_overhead: float | None = None  # seconds per call
     kind_bw_factors: tuple[float, ...] = COLLECTIVE_BW_FACTORS
 
     def __post_init__(self):
         n = check_int("n_ranks", self.n_ranks)
         g = check_int("ranks_per_node", self.ranks_per_node)
         if n > g and n % g != 0:
-            raise ValueError(f"ranks_per_node={g} must divide n_ranks={n} when the ranks span several nodes")
+            raise ValueError(
+                f"ranks_per_node={g} must divide n_ranks={n} when the ranks span several nodes"
+            )
         check_real("intra_bw", self.intra_bw, strict=True)
         check_real("inter_bw", self.inter_bw, strict=True)
         check_real("intra_latency", self.intra_latency)
@@ -177,7 +186,9 @@ class Topology:
             raise ValueError(f"ll_bw_fraction must be in (0, 1], got {self.ll_bw_fraction!r}")
         f = self.kind_bw_factors
         if not isinstance(f, tuple) or len(f) != len(KINDS):
-            raise ValueError(f"kind_bw_factors must be a tuple of {len(KINDS)} numbers (one per kind in {KINDS}), got {f!r}")
+            raise ValueError(
+                f"kind_bw_factors must be a tuple of {len(KINDS)} numbers (one per kind in {KINDS}), got {f!r}"
+            )
         for k, v in zip(KINDS, f):
             check_real(f"kind_bw_factors[{k}]", v, strict=True)
 
@@ -193,15 +204,24 @@ class Topology:
     def launch(self, kind: str) -> float:
         """Per-call floor of a collective of `kind`, seconds."""
         check_kind(kind)
-        return LAUNCH_OVERHEAD_S[_launch_kind(kind)] if self.launch_overhead is None else self.launch_overhead
+        return (
+            LAUNCH_OVERHEAD_S[_launch_kind(kind)]
+            if self.launch_overhead is None
+            else self.launch_overhead
+        )
 
     def bw_factor(self, kind: str) -> float:
         """Intra-node bandwidth multiplier of `kind` (1 for all-reduce with the measured factors)."""
         return self.kind_bw_factors[KINDS.index(check_kind(kind))]
 
     @classmethod
-    def from_gpu(cls, gpu: "str | GPU", n_ranks: int, ranks_per_node: int = 8,
-                 half_saturation_bytes: float = 0.0) -> "Topology":
+    def from_gpu(
+        cls,
+        gpu: "str | GPU",
+        n_ranks: int,
+        ranks_per_node: int = 8,
+        half_saturation_bytes: float = 0.0,
+    ) -> "Topology":
         """Topology of n_ranks GPUs of the catalog. Datasheet bandwidths are scaled by
         the peak efficiencies; measured ones (bw_source="measured") are used as is.
         Groups larger than the GPU's NVLink domain talk over PCIe inside the node."""
@@ -212,7 +232,8 @@ class Topology:
         local = min(check_int("n_ranks", n_ranks), check_int("ranks_per_node", ranks_per_node))
         on_nvlink = local <= g.nvlink_domain
         return cls(
-            n_ranks=n_ranks, ranks_per_node=ranks_per_node,
+            n_ranks=n_ranks,
+            ranks_per_node=ranks_per_node,
             intra_bw=(g.nvlink_bw if on_nvlink else g.pcie_bw) * intra_eff,
             inter_bw=g.scaleout_bw * net_eff,
             intra_latency=NVLINK_HOP_LATENCY_S if on_nvlink else PCIE_HOP_LATENCY_S,
@@ -222,8 +243,10 @@ class Topology:
             inter_chunk_overhead=NET_CHUNK_OVERHEAD_S,
         )
 
+
 # -----------------------------------------------------------------------------
 # one communication phase: the alpha-beta core
+
 
 def achieved_bandwidth(peak_bw: float, msg_bytes: float, half_saturation_bytes: float) -> float:
     """Hyperbolic ramp: the bandwidth (bytes/s) a transfer of a msg_bytes message reaches,
@@ -234,13 +257,16 @@ def achieved_bandwidth(peak_bw: float, msg_bytes: float, half_saturation_bytes: 
         return peak_bw
     return peak_bw * msg_bytes / (msg_bytes + half_saturation_bytes)
 
+
 def bulk_time(wire_bytes: float, bw: float, fill_s: float) -> float:
     """Optimally chunked pipelined transfer: (sqrt(wire/bw) + sqrt(fill))^2, where
     fill = sum over the steps of the per-chunk overhead (see the module docstring)."""
     return (math.sqrt(wire_bytes / bw) + math.sqrt(fill_s)) ** 2
 
-def _phase_time(wire_bytes: float, msg_bytes: float, bw: float, latency_s: float, fill_s: float,
-                topo: Topology) -> float:
+
+def _phase_time(
+    wire_bytes: float, msg_bytes: float, bw: float, latency_s: float, fill_s: float, topo: Topology
+) -> float:
     """Seconds for one phase that sends wire_bytes per rank over links of bandwidth bw.
     Like NCCL's tuner, take the faster of a low-latency protocol (a fraction of the
     bandwidth, latency_s of hop latencies) and the pipelined bulk protocol (full bandwidth,
@@ -248,20 +274,34 @@ def _phase_time(wire_bytes: float, msg_bytes: float, bw: float, latency_s: float
     if wire_bytes == 0:
         return 0.0
     low_latency = latency_s + wire_bytes / (bw * topo.ll_bw_fraction)
-    bulk = bulk_time(wire_bytes, achieved_bandwidth(bw, msg_bytes, topo.half_saturation_bytes), fill_s)
+    bulk = bulk_time(
+        wire_bytes, achieved_bandwidth(bw, msg_bytes, topo.half_saturation_bytes), fill_s
+    )
     return min(low_latency, bulk)
 
-def _ring(nbytes: float, p: int, passes: int, bw: float, hop_latency: float, chunk_overhead: float,
-          topo: Topology) -> float:
+
+def _ring(
+    nbytes: float,
+    p: int,
+    passes: int,
+    bw: float,
+    hop_latency: float,
+    chunk_overhead: float,
+    topo: Topology,
+) -> float:
     """Ring over p ranks on one link type. One pass (reduce-scatter or all-gather) is
     p-1 steps, each moving nbytes/p; all-reduce is two passes."""
     if p == 1:
         return 0.0
     steps = passes * (p - 1)
-    return _phase_time(steps * nbytes / p, nbytes, bw, steps * hop_latency, steps * chunk_overhead, topo)
+    return _phase_time(
+        steps * nbytes / p, nbytes, bw, steps * hop_latency, steps * chunk_overhead, topo
+    )
+
 
 # -----------------------------------------------------------------------------
 # algorithms (intra_bw: the intra-node bandwidth for this collective)
+
 
 def _flat_ring(topo: Topology, nbytes: float, passes: int, intra_bw: float) -> float:
     """One ring through every rank. Across nodes its slowest hop is a single NIC,
@@ -272,8 +312,11 @@ def _flat_ring(topo: Topology, nbytes: float, passes: int, intra_bw: float) -> f
     steps, inter_steps = passes * (n - 1), passes * (m - 1)
     bw = intra_bw if m == 1 else min(intra_bw, topo.inter_bw)
     latency = (steps - inter_steps) * topo.intra_latency + inter_steps * topo.inter_latency
-    fill = (steps - inter_steps) * topo.intra_chunk_overhead + inter_steps * topo.inter_chunk_overhead
+    fill = (
+        steps - inter_steps
+    ) * topo.intra_chunk_overhead + inter_steps * topo.inter_chunk_overhead
     return _phase_time(steps * nbytes / n, nbytes, bw, latency, fill, topo)
+
 
 def _tree_all_reduce(topo: Topology, nbytes: float, intra_bw: float) -> float:
     """NCCL's tree (2.4+): a double binary tree across nodes and a chain inside each node;
@@ -287,33 +330,51 @@ def _tree_all_reduce(topo: Topology, nbytes: float, intra_bw: float) -> float:
     bw = intra_bw if m == 1 else min(intra_bw, topo.inter_bw)
     return _phase_time(2 * nbytes, nbytes, TREE_BW_FACTOR * bw, latency, fill, topo)
 
+
 def _hierarchical(topo: Topology, nbytes: float, passes: int, intra_bw: float) -> float:
     """Two levels: a ring inside each node over NVLink on the full buffer, and a ring
     across nodes over IB on the 1/g shard each GPU owns (g rails in parallel).
     All-reduce = intra RS + inter AR + intra AG. The phases are summed (not pipelined)."""
     g, m = topo.local_ranks, topo.n_nodes
     intra = _ring(nbytes, g, passes, intra_bw, topo.intra_latency, topo.intra_chunk_overhead, topo)
-    inter = _ring(nbytes / g, m, passes, topo.inter_bw, topo.inter_latency, topo.inter_chunk_overhead, topo)
+    inter = _ring(
+        nbytes / g, m, passes, topo.inter_bw, topo.inter_latency, topo.inter_chunk_overhead, topo
+    )
     return intra + inter
+
 
 def _all_to_all(topo: Topology, nbytes: float, intra_bw: float) -> float:
     """Each rank sends nbytes/n to every rank, to all peers at once (one step). The (g-1)/n
     share for its own node goes over NVLink while the (n-g)/n share for other nodes goes
     over its NIC, concurrently."""
     n, g = topo.n_ranks, topo.local_ranks
-    t_intra = _phase_time(nbytes * (g - 1) / n, nbytes, intra_bw, topo.intra_latency,
-                          topo.intra_chunk_overhead, topo)
-    t_inter = _phase_time(nbytes * (n - g) / n, nbytes, topo.inter_bw, topo.inter_latency,
-                          topo.inter_chunk_overhead, topo)
+    t_intra = _phase_time(
+        nbytes * (g - 1) / n, nbytes, intra_bw, topo.intra_latency, topo.intra_chunk_overhead, topo
+    )
+    t_inter = _phase_time(
+        nbytes * (n - g) / n,
+        nbytes,
+        topo.inter_bw,
+        topo.inter_latency,
+        topo.inter_chunk_overhead,
+        topo,
+    )
     return max(t_intra, t_inter)
+
 
 def _send_recv(topo: Topology, nbytes: float, intra_bw: float) -> float:
     """Point to point; the peer is on another node iff n_ranks > ranks_per_node."""
     if topo.n_nodes == 1:
-        return _phase_time(nbytes, nbytes, intra_bw, topo.intra_latency, topo.intra_chunk_overhead, topo)
-    return _phase_time(nbytes, nbytes, topo.inter_bw, topo.inter_latency, topo.inter_chunk_overhead, topo)
+        return _phase_time(
+            nbytes, nbytes, intra_bw, topo.intra_latency, topo.intra_chunk_overhead, topo
+        )
+    return _phase_time(
+        nbytes, nbytes, topo.inter_bw, topo.inter_latency, topo.inter_chunk_overhead, topo
+    )
+
 
 _PASSES = {"all_reduce": 2, "reduce_scatter": 1, "all_gather": 1}
+
 
 def _algorithm_time(topo: Topology, kind: str, nbytes: float, algorithm: str) -> float:
     """Seconds on the wire (no launch floor)."""
@@ -328,22 +389,34 @@ def _algorithm_time(topo: Topology, kind: str, nbytes: float, algorithm: str) ->
         return _flat_ring(topo, nbytes, _PASSES[kind], intra_bw)
     return _hierarchical(topo, nbytes, _PASSES[kind], intra_bw)
 
-def time_on_topology(topo: Topology, kind: str, nbytes: float, algorithm: str | None = None) -> float:
+
+def time_on_topology(
+    topo: Topology, kind: str, nbytes: float, algorithm: str | None = None
+) -> float:
     """Seconds for one collective on `topo`: max(launch floor, time on the wire), the
     algorithm on the wire being the fastest (as NCCL picks) unless one is named."""
     check_kind(kind)
     nbytes = check_real("nbytes", nbytes)
     allowed = ALGORITHMS[kind]
     if algorithm is not None and algorithm not in allowed:
-        raise ValueError(f"algorithm for {kind} must be None or one of {allowed}, got {algorithm!r}")
+        raise ValueError(
+            f"algorithm for {kind} must be None or one of {allowed}, got {algorithm!r}"
+        )
     if topo.n_ranks == 1 or nbytes == 0:
         return 0.0
     candidates = allowed if algorithm is None else (algorithm,)
     wire = min(_algorithm_time(topo, kind, nbytes, a) for a in candidates)
     return max(topo.launch(kind), wire)
 
-def collective_time(kind: str, nbytes: float, n_ranks: int, gpu: "str | GPU" = "H100-SXM",
-                    ranks_per_node: int = 8, algorithm: str | None = None) -> float:
+
+def collective_time(
+    kind: str,
+    nbytes: float,
+    n_ranks: int,
+    gpu: "str | GPU" = "H100-SXM",
+    ranks_per_node: int = 8,
+    algorithm: str | None = None,
+) -> float:
     """Seconds for one collective of `kind` over n_ranks GPUs of the catalog, as one
     torch.distributed call among many issued back to back (launch floor included).
 
@@ -353,7 +426,10 @@ def collective_time(kind: str, nbytes: float, n_ranks: int, gpu: "str | GPU" = "
       ring | hierarchical; all_to_all, send_recv: direct. None = fastest.
     """
     check_kind(kind)
-    return time_on_topology(Topology.from_gpu(gpu, n_ranks, ranks_per_node), kind, nbytes, algorithm)
+    return time_on_topology(
+        Topology.from_gpu(gpu, n_ranks, ranks_per_node), kind, nbytes, algorithm
+    )
+
 
 def bus_bandwidth_factor(kind: str, n_ranks: int) -> float:
     """nccl-tests' busbw/algbw: 2(n-1)/n for all-reduce, (n-1)/n for RS/AG/all-to-all, 1 for send/recv."""
@@ -362,6 +438,7 @@ def bus_bandwidth_factor(kind: str, n_ranks: int) -> float:
     if kind == "send_recv":
         return 1.0
     return (2 if kind == "all_reduce" else 1) * (n - 1) / n
+
 
 def bus_bandwidth(kind: str, nbytes: float, n_ranks: int, seconds: float) -> float:
     """Bus bandwidth (bytes/s) of a collective measured (or modelled) at `seconds`."""
