@@ -10,7 +10,7 @@ width layer with 16 experts, a Mixtral-width GQA layer, a DeepSeekMoE-16B MHA la
     kv_cache     memory_allocated() growth of a prefill + one decode step with use_cache.
 
 Each record holds the model arguments, the shapes, predicted and measured bytes, the device name and
-the torch version; tests/test_cost_memory.py::test_matches_gpu_measurements re-predicts them.
+the torch version; tests/cost/test_memory.py::test_matches_gpu_measurements re-predicts them.
 
     python bench/measure_memory.py --out dsim/data/memory_measured.json       # GPU, about a minute on an H100
     python bench/measure_memory.py --device cpu --quick --out /tmp/mem.json   # CPU: small layers, hook counting

@@ -25,11 +25,11 @@ THREADS=${THREADS:-1 2}
 LOGS=artifacts/cpu-matrix
 # The tests that compare a computation with committed values (measurements, fits, runs).
 COMMITTED_TESTS=(
-  tests/test_timing.py::test_committed_calibration_is_the_fit_of_the_committed_measurements
-  tests/test_timing.py::test_predictions_meet_the_targets_on_held_out_shapes
-  tests/test_comm.py::test_committed_constants_equal_the_fit
-  tests/test_comm.py::test_model_against_nccl_measurements
-  tests/test_cost_memory.py::test_matches_gpu_measurements
+  tests/cost/test_timing.py::test_committed_calibration_is_the_fit_of_the_committed_measurements
+  tests/cost/test_timing.py::test_predictions_meet_the_targets_on_held_out_shapes
+  tests/cost/test_comm.py::test_committed_constants_equal_the_fit
+  tests/cost/test_comm.py::test_model_against_nccl_measurements
+  tests/cost/test_memory.py::test_matches_gpu_measurements
   tests/test_train.py::test_committed_balance_runs_cover_every_configuration_and_show_collapse
 )
 if [ $# -gt 0 ]; then NOTEBOOKS=("$@"); else NOTEBOOKS=(notebooks/*.ipynb); fi

@@ -6,7 +6,7 @@ So a Linear layer with a weight of `numel` elements costs 2 * tokens * numel for
 work (norms, RoPE, softmax, SiLU, residual adds) is not counted, as `FlopCounterMode` does not.
 
 Everything is counted the way `torch.utils.flop_counter.FlopCounterMode` counts `dsim.model`, so
-the two agree exactly (tests/test_cost_flops.py). Two conventions need a word:
+the two agree exactly (tests/cost/test_flops.py). Two conventions need a word:
 
 Attention core (QK^T and PV). PyTorch's counter charges a fused attention kernel for the full
 S_q x S_k score matrix, even when it is causal, and charges its backward 2 S_q S_k (3 d_qk + 2 d_v)

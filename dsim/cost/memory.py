@@ -7,7 +7,7 @@ autograd keeps between the forward and the backward pass. They are derived from 
 by line, not from a textbook formula: Korthikanti et al.'s 34 s b h + 5 a s^2 b per layer covers a
 dense GPT layer with LayerNorm, GeLU and dropout, not RMSNorm, SwiGLU, MLA or a router. Every item
 (a tensor an op of the op graph, dsim.cost.graph, keeps) names the line of the model that keeps it,
-and tests/test_cost_memory.py holds the sum to the bytes that `torch.autograd.graph.saved_tensors_hooks` sees on the real model.
+and tests/cost/test_memory.py holds the sum to the bytes that `torch.autograd.graph.saved_tensors_hooks` sees on the real model.
 
 Which tensors autograd keeps depends on PyTorch's kernels, so activations take a `device`:
     "cuda"  RMSNorm is one fused kernel (`_fused_rms_norm`, keeps its input and a float32 rstd per

@@ -47,7 +47,7 @@ What one collective call costs (fitted to NCCL on 2 x H200, dsim/data/comm_nccl_
 
 calibrate_from_measurements() (dsim.cost.comm.fit) fits launch_kind, chunk_overhead and each
 collective's B to a measured sweep; the constants below are its output on the committed H200 run
-(tests/test_comm.py re-runs the fit and checks they are equal).
+(tests/cost/test_comm.py re-runs the fit and checks they are equal).
 """
 
 import math
@@ -70,7 +70,7 @@ ALGORITHMS = {
 
 # Fitted to real NCCL measurements by calibrate_from_measurements(load_measurements(MEASURED_FILE)):
 # 2 x H200 (one node, NVLink NV18), torch 2.11, NCCL 2.28.9, float32, NVLink multicast off,
-# 1 KiB..1 GiB (bench/comm_bench.py). tests/test_comm.py asserts that these literals equal the fit.
+# 1 KiB..1 GiB (bench/comm_bench.py). tests/cost/test_comm.py asserts that these literals equal the fit.
 MEASURED_FILE = "comm_nccl_h200x2.json"
 MEASURED_GPU = "H200"
 # The floor of one call (seconds): the time per call of tiny collectives issued back to back.
@@ -103,7 +103,7 @@ COLLECTIVE_BW_FACTORS = tuple(
 )
 
 # Anchors from jax-ml/scaling-book, "How to Think About GPUs" (empirical 8xH100 all-reduce, SHARP
-# off): (message bytes, bus bandwidth). Not fitted; tests/test_comm.py holds the model against them.
+# off): (message bytes, bus bandwidth). Not fitted; tests/cost/test_comm.py holds the model against them.
 SCALING_BOOK_8XH100_ALL_REDUCE = ((10e9, 370e9), (58e6, 150e9))
 # deepseek-ai/DeepEP docs/legacy.md: internode dispatch/combine reach 43 GB/s (RDMA)
 # on CX7 400 Gb/s NICs of "~50 GB/s maximum bandwidth" (EP16). 43/50 = 0.86.

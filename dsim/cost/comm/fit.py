@@ -2,7 +2,7 @@
 Fitting the collective model to measurements: a plain alpha-beta line (fit_alpha_beta) and
 the full NCCL-like model of dsim.cost.comm.collectives (calibrate_from_measurements), whose
 output on the committed 2 x H200 sweep (dsim/data/comm_nccl_h200x2.json) is the constants
-there (tests/test_comm.py re-runs the fit and checks they are equal).
+there (tests/cost/test_comm.py re-runs the fit and checks they are equal).
 """
 
 import functools

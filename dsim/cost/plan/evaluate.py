@@ -32,7 +32,7 @@ How a step is timed (per micro-batch and pipeline stage, then composed):
 Memory per GPU: weights, gradients and optimizer states of the parameters the GPU holds, divided
 by ZeRO as dsim.cost.layout.zero_params says; activations of the micro-batches in flight; buffers
 (the reserve, plus the block ZeRO-3 prefetches). For 1F1B this is dsim.cost.memory.memory's
-busiest stage (tests/test_plan.py holds the two equal).
+busiest stage (tests/cost/test_plan.py holds the two equal).
 """
 
 from __future__ import annotations

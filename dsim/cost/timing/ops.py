@@ -2,7 +2,7 @@
 
 An op takes the first kernel's launch latency, then the time of each of its kernels (kernels.py).
 The lists follow what PyTorch runs for dsim.model, kernel by kernel, as profiled on an H100
-(tests/test_timing.py holds their FLOPs equal to a trace of the module).
+(tests/cost/test_timing.py holds their FLOPs equal to a trace of the module).
 
 What each op times (exactly what bench/timing_measure.py measures), `op_time(op, **shape)`:
   gemm(m, n, k[, batch])     y[m, n] = x[m, k] @ w[k, n] (F.linear); backward adds dX and dW.

@@ -21,7 +21,7 @@ from dsim.cost.memory import (
 )
 from dsim.model import Block, Transformer, precompute_freqs_cis
 
-MEASURED = Path(__file__).resolve().parents[1] / "dsim" / "data" / "memory_measured.json"
+MEASURED = Path(__file__).resolve().parents[2] / "dsim" / "data" / "memory_measured.json"
 # Tolerances. CPU: the formula is exact (the same storages, byte for byte). GPU: memory_allocated
 # rounds every block up to 512 bytes and the fused kernels keep a few scalars (RNG state), so
 # activations are held to 5% and a KV cache (a few large buffers) to 1%; either may also differ by up

@@ -33,7 +33,7 @@ from dsim.cost.timing import (
     validate,
 )
 
-DATA = Path(__file__).resolve().parents[1] / "dsim" / "data"
+DATA = Path(__file__).resolve().parents[2] / "dsim" / "data"
 # Targets per op kind on the validation split: (median, worst) relative error. gemm:fp32 is the MoE router's
 # SGEMM, measured for the gate's sake; cuBLAS's SGEMM kernel choice is not modelled closely (stated thresholds).
 # The target is (10 %, 25 %) for every op kind. What the model reaches on the held-out H100 and H200
