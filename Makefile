@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup tour test test-cpu-matrix book clean
+.PHONY: setup tour lint test test-cpu-matrix book clean
 
 # Create the virtual environment and install dsim with its notebook and test extras.
 # torch==2.13.0 is pinned here (a CPU build is available locally); the package itself asks for torch>=2.4.
@@ -20,7 +20,12 @@ setup: $(VENV)/.installed
 tour: setup
 	$(VENV)/bin/dsim tour
 
-# Every test: unit, property and browser tests, and each notebook under nbval.
+# Style: ruff's lint rules and formatting (configured in pyproject.toml; lines of at most 100).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Every test: the style check, unit, property and browser tests, and each notebook under nbval.
 # pytest's exit status 5 means it collected no test: reported, and not turned into a failure.
 # A hang fails fast with a traceback: every test (and every notebook cell) has TEST_TIMEOUT
 # seconds (pytest-timeout; the browser tests that build the book set their own, longer one), and
@@ -31,7 +36,7 @@ tour: setup
 TEST_TIMEOUT ?= 300
 NBVAL_CELL_TIMEOUT ?= 240
 PYTEST_ARGS ?= tests/ --nbval notebooks/
-test: setup
+test: setup lint
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q $(PYTEST_ARGS) -p no:cacheprovider \
 	  --timeout=$(TEST_TIMEOUT) --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) --durations=10; \
 	status=$$?; if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
