@@ -11,9 +11,10 @@ import torch
 
 
 class _Permute(torch.autograd.Function):
-    """out[i] = x[rows[i]], where each row of x appears k times in rows (out has k * len(x) rows) and
-    `inverse` is the inverse permutation of the copies. The gradient of a gather is a scatter-add; here
-    it is a gather as well: grad[inverse], then the sum of each row's k copies (no atomics, deterministic).
+    """out[i] = x[rows[i]], where each row of x appears k times in rows (out has k * len(x) rows)
+    and `inverse` is the inverse permutation of the copies. The gradient of a gather is a
+    scatter-add; here it is a gather as well: grad[inverse], then the sum of each row's k copies (no
+    atomics, deterministic).
     """
 
     @staticmethod
