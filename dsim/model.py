@@ -362,16 +362,14 @@ class Experts(nn.Module):
 
         Uses `torch._grouped_mm` where this torch and device support it, else a padded batched GEMM.
         Rows move only by gathers, forward and backward (`_Permute`: no scatter-add, no atomics),
-        and nothing here waits for the GPU (no host sync), so the CPU can queue the whole layer
-        ahead.
+        and nothing here waits for the GPU (no host sync), so the CPU queues the whole layer ahead.
         """
         T, K = indices.shape
         flat = indices.flatten()  # [T*K] expert of each pair
         order = torch.argsort(flat, stable=True)  # pairs sorted by expert
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(T * K, device=order.device)  # where each pair went
-        # tokens per expert [E]; a scatter-add rather than torch.bincount, which syncs with the host
-        # on CUDA
+        # tokens per expert [E]: a scatter-add, as torch.bincount syncs with the host on CUDA
         counts = flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))
         xs = _Permute.apply(x, order // K, inverse, K)  # [T*K, D] sorted by expert
         h = F.silu(grouped_mm(xs, self.w1, counts)) * grouped_mm(xs, self.w3, counts)
