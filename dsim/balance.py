@@ -6,8 +6,9 @@ section 2.1.2 of the technical report, arXiv:2412.19437) plus a tiny sequence-wi
 MoEs add an auxiliary loss (Switch Transformer, arXiv:2101.03961) and a router z-loss (ST-MoE,
 arXiv:2202.08906). Each is here, switchable on its own.
 
-All functions read the `Routing` each MoE layer keeps from its last forward (dsim.model.MoE.routing):
-scores [T, E], indices [T, K], logits [T, E], with T = B*S tokens in batch-major order.
+All functions read the `Routing` each MoE layer keeps from its last forward
+(dsim.model.MoE.routing): scores [T, E], indices [T, K], logits [T, E], with T = B*S tokens in
+batch-major order.
 
 Notation (DeepSeek-V3's): N_r = E routed experts, K_r = K chosen per token, s_{i,t} the affinity of
 token t for expert i (softmax or sigmoid of the router logit), b_i the balancing bias of expert i.
@@ -106,14 +107,19 @@ def switch_loss(routing: Routing, alpha: float) -> torch.Tensor:
 
 
 def z_loss(routing: Routing, coef: float) -> torch.Tensor:
-    """ST-MoE's router z-loss: coef * mean_t (logsumexp_i logits_{t,i})^2, keeps router logits small."""
+    """ST-MoE's router z-loss, which keeps router logits small:
+
+    coef * mean_t (logsumexp_i logits_{t,i})^2
+    """
     return coef * torch.logsumexp(routing.logits, dim=-1).square().mean()
 
 
 def aux_losses(model: Transformer, shape: tuple[int, int], cfg: BalanceConfig) -> torch.Tensor:
-    """Sum of the enabled balance losses over every MoE layer (main and MTP), for input shape (B, S).
+    """Sum of the enabled balance losses over every MoE layer (main and MTP), for input
+    shape (B, S).
 
-    An MTP module at depth k routes B * (S - k) tokens; its sequence length is read from its routing.
+    An MTP module at depth k routes B * (S - k) tokens; its sequence length is read from its
+    routing.
     """
     total = torch.zeros(())
     batch = shape[0]
@@ -185,7 +191,8 @@ def load_stats(model: Transformer, include_mtp: bool = False) -> LoadStats:
 
 
 def load_stats_of(layers: list[MoE]) -> LoadStats:
-    """Load statistics of the given MoE layers' last routing (layers that have not routed are skipped)."""
+    """Load statistics of the given MoE layers' last routing (layers that have not routed are
+    skipped)."""
     rows, dropped = [], 0
     for moe in layers:
         if moe.routing is None:

@@ -69,8 +69,8 @@ class CheckpointError(ValueError):
 # Saving
 # ------------------------------------------------------------------------------------------
 def save_checkpoint(trainer: Trainer, path: str | Path) -> Path:
-    """Write the trainer's full state to `path` (safetensors). Written to a temporary file and renamed,
-    so an interrupted save never leaves a truncated checkpoint under the final name."""
+    """Write the trainer's full state to `path` (safetensors). Written to a temporary file and
+    renamed, so an interrupted save never leaves a truncated checkpoint under the final name."""
     path = Path(path)
     model, opt = trainer.model, trainer.optimizer
     names = _param_names(trainer)
@@ -129,7 +129,8 @@ def write_checkpoint(
 
 
 def checkpoint_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """SHA-256 over every tensor (name, dtype, shape, bytes) and every metadata entry but sha256 itself.
+    """SHA-256 over every tensor (name, dtype, shape, bytes) and every metadata entry but sha256
+    itself.
 
     safetensors has no checksum of its own: a flipped bit in the data would load silently."""
     h = hashlib.sha256()
@@ -159,7 +160,8 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint file and check it: safetensors structure, format, checksum, JSON, configs."""
+    """Read a checkpoint file and check it: safetensors structure, format, checksum, JSON,
+    configs."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -221,7 +223,8 @@ def load_checkpoint(path: str | Path, trainer: Trainer | None = None) -> Trainer
         trainer = Trainer(ck.args, ck.cfg)
     elif trainer.args != ck.args:
         diff = [
-            f"{f.name}={getattr(ck.args, f.name)!r} in the checkpoint but {getattr(trainer.args, f.name)!r} here"
+            f"{f.name}={getattr(ck.args, f.name)!r} in the checkpoint "
+            f"but {getattr(trainer.args, f.name)!r} here"
             for f in dataclasses.fields(ModelArgs)
             if f.compare and getattr(ck.args, f.name) != getattr(trainer.args, f.name)
         ]
@@ -284,7 +287,8 @@ def _plan(ck: Checkpoint, trainer: Trainer) -> _Plan:
     if saved_keys != expected_keys:
         missing, extra = sorted(expected_keys - saved_keys), sorted(saved_keys - expected_keys)
         raise CheckpointError(
-            f"{where}: optimizer tensors do not match: missing {missing[:5]}, unexpected {extra[:5]}"
+            f"{where}: optimizer tensors do not match: "
+            f"missing {missing[:5]}, unexpected {extra[:5]}"
         )
     index = {names[id(p)]: i for i, p in enumerate(_optimizer_params(opt))}
     state: dict[int, dict[str, torch.Tensor]] = {}

@@ -266,11 +266,13 @@ class ModelArgs:
                 need(
                     self.n_limited_groups * per_group >= self.n_activated_experts,
                     "n_limited_groups",
-                    f">= n_activated_experts / experts per group = {self.n_activated_experts}/{per_group}",
+                    ">= n_activated_experts / experts per group = "
+                    f"{self.n_activated_experts}/{per_group}",
                 )
         elif self.n_layers > self.n_dense_layers:
             raise ValueError(
-                "ModelArgs.n_routed_experts = 0 is invalid: must be >= 1 when n_dense_layers < n_layers"
+                "ModelArgs.n_routed_experts = 0 is invalid: "
+                "must be >= 1 when n_dense_layers < n_layers"
             )
         if self.attn_type == "mla":
             need(self.kv_lora_rank >= 1, "kv_lora_rank", ">= 1 for MLA")

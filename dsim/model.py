@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsim.config import ModelArgs
+from dsim.kernels import _grouped_mm_ok as _grouped_mm_ok  # re-exported for bench/
+from dsim.kernels import _Permute, grouped_mm
 
 
 class RMSNorm(nn.Module):
@@ -74,7 +76,8 @@ def precompute_freqs_cis(args: ModelArgs) -> torch.Tensor:
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (x0, x1), (x2, x3), ... of the last dim. x: [B, S, H, d], freqs: [S, d/2]."""
+    """Rotate adjacent pairs (x0, x1), (x2, x3), ... of the last dim.
+    x: [B, S, H, d], freqs: [S, d/2]."""
     dtype = x.dtype
     xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     xc = xc * freqs_cis.view(1, xc.size(1), 1, xc.size(-1))
@@ -82,7 +85,8 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
 
 
 def causal_mask(seqlen: int, start_pos: int, device: torch.device) -> torch.Tensor:
-    """Additive mask [S, start_pos + S]: query i (at position start_pos + i) sees keys 0..start_pos + i."""
+    """Additive mask [S, start_pos + S]: query i (at position start_pos + i) sees keys
+    0..start_pos + i."""
     return torch.full((seqlen, start_pos + seqlen), float("-inf"), device=device).triu_(
         start_pos + 1
     )
@@ -94,7 +98,8 @@ def causal_mask(seqlen: int, start_pos: int, device: torch.device) -> torch.Tens
 def cache_buffer(
     module: nn.Module, name: str, bsz: int, *shape: int, like: torch.Tensor
 ) -> torch.Tensor:
-    """The attention module's cache `name`: [max_batch_size, max_seq_len, *shape], allocated on first use."""
+    """The attention module's cache `name`: [max_batch_size, max_seq_len, *shape], allocated on
+    first use."""
     args: ModelArgs = module.args
     buf = module.cache.get(name)
     if buf is None or buf.dtype != like.dtype or buf.device != like.device:
@@ -112,11 +117,12 @@ def cache_buffer(
 class MLA(nn.Module):
     """Multi-head latent attention (DeepSeek-V2/V3).
 
-    Keys and values are compressed into one latent c_kv = kv_norm(x W_DKV) of width kv_lora_rank, plus
-    one decoupled RoPE key k_pe shared by all heads. The query is low-rank too when q_lora_rank > 0.
-    `naive` decompresses c_kv into per-head keys and values (and caches those); `absorb` multiplies
-    W_UK into the query and W_UV into the output, so attention runs against the latent directly and
-    the cache holds only c_kv and k_pe: kv_lora_rank + qk_rope_head_dim numbers per token and layer.
+    Keys and values are compressed into one latent c_kv = kv_norm(x W_DKV) of width kv_lora_rank,
+    plus one decoupled RoPE key k_pe shared by all heads. The query is low-rank too when
+    q_lora_rank > 0. `naive` decompresses c_kv into per-head keys and values (and caches those);
+    `absorb` multiplies W_UK into the query and W_UV into the output, so attention runs against the
+    latent directly and the cache holds only c_kv and k_pe: kv_lora_rank + qk_rope_head_dim numbers
+    per token and layer.
     """
 
     def __init__(self, args: ModelArgs):
@@ -193,7 +199,8 @@ class MLA(nn.Module):
 
 
 class GQA(nn.Module):
-    """Grouped-query attention (MHA when n_kv_heads == n_heads), RoPE on the whole head, for comparison."""
+    """Grouped-query attention (MHA when n_kv_heads == n_heads), RoPE on the whole head, for
+    comparison."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -232,7 +239,8 @@ def attention(
 ) -> torch.Tensor:
     """Causal scaled-dot-product attention. q: [B, S, H, d], k/v: [B, T, Hkv, d] -> [B, S, H, dv].
 
-    Uses PyTorch's fused kernel (`F.scaled_dot_product_attention`), which handles GQA's shared heads.
+    Uses PyTorch's fused kernel (`F.scaled_dot_product_attention`), which handles GQA's shared
+    heads.
     """
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = k.shape[1] != q.shape[1]
@@ -279,8 +287,8 @@ class Gate(nn.Module):
     1. scores s = softmax(x W^T) or sigmoid(x W^T)                        [T, E]
     2. choice scores c = s + bias (bias: the auxiliary-loss-free balancing term, a buffer updated
        outside autograd; zero unless training updates it)
-    3. with groups: score each group (sum of its top-2 c, or its max), keep the n_limited_groups best,
-       mask the other groups' experts with -inf
+    3. with groups: score each group (sum of its top-2 c, or its max), keep the n_limited_groups
+       best, mask the other groups' experts with -inf
     4. top-k over c picks the experts; the combine weights are gathered from s (never from c),
        renormalised if route_norm (sigmoid), times route_scale.
     """
@@ -353,15 +361,15 @@ class Experts(nn.Module):
         """Sort the T*K (token, expert) pairs by expert, run one grouped GEMM per weight, unsort.
 
         Uses `torch._grouped_mm` where this torch and device support it, else a padded batched GEMM.
-        Rows move only by gathers, forward and backward (`_Permute`: no scatter-add, no atomics), and
-        nothing here waits for the GPU (no host sync), so the CPU can queue the whole layer ahead.
+        Rows move only by gathers, forward and backward (`_Permute`: no scatter-add, no atomics),
+        and nothing here waits for the GPU (no host sync), so the CPU queues the whole layer ahead.
         """
         T, K = indices.shape
         flat = indices.flatten()  # [T*K] expert of each pair
         order = torch.argsort(flat, stable=True)  # pairs sorted by expert
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(T * K, device=order.device)  # where each pair went
-        # tokens per expert [E]; a scatter-add rather than torch.bincount, which syncs with the host on CUDA
+        # tokens per expert [E]: a scatter-add, as torch.bincount syncs with the host on CUDA
         counts = flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))
         xs = _Permute.apply(x, order // K, inverse, K)  # [T*K, D] sorted by expert
         h = F.silu(grouped_mm(xs, self.w1, counts)) * grouped_mm(xs, self.w3, counts)
@@ -378,62 +386,6 @@ class Experts(nn.Module):
             if impl == "loop"
             else self.forward_grouped(x, indices, weights)
         )
-
-
-class _Permute(torch.autograd.Function):
-    """out[i] = x[rows[i]], where each row of x appears k times in rows (out has k * len(x) rows) and
-    `inverse` is the inverse permutation of the copies. The gradient of a gather is a scatter-add; here
-    it is a gather as well: grad[inverse], then the sum of each row's k copies (no atomics, deterministic).
-    """
-
-    @staticmethod
-    def forward(
-        ctx, x: torch.Tensor, rows: torch.Tensor, inverse: torch.Tensor, k: int
-    ) -> torch.Tensor:
-        ctx.save_for_backward(inverse)
-        ctx.k = k
-        return x[rows]
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (inverse,) = ctx.saved_tensors
-        grad = grad[inverse]
-        if ctx.k > 1:
-            grad = grad.view(-1, ctx.k, grad.shape[-1]).sum(1)
-        return grad, None, None, None
-
-
-def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """torch._grouped_mm needs bf16 on a Hopper GPU (or newer), 16-byte aligned strides."""
-    return (
-        hasattr(torch, "_grouped_mm")
-        and x.is_cuda
-        and x.dtype == torch.bfloat16
-        and torch.cuda.get_device_capability(x.device)[0] >= 9
-        and x.shape[-1] % 8 == 0
-        and w.shape[1] % 8 == 0
-    )
-
-
-def grouped_mm(xs: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Rows of xs sorted by expert, counts[e] rows for expert e: returns xs_e @ w[e]^T for every e.
-
-    xs: [N, in], w: [E, out, in], counts: [E] -> [N, out]
-    """
-    if _grouped_mm_ok(xs, w):
-        offs = torch.cumsum(counts, 0, dtype=torch.int32)
-        return torch._grouped_mm(xs, w.transpose(-2, -1), offs=offs)
-    # Padded batched GEMM: scatter the rows into [E, max_count, in], one bmm, gather back.
-    E, N = w.shape[0], xs.shape[0]
-    if N == 0:
-        return xs.new_zeros(0, w.shape[1])
-    cap = int(counts.max())
-    starts = torch.cumsum(counts, 0) - counts
-    expert = torch.repeat_interleave(torch.arange(E, device=xs.device), counts)  # [N]
-    slot = torch.arange(N, device=xs.device) - starts[expert]
-    padded = xs.new_zeros(E, cap, xs.shape[1]).index_put_((expert, slot), xs)
-    out = torch.bmm(padded, w.transpose(-2, -1))  # [E, cap, out]
-    return out[expert, slot]
 
 
 class MoE(nn.Module):
@@ -537,7 +489,8 @@ class MTPModule(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
-        """h: [B, S', D] previous depth's hidden states; emb: [B, S', D] embeddings of the tokens k ahead."""
+        """h: [B, S', D] previous depth's hidden states; emb: [B, S', D] embeddings of the tokens k
+        ahead."""
         h = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1))
         return self.block(h, 0, freqs_cis)
 
@@ -557,8 +510,8 @@ class Transformer(nn.Module):
         # MTP blocks use the MoE FFN when the model has MoE layers (as V3's layer 61 does).
         mtp_layer_id = args.n_layers if args.is_moe else 0
         self.mtp = nn.ModuleList(MTPModule(mtp_layer_id, args) for _ in range(args.n_mtp_layers))
-        # A plain attribute, not a buffer: Module.to(torch.bfloat16) would cast the complex rotations to
-        # real numbers. hidden() moves it to the tokens' device; it stays complex64.
+        # A plain attribute, not a buffer: Module.to(torch.bfloat16) would cast the complex
+        # rotations to real numbers. hidden() moves it to the tokens' device; it stays complex64.
         self.freqs_cis = precompute_freqs_cis(args)
         nn.init.normal_(self.embed.weight, std=0.02)
         for name, p in self.named_parameters():
@@ -588,15 +541,17 @@ class Transformer(nn.Module):
     def forward(
         self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = False
     ) -> torch.Tensor:
-        """Logits for every position: [B, S] -> [B, S, V]. With use_cache, keys/values (or MLA latents)
-        of positions start_pos.. are kept, so a later call can decode from start_pos + S."""
+        """Logits for every position: [B, S] -> [B, S, V]. With use_cache, keys/values (or MLA
+        latents) of positions start_pos.. are kept, so a later call can decode from
+        start_pos + S."""
         return self.head(self.norm(self.hidden(tokens, start_pos, use_cache)))
 
     def mtp_logits(self, h: torch.Tensor, tokens: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of each MTP depth k = 1..D from the main hidden states h [B, S, D] and tokens [B, S].
+        """Logits of each MTP depth k = 1..D from the main hidden states h [B, S, D] and
+        tokens [B, S].
 
-        Depth k at position i combines h^{k-1}_i with the embedding of t_{i+k} and predicts t_{i+k+1};
-        it returns [B, S-k, V] (position i in 0..S-k-1).
+        Depth k at position i combines h^{k-1}_i with the embedding of t_{i+k} and predicts
+        t_{i+k+1}; it returns [B, S-k, V] (position i in 0..S-k-1).
         """
         out = []
         for k, module in enumerate(self.mtp, start=1):
@@ -622,7 +577,8 @@ class Transformer(nn.Module):
         temperature: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Greedy (temperature 0) or sampled decoding with the KV cache. prompt: [B, S] -> [B, S + n]."""
+        """Greedy (temperature 0) or sampled decoding with the KV cache.
+        prompt: [B, S] -> [B, S + n]."""
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         self.reset_cache()

@@ -82,7 +82,8 @@ def all_to_all(
 
 def exchange_counts(send_counts: torch.Tensor, group=None) -> torch.Tensor:
     """send_counts [n, c]: row j is what this rank sends to rank j. Returns [n, c]: row j is what
-    rank j sends to this rank. (One small all_to_all_single; everybody learns its receive splits.)"""
+    rank j sends to this rank. (One small all_to_all_single; everybody learns its receive
+    splits.)"""
     recv = torch.empty_like(send_counts)
     dist.all_to_all_single(recv, send_counts.contiguous(), group=group)
     return recv
@@ -110,7 +111,8 @@ class EPMoE(nn.Module):
         super().__init__()
         if args.capacity_factor > 0:
             raise ValueError(
-                f"EPMoE needs ModelArgs.capacity_factor = 0 (no token dropping), got {args.capacity_factor}"
+                "EPMoE needs ModelArgs.capacity_factor = 0 (no token dropping), "
+                f"got {args.capacity_factor}"
             )
         self.args, self.group = args, group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
@@ -133,8 +135,9 @@ class EPMoE(nn.Module):
 
     @classmethod
     def from_moe(cls, moe: MoE, group=None) -> EPMoE:
-        """Shard a full MoE (the same on every rank, e.g. built with the same seed): copy the gate and
-        the shared experts, and this rank's slice of the routed experts' weights (same device, dtype)."""
+        """Shard a full MoE (the same on every rank, e.g. built with the same seed): copy the gate
+        and the shared experts, and this rank's slice of the routed experts' weights (same device,
+        dtype)."""
         w1 = moe.experts.w1
         with contextlib.ExitStack() as stack:
             if w1.device.type != "cpu":  # initialise the new shard where it will live
@@ -223,7 +226,8 @@ def all_reduce_grads(params: Sequence[nn.Parameter], group=None, average: bool =
 def ep_inputs(
     args: ModelArgs, tokens_per_rank: Sequence[int], seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The full batch x [T, D] and the upstream gradient g [T, D] (rank r owns a contiguous slice)."""
+    """The full batch x [T, D] and the upstream gradient g [T, D] (rank r owns a contiguous
+    slice)."""
     gen = torch.Generator().manual_seed(seed + 1)
     T = sum(tokens_per_rank)
     return torch.randn(T, args.dim, generator=gen), torch.randn(T, args.dim, generator=gen)

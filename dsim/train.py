@@ -60,7 +60,8 @@ def get_corpus(split: str = "train", max_bytes: int | None = None) -> torch.Tens
 
 
 def unigram_entropy(data: torch.Tensor) -> float:
-    """Entropy of the byte distribution in bits per byte: the loss of the best context-free model."""
+    """Entropy of the byte distribution in bits per byte: the loss of the best context-free
+    model."""
     p = torch.bincount(data.long(), minlength=256).double()
     p = p[p > 0] / p.sum()
     return float(-(p * p.log2()).sum())
@@ -203,11 +204,13 @@ class TrainConfig:
         )
 
     def mtp_lambda_at(self, step: int) -> float:
-        """MTP weight lambda at a step: mtp_lambda, then each (step, value) of mtp_lambda_schedule."""
+        """MTP weight lambda at a step: mtp_lambda, then each (step, value) of
+        mtp_lambda_schedule."""
         return _piecewise(self.mtp_lambda, self.mtp_lambda_schedule, step)
 
     def bias_update_speed_at(self, step: int) -> float:
-        """Bias update speed gamma at a step: bias_update_speed, then bias_update_schedule's changes."""
+        """Bias update speed gamma at a step: bias_update_speed, then bias_update_schedule's
+        changes."""
         return _piecewise(self.bias_update_speed, self.bias_update_schedule, step)
 
     # ---- (de)serialisation, for checkpoints and JSON results ----
@@ -227,7 +230,8 @@ class TrainConfig:
 
 
 def _check_schedule(name: str, schedule: Any) -> Schedule:
-    """A schedule as a tuple of (int step, float value) pairs with increasing steps and values >= 0."""
+    """A schedule as a tuple of (int step, float value) pairs with increasing steps and
+    values >= 0."""
     try:
         pairs = tuple((s, v) for s, v in schedule)
     except (TypeError, ValueError):
@@ -266,7 +270,8 @@ def _piecewise(initial: float, schedule: Schedule, step: int) -> float:
 
 
 def deepseek_v3_recipe(steps: int) -> dict[str, Any]:
-    """DeepSeek-V3's balancing and MTP settings (section 4.2), with its token fractions mapped to steps.
+    """DeepSeek-V3's balancing and MTP settings (section 4.2), with its token fractions mapped to
+    steps.
 
     gamma = 0.001 for the first 14.3T of 14.8T tokens, then 0; alpha = 0.0001; MTP lambda = 0.3 for
     the first 10T tokens, then 0.1. Use as TrainConfig(steps=steps, **deepseek_v3_recipe(steps)).
@@ -381,7 +386,8 @@ def evaluate(
     batch_size: int = 16,
     seed: int = 1234,
 ) -> float:
-    """Bits per byte of the main head on random windows of `data` (fixed seed: comparable across models)."""
+    """Bits per byte of the main head on random windows of `data` (fixed seed: comparable across
+    models)."""
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -486,7 +492,8 @@ def train(
     progress: bool = True,
     **cfg_changes,
 ) -> tuple[Transformer, History]:
-    """Train a model (a preset name or ModelArgs) on the standard library's text; returns (model, history)."""
+    """Train a model (a preset name or ModelArgs) on the standard library's text; returns
+    (model, history)."""
     args = preset(args) if isinstance(args, str) else args
     cfg = dataclasses.replace(cfg or TrainConfig(), **cfg_changes)
     trainer = Trainer(args, cfg)

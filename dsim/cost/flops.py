@@ -174,10 +174,12 @@ def flops(
     mode:
         "train"    forward and backward of the main model on batch x seq_len tokens, plus the MTP
                    modules (depth k runs on seq_len - k positions and the shared head).
-        "prefill"  forward of batch x seq_len prompt tokens (logits at every position, as the model
-                   computes them), after `context` cached tokens (default 0: chunked prefill if > 0).
+        "prefill"  forward of batch x seq_len prompt tokens (logits at every position, as the
+                   model computes them), after `context` cached tokens (default 0: chunked
+                   prefill if > 0).
         "decode"   forward of one new token per sequence attending to `context` cached tokens
-                   (default: seq_len, so flops(args, seq_len=4096, mode="decode") is the 4097th token).
+                   (default: seq_len, so flops(args, seq_len=4096, mode="decode") is the 4097th
+                   token).
     attn_kernel: "fused" or "math", how the attention backward is charged (module docstring).
     """
     if attn_kernel not in ("fused", "math"):
@@ -252,9 +254,9 @@ def megatron_flops(args: ModelArgs, batch: int, seq_len: int) -> float:
 # Counting the real model
 # ---------------------------------------------------------------------------------------------
 def counter_mapping() -> dict:
-    """`custom_mapping` for FlopCounterMode that counts PyTorch's CPU flash-attention kernel with the
-    formula PyTorch uses for its GPU kernels (full S_q x S_k scores, non-causal). Without it a CPU
-    count charges fused attention zero FLOPs.
+    """`custom_mapping` for FlopCounterMode that counts PyTorch's CPU flash-attention kernel with
+    the formula PyTorch uses for its GPU kernels (full S_q x S_k scores, non-causal). Without it a
+    CPU count charges fused attention zero FLOPs.
 
         with FlopCounterMode(display=False, custom_mapping=counter_mapping()) as counter: ...
     """

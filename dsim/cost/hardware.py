@@ -88,15 +88,18 @@ class GPU:
                 )
         if self.nvlink_domain != int(self.nvlink_domain):
             raise ValueError(
-                f"GPU {self.name!r}: field nvlink_domain must be an integer, got {self.nvlink_domain!r}"
+                f"GPU {self.name!r}: field nvlink_domain must be an integer, "
+                f"got {self.nvlink_domain!r}"
             )
         if self.bw_source not in BW_SOURCES:
             raise ValueError(
-                f"GPU {self.name!r}: field bw_source must be one of {BW_SOURCES}, got {self.bw_source!r}"
+                f"GPU {self.name!r}: field bw_source must be one of {BW_SOURCES}, "
+                f"got {self.bw_source!r}"
             )
 
 
-# The dtypes with a peak: those of the GPU record's <dtype>_flops fields (names of dsim.cost.dtypes).
+# The dtypes with a peak: those of the GPU record's <dtype>_flops fields (names of
+# dsim.cost.dtypes).
 DTYPES = tuple(f.name.removesuffix("_flops") for f in fields(GPU) if f.name.endswith("_flops"))
 assert set(DTYPES) <= set(_FORMATS), DTYPES
 
@@ -209,7 +212,8 @@ H800 = GPU(
     l2_bytes=50 * MiB,
     tdp_watts=700,
     bw_source="measured",
-    notes="NVLink/IB are DeepSeek-V3's measured effective bandwidths (160 / 50 GB/s), not datasheet peaks.",
+    notes="NVLink/IB are DeepSeek-V3's measured effective bandwidths (160 / 50 GB/s), "
+    "not datasheet peaks.",
 )
 
 H200 = GPU(
@@ -294,7 +298,8 @@ def get_gpu(name: "str | GPU") -> GPU:
 
 
 def peak_flops(gpu: "str | GPU", dtype: str = "bf16") -> float:
-    """Dense peak FLOP/s (OP/s for int8) of `gpu` for `dtype` (a name or alias of dsim.cost.dtypes)."""
+    """Dense peak FLOP/s (OP/s for int8) of `gpu` for `dtype` (a name or alias of
+    dsim.cost.dtypes)."""
     g = get_gpu(gpu)
     try:
         d = dtype_name(dtype, DTYPES)

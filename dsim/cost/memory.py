@@ -7,7 +7,8 @@ autograd keeps between the forward and the backward pass. They are derived from 
 by line, not from a textbook formula: Korthikanti et al.'s 34 s b h + 5 a s^2 b per layer covers a
 dense GPT layer with LayerNorm, GeLU and dropout, not RMSNorm, SwiGLU, MLA or a router. Every item
 (a tensor an op of the op graph, dsim.cost.graph, keeps) names the line of the model that keeps it,
-and tests/cost/test_memory.py holds the sum to the bytes that `torch.autograd.graph.saved_tensors_hooks` sees on the real model.
+and tests/cost/test_memory.py holds the sum to the bytes that
+`torch.autograd.graph.saved_tensors_hooks` sees on the real model.
 
 Which tensors autograd keeps depends on PyTorch's kernels, so activations take a `device`:
     "cuda"  RMSNorm is one fused kernel (`_fused_rms_norm`, keeps its input and a float32 rstd per
@@ -108,8 +109,8 @@ def kv_cache_elements_per_token(
     """Numbers cached per token over all layers (MTP modules keep no cache).
 
     MHA/GQA: keys and values, 2 n_kv_heads head_size per layer.
-    MLA absorbed (the default for MLA, what a deployment caches): the latent c_kv and the shared RoPE
-        key, kv_lora_rank + qk_rope_head_dim per layer.
+    MLA absorbed (the default for MLA, what a deployment caches): the latent c_kv and the shared
+        RoPE key, kv_lora_rank + qk_rope_head_dim per layer.
     MLA naive: decompressed keys and values per head, n_heads (qk_head_dim + v_head_dim) per layer.
     """
     impl = impl or "absorb"
@@ -132,8 +133,8 @@ def kv_cache_bytes_per_token(
     impl: Literal["naive", "absorb"] | None = None,
     group_size: int | None = 128,
 ) -> float:
-    """Bytes of KV cache per token, all layers, for the cache the model keeps by default for inference
-    (MLA: the absorbed latent + RoPE key; `impl="naive"` for per-head keys and values)."""
+    """Bytes of KV cache per token, all layers, for the cache the model keeps by default for
+    inference (MLA: the absorbed latent + RoPE key; `impl="naive"` for per-head keys and values)."""
     return kv_cache_elements_per_token(args, impl) * bytes_per_param(dtype, group_size)
 
 
@@ -170,10 +171,12 @@ def activation_items(
     device: Device = "cuda",
     attn_kernel: str | None = None,
 ) -> list[Item]:
-    """Tensors one Block keeps for its backward pass (training forward of batch x seq_len tokens), its
-    input included (the first norm keeps it) and its output excluded (the next block keeps that).
+    """Tensors one Block keeps for its backward pass (training forward of batch x seq_len tokens),
+    its input included (the first norm keeps it) and its output excluded (the next block keeps
+    that).
 
-    attn_kernel: "fused" or "math" (None: what PyTorch picks on `device`, see dsim.cost.flops.sdpa_kernel).
+    attn_kernel: "fused" or "math" (None: what PyTorch picks on `device`, see
+    dsim.cost.flops.sdpa_kernel).
     Routed experts: every (token, expert) assignment keeps the same rows, balanced or not.
     """
     ops = block_graph(
@@ -204,10 +207,11 @@ def layer_activation_bytes(
 
     recompute:
         "none"       every item of `activation_items`.
-        "selective"  DeepSeek-V3's recipe: RMSNorm outputs and MLA up-projections (and any S x S score
-                     matrix, as Korthikanti et al.) are recomputed in the backward; the rest is kept.
-        "full"       the block keeps only its input (torch.utils.checkpoint), plus what the model holds
-                     outside autograd: MoE.routing's logits, scores, indices and weights.
+        "selective"  DeepSeek-V3's recipe: RMSNorm outputs and MLA up-projections (and any S x S
+                     score matrix, as Korthikanti et al.) are recomputed in the backward; the
+                     rest is kept.
+        "full"       the block keeps only its input (torch.utils.checkpoint), plus what the model
+                     holds outside autograd: MoE.routing's logits, scores, indices and weights.
     """
     _check_recompute(recompute)
     ops = block_graph(
@@ -237,7 +241,8 @@ def block_memory_delta(
     """What one Block's forward adds to allocated memory when its input already exists and its
     output is kept (bench/measure_memory.py measures this): the block's activations with its output
     in place of its input. The two are the same size unless the first norm keeps a float32 copy of
-    the input instead of the input itself (the CPU kernels, 16-bit activations, no recomputation)."""
+    the input instead of the input itself (the CPU kernels, 16-bit activations, no
+    recomputation)."""
     kept = layer_activation_bytes(
         args, layer_id, batch, seq_len, dtype, device, recompute, attn_kernel
     )
@@ -353,22 +358,25 @@ def memory(
 ) -> MemoryEstimate:
     """Bytes per GPU for training (Adam) or inference under a TP x PP x DP layout with EP inside DP.
 
-    Layout (world = tp * pp * dp GPUs; expert parallelism ep divides dp, as in Megatron and DeepSeek):
-        tp   splits every weight but the replicated ones (norms, gate, wq_a, wkv_a, eh_proj) and, with
-             sequence parallelism, every activation; MLA's latent cache is the same on every TP rank,
-             MHA/GQA caches split by KV heads.
-        pp   splits the layers into contiguous stages; the first stage holds the embedding, the last
-             the head and the MTP modules; with 1F1B, stage s keeps pp - s micro-batches of activations.
+    Layout (world = tp * pp * dp GPUs; expert parallelism ep divides dp, as in Megatron and
+    DeepSeek):
+        tp   splits every weight but the replicated ones (norms, gate, wq_a, wkv_a, eh_proj)
+             and, with sequence parallelism, every activation; MLA's latent cache is the same on
+             every TP rank, MHA/GQA caches split by KV heads.
+        pp   splits the layers into contiguous stages; the first stage holds the embedding, the
+             last the head and the MTP modules; with 1F1B, stage s keeps pp - s micro-batches of
+             activations.
         ep   splits the routed experts (E / ep per GPU); they are replicated dp / ep times.
-        zero 0: nothing sharded; 1: optimizer states (master + moments) over data-parallel replicas;
-             2: also gradients; 3: also weights. Non-expert weights have dp replicas, experts dp / ep.
+        zero 0: nothing sharded; 1: optimizer states (master + moments) over data-parallel
+             replicas; 2: also gradients; 3: also weights. Non-expert weights have dp replicas,
+             experts dp / ep.
     Training keeps weights (`dtype`, quantised types with `group_size`), gradients (`grad_dtype`),
     fp32 master weights (`master_dtype`, None when the weights are the master copy) and Adam's two
     moments (`optimizer_dtype`; DeepSeek-V3 keeps them in bf16). `batch` is the micro-batch.
     Inference keeps weights, the KV cache of batch x seq_len tokens, and one block's activations for
-    batch x prefill_chunk new tokens (the transient working set of a step; 1: a decode step; an upper
-    bound, since without autograd a block frees most of them as it goes). Reports the stage with the
-    largest total.
+    batch x prefill_chunk new tokens (the transient working set of a step; 1: a decode step; an
+    upper bound, since without autograd a block frees most of them as it goes). Reports the stage
+    with the largest total.
     """
     if not isinstance(args, ModelArgs):
         raise ValueError(f"args must be a dsim.config.ModelArgs, got {type(args).__name__}")

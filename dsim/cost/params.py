@@ -94,7 +94,8 @@ def moe_params(args: ModelArgs) -> dict[str, int]:
 
 
 def block_params(args: ModelArgs, layer_id: int) -> dict[str, int]:
-    """One transformer block, keyed by dotted module names relative to the block ("attn.wo", ...)."""
+    """One transformer block, keyed by dotted module names relative to the block
+    ("attn.wo", ...)."""
     p = {f"attn.{k}": v for k, v in attention_params(args).items()}
     ffn = moe_params(args) if is_moe_layer(args, layer_id) else mlp_params(args.dim, args.inter_dim)
     p.update({f"ffn.{k}": v for k, v in ffn.items()})
@@ -142,7 +143,8 @@ class ParamCount:
 
     @property
     def total(self) -> int:
-        """Every unique parameter, MTP included: equals sum(p.numel() for p in model.parameters())."""
+        """Every unique parameter, MTP included: equals
+        sum(p.numel() for p in model.parameters())."""
         return sum(self.breakdown.values())
 
     @property
@@ -169,7 +171,8 @@ class ParamCount:
 
     @property
     def active_mtp(self) -> int:
-        """Parameters one token touches in the MTP modules (their top-k experts; embedding and head shared)."""
+        """Parameters one token touches in the MTP modules (their top-k experts; embedding and head
+        shared)."""
         return self.active_breakdown["mtp"]
 
     def table(self, unit: float = 1e9) -> str:
@@ -179,9 +182,8 @@ class ParamCount:
             rows.append(
                 f"{k:16s} {self.breakdown[k] / unit:10.3f} {self.active_breakdown[k] / unit:10.3f}"
             )
-        rows.append(
-            f"{'sum':16s} {self.total / unit:10.3f} {sum(self.active_breakdown.values()) / unit:10.3f}"
-        )
+        active = sum(self.active_breakdown.values())
+        rows.append(f"{'sum':16s} {self.total / unit:10.3f} {active / unit:10.3f}")
         return "\n".join(rows)
 
 

@@ -368,7 +368,7 @@ class _Trace(TorchDispatchMode):
 @pytest.mark.parametrize("backward", [False, True])
 def test_moe_kernel_list_has_the_flops_dsim_model_runs(backward, monkeypatch):
     monkeypatch.setattr(
-        M, "_grouped_mm_ok", lambda x, w: x.dtype == torch.bfloat16
+        "dsim.kernels._grouped_mm_ok", lambda x, w: x.dtype == torch.bfloat16
     )  # the GPU path, on a CPU
     T, D, I, E, K = 40, 64, 48, 8, 2
     args = ModelArgs(

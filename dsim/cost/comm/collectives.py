@@ -70,7 +70,8 @@ ALGORITHMS = {
 
 # Fitted to real NCCL measurements by calibrate_from_measurements(load_measurements(MEASURED_FILE)):
 # 2 x H200 (one node, NVLink NV18), torch 2.11, NCCL 2.28.9, float32, NVLink multicast off,
-# 1 KiB..1 GiB (bench/comm_bench.py). tests/cost/test_comm.py asserts that these literals equal the fit.
+# 1 KiB..1 GiB (bench/comm_bench.py). tests/cost/test_comm.py asserts that these literals equal the
+# fit.
 MEASURED_FILE = "comm_nccl_h200x2.json"
 MEASURED_GPU = "H200"
 # The floor of one call (seconds): the time per call of tiny collectives issued back to back.
@@ -103,7 +104,8 @@ COLLECTIVE_BW_FACTORS = tuple(
 )
 
 # Anchors from jax-ml/scaling-book, "How to Think About GPUs" (empirical 8xH100 all-reduce, SHARP
-# off): (message bytes, bus bandwidth). Not fitted; tests/cost/test_comm.py holds the model against them.
+# off): (message bytes, bus bandwidth). Not fitted; tests/cost/test_comm.py holds the model against
+# them.
 SCALING_BOOK_8XH100_ALL_REDUCE = ((10e9, 370e9), (58e6, 150e9))
 # deepseek-ai/DeepEP docs/legacy.md: internode dispatch/combine reach 43 GB/s (RDMA)
 # on CX7 400 Gb/s NICs of "~50 GB/s maximum bandwidth" (EP16). 43/50 = 0.86.
@@ -187,7 +189,8 @@ class Topology:
         f = self.kind_bw_factors
         if not isinstance(f, tuple) or len(f) != len(KINDS):
             raise ValueError(
-                f"kind_bw_factors must be a tuple of {len(KINDS)} numbers (one per kind in {KINDS}), got {f!r}"
+                f"kind_bw_factors must be a tuple of {len(KINDS)} numbers "
+                f"(one per kind in {KINDS}), got {f!r}"
             )
         for k, v in zip(KINDS, f):
             check_real(f"kind_bw_factors[{k}]", v, strict=True)
@@ -211,7 +214,8 @@ class Topology:
         )
 
     def bw_factor(self, kind: str) -> float:
-        """Intra-node bandwidth multiplier of `kind` (1 for all-reduce with the measured factors)."""
+        """Intra-node bandwidth multiplier of `kind` (1 for all-reduce with the measured
+        factors)."""
         return self.kind_bw_factors[KINDS.index(check_kind(kind))]
 
     @classmethod
@@ -432,7 +436,8 @@ def collective_time(
 
 
 def bus_bandwidth_factor(kind: str, n_ranks: int) -> float:
-    """nccl-tests' busbw/algbw: 2(n-1)/n for all-reduce, (n-1)/n for RS/AG/all-to-all, 1 for send/recv."""
+    """nccl-tests' busbw/algbw: 2(n-1)/n for all-reduce, (n-1)/n for RS/AG/all-to-all, 1 for
+    send/recv."""
     check_kind(kind)
     n = check_int("n_ranks", n_ranks)
     if kind == "send_recv":

@@ -98,7 +98,7 @@ def moe_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
 
     Sort the N = T*K (token, expert) pairs by expert; gather the tokens' rows (x[rows]); grouped
     GEMMs w1, w3, SiLU(h1)*h3, w2; gather the rows back into pair order (ys[inverse]); weighted sum
-    over the K experts of each token. The backward gathers too (model.py's _Permute), with no
+    over the K experts of each token. The backward gathers too (kernels.py's _Permute), with no
     scatter-add. Each memory-bound kernel names the aten op and the tensors it moves."""
     T, D, I = s["tokens"], s["dim"], s["moe_inter_dim"]
     E, K = s["n_routed_experts"], s["n_activated_experts"]
