@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import socket
 import tempfile
 import time
 import traceback
@@ -40,19 +39,11 @@ class DistributedError(RuntimeError):
         self.rank = rank
 
 
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 now (the OS picks it when we bind port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(
     rank: int,
     fn: Callable,
     world_size: int,
     backend: str,
-    port: int,
     timeout_s: float,
     outdir: str,
     args: tuple,
@@ -67,7 +58,6 @@ def _worker(
             torch.set_num_threads(threads)
         os.environ.update(
             MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
             RANK=str(rank),
             WORLD_SIZE=str(world_size),
             LOCAL_RANK=str(rank),
@@ -76,8 +66,12 @@ def _worker(
         if backend == "nccl":
             torch.cuda.set_device(rank)
             kwargs["device_id"] = torch.device("cuda", rank)
+        # Rendezvous through a file in the run's own folder, not a TCP port: a port chosen free
+        # can be taken again before the store binds it, or still be held by the ranks of a run
+        # just terminated, and the ranks then meet the wrong peers.
         dist.init_process_group(
             backend,
+            init_method=f"file://{Path(outdir) / 'rendezvous'}",
             rank=rank,
             world_size=world_size,
             timeout=timedelta(seconds=timeout_s),
@@ -148,11 +142,11 @@ def run_distributed(
     """Run fn(rank, world_size, *args) in world_size fresh processes and return
     [result of rank 0, ...].
 
-    Each process joins a torch.distributed process group (MASTER_ADDR=127.0.0.1 and a free port;
-    `backend` "gloo" for CPUs, "nccl" for one GPU per rank) whose collectives time out after
-    timeout_s, runs fn, and leaves the group. fn must be importable (a module-level function)
-    and its result picklable. The whole run has a deadline of timeout_s seconds (process start
-    included): when a rank raises, is killed by a signal, or the deadline passes, the other
+    Each process joins a torch.distributed process group (rendezvous through a file in a temporary
+    folder of this run; `backend` "gloo" for CPUs, "nccl" for one GPU per rank) whose collectives
+    time out after timeout_s, runs fn, and leaves the group. fn must be importable (a module-level
+    function) and its result picklable. The whole run has a deadline of timeout_s seconds (process
+    start included): when a rank raises, is killed by a signal, or the deadline passes, the other
     ranks are terminated and DistributedError names the rank and the cause.
     threads_per_rank: torch (OpenMP) threads per process; None leaves the default.
     start_method: "forkserver" (default: a server process imports torch once, then every rank is
@@ -183,7 +177,6 @@ def run_distributed(
                 fn,
                 world_size,
                 backend,
-                free_port(),
                 timeout_s,
                 outdir,
                 tuple(args),

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsim.config import ModelArgs
-from dsim.launch import DistributedError, free_port, run_distributed
+from dsim.launch import DistributedError, run_distributed
 from dsim.model import MLP, Experts, Gate, MoE, Transformer
 
 # -----------------------------------------------------------------------------
@@ -414,7 +414,6 @@ def dp_reference(
 
 __all__ = [
     "DistributedError",
-    "free_port",
     "run_distributed",
     "all_to_all",
     "exchange_counts",
