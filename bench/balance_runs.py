@@ -158,7 +158,7 @@ def run_one(spec: dict[str, Any], steps: int = STEPS) -> dict[str, Any]:
     h = trainer.history
     val = get_corpus("val")
     tail = max(1, min(50, steps // 5))
-    E, K = args.n_routed_experts, args.n_activated_experts
+    K = args.n_activated_experts
     load = [l[0] for l in h.load]  # one MoE layer: [E] per step
     out: dict[str, Any] = {
         **{k: spec[k] for k in ("name", "gate", "method", "label", "variant")},

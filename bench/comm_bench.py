@@ -276,7 +276,6 @@ def bench_ep(
             f"{2 * pair_s * 1e3:.3f} ms, local experts {experts_s * 1e3:.3f} ms",
         )
         out.append(rec)
-    del ep
     return out
 
 

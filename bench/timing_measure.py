@@ -553,14 +553,25 @@ def build(c: dict, device: torch.device):
         idx = torch.randint(0, dst, (rows,), device=device)
         if op == "index_add_rows":
             src = _randn(rows, width, device=device, grad=bwd)
-            fwd = lambda: torch.zeros(dst, width, device=device, dtype=torch.bfloat16).index_add_(
-                0, idx, src
-            )  # noqa: E731
-            leaves = [src]
+
+            def fwd():
+                return torch.zeros(dst, width, device=device, dtype=torch.bfloat16).index_add_(
+                    0, idx, src
+                )
+
+        elif op == "gather_rows":
+            src = _randn(dst, width, device=device, grad=bwd)
+
+            def fwd():
+                return src[idx]
+
         else:
             src = _randn(dst, width, device=device, grad=bwd)
-            fwd = (lambda: src[idx]) if op == "gather_rows" else (lambda: src.index_select(0, idx))  # noqa: E731
-            leaves = [src]
+
+            def fwd():
+                return src.index_select(0, idx)
+
+        leaves = [src]
         fn = fwd
         if bwd:
             fn, setup = _backward_fn(fwd, leaves)

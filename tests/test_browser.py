@@ -531,7 +531,8 @@ def test_notebook_slider_in_jupyterlab(browser):
                     return handle.get_attribute("aria-valuenow") or ""
                 return handle.input_value()  # <input type=range>
 
-            readout = lambda: slider.locator(".widget-readout").first.text_content() or ""
+            def readout() -> str:
+                return slider.locator(".widget-readout").first.text_content() or ""
 
             before, v0 = snapshot(), value()
             _shot(cell, "lab_slider_before.png")

@@ -479,7 +479,6 @@ def test_model_against_nccl_measurements():
 def test_worst_errors_are_measurement_spikes():
     # Every point the model misses by more than half is slower than the next larger message:
     # a spike that no model monotone in the size can follow.
-    run = load_measurements()
     n_spikes = 0
     for kind, (s, t, e) in nccl_errors(min_bytes=0).items():
         for i in np.flatnonzero(np.abs(e) > 0.5):
