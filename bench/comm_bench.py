@@ -89,8 +89,8 @@ def log(rank: int, msg: str) -> None:
 
 
 class Timer:
-    """Seconds per call of fn: averaged over `iters` calls, the slowest rank's, median of `repeats`
-    batches."""
+    """Seconds per call of fn: averaged over `iters` calls, the slowest rank's,
+    median of `repeats` batches."""
 
     def __init__(self, cuda: bool, device: torch.device, repeats: int = 3):
         self.cuda, self.device, self.repeats = cuda, device, repeats
@@ -137,8 +137,8 @@ class Timer:
 
 
 def collective_fn(kind: str, inp: torch.Tensor, out: torch.Tensor, nbytes: int, world: int):
-    """A closure running one collective on the first nbytes of the buffers (dsim's size
-    convention)."""
+    """A closure running one collective on the first nbytes of the buffers
+    (dsim's size convention)."""
     n = nbytes // ELEM
     all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
@@ -352,8 +352,8 @@ def bench_worker(rank: int, world: int, cfg: dict) -> dict:
 
 
 def add_model(result: dict, world: int, gpu: str | None, ranks_per_node: int) -> dict:
-    """Bus bandwidths, the alpha-beta fit of each curve, and (with a GPU name) the model's
-    prediction."""
+    """Bus bandwidths, the alpha-beta fit of each curve, and (with a GPU
+    name) the model's prediction."""
     try:
         from dsim.cost.comm import bus_bandwidth, collective_time, fit_alpha_beta
         from dsim.cost.hardware import peak_flops

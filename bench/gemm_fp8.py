@@ -104,8 +104,8 @@ def block_layouts(
 
 
 def block_gemm_candidates(a_q, a_s, b_q, b_s, out_dtype=torch.bfloat16):
-    """(name, zero-arg callable) for every API x layout that might run a 1x128 x 128x128 FP8
-    GEMM."""
+    """(name, zero-arg callable) for every API x layout that might run a
+    1x128 x 128x128 FP8 GEMM."""
     F = torch.nn.functional
     out = []
     for lname, (sa, sb) in block_layouts(a_s, b_s).items():
@@ -177,8 +177,8 @@ def block_gemm_fn(name: str, a_q, a_s, b_q, b_s, out_dtype=torch.bfloat16):
 # Timing
 # ------------------------------------------------------------------------------------------
 def time_calls(calls: list, device: str, warmup: int, reps: int) -> tuple[float, str]:
-    """Median milliseconds per call of the zero-arg `calls` (run in order, one pass = len(calls)
-    calls).
+    """Median milliseconds per call of the zero-arg `calls` (run in order, one
+    pass = len(calls) calls).
 
     CUDA: one pass is captured in a CUDA graph and replayed, timed with CUDA events; if capture
     fails, eager passes are timed with events. CPU: perf_counter.

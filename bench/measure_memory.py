@@ -1,5 +1,5 @@
-"""Measure activation memory and the KV cache of real layer sizes, and compare with
-dsim.cost.memory.
+"""Measure activation memory and the KV cache of real layer sizes, and
+compare with dsim.cost.memory.
 
 On a GPU it builds one transformer block at a time in bf16 (a DeepSeek-V2-Lite layer, a DeepSeek-V3-
 width layer with 16 experts, a Mixtral-width GQA layer, a DeepSeekMoE-16B MHA layer) and measures:
@@ -96,8 +96,8 @@ def routing_tensors(block: Block) -> list[torch.Tensor]:
 def measure_block(
     name: str, args: ModelArgs, batch: int, seq: int, recompute: str, dtype: str, device: str
 ) -> dict:
-    """Activation bytes of the last block of `args` (an MoE block) for one forward of batch x
-    seq."""
+    """Activation bytes of the last block of `args` (an MoE block) for
+    one forward of batch x seq."""
     layer_id = args.n_layers - 1
     torch.manual_seed(0)
     with torch.device(device):

@@ -64,8 +64,8 @@ def _sorted(indices: torch.Tensor, n_experts: int):
 
 
 def variant_v0_index_add(self: Experts, x, indices, weights):
-    """dsim before this change: x[token] (backward: sort + scatter-add) and index_add_ (atomics) to
-    unpermute."""
+    """dsim before this change: x[token] (backward: sort + scatter-add) and
+    index_add_ (atomics) to unpermute."""
     T, K = indices.shape
     flat = indices.flatten()
     order = torch.argsort(flat, stable=True)
@@ -78,8 +78,8 @@ def variant_v0_index_add(self: Experts, x, indices, weights):
 
 
 def variant_bmm_combine(self: Experts, x, indices, weights):
-    """As dsim, but the weighted sum over the K experts as one batched GEMM [T, 1, K] x [T, K,
-    D]."""
+    """As dsim, but the weighted sum over the K experts as one batched
+    GEMM [T, 1, K] x [T, K, D]."""
     T, K = indices.shape
     order, inverse, counts = _sorted(indices, self.n_experts)
     xs = _Permute.apply(x, order // K, inverse, K)
@@ -100,9 +100,9 @@ def variant_weights_in_h(self: Experts, x, indices, weights):
 
 
 def variant_w13_fused_whatif(self: Experts, x, indices, weights):
-    """What-if (not allowed in dsim: it needs w1 and w3 stored as one [E, 2I, D] parameter, as HF
-    stores gate_up_proj): one grouped GEMM for w1 and w3. Measures what the separate storage
-    costs."""
+    """What-if (not allowed in dsim: it needs w1 and w3 stored as one [E, 2I, D]
+    parameter, as HF stores gate_up_proj): one grouped GEMM for w1 and w3. Measures what
+    the separate storage costs."""
     T, K = indices.shape
     order, inverse, counts = _sorted(indices, self.n_experts)
     if not hasattr(self, "_w13"):
@@ -431,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarize(runs: dict[str, dict]) -> dict[str, Any]:
-    """dsim's best (as committed) against the fastest transformers implementation and the dense
-    ceiling."""
+    """dsim's best (as committed) against the fastest transformers
+    implementation and the dense ceiling."""
     out: dict[str, Any] = {}
     for suffix, tag in (("", "fwd"), ("_fwdbwd", "fwdbwd")):
         dsim = runs.get("dsim" + suffix, {}).get("tflops")

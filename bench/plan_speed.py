@@ -115,8 +115,8 @@ def main() -> int:
     for i, ref in zip(sample, refs):
         for key in OUTPUTS:
             a, b = out[key][i], ref[key]
-            # relative, with a floor: a time that is exactly 0 in one and 1e-15 s in the other
-            # agrees
+            # relative, with a floor: a time that is exactly 0 in one and
+            # 1e-15 s in the other agrees
             worst = max(worst, abs(a - b) / max(abs(a), abs(b), 1e-3))
     print(
         f"one layout at a time (evaluate_layout): {len(sample)} layouts in {t_ref:.2f} s = "

@@ -55,8 +55,8 @@ L2_FLUSH_BYTES = 256 * 2**20  # > 4x the L2 of an H100 (50 MiB) or H200 (60 MiB)
 # The grids. A case: op, split, backward, dtype, shape (the keyword arguments of op_time).
 # ---------------------------------------------------------------------------------------------
 # MoE layer widths (dim, moe_inter_dim, n_routed_experts, n_activated_experts). Calibration and
-# validation use different models so that the validation error says how the model does on a layer it
-# has never seen.
+# validation use different models so that the validation error says how the model does on a
+# layer it has never seen.
 MOE_CAL = [(3072, 8192, 8, 2), (2048, 1024, 32, 4), (5120, 1536, 160, 6), (4096, 1536, 128, 8)]
 MOE_VAL = [
     (4096, 14336, 8, 2),  # Mixtral-8x7B
@@ -658,8 +658,8 @@ def build(c: dict, device: torch.device):
 
 
 def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> str:
-    """The backend F.scaled_dot_product_attention picks for these inputs (flash, efficient, cudnn,
-    math)."""
+    """The backend F.scaled_dot_product_attention picks for these inputs (flash,
+    efficient, cudnn, math)."""
     try:
         from torch.nn.attention import SDPBackend
 

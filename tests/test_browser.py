@@ -486,8 +486,8 @@ def test_notebook_slider_in_jupyterlab(browser):
         try:
             page.goto(f"{base}/lab/tree/{nb_path.name}", wait_until="domcontentloaded")
             page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(state="visible")
-            # A kernel chooser appears only if the notebook's kernelspec is unknown: accept the
-            # default.
+            # A kernel chooser appears only if the notebook's kernelspec is
+            # unknown: accept the default.
             with contextlib.suppress(sync_api.TimeoutError):
                 page.locator(".jp-Dialog .jp-mod-accept").click(timeout=1500)
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(

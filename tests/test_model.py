@@ -76,8 +76,8 @@ def test_group_masking_uses_minus_inf_not_zero():
     assert set(routing.indices.flatten().tolist()) <= {
         2 * g + i for g in kept_groups for i in (0, 1)
     }
-    # The 0.0-masked variant picks from a dropped group here (that is the bug being guarded
-    # against):
+    # The 0.0-masked variant picks from a dropped group here (that is the
+    # bug being guarded against):
     choice = (routing.scores + gate.bias).view(5, 4, 2)
     keep = choice.topk(2, dim=-1)[0].sum(-1).topk(2, dim=-1)[1]
     dropped = torch.ones(5, 4, dtype=torch.bool).scatter_(1, keep, False)

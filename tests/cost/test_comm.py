@@ -126,8 +126,8 @@ def busbw_8xh100(nbytes, topo=None):
 
 def test_8xh100_all_reduce_against_the_scaling_book():
     (big, bw_big), (mid, bw_mid) = SCALING_BOOK_8XH100_ALL_REDUCE
-    # ~370 GB/s with ~10 GB arrays: within 10% (the measured H200 efficiency is the same as the
-    # book's).
+    # ~370 GB/s with ~10 GB arrays: within 10% (the measured H200 efficiency is
+    # the same as the book's).
     assert busbw_8xh100(big) == pytest.approx(bw_big, rel=0.10)
     assert NVLINK_PEAK_EFFICIENCY == pytest.approx(370 / 450, rel=0.02)
     # ~150 GB/s at 58 MB: a known gap. Calibrated on 2 x H200 the model is optimistic there,
@@ -187,9 +187,9 @@ def test_large_message_ring_is_the_pipelined_bulk_formula():
 
 
 def test_half_saturation_size_grows_with_n():
-    # T_bulk reaches half the bandwidth at wire = steps * c * B / (sqrt(2) - 1)^2; for a ring
-    # all-reduce steps / (wire per byte) = n, so the half-saturation message size is proportional to
-    # n.
+    # T_bulk reaches half the bandwidth at wire = steps * c * B / (sqrt(2) - 1)^2; for
+    # a ring all-reduce steps / (wire per byte) = n, so the half-saturation message
+    # size is proportional to n.
     def half_size(n):
         topo = wire_only(Topology.from_gpu("H100-SXM", n))
         lo, hi = 1.0, 1e12
@@ -307,8 +307,8 @@ def test_time_on_custom_topology():
 
 
 def test_launch_floor():
-    # tiny collectives cost the measured floor of one call, whatever the size below a few hundred
-    # KiB
+    # tiny collectives cost the measured floor of one call, whatever the
+    # size below a few hundred KiB
     for kind in KINDS:
         floor = LAUNCH_OVERHEAD_S["all_to_all" if kind == "send_recv" else kind]
         assert collective_time(kind, 1024, 2, gpu="H200", ranks_per_node=2) == floor

@@ -1,6 +1,6 @@
-"""FLOPs equal what torch.utils.flop_counter.FlopCounterMode counts on the real model, module by
-module, in training, prefill and decode; the textbook approximations are off by exactly what they
-leave out."""
+"""FLOPs equal what torch.utils.flop_counter.FlopCounterMode counts on the real model,
+module by module, in training, prefill and decode; the textbook approximations are off by
+exactly what they leave out."""
 
 import pytest
 import torch
@@ -29,8 +29,8 @@ class TrainStep(nn.Module):
 
 
 def count(args, mode, batch, seq_len, context):
-    """(forward FLOPs by module name relative to the model, backward total) as FlopCounterMode
-    counts."""
+    """(forward FLOPs by module name relative to the model, backward total)
+    as FlopCounterMode counts."""
     torch.manual_seed(0)
     model = Transformer(args)
     gen = torch.Generator().manual_seed(1)
@@ -145,12 +145,12 @@ def test_routed_flops_do_not_depend_on_balance():
 
 
 def test_what_the_counter_charges_for_sdpa():
-    """On a CPU, F.scaled_dot_product_attention runs `_scaled_dot_product_flash_attention_for_cpu`
-    when query and value heads match; FlopCounterMode has no formula for it and counts 0. When they
-    differ (MLA-naive) the CPU runs the unfused math path, counted as two bmm over the full
-    (non-causal) S x S matrix. `counter_mapping()` charges the fused kernel as PyTorch charges its
-    GPU kernels: the full matrix forward, 2 S^2 (3 d_qk + 2 d_v) per head backward (QK^T
-    recomputed)."""
+    """On a CPU, F.scaled_dot_product_attention runs
+    `_scaled_dot_product_flash_attention_for_cpu` when query and value heads match;
+    FlopCounterMode has no formula for it and counts 0. When they differ (MLA-naive) the CPU runs
+    the unfused math path, counted as two bmm over the full (non-causal) S x S matrix.
+    `counter_mapping()` charges the fused kernel as PyTorch charges its GPU kernels: the full
+    matrix forward, 2 S^2 (3 d_qk + 2 d_v) per head backward (QK^T recomputed)."""
     B, H, S, d = 2, 4, 16, 8
     q, k, v = (torch.randn(B, H, S, d, requires_grad=True) for _ in range(3))
     with FlopCounterMode(display=False) as plain:

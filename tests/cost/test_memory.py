@@ -108,8 +108,8 @@ def test_deepseek_v2_table_small_and_large_moe():
     assert round(kv_cache_elements_per_token(large_mla) / 100) / 10 == 34.6
 
 
-# DeepSeek LLM 67B (arXiv:2401.02954, Table 2): 95 layers, width 8192, 64 heads of 128, GQA 8 KV
-# heads.
+# DeepSeek LLM 67B (arXiv:2401.02954, Table 2): 95 layers, width 8192, 64
+# heads of 128, GQA 8 KV heads.
 DEEPSEEK_67B = ModelArgs(
     vocab_size=102400,
     dim=8192,
@@ -167,9 +167,9 @@ ACT_VARIANTS = {
 @pytest.mark.parametrize("variant", list(ACT_VARIANTS))
 @pytest.mark.parametrize("name", preset_names())
 def test_block_activations_equal_saved_tensors(name, variant, dtype):
-    """Every Block (dense and MoE), batch of 2 and of 1: the formula equals, byte for byte, the
-    storages that saved_tensors_hooks sees alive after the forward (plus the routing the MoE
-    keeps)."""
+    """Every Block (dense and MoE), batch of 2 and of 1: the formula equals, byte for
+    byte, the storages that saved_tensors_hooks sees alive after the forward (plus
+    the routing the MoE keeps)."""
     args = scaled_down(preset(name), expert_impl="loop", **ACT_VARIANTS[variant])
     for layer in sorted({0, args.n_layers - 1}):
         for B, S in ((2, 12), (1, 16)):
@@ -239,8 +239,8 @@ def test_recomputation_orders_and_items_name_the_model():
         "shared_experts",
     ):
         assert part in names
-    # Experts dominate an MoE layer: per (token, expert) assignment 3 rows of dim and 4 of
-    # moe_inter_dim.
+    # Experts dominate an MoE layer: per (token, expert) assignment 3 rows of
+    # dim and 4 of moe_inter_dim.
     experts = sum(i.bytes for i in items if i.name.startswith("experts"))
     assert experts > none / 2
     # The absorbed form materialises S x S probabilities: quadratic in the sequence.
@@ -254,8 +254,8 @@ def test_recomputation_orders_and_items_name_the_model():
 # ---------------------------------------------------------------------------------------------
 def test_zero_paper_example():
     """ZeRO (Rajbhandari et al.), figure 1: 7.5B parameters, 64-way data parallelism,
-    mixed-precision Adam (2 + 2 + 12 bytes per parameter): 120 GB, 31.4 GB (stage 1), 16.6 GB (stage
-    2), 1.9 GB (stage 3)."""
+    mixed-precision Adam (2 + 2 + 12 bytes per parameter): 120 GB, 31.4 GB (stage 1), 16.6 GB
+    (stage 2), 1.9 GB (stage 3)."""
     args = preset(
         "deepseekmoe-16b",
         n_routed_experts=0,

@@ -152,9 +152,9 @@ def _memory(job, row, **kw):
 
 @pytest.mark.parametrize("name", list(JOBS))
 def test_1f1b_memory_is_dsim_cost_memory(name):
-    """For 1F1B layouts the per-kind memory is exactly dsim.cost.memory.memory's busiest stage,
-    every ZeRO stage and recomputation level included; buffers are the reserve, plus ZeRO-3's
-    prefetched block."""
+    """For 1F1B layouts the per-kind memory is exactly dsim.cost.memory.memory's busiest
+    stage, every ZeRO stage and recomputation level included; buffers are the reserve, plus
+    ZeRO-3's prefetched block."""
     job = JOBS[name]()
     L, _ = enumerate_layouts(job, schedule="1f1b")
     res = evaluate(job, L)
@@ -188,9 +188,9 @@ def test_dualpipe_pair_memory_is_dsim_cost_memory(name):
 
 
 def _a2a(job, row):
-    """Dispatch (fp8 with scales, or bf16) + combine (bf16) of one MoE block, by dsim.cost.comm
-    directly, with DeepSeek's node-limited routing when the expert groups map onto the nodes the ep
-    ranks span."""
+    """Dispatch (fp8 with scales, or bf16) + combine (bf16) of one MoE block, by
+    dsim.cost.comm directly, with DeepSeek's node-limited routing when the expert groups map
+    onto the nodes the ep ranks span."""
     a, g, tp, ep = job.args, job.gpus_per_node, row["tp"], row["ep"]
     if ep == 1:
         return 0.0
@@ -213,10 +213,10 @@ def _a2a(job, row):
 
 @pytest.mark.parametrize("name", list(JOBS))
 def test_1f1b_communication_is_dsim_cost_comm(name):
-    """Under 1F1B nothing hides tensor-, expert- or pipeline-parallel communication: the exposed
-    seconds are the collectives of dsim.cost.comm, called here directly, times the blocks of the
-    stage and the micro-batches (pp=1 for tensor and expert parallelism: every block on the one
-    stage)."""
+    """Under 1F1B nothing hides tensor-, expert- or pipeline-parallel communication: the
+    exposed seconds are the collectives of dsim.cost.comm, called here directly, times the
+    blocks of the stage and the micro-batches (pp=1 for tensor and expert parallelism: every
+    block on the one stage)."""
     job = JOBS[name]()
     a, g, S = job.args, job.gpus_per_node, job.seq_len
     L, _ = enumerate_layouts(job, schedule="1f1b")
@@ -257,9 +257,9 @@ def test_1f1b_communication_is_dsim_cost_comm(name):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_pipeline_bubble_is_dsim_cost_comm(seed):
-    """The evaluator's array form of the bubble equals dsim.cost.comm.pipeline_bubble_time for both
-    schedules: 1F1B with F + B = tau, DualPipe with F&B = tau (tau: the stage's time per
-    micro-batch)."""
+    """The evaluator's array form of the bubble equals
+    dsim.cost.comm.pipeline_bubble_time for both schedules: 1F1B with F + B = tau,
+    DualPipe with F&B = tau (tau: the stage's time per micro-batch)."""
     rng = np.random.default_rng(seed)
     n = 50
     pp = 2 * rng.integers(1, 17, n)

@@ -1,5 +1,5 @@
-"""Tests of the time model (dsim.cost.timing) and of its agreement with the committed GPU
-measurements."""
+"""Tests of the time model (dsim.cost.timing) and of its agreement with the
+committed GPU measurements."""
 
 from __future__ import annotations
 
@@ -275,8 +275,8 @@ def test_gemm_time_grows_with_every_dimension():
 
 
 def test_moe_time_grows_with_tokens_within_a_tile_regime():
-    # 64 experts, top-6: <= 128 rows per expert on average below 1366 tokens (64x128 tiles), above
-    # it 128x256
+    # 64 experts, top-6: <= 128 rows per expert on average below 1366 tokens (64x128
+    # tiles), above it 128x256
     moe = dict(dim=2048, moe_inter_dim=1408, n_routed_experts=64, n_activated_experts=6)
     small = [op_time("moe_ffn", tokens=t, **moe) for t in range(16, 1360, 37)]
     large = [op_time("moe_ffn", tokens=t, **moe) for t in range(1400, 30000, 997)]
@@ -582,8 +582,8 @@ def test_attention_counts_the_pairs_of_the_graph():
 
 
 def test_attention_table_has_the_measured_backend_and_other_backends_borrow_it():
-    # the committed calibrations select cuDNN for both head-dim classes: the table holds only its
-    # entries
+    # the committed calibrations select cuDNN for both head-dim classes: the
+    # table holds only its entries
     for gpu in ("H100-SXM", "H200"):
         cal = gpu_calibration(gpu)
         assert (cal.attn_backend_equal, cal.attn_backend_unequal) == (
@@ -591,8 +591,8 @@ def test_attention_table_has_the_measured_backend_and_other_backends_borrow_it()
             "cudnn_attention",
         )
         assert all(k.startswith("cudnn_") for k in cal.attn_eff) and len(cal.attn_eff) == 8
-    # a GPU whose SDPA picks FlashAttention runs flash's blocks at cuDNN's efficiency of the same
-    # variant
+    # a GPU whose SDPA picks FlashAttention runs flash's blocks at cuDNN's
+    # efficiency of the same variant
     cudnn = gpu_calibration("H100-SXM")
     flash = cudnn.replace(attn_backend_equal="flash_attention")
     shape = dict(batch=2, seq_len=4096, n_heads=16, qk_head_dim=128, v_head_dim=128, causal=True)
