@@ -23,7 +23,8 @@ other weight): at this size the router collapses by itself within tens of steps.
 
 Each run is single-threaded and independent of the others, so the numbers do not depend on
 --workers. Usage:
-    .venv/bin/python bench/balance_runs.py                 # all runs, 2 processes (~3-6 min on 2 cores)
+    # all runs, 2 processes (~3-6 min on 2 cores):
+    .venv/bin/python bench/balance_runs.py
     .venv/bin/python bench/balance_runs.py --steps 20 --only softmax/none --out /tmp/x.json
 """
 
@@ -158,7 +159,7 @@ def run_one(spec: dict[str, Any], steps: int = STEPS) -> dict[str, Any]:
     h = trainer.history
     val = get_corpus("val")
     tail = max(1, min(50, steps // 5))
-    E, K = args.n_routed_experts, args.n_activated_experts
+    K = args.n_activated_experts
     load = [l[0] for l in h.load]  # one MoE layer: [E] per step
     out: dict[str, Any] = {
         **{k: spec[k] for k in ("name", "gate", "method", "label", "variant")},
@@ -217,9 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = p.parse_args(argv)
     specs = [s for s in run_specs(ns.steps) if not ns.only or s["name"] in ns.only]
     if not specs:
-        p.error(
-            f"no run matches --only {ns.only}; names: {', '.join(s['name'] for s in run_specs(ns.steps))}"
-        )
+        names = ", ".join(s["name"] for s in run_specs(ns.steps))
+        p.error(f"no run matches --only {ns.only}; names: {names}")
     t0 = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}
     ctx = multiprocessing.get_context("spawn")
@@ -234,13 +234,17 @@ def main(argv: list[str] | None = None) -> int:
             extra = f"  accept {f['mtp_acceptance']:.3f}" if "mtp_acceptance" in f else ""
             print(
                 f"{r['name']:28s} imbalance {f['imbalance']:6.3f}  entropy {f['entropy']:.3f}  "
-                f"val {f['val_bpb']:.3f} bpb  dropped {f['dropped_fraction']:.3f}{extra}  ({r['seconds']:.0f} s)",
+                f"val {f['val_bpb']:.3f} bpb  dropped {f['dropped_fraction']:.3f}{extra}  "
+                f"({r['seconds']:.0f} s)",
                 flush=True,
             )
     import torch
 
     data = {
-        "description": "Routing collapse and balancing on dsim's tiny preset with 16 experts (bench/balance_runs.py)",
+        "description": (
+            "Routing collapse and balancing on dsim's tiny preset with 16 experts "
+            "(bench/balance_runs.py)"
+        ),
         "setup": {
             "preset": "tiny",
             "model_changes": MODEL,
@@ -252,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
             "threads_per_run": 1,
             "torch": torch.__version__,
             "final_is_mean_over_last_steps": min(50, ns.steps // 5),
-            "load_snapshots": "mean fraction of assignments per expert over each window of snapshot_every steps",
+            "load_snapshots": (
+                "mean fraction of assignments per expert over each window of snapshot_every steps"
+            ),
             "bias_snapshots": "gate bias at the end of each window",
         },
         "runs": [results[s["name"]] for s in specs],

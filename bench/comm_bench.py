@@ -89,7 +89,8 @@ def log(rank: int, msg: str) -> None:
 
 
 class Timer:
-    """Seconds per call of fn: averaged over `iters` calls, the slowest rank's, median of `repeats` batches."""
+    """Seconds per call of fn: averaged over `iters` calls, the slowest rank's,
+    median of `repeats` batches."""
 
     def __init__(self, cuda: bool, device: torch.device, repeats: int = 3):
         self.cuda, self.device, self.repeats = cuda, device, repeats
@@ -136,7 +137,8 @@ class Timer:
 
 
 def collective_fn(kind: str, inp: torch.Tensor, out: torch.Tensor, nbytes: int, world: int):
-    """A closure running one collective on the first nbytes of the buffers (dsim's size convention)."""
+    """A closure running one collective on the first nbytes of the buffers
+    (dsim's size convention)."""
     n = nbytes // ELEM
     all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
@@ -169,7 +171,8 @@ def bench_collectives(rank: int, world: int, cfg: dict, timer: Timer, device: to
             algbw = nbytes / t
             log(
                 rank,
-                f"  {kind:15} {nbytes:>12,d} B  {t * 1e6:12.1f} us  algbw {algbw / 1e9:8.3f} GB/s  ({k} iters)",
+                f"  {kind:15} {nbytes:>12,d} B  {t * 1e6:12.1f} us  "
+                f"algbw {algbw / 1e9:8.3f} GB/s  ({k} iters)",
             )
         results[kind] = dict(sizes_bytes=sizes, time_s=times, iters=iters)
     return results
@@ -276,7 +279,6 @@ def bench_ep(
             f"{2 * pair_s * 1e3:.3f} ms, local experts {experts_s * 1e3:.3f} ms",
         )
         out.append(rec)
-    del ep
     return out
 
 
@@ -350,7 +352,8 @@ def bench_worker(rank: int, world: int, cfg: dict) -> dict:
 
 
 def add_model(result: dict, world: int, gpu: str | None, ranks_per_node: int) -> dict:
-    """Bus bandwidths, the alpha-beta fit of each curve, and (with a GPU name) the model's prediction."""
+    """Bus bandwidths, the alpha-beta fit of each curve, and (with a GPU
+    name) the model's prediction."""
     try:
         from dsim.cost.comm import bus_bandwidth, collective_time, fit_alpha_beta
         from dsim.cost.hardware import peak_flops
@@ -502,7 +505,10 @@ def main() -> None:
     for kind, c in result["collectives"].items():
         if "fit" in c:
             f = c["fit"]
-            line = f"  {kind:15} fit alpha {f['alpha_s'] * 1e6:8.2f} us, bandwidth {f['bandwidth_GBps']:8.3f} GB/s"
+            line = (
+                f"  {kind:15} fit alpha {f['alpha_s'] * 1e6:8.2f} us, "
+                f"bandwidth {f['bandwidth_GBps']:8.3f} GB/s"
+            )
             if "model_error" in c:
                 line += f"; model error at {c['sizes_bytes'][-1]:,d} B: {c['model_error'][-1]:+.0%}"
             print(line, flush=True)

@@ -2,8 +2,8 @@
 """FP8 and INT8 GEMMs against bf16 on a real GPU: speed at decode and prefill sizes, and accuracy
 of FP8 accumulation as K grows (with and without promotion to fp32).
 
-    python bench/gemm_fp8.py --out dsim/data/quant_gpu.json              # H100: about a minute
-    python bench/gemm_fp8.py --device cpu --quick --out /tmp/q.json      # the same logic, tiny, on CPU
+    python bench/gemm_fp8.py --out dsim/data/quant_gpu.json          # H100: about a minute
+    python bench/gemm_fp8.py --device cpu --quick --out /tmp/q.json  # the same logic, tiny, on CPU
 
 Timing
     C[m, n] = A[m, k] B[n, k]^T for DeepSeek-V3 expert shapes (gate+up fused: n=4096, k=7168; down:
@@ -104,7 +104,8 @@ def block_layouts(
 
 
 def block_gemm_candidates(a_q, a_s, b_q, b_s, out_dtype=torch.bfloat16):
-    """(name, zero-arg callable) for every API x layout that might run a 1x128 x 128x128 FP8 GEMM."""
+    """(name, zero-arg callable) for every API x layout that might run a
+    1x128 x 128x128 FP8 GEMM."""
     F = torch.nn.functional
     out = []
     for lname, (sa, sb) in block_layouts(a_s, b_s).items():
@@ -176,7 +177,8 @@ def block_gemm_fn(name: str, a_q, a_s, b_q, b_s, out_dtype=torch.bfloat16):
 # Timing
 # ------------------------------------------------------------------------------------------
 def time_calls(calls: list, device: str, warmup: int, reps: int) -> tuple[float, str]:
-    """Median milliseconds per call of the zero-arg `calls` (run in order, one pass = len(calls) calls).
+    """Median milliseconds per call of the zero-arg `calls` (run in order, one
+    pass = len(calls) calls).
 
     CUDA: one pass is captured in a CUDA graph and replayed, timed with CUDA events; if capture
     fails, eager passes are timed with events. CPU: perf_counter.
@@ -302,7 +304,8 @@ def timing(device: str, quick: bool, block_name: str | None, deadline: float) ->
                 print(
                     f"{shape:12s} m={m:6d} {kernel:15s} "
                     + (
-                        f"{row['ms']:.4f} ms  x{row.get('speedup_vs_bf16', float('nan')):.2f} vs bf16"
+                        f"{row['ms']:.4f} ms  "
+                        f"x{row.get('speedup_vs_bf16', float('nan')):.2f} vs bf16"
                         if "ms" in row
                         else row["error"]
                     ),
@@ -429,7 +432,10 @@ def main(argv: list[str] | None = None) -> dict:
         quick=args.quick,
         block_gemm=block_name,
         block_gemm_probe=probe,
-        note="GEMM only (operands quantized beforehand); int8 has no scaling epilogue; ratios vs bf16 of this run",
+        note=(
+            "GEMM only (operands quantized beforehand); int8 has no scaling epilogue; "
+            "ratios vs bf16 of this run"
+        ),
     )
     result["accuracy_vs_k"] = accuracy(args.device, args.quick, block_name, deadline)
     result["timing"] = timing(args.device, args.quick, block_name, deadline)

@@ -1,4 +1,5 @@
-"""Measure activation memory and the KV cache of real layer sizes, and compare with dsim.cost.memory.
+"""Measure activation memory and the KV cache of real layer sizes, and
+compare with dsim.cost.memory.
 
 On a GPU it builds one transformer block at a time in bf16 (a DeepSeek-V2-Lite layer, a DeepSeek-V3-
 width layer with 16 experts, a Mixtral-width GQA layer, a DeepSeekMoE-16B MHA layer) and measures:
@@ -12,8 +13,10 @@ width layer with 16 experts, a Mixtral-width GQA layer, a DeepSeekMoE-16B MHA la
 Each record holds the model arguments, the shapes, predicted and measured bytes, the device name and
 the torch version; tests/cost/test_memory.py::test_matches_gpu_measurements re-predicts them.
 
-    python bench/measure_memory.py --out dsim/data/memory_measured.json       # GPU, about a minute on an H100
-    python bench/measure_memory.py --device cpu --quick --out /tmp/mem.json   # CPU: small layers, hook counting
+    # GPU, about a minute on an H100:
+    python bench/measure_memory.py --out dsim/data/memory_measured.json
+    # CPU: small layers, hook counting:
+    python bench/measure_memory.py --device cpu --quick --out /tmp/mem.json
 """
 
 from __future__ import annotations
@@ -93,7 +96,8 @@ def routing_tensors(block: Block) -> list[torch.Tensor]:
 def measure_block(
     name: str, args: ModelArgs, batch: int, seq: int, recompute: str, dtype: str, device: str
 ) -> dict:
-    """Activation bytes of the last block of `args` (an MoE block) for one forward of batch x seq."""
+    """Activation bytes of the last block of `args` (an MoE block) for
+    one forward of batch x seq."""
     layer_id = args.n_layers - 1
     torch.manual_seed(0)
     with torch.device(device):

@@ -42,8 +42,8 @@ from timing_measure import Timer, environment  # noqa: E402
 from dsim.config import ModelArgs  # noqa: E402
 from dsim.model import Experts, MoE, _Permute, grouped_mm  # noqa: E402
 
-# (name, dim, moe_inter_dim, n_routed_experts, n_activated_experts, n_shared_experts, n_expert_groups,
-#  n_limited_groups, route_scale, tokens)
+# (name, dim, moe_inter_dim, n_routed_experts, n_activated_experts, n_shared_experts,
+#  n_expert_groups, n_limited_groups, route_scale, tokens)
 SHAPES = [
     ("v2-lite-like", 2048, 1408, 64, 6, 2, 1, 1, 1.0, 16384),
     ("v3-like", 7168, 2048, 256, 8, 1, 8, 4, 2.5, 8192),
@@ -64,7 +64,8 @@ def _sorted(indices: torch.Tensor, n_experts: int):
 
 
 def variant_v0_index_add(self: Experts, x, indices, weights):
-    """dsim before this change: x[token] (backward: sort + scatter-add) and index_add_ (atomics) to unpermute."""
+    """dsim before this change: x[token] (backward: sort + scatter-add) and
+    index_add_ (atomics) to unpermute."""
     T, K = indices.shape
     flat = indices.flatten()
     order = torch.argsort(flat, stable=True)
@@ -77,7 +78,8 @@ def variant_v0_index_add(self: Experts, x, indices, weights):
 
 
 def variant_bmm_combine(self: Experts, x, indices, weights):
-    """As dsim, but the weighted sum over the K experts as one batched GEMM [T, 1, K] x [T, K, D]."""
+    """As dsim, but the weighted sum over the K experts as one batched
+    GEMM [T, 1, K] x [T, K, D]."""
     T, K = indices.shape
     order, inverse, counts = _sorted(indices, self.n_experts)
     xs = _Permute.apply(x, order // K, inverse, K)
@@ -98,8 +100,9 @@ def variant_weights_in_h(self: Experts, x, indices, weights):
 
 
 def variant_w13_fused_whatif(self: Experts, x, indices, weights):
-    """What-if (not allowed in dsim: it needs w1 and w3 stored as one [E, 2I, D] parameter, as HF stores
-    gate_up_proj): one grouped GEMM for w1 and w3. Measures what the separate storage costs."""
+    """What-if (not allowed in dsim: it needs w1 and w3 stored as one [E, 2I, D]
+    parameter, as HF stores gate_up_proj): one grouped GEMM for w1 and w3. Measures what
+    the separate storage costs."""
     T, K = indices.shape
     order, inverse, counts = _sorted(indices, self.n_experts)
     if not hasattr(self, "_w13"):
@@ -301,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     impls = [] if a.no_hf else hf_implementations()
     print(
-        f"moe_bench on {env['device_name']}: torch {env['torch']}, transformers {env['transformers']}, "
+        f"moe_bench on {env['device_name']}: torch {env['torch']}, "
+        f"transformers {env['transformers']}, "
         f"hf experts implementations {impls}",
         flush=True,
     )
@@ -354,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                 if hasattr(moe.experts, "_w13"):
                     del moe.experts._w13
             print(
-                f"    {label:18} fwd {row['runs'][label].get('tflops', float('nan')):6.1f}  fwd+bwd "
+                f"    {label:18} fwd {row['runs'][label].get('tflops', float('nan')):6.1f}  "
+                f"fwd+bwd "
                 f"{row['runs'][label + '_fwdbwd'].get('tflops', float('nan')):6.1f} TFLOP/s",
                 flush=True,
             )
@@ -388,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
                     row["runs"][f"hf:{impl}" + ("_fwdbwd" if bwd else "")] = r
                 print(
                     f"    hf:{impl:15} fwd {row['runs'][f'hf:{impl}']['tflops']:6.1f}  fwd+bwd "
-                    f"{row['runs'][f'hf:{impl}_fwdbwd']['tflops']:6.1f} TFLOP/s  (output vs dsim: rel. err {err:.1e})",
+                    f"{row['runs'][f'hf:{impl}_fwdbwd']['tflops']:6.1f} TFLOP/s  "
+                    f"(output vs dsim: rel. err {err:.1e})",
                     flush=True,
                 )
             except Exception as ex:
@@ -412,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         env=env,
         quick=a.quick,
         flops_definition=(
-            "2*3*T*K*D*I routed + 2*3*T*D*S*I shared per forward; x3 for forward+backward; gate not counted"
+            "2*3*T*K*D*I routed + 2*3*T*D*S*I shared per forward; x3 for forward+backward; "
+            "gate not counted"
         ),
         results=results,
     )
@@ -424,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarize(runs: dict[str, dict]) -> dict[str, Any]:
-    """dsim's best (as committed) against the fastest transformers implementation and the dense ceiling."""
+    """dsim's best (as committed) against the fastest transformers
+    implementation and the dense ceiling."""
     out: dict[str, Any] = {}
     for suffix, tag in (("", "fwd"), ("_fwdbwd", "fwdbwd")):
         dsim = runs.get("dsim" + suffix, {}).get("tflops")

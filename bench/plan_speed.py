@@ -6,10 +6,12 @@ Prints layouts per second of the vectorized evaluation (dsim.cost.plan.evaluate)
 evaluator run one layout at a time (dsim.cost.plan.evaluate_layout, a one-row Layouts: what a plain
 loop over layouts would cost) on a sample of the same layouts, their ratio, and checks that the two
 give the same numbers (relative difference <= 1e-9; exit status 1 otherwise). Cases:
-  1. DeepSeek-V3 on 2048 H800s (the pre-training reproduction's job): the full search cold (building the
-     tables from the time model, in a fresh process) and warm (tables built, the evaluation alone);
+  1. DeepSeek-V3 on 2048 H800s (the pre-training reproduction's job): the full search cold
+     (building the tables from the time model, in a fresh process) and warm (tables built, the
+     evaluation alone);
   2. a sweep of cluster sizes (64 to 16384 H100s) for DeepSeek-V3, warm;
-  3. the DeepSeek-V3 layouts repeated --repeat times: the per-layout cost once fixed costs are amortised.
+  3. the DeepSeek-V3 layouts repeated --repeat times: the per-layout cost once fixed costs are
+     amortised.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def main() -> int:
     ev = best_of(lambda: evaluate(job, L), 20)
     print("1. DeepSeek-V3, 2048 x H800, sequences of 4096, global batch 15360")
     print(
-        f"   {res.layouts_evaluated:,} layouts; full search cold {cold:.3f} s (tables from the time model), "
+        f"   {res.layouts_evaluated:,} layouts; "
+        f"full search cold {cold:.3f} s (tables from the time model), "
         f"warm {warm:.3f} s; evaluation alone {ev * 1e3:.1f} ms = {len(L) / ev:,.0f} layouts/s"
     )
 
@@ -88,7 +91,8 @@ def main() -> int:
         seconds += best_of(lambda: evaluate(j, Ln), 10)
         total += len(Ln)
     print(
-        f"2. DeepSeek-V3 on 64 ... 16384 x H100 (9 clusters): {total:,} layouts in {seconds:.3f} s = "
+        f"2. DeepSeek-V3 on 64 ... 16384 x H100 (9 clusters): "
+        f"{total:,} layouts in {seconds:.3f} s = "
         f"{total / seconds:,.0f} layouts/s"
     )
 
@@ -96,7 +100,8 @@ def main() -> int:
     t_big = best_of(lambda: evaluate(job, big), 5)
     rate = len(big) / t_big
     print(
-        f"3. the V3 layouts x {ns.repeat}: {len(big):,} layouts in {t_big:.3f} s = {rate:,.0f} layouts/s"
+        f"3. the V3 layouts x {ns.repeat}: {len(big):,} layouts in {t_big:.3f} s = "
+        f"{rate:,.0f} layouts/s"
     )
 
     rng = np.random.default_rng(0)
@@ -110,14 +115,16 @@ def main() -> int:
     for i, ref in zip(sample, refs):
         for key in OUTPUTS:
             a, b = out[key][i], ref[key]
-            # relative, with a floor: a time that is exactly 0 in one and 1e-15 s in the other agrees
+            # relative, with a floor: a time that is exactly 0 in one and
+            # 1e-15 s in the other agrees
             worst = max(worst, abs(a - b) / max(abs(a), abs(b), 1e-3))
     print(
         f"one layout at a time (evaluate_layout): {len(sample)} layouts in {t_ref:.2f} s = "
         f"{ref_rate:,.0f} layouts/s"
     )
     print(
-        f"vectorized / one at a time: {len(L) / ev / ref_rate:,.0f}x (case 1), {rate / ref_rate:,.0f}x (case 3); "
+        f"vectorized / one at a time: {len(L) / ev / ref_rate:,.0f}x (case 1), "
+        f"{rate / ref_rate:,.0f}x (case 3); "
         f"largest relative difference {worst:.1e}"
     )
     if worst > 1e-9:

@@ -54,8 +54,9 @@ L2_FLUSH_BYTES = 256 * 2**20  # > 4x the L2 of an H100 (50 MiB) or H200 (60 MiB)
 # ---------------------------------------------------------------------------------------------
 # The grids. A case: op, split, backward, dtype, shape (the keyword arguments of op_time).
 # ---------------------------------------------------------------------------------------------
-# MoE layer widths (dim, moe_inter_dim, n_routed_experts, n_activated_experts). Calibration and validation use different
-# models so that the validation error says how the model does on a layer it has never seen.
+# MoE layer widths (dim, moe_inter_dim, n_routed_experts, n_activated_experts). Calibration and
+# validation use different models so that the validation error says how the model does on a
+# layer it has never seen.
 MOE_CAL = [(3072, 8192, 8, 2), (2048, 1024, 32, 4), (5120, 1536, 160, 6), (4096, 1536, 128, 8)]
 MOE_VAL = [
     (4096, 14336, 8, 2),  # Mixtral-8x7B
@@ -461,8 +462,8 @@ def _backward_fn(forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor]
 
 
 class MoECache:
-    """Keeps one MoE module per (dim, moe_inter_dim, n_routed_experts, n_activated_experts) while its cases run
-    (weights are large)."""
+    """Keeps one MoE module per (dim, moe_inter_dim, n_routed_experts, n_activated_experts) while
+    its cases run (weights are large)."""
 
     def __init__(self):
         self.key, self.moe = None, None
@@ -553,14 +554,25 @@ def build(c: dict, device: torch.device):
         idx = torch.randint(0, dst, (rows,), device=device)
         if op == "index_add_rows":
             src = _randn(rows, width, device=device, grad=bwd)
-            fwd = lambda: torch.zeros(dst, width, device=device, dtype=torch.bfloat16).index_add_(
-                0, idx, src
-            )  # noqa: E731
-            leaves = [src]
+
+            def fwd():
+                return torch.zeros(dst, width, device=device, dtype=torch.bfloat16).index_add_(
+                    0, idx, src
+                )
+
+        elif op == "gather_rows":
+            src = _randn(dst, width, device=device, grad=bwd)
+
+            def fwd():
+                return src[idx]
+
         else:
             src = _randn(dst, width, device=device, grad=bwd)
-            fwd = (lambda: src[idx]) if op == "gather_rows" else (lambda: src.index_select(0, idx))  # noqa: E731
-            leaves = [src]
+
+            def fwd():
+                return src.index_select(0, idx)
+
+        leaves = [src]
         fn = fwd
         if bwd:
             fn, setup = _backward_fn(fwd, leaves)
@@ -646,7 +658,8 @@ def build(c: dict, device: torch.device):
 
 
 def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> str:
-    """The backend F.scaled_dot_product_attention picks for these inputs (flash, efficient, cudnn, math)."""
+    """The backend F.scaled_dot_product_attention picks for these inputs (flash,
+    efficient, cudnn, math)."""
     try:
         from torch.nn.attention import SDPBackend
 
@@ -904,8 +917,8 @@ def main(argv: list[str] | None = None) -> int:
         env=env,
         quick=a.quick,
         method=(
-            "median of repeats; GPU: CUDA events around one call, L2 flushed (256 MiB read) and the "
-            "GPU slept before each so the CPU had queued the op; CPU: wall clock"
+            "median of repeats; GPU: CUDA events around one call, L2 flushed (256 MiB read) "
+            "and the GPU slept before each so the CPU had queued the op; CPU: wall clock"
         ),
         records=records,
         profiles=profiles,
@@ -923,7 +936,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(data, indent=1))
     errors = sum("error" in r for r in records)
     print(
-        f"timing_measure: {n_done} measured, {errors} errors, {time.time() - start:.0f}s; wrote {out}",
+        f"timing_measure: {n_done} measured, {errors} errors, "
+        f"{time.time() - start:.0f}s; wrote {out}",
         flush=True,
     )
 

@@ -48,8 +48,8 @@ def run(
         g = get_gpu(name)
     except ValueError:
         print(
-            f"note: {name!r} is not in the GPU catalog (CPU test data?): fitting the H100-SXM model to it "
-            "only exercises the code",
+            f"note: {name!r} is not in the GPU catalog (CPU test data?): "
+            "fitting the H100-SXM model to it only exercises the code",
             flush=True,
         )
         g = get_gpu("H100-SXM")
@@ -62,7 +62,8 @@ def run(
     rows_cal = validate(cal_recs, cal, g)
 
     print(
-        f"\nvalidate_timing: {data_path.name} ({env.get('device_name', '?')}, torch {env.get('torch', '?')}); "
+        f"\nvalidate_timing: {data_path.name} "
+        f"({env.get('device_name', '?')}, torch {env.get('torch', '?')}); "
         f"{len(cal_recs)} calibration / {len(val_recs)} validation records"
         + (f", {len(failed)} failed measurements" if failed else "")
     )
@@ -82,11 +83,13 @@ def run(
     )
     for stage, d in cal.fit.items():
         print(
-            f"  stage {stage:14} {d['records']:3} records: median {d['median_error']:6.1%}, worst {d['worst_error']:6.1%}"
+            f"  stage {stage:14} {d['records']:3} records: "
+            f"median {d['median_error']:6.1%}, worst {d['worst_error']:6.1%}"
         )
     if not quiet:
         print(
-            f"\n{'op':18}{'bwd':>4}  {'shape':58}{'measured':>11}{'model':>11}{'error':>8}{'roofline':>10}"
+            f"\n{'op':18}{'bwd':>4}  {'shape':58}"
+            f"{'measured':>11}{'model':>11}{'error':>8}{'roofline':>10}"
         )
         for r in sorted(rows, key=lambda r: (r["op"], r["backward"], r["measured_s"])):
             print(
@@ -97,7 +100,8 @@ def run(
     summary = error_summary(rows, "kind")
     summary_cal = error_summary(rows_cal, "kind")
     print(
-        f"\n{'validation':16}{'n':>5}{'median':>9}{'worst':>9}   {'roofline median':>16}{'worst':>9}"
+        f"\n{'validation':16}{'n':>5}{'median':>9}{'worst':>9}   "
+        f"{'roofline median':>16}{'worst':>9}"
     )
     ok = True
     for kind, s in summary.items():
@@ -108,7 +112,8 @@ def run(
             f"{s['roofline_worst']:9.1%}   {'' if met else '<- misses the target'}"
         )
     print(
-        f"(calibration split, for reference: median {summary_cal.get('all', {}).get('median', float('nan')):.1%}, "
+        f"(calibration split, for reference: "
+        f"median {summary_cal.get('all', {}).get('median', float('nan')):.1%}, "
         f"worst {summary_cal.get('all', {}).get('worst', float('nan')):.1%})"
     )
     print(
@@ -147,7 +152,8 @@ def run(
         )
     )
     print(
-        f"wrote {out_dir / f'timing_calibration_{key}.json'} and {out_dir / f'timing_validation_{key}.json'}"
+        f"wrote {out_dir / f'timing_calibration_{key}.json'} and "
+        f"{out_dir / f'timing_validation_{key}.json'}"
     )
     return summary
 

@@ -105,9 +105,8 @@ def vendor_mathjax(src_dir: Path, refresh: bool = False) -> None:
     dest = src_dir / "vendor" / "mathjax"
     stamp = dest / "VERSION"
     if not refresh and (dest / "tex-svg.js").is_file() and stamp.is_file():
-        log(
-            f"MathJax: using vendored {stamp.read_text().strip()} in {dest.relative_to(src_dir.parent)}"
-        )
+        version = stamp.read_text().strip()
+        log(f"MathJax: using vendored {version} in {dest.relative_to(src_dir.parent)}")
         return
     with tempfile.TemporaryDirectory(prefix="dsim-mathjax-") as tmp:
         tarball = os.environ.get("DSIM_MATHJAX_TARBALL")
@@ -845,9 +844,8 @@ def check_site(book: Path) -> list[str]:
             if not target.resolve().is_relative_to(book.resolve()):
                 problems.append(f"{rel}: {what} <{tag} {attr}={url!r}> points outside the book")
             elif not target.is_file():
-                problems.append(
-                    f"{rel}: {what} <{tag} {attr}={url!r}> -> {target.relative_to(book) if target.is_relative_to(book) else target} does not exist"
-                )
+                shown = target.relative_to(book) if target.is_relative_to(book) else target
+                problems.append(f"{rel}: {what} <{tag} {attr}={url!r}> -> {shown} does not exist")
             elif (
                 frag
                 and in_main

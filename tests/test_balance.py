@@ -1,5 +1,6 @@
-"""Load balancing: the bias steers the choice only, the bias update balances a skewed router, and the
-losses equal the formulas of the papers they come from (DeepSeek-V3 eqs. 17-20, Switch, ST-MoE)."""
+"""Load balancing: the bias steers the choice only, the bias update balances a skewed
+router, and the losses equal the formulas of the papers they come from (DeepSeek-V3
+eqs. 17-20, Switch, ST-MoE)."""
 
 import math
 
@@ -74,9 +75,10 @@ def test_bias_never_enters_the_combine_weights(score_func):
 
 @pytest.mark.parametrize("score_func", ["softmax", "sigmoid"])
 def test_bias_update_balances_a_skewed_router(score_func):
-    """The router favours experts 0, 1, ... along a direction u that every token shares: the unbalanced
-    choice sends 3-4x the mean load to expert 0. Sign-based bias updates bring the load close to uniform.
-    (A gamma much larger than these ends in a limit cycle: every step overshoots by gamma.)"""
+    """The router favours experts 0, 1, ... along a direction u that every token shares: the
+    unbalanced choice sends 3-4x the mean load to expert 0. Sign-based bias updates bring
+    the load close to uniform. (A gamma much larger than these ends in a limit cycle: every
+    step overshoots by gamma.)"""
     torch.manual_seed(0)
     args = ModelArgs(**MOE, score_func=score_func)
     moe = MoE(args)
@@ -110,7 +112,8 @@ def paper_sequence_loss(
 ) -> float:
     """DeepSeek-V3 eqs. 17-20 evaluated with loops, for one sequence. scores: [T, N_r].
 
-    indices None: eq. 18 as printed (top-K of the affinities s); otherwise the given choice [T, K]."""
+    indices None: eq. 18 as printed (top-K of the affinities s); otherwise
+    the given choice [T, K]."""
     T, N = scores.shape
     s = scores.tolist()
     total = 0.0

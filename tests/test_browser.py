@@ -201,7 +201,8 @@ def book_page(browser, book_url):
 
 TEXT_OUTSIDE_MATH_JS = """() => {
   const main = document.querySelector('main').cloneNode(true);
-  main.querySelectorAll('pre, code, script, style, mjx-container, textarea').forEach(e => e.remove());
+  main.querySelectorAll('pre, code, script, style, mjx-container, textarea')
+    .forEach(e => e.remove());
   return main.textContent;
 }"""
 
@@ -369,7 +370,8 @@ def jupyter_lab(notebooks: Path):
 
 
 NOTEBOOK_STATE_JS = """() => {
-  const cells = Array.from(document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-CodeCell'));
+  const cells = Array.from(document.querySelectorAll(
+      '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-CodeCell'));
   let pending = 0, done = 0;
   for (const c of cells) {
     const src = (c.querySelector('.jp-InputArea-editor') || {}).textContent || '';
@@ -380,7 +382,8 @@ NOTEBOOK_STATE_JS = """() => {
   const errors = Array.from(document.querySelectorAll(
       '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'))
     .map(e => e.textContent).filter(t => /Traceback|^\\s*\\w+Error\\b/m.test(t));
-  const ind = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator');
+  const ind = document.querySelector(
+      '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook-ExecutionIndicator');
   const status = ind ? ind.getAttribute('data-status') : null;
   return {cells: cells.length, pending, done, errors, status};
 }"""
@@ -483,7 +486,8 @@ def test_notebook_slider_in_jupyterlab(browser):
         try:
             page.goto(f"{base}/lab/tree/{nb_path.name}", wait_until="domcontentloaded")
             page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(state="visible")
-            # A kernel chooser appears only if the notebook's kernelspec is unknown: accept the default.
+            # A kernel chooser appears only if the notebook's kernelspec is
+            # unknown: accept the default.
             with contextlib.suppress(sync_api.TimeoutError):
                 page.locator(".jp-Dialog .jp-mod-accept").click(timeout=1500)
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
@@ -531,7 +535,8 @@ def test_notebook_slider_in_jupyterlab(browser):
                     return handle.get_attribute("aria-valuenow") or ""
                 return handle.input_value()  # <input type=range>
 
-            readout = lambda: slider.locator(".widget-readout").first.text_content() or ""
+            def readout() -> str:
+                return slider.locator(".widget-readout").first.text_content() or ""
 
             before, v0 = snapshot(), value()
             _shot(cell, "lab_slider_before.png")

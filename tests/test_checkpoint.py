@@ -1,4 +1,5 @@
-"""Checkpoints: safetensors only, bit-exact resume, and clear errors that leave the trainer untouched."""
+"""Checkpoints: safetensors only, bit-exact resume, and clear errors that
+leave the trainer untouched."""
 
 import json
 from pathlib import Path
@@ -28,8 +29,9 @@ SMALL = dict(
     original_seq_len=64,
     n_mtp_layers=1,
 )
-# Everything that carries state switched on: bias update, both losses, z-loss, MTP with a schedule
-# (lambda 0 after step 5: the MTP weights then stop getting gradient), capacity dropping, evaluation.
+# Everything that carries state switched on: bias update, both losses, z-loss, MTP with
+# a schedule (lambda 0 after step 5: the MTP weights then stop getting gradient),
+# capacity dropping, evaluation.
 CFG = TrainConfig(
     steps=8,
     batch_size=4,
@@ -122,7 +124,8 @@ def test_a_different_model_is_refused_and_nothing_is_loaded(halfway):
 
 
 def rewrite(src: Path, dst: Path, edit) -> Path:
-    """A copy of a checkpoint with its tensors/metadata edited and a valid checksum (a consistent but wrong file)."""
+    """A copy of a checkpoint with its tensors/metadata edited and a valid checksum (a
+    consistent but wrong file)."""
     with safe_open(str(src), framework="pt") as f:
         meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
     edit(tensors, meta)
@@ -130,7 +133,8 @@ def rewrite(src: Path, dst: Path, edit) -> Path:
 
 
 def test_wrong_shapes_inside_a_file_are_refused_before_copying(halfway, tmp_path):
-    # Metadata says 16 experts, tensors hold 8: checked tensor by tensor against the model it builds.
+    # Metadata says 16 experts, tensors hold 8: checked tensor by tensor
+    # against the model it builds.
     def sixteen(tensors, meta):
         a = json.loads(meta["model_args"])
         a["n_routed_experts"] = 16

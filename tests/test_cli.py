@@ -1,5 +1,5 @@
-"""The `dsim` command line: every subcommand on presets and on a config.json, machine-readable output,
-and bad input reported in one line with exit status 2 (never a traceback)."""
+"""The `dsim` command line: every subcommand on presets and on a config.json, machine-readable
+output, and bad input reported in one line with exit status 2 (never a traceback)."""
 
 import json
 import subprocess

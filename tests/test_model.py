@@ -62,9 +62,9 @@ def test_equals_transformers_deepseek_v3(yarn):
 
 
 def test_group_masking_uses_minus_inf_not_zero():
-    """DeepSeek masks dropped groups with -inf. transformers' router used to mask them with 0.0: when
-    the bias makes every kept score negative, a 0.0 in a dropped group wins the top-k and the token
-    lands in a group it was never allowed. dsim must choose only from the kept groups."""
+    """DeepSeek masks dropped groups with -inf. transformers' router used to mask them with 0.0:
+    when the bias makes every kept score negative, a 0.0 in a dropped group wins the top-k and the
+    token lands in a group it was never allowed. dsim must choose only from the kept groups."""
     args = ModelArgs(**SMALL_V3)
     gate = Gate(args)
     with torch.no_grad():
@@ -76,7 +76,8 @@ def test_group_masking_uses_minus_inf_not_zero():
     assert set(routing.indices.flatten().tolist()) <= {
         2 * g + i for g in kept_groups for i in (0, 1)
     }
-    # The 0.0-masked variant picks from a dropped group here (that is the bug being guarded against):
+    # The 0.0-masked variant picks from a dropped group here (that is the
+    # bug being guarded against):
     choice = (routing.scores + gate.bias).view(5, 4, 2)
     keep = choice.topk(2, dim=-1)[0].sum(-1).topk(2, dim=-1)[1]
     dropped = torch.ones(5, 4, dtype=torch.bool).scatter_(1, keep, False)

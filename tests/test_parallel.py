@@ -1,7 +1,8 @@
-"""Real multi-process runs on the CPU (gloo, loopback): expert parallelism and data parallelism with a
-ZeRO-1 optimizer against one process. (The launcher's own tests are in tests/test_launch.py.)
+"""Real multi-process runs on the CPU (gloo, loopback): expert parallelism and data parallelism with
+a ZeRO-1 optimizer against one process. (The launcher's own tests are in tests/test_launch.py.)
 
-Processes are forked from a forkserver that imports torch once, so a run costs ~0.3 s after the first.
+Processes are forked from a forkserver that imports torch once, so a run
+costs ~0.3 s after the first.
 """
 
 import pytest
@@ -36,7 +37,8 @@ def check_ep(world: int, tokens_per_rank: list[int], gate_bias: list[float]) -> 
         assert torch.equal(
             torch.cat([r["expert_grads"][w] for r in res]), ref["grads"][f"experts.{w}"]
         ), w
-    # replicated gate and shared experts: each rank's own share is exact (= one process on its rows) ...
+    # replicated gate and shared experts: each rank's own share is exact (= one
+    # process on its rows) ...
     lo = 0
     for rank, n in enumerate(tokens_per_rank):
         if n:

@@ -1,4 +1,5 @@
-"""Quantization is right: exact against straightforward references, honest about bytes, and measured.
+"""Quantization is right: exact against straightforward references, honest
+about bytes, and measured.
 
 Integer and FP8 formats are held to loop-by-loop references (bit-exact where the arithmetic allows),
 the FP8 GEMM to dequantize-then-matmul in fp64, the quantized layers to their definitions, the byte
@@ -396,7 +397,8 @@ def test_quantize_model_replaces_the_right_modules_and_reports_bytes():
 
 @pytest.mark.parametrize("attn_impl", ["naive", "absorb"])
 def test_quantized_model_runs_both_mla_paths(attn_impl):
-    """A randomly initialised model: errors compound through untrained layers, hence loose bounds."""
+    """A randomly initialised model: errors compound through untrained
+    layers, hence loose bounds."""
     model = Transformer(preset("tiny", attn_impl=attn_impl)).eval()
     tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -70,7 +70,8 @@ def small(**changes):
         (
             "max_train_bytes",
             100,
-            r"TrainConfig.max_train_bytes = 100 is invalid: must be None or an integer > seq_len \+ 1",
+            r"TrainConfig.max_train_bytes = 100 is invalid: "
+            r"must be None or an integer > seq_len \+ 1",
         ),
         (
             "mtp_lambda_schedule",
@@ -126,7 +127,8 @@ def test_mtp_loss_is_lambda_over_depth_and_reaches_shared_embedding_and_head():
     ]
     assert len(per_depth) == 2
     torch.testing.assert_close(out["loss"], out["main"] + 0.3 / 2 * sum(per_depth))
-    # gradients of the MTP loss alone: into the shared embedding and head, each module, and the trunk
+    # gradients of the MTP loss alone: into the shared embedding and head,
+    # each module, and the trunk
     model.zero_grad(set_to_none=True)
     out["mtp"].backward()
     for name in (
@@ -188,7 +190,8 @@ def test_capacity_factor_drops_tokens_and_is_counted():
 
 
 def test_mtp_acceptance_equals_greedy_decoding():
-    """The function's numbers, recomputed with model.generate (KV-cache decoding) for the main model."""
+    """The function's numbers, recomputed with model.generate (KV-cache
+    decoding) for the main model."""
     trainer = Trainer(small(n_mtp_layers=1), TrainConfig(**FAST, mtp_lambda=0.3))
     trainer.run(progress=False)
     model, data = trainer.model, get_corpus("val")
@@ -233,8 +236,9 @@ def _bench():
 
 
 def test_committed_balance_runs_cover_every_configuration_and_show_collapse():
-    """dsim/data/balance_runs.json (bench/balance_runs.py) has every run, complete, and the effect the
-    chapter is about: collapse without balancing, repair with the fast bias update and the Switch loss."""
+    """dsim/data/balance_runs.json (bench/balance_runs.py) has every run, complete, and the
+    effect the chapter is about: collapse without balancing, repair with the fast bias
+    update and the Switch loss."""
     import json
     from pathlib import Path
 

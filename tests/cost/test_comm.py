@@ -126,7 +126,8 @@ def busbw_8xh100(nbytes, topo=None):
 
 def test_8xh100_all_reduce_against_the_scaling_book():
     (big, bw_big), (mid, bw_mid) = SCALING_BOOK_8XH100_ALL_REDUCE
-    # ~370 GB/s with ~10 GB arrays: within 10% (the measured H200 efficiency is the same as the book's).
+    # ~370 GB/s with ~10 GB arrays: within 10% (the measured H200 efficiency is
+    # the same as the book's).
     assert busbw_8xh100(big) == pytest.approx(bw_big, rel=0.10)
     assert NVLINK_PEAK_EFFICIENCY == pytest.approx(370 / 450, rel=0.02)
     # ~150 GB/s at 58 MB: a known gap. Calibrated on 2 x H200 the model is optimistic there,
@@ -186,8 +187,9 @@ def test_large_message_ring_is_the_pipelined_bulk_formula():
 
 
 def test_half_saturation_size_grows_with_n():
-    # T_bulk reaches half the bandwidth at wire = steps * c * B / (sqrt(2) - 1)^2; for a ring
-    # all-reduce steps / (wire per byte) = n, so the half-saturation message size is proportional to n.
+    # T_bulk reaches half the bandwidth at wire = steps * c * B / (sqrt(2) - 1)^2; for
+    # a ring all-reduce steps / (wire per byte) = n, so the half-saturation message
+    # size is proportional to n.
     def half_size(n):
         topo = wire_only(Topology.from_gpu("H100-SXM", n))
         lo, hi = 1.0, 1e12
@@ -305,7 +307,8 @@ def test_time_on_custom_topology():
 
 
 def test_launch_floor():
-    # tiny collectives cost the measured floor of one call, whatever the size below a few hundred KiB
+    # tiny collectives cost the measured floor of one call, whatever the
+    # size below a few hundred KiB
     for kind in KINDS:
         floor = LAUNCH_OVERHEAD_S["all_to_all" if kind == "send_recv" else kind]
         assert collective_time(kind, 1024, 2, gpu="H200", ranks_per_node=2) == floor
@@ -319,9 +322,9 @@ def test_launch_floor():
 
 
 def test_launch_floor_is_a_max_not_a_sum():
-    # Measured on 2 x H200: from the flat floor to 8 and 16 MiB the all-reduce time grows by less than
-    # the bytes would take even at the datasheet NVLink peak, so an additive launch term cannot fit;
-    # a floor overlapped with the transfer (the next call is issued while this one runs) can.
+    # Measured on 2 x H200: from the flat floor to 8 and 16 MiB the all-reduce time grows by less
+    # than the bytes would take even at the datasheet NVLink peak, so an additive launch term cannot
+    # fit; a floor overlapped with the transfer (the next call is issued while this one runs) can.
     c = load_measurements()["collectives"]["all_reduce"]
     s, t = np.array(c["sizes_bytes"]), np.array(c["time_s"])
     floor = np.median(t[s <= 2**20])
@@ -479,7 +482,6 @@ def test_model_against_nccl_measurements():
 def test_worst_errors_are_measurement_spikes():
     # Every point the model misses by more than half is slower than the next larger message:
     # a spike that no model monotone in the size can follow.
-    run = load_measurements()
     n_spikes = 0
     for kind, (s, t, e) in nccl_errors(min_bytes=0).items():
         for i in np.flatnonzero(np.abs(e) > 0.5):

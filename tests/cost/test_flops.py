@@ -1,5 +1,6 @@
-"""FLOPs equal what torch.utils.flop_counter.FlopCounterMode counts on the real model, module by module,
-in training, prefill and decode; the textbook approximations are off by exactly what they leave out."""
+"""FLOPs equal what torch.utils.flop_counter.FlopCounterMode counts on the real model,
+module by module, in training, prefill and decode; the textbook approximations are off by
+exactly what they leave out."""
 
 import pytest
 import torch
@@ -28,7 +29,8 @@ class TrainStep(nn.Module):
 
 
 def count(args, mode, batch, seq_len, context):
-    """(forward FLOPs by module name relative to the model, backward total) as FlopCounterMode counts."""
+    """(forward FLOPs by module name relative to the model, backward total)
+    as FlopCounterMode counts."""
     torch.manual_seed(0)
     model = Transformer(args)
     gen = torch.Generator().manual_seed(1)
@@ -113,8 +115,8 @@ def test_equals_flop_counter_variants(variant, mode):
 
 
 def test_routed_flops_do_not_depend_on_balance():
-    """Push every token to the same experts with the gate's bias: the count is unchanged, because the
-    routed experts cost T * top-k assignments, however they are spread."""
+    """Push every token to the same experts with the gate's bias: the count is unchanged, because
+    the routed experts cost T * top-k assignments, however they are spread."""
     args = scaled_down(preset("deepseek-v3"), expert_impl="loop", n_mtp_layers=0)
     torch.manual_seed(0)
     model = Transformer(args)
@@ -143,11 +145,12 @@ def test_routed_flops_do_not_depend_on_balance():
 
 
 def test_what_the_counter_charges_for_sdpa():
-    """On a CPU, F.scaled_dot_product_attention runs `_scaled_dot_product_flash_attention_for_cpu` when
-    query and value heads match; FlopCounterMode has no formula for it and counts 0. When they differ
-    (MLA-naive) the CPU runs the unfused math path, counted as two bmm over the full (non-causal)
-    S x S matrix. `counter_mapping()` charges the fused kernel as PyTorch charges its GPU kernels:
-    the full matrix forward, 2 S^2 (3 d_qk + 2 d_v) per head backward (QK^T recomputed)."""
+    """On a CPU, F.scaled_dot_product_attention runs
+    `_scaled_dot_product_flash_attention_for_cpu` when query and value heads match;
+    FlopCounterMode has no formula for it and counts 0. When they differ (MLA-naive) the CPU runs
+    the unfused math path, counted as two bmm over the full (non-causal) S x S matrix.
+    `counter_mapping()` charges the fused kernel as PyTorch charges its GPU kernels: the full
+    matrix forward, 2 S^2 (3 d_qk + 2 d_v) per head backward (QK^T recomputed)."""
     B, H, S, d = 2, 4, 16, 8
     q, k, v = (torch.randn(B, H, S, d, requires_grad=True) for _ in range(3))
     with FlopCounterMode(display=False) as plain:
@@ -203,9 +206,9 @@ def test_six_nd_misses_exactly_the_attention_core(name):
 
 
 def test_megatron_closed_form_leaves_out_the_router():
-    """Megatron-LM's formula (adapted to dsim's names) charges causal attention at S/2 keys per query
-    and the attention backward at 2x: compared with our causal count under that convention it is
-    short by the router's matmul (and a few norm-sized terms), within 0.01%."""
+    """Megatron-LM's formula (adapted to dsim's names) charges causal attention at S/2 keys per
+    query and the attention backward at 2x: compared with our causal count under that convention it
+    is short by the router's matmul (and a few norm-sized terms), within 0.01%."""
     for name in ("deepseek-v3", "deepseek-v2", "mixtral-8x7b"):
         args = preset(name)
         f = flops(args, batch=1, seq_len=4096, mode="train", attn_kernel="math")

@@ -1,5 +1,6 @@
 """Memory: byte counts, the KV cache (model buffers and the papers' tables), activations held to the
-tensors autograd really keeps, the parallel layout, and the GPU measurements of bench/measure_memory.py."""
+tensors autograd really keeps, the parallel layout, and the GPU measurements of
+bench/measure_memory.py."""
 
 import json
 import math
@@ -24,10 +25,10 @@ from dsim.model import Block, Transformer, precompute_freqs_cis
 MEASURED = Path(__file__).resolve().parents[2] / "dsim" / "data" / "memory_measured.json"
 # Tolerances. CPU: the formula is exact (the same storages, byte for byte). GPU: memory_allocated
 # rounds every block up to 512 bytes and the fused kernels keep a few scalars (RNG state), so
-# activations are held to 5% and a KV cache (a few large buffers) to 1%; either may also differ by up
-# to 2 MiB, the size of one-time library workspaces (cuBLAS, about 1 MiB) that a first call leaves
-# allocated and that do not grow with the layer. The saved-tensor bytes the bench also records on the
-# GPU, free of allocator effects, are held to 0.1%.
+# activations are held to 5% and a KV cache (a few large buffers) to 1%; either may also differ by
+# up to 2 MiB, the size of one-time library workspaces (cuBLAS, about 1 MiB) that a first call
+# leaves allocated and that do not grow with the layer. The saved-tensor bytes the bench also
+# records on the GPU, free of allocator effects, are held to 0.1%.
 GPU_ACTIVATION_TOL, GPU_KV_TOL, GPU_SLACK_BYTES, GPU_SAVED_TOL = 0.05, 0.01, 2 * 2**20, 0.001
 TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -107,7 +108,8 @@ def test_deepseek_v2_table_small_and_large_moe():
     assert round(kv_cache_elements_per_token(large_mla) / 100) / 10 == 34.6
 
 
-# DeepSeek LLM 67B (arXiv:2401.02954, Table 2): 95 layers, width 8192, 64 heads of 128, GQA 8 KV heads.
+# DeepSeek LLM 67B (arXiv:2401.02954, Table 2): 95 layers, width 8192, 64
+# heads of 128, GQA 8 KV heads.
 DEEPSEEK_67B = ModelArgs(
     vocab_size=102400,
     dim=8192,
@@ -165,8 +167,9 @@ ACT_VARIANTS = {
 @pytest.mark.parametrize("variant", list(ACT_VARIANTS))
 @pytest.mark.parametrize("name", preset_names())
 def test_block_activations_equal_saved_tensors(name, variant, dtype):
-    """Every Block (dense and MoE), batch of 2 and of 1: the formula equals, byte for byte, the storages
-    that saved_tensors_hooks sees alive after the forward (plus the routing the MoE keeps)."""
+    """Every Block (dense and MoE), batch of 2 and of 1: the formula equals, byte for
+    byte, the storages that saved_tensors_hooks sees alive after the forward (plus
+    the routing the MoE keeps)."""
     args = scaled_down(preset(name), expert_impl="loop", **ACT_VARIANTS[variant])
     for layer in sorted({0, args.n_layers - 1}):
         for B, S in ((2, 12), (1, 16)):
@@ -236,7 +239,8 @@ def test_recomputation_orders_and_items_name_the_model():
         "shared_experts",
     ):
         assert part in names
-    # Experts dominate an MoE layer: per (token, expert) assignment 3 rows of dim and 4 of moe_inter_dim.
+    # Experts dominate an MoE layer: per (token, expert) assignment 3 rows of
+    # dim and 4 of moe_inter_dim.
     experts = sum(i.bytes for i in items if i.name.startswith("experts"))
     assert experts > none / 2
     # The absorbed form materialises S x S probabilities: quadratic in the sequence.
@@ -249,8 +253,9 @@ def test_recomputation_orders_and_items_name_the_model():
 # Weights, gradients, optimizer, parallel layout
 # ---------------------------------------------------------------------------------------------
 def test_zero_paper_example():
-    """ZeRO (Rajbhandari et al.), figure 1: 7.5B parameters, 64-way data parallelism, mixed-precision
-    Adam (2 + 2 + 12 bytes per parameter): 120 GB, 31.4 GB (stage 1), 16.6 GB (stage 2), 1.9 GB (stage 3)."""
+    """ZeRO (Rajbhandari et al.), figure 1: 7.5B parameters, 64-way data parallelism,
+    mixed-precision Adam (2 + 2 + 12 bytes per parameter): 120 GB, 31.4 GB (stage 1), 16.6 GB
+    (stage 2), 1.9 GB (stage 3)."""
     args = preset(
         "deepseekmoe-16b",
         n_routed_experts=0,

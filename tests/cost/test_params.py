@@ -91,7 +91,8 @@ CONVENTIONS = {
         "no_embedding",
         "round",
     ),  # 20.9B -> 21B (with the embedding 21.4B, also 21B)
-    # V2-Lite's 2.4B: without the embedding it is 2.451B, which rounds to 2.5B; the paper cut the digit.
+    # V2-Lite's 2.4B: without the embedding it is 2.451B, which rounds to 2.5B;
+    # the paper cut the digit.
     "deepseek-v2-lite": ("all", "no_embedding", "truncate"),
     "deepseekmoe-16b": ("all", "all", "round"),  # 2.83B; without the embedding 2.62B would be 2.6B
     "mixtral-8x7b": ("all", "all", "round"),  # 12.88B; without the embedding 12.75B would be 12.7B
@@ -116,11 +117,13 @@ def test_published_totals(name):
 
 
 def test_deepseek_v3_mtp_module():
-    """README_WEIGHTS.md: "11.5B unique parameters, excluding the shared 0.9B Embedding and 0.9B output
-    Head". Counting the module (enorm, hnorm, eh_proj, one MoE block, norm) gives 11.61B: within 1%."""
+    """README_WEIGHTS.md: "11.5B unique parameters, excluding the shared 0.9B Embedding and
+    0.9B output Head". Counting the module (enorm, hnorm, eh_proj, one MoE block, norm)
+    gives 11.61B: within 1%."""
     p = params(preset("deepseek-v3"))
     assert p.mtp == pytest.approx(11.5e9, rel=0.01)
-    # Hugging Face's 685B checkpoint stores the MTP module with its own copies of embedding and head.
+    # Hugging Face's 685B checkpoint stores the MTP module with its own
+    # copies of embedding and head.
     hf = p.total_no_mtp + p.mtp + p.breakdown["embedding"] + p.breakdown["head"]
     assert hf == pytest.approx(685e9, rel=0.001)
 

@@ -102,8 +102,8 @@ def _sample(L, n, seed, *masks):
 
 @pytest.mark.parametrize("name", list(JOBS))
 def test_one_layout_evaluates_as_its_row(name):
-    """evaluate_layout (the evaluator on a one-row Layouts) gives every output of the layout's row in a
-    whole search: nothing depends on which other layouts are evaluated with it."""
+    """evaluate_layout (the evaluator on a one-row Layouts) gives every output of the layout's row
+    in a whole search: nothing depends on which other layouts are evaluated with it."""
     job = JOBS[name]()
     L, _ = enumerate_layouts(job)
     res = evaluate(job, L)
@@ -152,8 +152,9 @@ def _memory(job, row, **kw):
 
 @pytest.mark.parametrize("name", list(JOBS))
 def test_1f1b_memory_is_dsim_cost_memory(name):
-    """For 1F1B layouts the per-kind memory is exactly dsim.cost.memory.memory's busiest stage, every ZeRO
-    stage and recomputation level included; buffers are the reserve, plus ZeRO-3's prefetched block."""
+    """For 1F1B layouts the per-kind memory is exactly dsim.cost.memory.memory's busiest
+    stage, every ZeRO stage and recomputation level included; buffers are the reserve, plus
+    ZeRO-3's prefetched block."""
     job = JOBS[name]()
     L, _ = enumerate_layouts(job, schedule="1f1b")
     res = evaluate(job, L)
@@ -172,8 +173,8 @@ def test_1f1b_memory_is_dsim_cost_memory(name):
 @pytest.mark.parametrize("name", ["v3-h800-2048", "tied-gqa-h100-32"])
 def test_dualpipe_pair_memory_is_dsim_cost_memory(name):
     """A DualPipe GPU holds stages s and pp-1-s and (pp+1) micro-batches of activations of half its
-    layers: with pp=2 that is the whole model (dsim.cost.memory.memory with pp=1) and 3/2 micro-batches
-    of it (memory's three micro-batches in flight, halved)."""
+    layers: with pp=2 that is the whole model (dsim.cost.memory.memory with pp=1) and 3/2
+    micro-batches of it (memory's three micro-batches in flight, halved)."""
     job = JOBS[name]()
     L, _ = enumerate_layouts(job, schedule="dualpipe", pp=2)
     res = evaluate(job, L)
@@ -187,8 +188,9 @@ def test_dualpipe_pair_memory_is_dsim_cost_memory(name):
 
 
 def _a2a(job, row):
-    """Dispatch (fp8 with scales, or bf16) + combine (bf16) of one MoE block, by dsim.cost.comm directly,
-    with DeepSeek's node-limited routing when the expert groups map onto the nodes the ep ranks span."""
+    """Dispatch (fp8 with scales, or bf16) + combine (bf16) of one MoE block, by
+    dsim.cost.comm directly, with DeepSeek's node-limited routing when the expert groups map
+    onto the nodes the ep ranks span."""
     a, g, tp, ep = job.args, job.gpus_per_node, row["tp"], row["ep"]
     if ep == 1:
         return 0.0
@@ -211,9 +213,10 @@ def _a2a(job, row):
 
 @pytest.mark.parametrize("name", list(JOBS))
 def test_1f1b_communication_is_dsim_cost_comm(name):
-    """Under 1F1B nothing hides tensor-, expert- or pipeline-parallel communication: the exposed seconds
-    are the collectives of dsim.cost.comm, called here directly, times the blocks of the stage and the
-    micro-batches (pp=1 for tensor and expert parallelism: every block on the one stage)."""
+    """Under 1F1B nothing hides tensor-, expert- or pipeline-parallel communication: the
+    exposed seconds are the collectives of dsim.cost.comm, called here directly, times the
+    blocks of the stage and the micro-batches (pp=1 for tensor and expert parallelism: every
+    block on the one stage)."""
     job = JOBS[name]()
     a, g, S = job.args, job.gpus_per_node, job.seq_len
     L, _ = enumerate_layouts(job, schedule="1f1b")
@@ -254,8 +257,9 @@ def test_1f1b_communication_is_dsim_cost_comm(name):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_pipeline_bubble_is_dsim_cost_comm(seed):
-    """The evaluator's array form of the bubble equals dsim.cost.comm.pipeline_bubble_time for both
-    schedules: 1F1B with F + B = tau, DualPipe with F&B = tau (tau: the stage's time per micro-batch)."""
+    """The evaluator's array form of the bubble equals
+    dsim.cost.comm.pipeline_bubble_time for both schedules: 1F1B with F + B = tau,
+    DualPipe with F&B = tau (tau: the stage's time per micro-batch)."""
     rng = np.random.default_rng(seed)
     n = 50
     pp = 2 * rng.integers(1, 17, n)
@@ -399,9 +403,9 @@ def test_bad_jobs_and_models_that_cannot_fit():
 
 
 def test_deepseek_v3_pretraining_within_20_percent():
-    """The layout DeepSeek states (PP16 DualPipe, EP64, ZeRO-1, fp8, selective recomputation) on 2048 H800s:
-    GPU-hours for 14.8T tokens within 20% of the published 2,664K; with full recomputation (the variant
-    that fits dsim's memory model) too."""
+    """The layout DeepSeek states (PP16 DualPipe, EP64, ZeRO-1, fp8, selective recomputation) on
+    2048 H800s: GPU-hours for 14.8T tokens within 20% of the published 2,664K; with full
+    recomputation (the variant that fits dsim's memory model) too."""
     r = reproduce_deepseek_v3_training()
     assert r["published_gpu_hours"] == DEEPSEEK_V3_TRAINING["published_gpu_hours"]
     assert abs(r["error"]) < 0.20, r["error"]
@@ -461,8 +465,8 @@ def test_serving_refuses_bad_deployments():
 
 
 def test_deepseek_v3_serving_reproduction_runs_with_stated_bounds():
-    """The Day-6 figures are a 24-hour average of a production service: the notebook explains the gaps;
-    here the predictions stay within a factor of two of them."""
+    """The Day-6 figures are a 24-hour average of a production service: the notebook explains the
+    gaps; here the predictions stay within a factor of two of them."""
     w = deepseek_v3_workload()
     assert w["prompt"] + w["output"] / 2 == pytest.approx(
         DEEPSEEK_V3_SERVING["kv_length_per_output_token"]

@@ -1,4 +1,5 @@
-"""Tests of the time model (dsim.cost.timing) and of its agreement with the committed GPU measurements."""
+"""Tests of the time model (dsim.cost.timing) and of its agreement with the
+committed GPU measurements."""
 
 from __future__ import annotations
 
@@ -34,16 +35,19 @@ from dsim.cost.timing import (
 )
 
 DATA = Path(__file__).resolve().parents[2] / "dsim" / "data"
-# Targets per op kind on the validation split: (median, worst) relative error. gemm:fp32 is the MoE router's
-# SGEMM, measured for the gate's sake; cuBLAS's SGEMM kernel choice is not modelled closely (stated thresholds).
-# The issue's target is (10 %, 25 %) for every op kind. What the model reaches on the held-out H100 and H200
-# shapes (dsim/data/timing_validation_*.json) meets it for bf16 GEMMs and attention; the bounds below are the
-# honest ones this test locks in, so that a change that makes the model worse fails CI:
-#   moe_ffn     worst 31 % (H100): MoE layers with ~256 tokens per expert, where the weight-gradient grouped GEMMs
-#               are bound by writing output tiles, a cost the kernel model only approximates;
+# Targets per op kind on the validation split: (median, worst) relative error. gemm:fp32 is the MoE
+# router's SGEMM, measured for the gate's sake; cuBLAS's SGEMM kernel choice is not modelled closely
+# (stated thresholds). The issue's target is (10 %, 25 %) for every op kind. What the model reaches
+# on the held-out H100 and H200 shapes (dsim/data/timing_validation_*.json) meets it for bf16 GEMMs
+# and attention; the bounds below are the honest ones this test locks in, so that a change that
+# makes the model worse fails CI:
+#   moe_ffn     worst 31 % (H100): MoE layers with ~256 tokens per expert, where the
+#               weight-gradient grouped GEMMs are bound by writing output tiles, a cost the kernel
+#               model only approximates;
 #   rmsnorm, elementwise  worst 26-28 % (H100): small non-power-of-two sizes and dtype casts;
-#   gate        median 25 % / worst 42 % (H100): a chain of ~10 tiny kernels (fp32 router GEMM of 1-128 rows,
-#               softmax/sigmoid, top-k, gathers) whose launch latencies vary from run to run.
+#   gate        median 25 % / worst 42 % (H100): a chain of ~10 tiny kernels (fp32 router GEMM of
+#               1-128 rows, softmax/sigmoid, top-k, gathers) whose launch latencies vary from run
+#               to run.
 TARGETS = {
     "gemm:bf16": (0.10, 0.25),
     "attention": (0.10, 0.25),
@@ -271,7 +275,8 @@ def test_gemm_time_grows_with_every_dimension():
 
 
 def test_moe_time_grows_with_tokens_within_a_tile_regime():
-    # 64 experts, top-6: <= 128 rows per expert on average below 1366 tokens (64x128 tiles), above it 128x256
+    # 64 experts, top-6: <= 128 rows per expert on average below 1366 tokens (64x128
+    # tiles), above it 128x256
     moe = dict(dim=2048, moe_inter_dim=1408, n_routed_experts=64, n_activated_experts=6)
     small = [op_time("moe_ffn", tokens=t, **moe) for t in range(16, 1360, 37)]
     large = [op_time("moe_ffn", tokens=t, **moe) for t in range(1400, 30000, 997)]
@@ -310,9 +315,9 @@ def test_attention_time_grows_with_sequence_and_causal_is_cheaper():
 
 
 def test_wave_quantization_one_more_row_costs_a_whole_wave():
-    """11 experts of 1024 rows and 768 outputs make 11 x 8 x 3 = 264 tiles of 128x256: two full waves
-    on 132 SMs. One more row per expert adds a ninth tile row to each: 297 tiles, three waves, +50%
-    time for +0.1% work."""
+    """11 experts of 1024 rows and 768 outputs make 11 x 8 x 3 = 264 tiles of 128x256: two full
+    waves on 132 SMs. One more row per expert adds a ninth tile row to each: 297 tiles, three waves,
+    +50% time for +0.1% work."""
     base = dict(n=768, k=4096, groups=11)
     t_full = op_time("grouped_gemm", tokens=11 * 1024, **base)
     t_one_more = op_time("grouped_gemm", tokens=11 * 1025, **base)
@@ -577,7 +582,8 @@ def test_attention_counts_the_pairs_of_the_graph():
 
 
 def test_attention_table_has_the_measured_backend_and_other_backends_borrow_it():
-    # the committed calibrations select cuDNN for both head-dim classes: the table holds only its entries
+    # the committed calibrations select cuDNN for both head-dim classes: the
+    # table holds only its entries
     for gpu in ("H100-SXM", "H200"):
         cal = gpu_calibration(gpu)
         assert (cal.attn_backend_equal, cal.attn_backend_unequal) == (
@@ -585,7 +591,8 @@ def test_attention_table_has_the_measured_backend_and_other_backends_borrow_it()
             "cudnn_attention",
         )
         assert all(k.startswith("cudnn_") for k in cal.attn_eff) and len(cal.attn_eff) == 8
-    # a GPU whose SDPA picks FlashAttention runs flash's blocks at cuDNN's efficiency of the same variant
+    # a GPU whose SDPA picks FlashAttention runs flash's blocks at cuDNN's
+    # efficiency of the same variant
     cudnn = gpu_calibration("H100-SXM")
     flash = cudnn.replace(attn_backend_equal="flash_attention")
     shape = dict(batch=2, seq_len=4096, n_heads=16, qk_head_dim=128, v_head_dim=128, causal=True)
