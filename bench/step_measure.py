@@ -120,8 +120,8 @@ def cpu_models() -> dict[str, ModelArgs]:
 
 
 GPU_SHAPES = {  # mode: (batch, seq_len, context)
-    "train": [(1, 2048, 0), (2, 4096, 0)],
-    "prefill": [(1, 4096, 0), (8, 1024, 0)],
+    "train": [(8, 512, 0), (1, 2048, 0), (2, 4096, 0)],
+    "prefill": [(32, 128, 0), (1, 4096, 0), (8, 1024, 0)],
     "decode": [(1, 1, 4096), (32, 1, 4096), (128, 1, 1024)],
 }
 CPU_SHAPES = {
@@ -218,7 +218,9 @@ def time_step(
         step()
         sync(device)
         walls.append(time.perf_counter() - t0)
-    acts = [ProfilerActivity.CUDA] if device == "cuda" else [ProfilerActivity.CPU]
+    # CPU activity too on a GPU (as bench/timing_measure.py's kernel profiles): kernels are listed
+    # as device events under their launching ops; only the device events are summed.
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     kernels, counts = [], []
     for _ in range(profiled):
         sync(device)
@@ -254,6 +256,8 @@ def measure_case(
 ) -> dict[str, Any]:
     """One record: the case, the measured times and the prediction."""
     args = model.args
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     step = step_fn(model, case, device)
     rec: dict[str, Any] = dict(
         name=case.model,
@@ -267,6 +271,8 @@ def measure_case(
         args=args.to_dict(),
     )
     rec.update(time_step(step, device, warmup, repeats, profiled))
+    if device == "cuda":
+        rec["peak_memory_bytes"] = torch.cuda.max_memory_allocated()  # weights included
     rec.update(prediction(args, case))
     rec["host_overhead"] = rec["wall_s"] / rec["kernel_s"]
     rec["rel_error_kernel"] = rec["predicted_s"] / rec["kernel_s"] - 1
@@ -324,6 +330,10 @@ def run(
                 print("FAILED", failed[-1], flush=True)
                 if model is not None:
                     model.reset_cache()
+                    model.zero_grad(set_to_none=True)
+                gc.collect()
+                if device == "cuda":
+                    torch.cuda.empty_cache()
             else:
                 records.append(rec)
                 show(rec, time.perf_counter() - t_start)
@@ -352,7 +362,7 @@ def environment(device: str) -> dict[str, Any]:
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     if device == "cuda":
-        p = torch.cuda.get_device_properties()
+        p = torch.cuda.get_device_properties(torch.cuda.current_device())
         env.update(
             device_name=torch.cuda.get_device_name(),
             sm_count=p.multi_processor_count,
