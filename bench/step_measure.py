@@ -201,6 +201,8 @@ def kernel_seconds(prof: profile, device: str) -> tuple[float, int]:
         durs = [e.time_range.elapsed_us() for e in prof.events() if e.device_type == kind]
     else:
         durs = [e.self_cpu_time_total for e in prof.events()]
+    if not durs:
+        raise RuntimeError(f"the profiler recorded no {device} device events for the step")
     return sum(durs) * 1e-6, len(durs)
 
 
