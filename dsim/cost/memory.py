@@ -150,6 +150,20 @@ def _check_recompute(recompute: str) -> None:
         raise ValueError(f"recompute must be 'none', 'selective' or 'full', got {recompute!r}")
 
 
+def _training_block(
+    args: ModelArgs,
+    layer_id: int,
+    batch: int,
+    seq_len: int,
+    dtype: str,
+    device: Device,
+    attn_kernel: str | None,
+) -> list[GraphOp]:
+    """The ops of Block(layer_id) in a training step, whose `saved` tensors are its activations."""
+    kwargs = dict(attn_kernel=attn_kernel, act_dtype=dtype, device=device)
+    return block_graph(args, layer_id, batch, seq_len, 0, "train", **kwargs)
+
+
 def _kept_bytes(block: list[GraphOp], recompute: Recompute) -> int:
     """Bytes the ops of one Block keep under a recomputation policy (see layer_activation_bytes)."""
     items = [i for op in block for i in op.saved]
@@ -179,17 +193,7 @@ def activation_items(
     dsim.cost.flops.sdpa_kernel).
     Routed experts: every (token, expert) assignment keeps the same rows, balanced or not.
     """
-    ops = block_graph(
-        args,
-        layer_id,
-        batch,
-        seq_len,
-        0,
-        "train",
-        attn_kernel=attn_kernel,
-        act_dtype=dtype,
-        device=device,
-    )
+    ops = _training_block(args, layer_id, batch, seq_len, dtype, device, attn_kernel)
     return [i for op in ops for i in op.saved]
 
 
@@ -214,17 +218,7 @@ def layer_activation_bytes(
                      holds outside autograd: MoE.routing's logits, scores, indices and weights.
     """
     _check_recompute(recompute)
-    ops = block_graph(
-        args,
-        layer_id,
-        batch,
-        seq_len,
-        0,
-        "train",
-        attn_kernel=attn_kernel,
-        act_dtype=dtype,
-        device=device,
-    )
+    ops = _training_block(args, layer_id, batch, seq_len, dtype, device, attn_kernel)
     return _kept_bytes(ops, recompute)
 
 
