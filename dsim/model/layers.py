@@ -1,0 +1,92 @@
+"""Building blocks shared by attention and the blocks: RMSNorm, RoPE with YaRN, the
+causal mask and the KV-cache buffer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsim.config import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm: x / rms(x) * weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+# ------------------------------------------------------------------------------------------
+# Rotary position embedding with YaRN
+# ------------------------------------------------------------------------------------------
+def precompute_freqs_cis(args: ModelArgs) -> torch.Tensor:
+    """Complex rotations e^{i*pos*freq} for every position and frequency: [max_seq_len, rope_dim/2].
+
+    With YaRN (max_seq_len > original_seq_len) low frequencies are interpolated by `rope_factor`,
+    high frequencies are kept, and a linear ramp between `beta_fast` and `beta_slow` rotations
+    blends the two, as in DeepSeek's reference.
+    """
+    dim, base = args.rope_dim, args.rope_theta
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    if args.uses_yarn:
+
+        def correction_dim(rotations: float) -> float:
+            return (
+                dim
+                * math.log(args.original_seq_len / (rotations * 2 * math.pi))
+                / (2 * math.log(base))
+            )
+
+        low = max(math.floor(correction_dim(args.beta_fast)), 0)
+        high = min(math.ceil(correction_dim(args.beta_slow)), dim - 1)
+        ramp = torch.clamp(
+            (torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low + 1e-3), 0, 1
+        )
+        smooth = 1 - ramp
+        freqs = freqs / args.rope_factor * (1 - smooth) + freqs * smooth
+    angles = torch.outer(torch.arange(args.max_seq_len, dtype=torch.float32), freqs)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs (x0, x1), (x2, x3), ... of the last dim.
+    x: [B, S, H, d], freqs: [S, d/2]."""
+    dtype = x.dtype
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    xc = xc * freqs_cis.view(1, xc.size(1), 1, xc.size(-1))
+    return torch.view_as_real(xc).flatten(3).to(dtype)
+
+
+def causal_mask(seqlen: int, start_pos: int, device: torch.device) -> torch.Tensor:
+    """Additive mask [S, start_pos + S]: query i (at position start_pos + i) sees keys
+    0..start_pos + i."""
+    return torch.full((seqlen, start_pos + seqlen), float("-inf"), device=device).triu_(
+        start_pos + 1
+    )
+
+
+def cache_buffer(
+    module: nn.Module, name: str, bsz: int, *shape: int, like: torch.Tensor
+) -> torch.Tensor:
+    """The attention module's cache `name`: [max_batch_size, max_seq_len, *shape], allocated on
+    first use."""
+    args: ModelArgs = module.args
+    buf = module.cache.get(name)
+    if buf is None or buf.dtype != like.dtype or buf.device != like.device:
+        if bsz > args.max_batch_size:
+            raise ValueError(
+                f"batch size {bsz} exceeds ModelArgs.max_batch_size={args.max_batch_size}"
+            )
+        buf = torch.zeros(
+            args.max_batch_size, args.max_seq_len, *shape, dtype=like.dtype, device=like.device
+        )
+        module.cache[name] = buf
+    return buf

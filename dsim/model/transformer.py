@@ -1,0 +1,154 @@
+"""Blocks, multi-token prediction and the transformer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dsim.config import ModelArgs
+from dsim.model.attention import GQA, MLA
+from dsim.model.layers import RMSNorm, precompute_freqs_cis
+from dsim.model.moe import MLP, MoE
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, layer_id: int, args: ModelArgs):
+        super().__init__()
+        self.attn = MLA(args) if args.attn_type == "mla" else GQA(args)
+        self.ffn = MLP(args.dim, args.inter_dim) if layer_id < args.n_dense_layers else MoE(args)
+        self.attn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(
+        self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), start_pos, freqs_cis, use_cache)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class MTPModule(nn.Module):
+    """One multi-token-prediction depth (DeepSeek-V3 section 2.2).
+
+    h'_i = M [RMSNorm(Emb(t_{i+k})); RMSNorm(h_i^{k-1})], then a full transformer block, then the
+    shared output head after this module's own final norm. The embedding and the head are the main
+    model's (shared, not owned here). The concatenation order (embedding first) follows the
+    released V3 weights (`enorm`, `hnorm`, `eh_proj`).
+    """
+
+    def __init__(self, layer_id: int, args: ModelArgs):
+        super().__init__()
+        self.enorm = RMSNorm(args.dim, args.norm_eps)
+        self.hnorm = RMSNorm(args.dim, args.norm_eps)
+        self.eh_proj = nn.Linear(2 * args.dim, args.dim, bias=False)
+        self.block = Block(layer_id, args)
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+        """h: [B, S', D] previous depth's hidden states; emb: [B, S', D] embeddings of the tokens k
+        ahead."""
+        h = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1))
+        return self.block(h, 0, freqs_cis)
+
+
+class Transformer(nn.Module):
+    """The decoder-only MoE language model."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(i, args) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.head = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.head.weight = self.embed.weight
+        # MTP blocks use the MoE FFN when the model has MoE layers (as V3's layer 61 does).
+        mtp_layer_id = args.n_layers if args.is_moe else 0
+        self.mtp = nn.ModuleList(MTPModule(mtp_layer_id, args) for _ in range(args.n_mtp_layers))
+        # A plain attribute, not a buffer: Module.to(torch.bfloat16) would cast the complex
+        # rotations to real numbers. hidden() moves it to the tokens' device; it stays complex64.
+        self.freqs_cis = precompute_freqs_cis(args)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and name != "embed.weight" and not name.endswith("gate.weight"):
+                nn.init.normal_(p, std=p.shape[1] ** -0.5)
+
+    def hidden(
+        self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = False
+    ) -> torch.Tensor:
+        """Last block's output, before the final norm: [B, S] token ids -> [B, S, D]."""
+        bsz, seqlen = tokens.shape
+        if start_pos + seqlen > self.args.max_seq_len:
+            raise ValueError(
+                f"start_pos + sequence length = {start_pos + seqlen} exceeds "
+                f"ModelArgs.max_seq_len={self.args.max_seq_len}"
+            )
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.args.vocab_size):
+            raise ValueError(f"token ids must be in [0, vocab_size={self.args.vocab_size})")
+        if self.freqs_cis.device != tokens.device:
+            self.freqs_cis = self.freqs_cis.to(tokens.device)
+        freqs_cis = self.freqs_cis[start_pos : start_pos + seqlen]
+        h = self.embed(tokens)
+        for layer in self.layers:
+            h = layer(h, start_pos, freqs_cis, use_cache)
+        return h
+
+    def forward(
+        self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = False
+    ) -> torch.Tensor:
+        """Logits for every position: [B, S] -> [B, S, V]. With use_cache, keys/values (or MLA
+        latents) of positions start_pos.. are kept, so a later call can decode from
+        start_pos + S."""
+        return self.head(self.norm(self.hidden(tokens, start_pos, use_cache)))
+
+    def mtp_logits(self, h: torch.Tensor, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of each MTP depth k = 1..D from the main hidden states h [B, S, D] and
+        tokens [B, S].
+
+        Depth k at position i combines h^{k-1}_i with the embedding of t_{i+k} and predicts
+        t_{i+k+1}; it returns [B, S-k, V] (position i in 0..S-k-1).
+        """
+        out = []
+        for k, module in enumerate(self.mtp, start=1):
+            seqlen = tokens.shape[1] - k
+            h = module(h[:, :seqlen], self.embed(tokens[:, k:]), self.freqs_cis[:seqlen])
+            out.append(self.head(module.norm(h)))
+        return out
+
+    def moe_layers(self) -> list[MoE]:
+        """Every MoE FFN (main layers then MTP blocks), for routing statistics and balancing."""
+        return [m for m in self.modules() if isinstance(m, MoE)]
+
+    def reset_cache(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (MLA, GQA)):
+                m.cache.clear()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Greedy (temperature 0) or sampled decoding with the KV cache.
+        prompt: [B, S] -> [B, S + n]."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        self.reset_cache()
+        tokens, pos = prompt, 0
+        step_in = prompt
+        for _ in range(max_new_tokens):
+            logits = self(step_in, start_pos=pos, use_cache=True)[:, -1]
+            pos += step_in.shape[1]
+            if temperature > 0:
+                nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)
+            else:
+                nxt = logits.argmax(-1, keepdim=True)
+            tokens = torch.cat([tokens, nxt], dim=1)
+            step_in = nxt
+        self.reset_cache()
+        return tokens
