@@ -10,5 +10,15 @@ Each returns a matplotlib Figure whose label (`fig.get_label()`) is its caption.
 """
 
 from dsim.diagrams.mla import MLAShapes, mla_dataflow, mla_shapes
+from dsim.diagrams.moe import ep_all_to_all, expert_counts, kept_groups, moe_dispatch, routed_batch
 
-__all__ = ["MLAShapes", "mla_dataflow", "mla_shapes"]
+__all__ = [
+    "MLAShapes",
+    "ep_all_to_all",
+    "expert_counts",
+    "kept_groups",
+    "mla_dataflow",
+    "mla_shapes",
+    "moe_dispatch",
+    "routed_batch",
+]

@@ -62,7 +62,7 @@ def box(
             (x - w / 2, y - h / 2),
             w,
             h,
-            boxstyle="round,pad=0.02,rounding_size=0.6",
+            boxstyle=f"round,pad=0,rounding_size={min(0.6, 0.25 * min(w, h)):.3g}",
             facecolor=COLORS[kind],
             edgecolor=COLORS["cached_edge"] if cached else COLORS["edge"],
             linewidth=2.2 if cached else 0.8,
