@@ -11,6 +11,7 @@ Each returns a matplotlib Figure whose label (`fig.get_label()`) is its caption.
 
 from dsim.diagrams.mla import MLAShapes, mla_dataflow, mla_shapes
 from dsim.diagrams.moe import ep_all_to_all, expert_counts, kept_groups, moe_dispatch, routed_batch
+from dsim.diagrams.pipeline import pipeline_schedule
 
 __all__ = [
     "MLAShapes",
@@ -20,5 +21,6 @@ __all__ = [
     "mla_dataflow",
     "mla_shapes",
     "moe_dispatch",
+    "pipeline_schedule",
     "routed_batch",
 ]
