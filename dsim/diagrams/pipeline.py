@@ -57,7 +57,7 @@ def pipeline_schedule(
         ax.set_title(
             f"{_NAMES[s]}: step {makespan(ev):.4g} (events); bubble table m(F+B) + bubble = "
             f"{work:.4g} + {table[s] - work:.4g} = {table[s]:.4g} (dashed); "
-            f"most idle rank {idle:.4g}",
+            f"largest idle on one rank {idle:.4g}",
             fontsize=8.5,
             loc="left",
         )
