@@ -179,3 +179,33 @@ def test_deck_offline_math_figures_advance(slides, browser, stem):
         assert not attempted, f"{stem}: requests left the machine: {sorted(set(attempted))[:5]}"
     finally:
         context.close()
+
+
+def test_deck_at_800px(slides, browser):
+    """On a narrow screen reveal.js scales the deck: the page does not scroll sideways, the first
+    figure fits the screen, and the keyboard still advances."""
+    stem = next(s for s in NOTEBOOKS if _expected(s)["img"] and _expected(s)["math"])
+    context = browser.new_context(viewport={"width": 800, "height": 600})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    try:
+        page.goto((slides / f"{stem}.slides.html").as_uri(), wait_until="load")
+        page.wait_for_function("() => window.Reveal && Reveal.isReady()")
+        page.evaluate("() => MathJax.startup.promise")
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 800
+        page.evaluate(
+            """() => { const img = document.querySelector('.slides img');
+               const idx = Reveal.getIndices(img.closest('section'));
+               Reveal.slide(idx.h, idx.v); }"""
+        )
+        page.wait_for_timeout(900)
+        box = page.locator(".slides section.present img").first.bounding_box()
+        assert box and box["width"] > 50 and box["x"] >= 0 and box["x"] + box["width"] <= 800
+        before = page.evaluate("() => Reveal.getIndices()")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(
+            "(b) => { const i = Reveal.getIndices(); return i.h !== b.h || i.v !== b.v; }",
+            arg=before,
+        )
+    finally:
+        context.close()
