@@ -123,6 +123,14 @@ def test_dispatch_counts_are_the_gates():
         assert f"{wt:.2f}" in t
 
 
+def test_dispatch_leaves_the_global_rng_alone():
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    routed_batch(preset("tiny"), 4, seed=0)
+    assert torch.equal(torch.rand(3), want)
+
+
 def test_group_limit_holds():
     a = preset("tiny", n_expert_groups=4, n_limited_groups=2, score_func="sigmoid")
     moe, _, r, kept = routed_batch(a, 16, seed=1)

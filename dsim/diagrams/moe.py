@@ -27,10 +27,10 @@ def routed_batch(
         raise ValueError("ModelArgs.n_routed_experts must be >= 1 (a model with MoE layers)")
     if not isinstance(n_tokens, int) or not 1 <= n_tokens <= 64:
         raise ValueError(f"n_tokens must be an integer between 1 and 64, got {n_tokens!r}")
-    torch.manual_seed(seed)
-    moe = MoE(args).eval()
-    x = torch.randn(n_tokens, args.dim)
-    with torch.no_grad():
+    with torch.random.fork_rng(devices=[]), torch.no_grad():  # leaves the caller's RNG as it was
+        torch.manual_seed(seed)
+        moe = MoE(args).eval()
+        x = torch.randn(n_tokens, args.dim)
         moe(x)
     routing = moe.routing
     return moe, x, routing, kept_groups(moe, routing)
