@@ -1,8 +1,6 @@
 """dsim.diagrams: each diagram draws on a CPU in a moment, without warnings, and the numbers it
 draws are the model's and the cost models' own."""
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -27,12 +25,7 @@ from dsim.diagrams import (
 from dsim.diagrams._draw import DPI, texts
 from dsim.model import MoE
 
-
-@pytest.fixture(autouse=True)
-def _no_warnings():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        yield
+pytestmark = pytest.mark.filterwarnings("error")  # a diagram that warns fails
 
 
 def _render(fig: Figure) -> None:
