@@ -53,6 +53,7 @@ from dsim.claims.runner import check_all, check_claim, counts, summary
 
 # notebook 09 shows where a measured speed-up comes from
 from dsim.claims.speedups import _measured_speedup as _measured_speedup
+from dsim.claims.speedups import serving_speedup
 from dsim.claims.verdict import (
     ARTICLES,
     CHECKS,
@@ -74,7 +75,10 @@ from dsim.claims.verdict import (
     in_range,
     load_claims,
     make,
+    not_stated,
     pct,
+    per_step_bound,
+    range_ends,
     within,
 )
 
@@ -110,11 +114,15 @@ __all__ = [
     "load_claims",
     "make",
     "moe_8b",
+    "not_stated",
     "pct",
+    "per_step_bound",
     "quant_bytes_per_param",
     "range_check",
+    "range_ends",
     "ref",
     "reference_checks",
+    "serving_speedup",
     "src",
     "summary",
     "toy_moe",

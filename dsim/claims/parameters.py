@@ -243,7 +243,8 @@ def range_check(
     ends: the low end holds when no model lies below it, the high end when none lies above it
     (within tol). `extra`: further parts of the same reading (other rows of the article's table)."""
     small, large = min(values, key=values.get), max(values, key=values.get)
-    rs = range_ends(label, lo, hi, values[small], values[large], tol, what="DeepSeek" if extra else "")
+    what = "DeepSeek" if extra else ""
+    rs = range_ends(label, lo, hi, values[small], values[large], tol, what=what)
     lines = [
         f"stated range {fmt(lo)}-{fmt(hi)}; DeepSeek models: "
         + ", ".join(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dsim.claims.models import deepseek_llm_7b, deepseek_llm_67b
 from dsim.claims.verdict import (
-    TOLERANCE,
     Claim,
     Verdict,
     agree,
@@ -12,10 +11,10 @@ from dsim.claims.verdict import (
     at_most,
     check,
     fmt,
-    not_stated,
-    range_ends,
     make,
+    not_stated,
     pct,
+    range_ends,
 )
 from dsim.cost import bubble_fraction_1f1b, bytes_per_param, exposed_comm_time, flops, tp_volume
 

@@ -17,10 +17,10 @@ from dsim.claims.verdict import (
     check,
     fmt,
     get_claim,
-    not_stated,
-    range_ends,
     make,
+    not_stated,
     pct,
+    range_ends,
     within,
 )
 from dsim.config import preset
@@ -209,7 +209,7 @@ def training_tokens(c: Claim) -> Verdict:
             "Common Crawl text",
             f"a compute-optimal 1B model needs about 20 tokens per parameter (Hoffmann et al. "
             f"2022): {fmt(optimal)} <= 100B, so that half is plausible",
-            f"DeepSeek's real models trained on far more: LLM {fmt(ref('deepseek_llm_tokens'))}, V2 "
+            f"DeepSeek's real models trained on more: LLM {fmt(ref('deepseek_llm_tokens'))}, V2 "
             f"{fmt(ref('v2_tokens'))}, "
             f"V3 {fmt(ref('v3_tokens'))} tokens",
         ],

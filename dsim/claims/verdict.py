@@ -93,7 +93,7 @@ class Reading:
 
     @property
     def side(self) -> int:
-        """0 when the reading holds, else +1 / -1 as dsim's number lies above / below the claim's."""
+        """0 when the reading holds, else +1 / -1 as dsim's number is above / below the claim's."""
         if self.verdict == "holds":
             return 0
         return 1 if self.computed > self.stated else -1
