@@ -316,6 +316,7 @@ def _fold_parts(readings: list[Reading]) -> list[Reading]:
     return out
 
 
+# ANCHOR: combine
 def combine(readings: tuple[Reading, ...] | list[Reading]) -> str:
     """One verdict for all readings of a claim. The rules, in order:
 
@@ -342,6 +343,7 @@ def combine(readings: tuple[Reading, ...] | list[Reading]) -> str:
         return "depends"
     kinds = {r.verdict for r in counted}
     return "cannot_hold" if kinds == {"cannot_hold"} else "off"
+# ANCHOR_END: combine
 
 
 def make(
