@@ -40,7 +40,7 @@ display(HTML(report.counts_table(verdicts)))
 
 # %% tags=["anchor:scatter", "remove-input"]
 points = [v for v in numeric if v.stated and v.computed and v.stated > 0 and v.computed > 0]
-fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=160)
+fig, ax = plt.subplots(figsize=(6.5, 3.2), dpi=160)
 for kind in VERDICTS:
     xy = [(v.computed, v.stated) for v in points if v.verdict == kind]
     if xy:
@@ -55,10 +55,6 @@ ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi))
 ax.set(xlabel="computed by dsim (first reading)", ylabel="stated in the article")
 ax.legend(fontsize=8, loc="upper left")
 plt.show()
-print(
-    f"Figure 9.1: {len(points)} numeric claims, the article's number against dsim's (units differ "
-    "from claim to claim; only the distance from the diagonal counts, dashed: a factor of 2)."
-)
 
 # %% tags=["anchor:a0", "remove-input"]
 display(HTML(report.article_table(verdicts, "a0")))

@@ -1,13 +1,14 @@
 """The claims as a reader sees them: HTML tables for notebook 09 and the book, built from the
 verdicts and the inventory's text (the claim in our words, where it stands, how it is read).
 
-    article_table(verdicts, "a0")   every numeric claim of one article, by topic: the claim, the
-                                     article's number, dsim's, the verdict; the reading, the
-                                     computation and every reading's verdict fold out below it
+    article_table(verdicts, "a0")   every numeric claim of one article, by topic: the claim and
+                                     where it stands, the article's number over dsim's, the
+                                     verdict; the reading, the computation and every reading's
+                                     verdict fold out below the claim
     unchecked_table(verdicts)        the claims that are not numeric, with the reason
     counts_table(verdicts)           verdicts by article
 
-The tables are sized for a text column of about 700 px: four short columns, text that wraps, the
+The tables are sized for a text column of about 700 px: three columns, text that wraps, the
 arithmetic in a block that scrolls inside itself.
 """
 
@@ -37,8 +38,8 @@ TOPICS = {
     "energy": "Energy",
     "other": "Other",
 }
-_TABLE = "width:100%;table-layout:fixed;border-collapse:collapse;font-size:0.9em"
-_CELL = "padding:4px 6px;vertical-align:top;border-top:1px solid #ddd;overflow-wrap:anywhere"
+_TABLE = "width:100%;table-layout:fixed;border-collapse:collapse;font-size:0.85em"
+_CELL = "padding:3px 5px;vertical-align:top;border-top:1px solid #ddd;overflow-wrap:anywhere"
 _PRE = "white-space:pre-wrap;font-size:0.85em;max-height:24em;overflow:auto"
 
 
@@ -46,14 +47,6 @@ def badge(verdict: str) -> str:
     """The verdict in its colour ('cannot_hold' written as 'cannot hold')."""
     text = verdict.replace("_", " ")
     return f"<b style='color:{COLORS[verdict]}'>{text}</b>"
-
-
-def number(x: float | None, unit: str) -> str:
-    """A short number with its unit below it, for a narrow column."""
-    if x is None:
-        return ""
-    small = f"<br><small>{html.escape(unit)}</small>" if unit else ""
-    return f"{fmt(x, 3)}{small}"
 
 
 def label(v: Verdict, index: int) -> str:
@@ -79,21 +72,25 @@ def readings_table(v: Verdict) -> str:
 
 
 def claim_row(v: Verdict, index: int) -> str:
-    """One numeric claim as a table row, its check folded out beneath the claim."""
+    """One numeric claim as a table row: the claim and where it stands, the article's number over
+    dsim's, the verdict; the reading and the computation fold out beneath the claim."""
     c = get_claim(v.claim_id)
     off = f"<br><small>{v.off_by}</small>" if v.verdict in ("off", "cannot_hold") else ""
     bound = f"<p><i>Bound:</i> {html.escape(v.bound)}</p>" if v.bound else ""
     check = (
-        "<details><summary>computation</summary>"
+        "<details><summary><small>reading and computation</small></summary>"
+        f"<p><i>Reading:</i> {html.escape(c.reading)}</p>"
         f"<pre style='{_PRE}'>{html.escape(v.arithmetic)}</pre>{bound}"
         f"{readings_table(v)}<p><small>Sources: {html.escape('; '.join(v.sources))}"
         f" &middot; claim id <code>{v.claim_id}</code></small></p></details>"
     )
     text = (
         f"<b>{label(v, index)}</b> {html.escape(c.claim)} <small>({html.escape(c.where)})</small>"
-        f"<br><small><i>Reading:</i> {html.escape(c.reading)}</small>{check}"
+        f"{check}"
     )
-    cells = (text, number(v.stated, v.unit), number(v.computed, v.unit), badge(v.verdict) + off)
+    unit = f"<br><small>{html.escape(v.unit)}</small>" if v.unit else ""
+    numbers = f"{fmt(v.stated, 3)}<br>{fmt(v.computed, 3)}{unit}"
+    cells = (text, numbers, badge(v.verdict) + off)
     return "<tr>" + "".join(f"<td style='{_CELL}'>{x}</td>" for x in cells) + "</tr>"
 
 
@@ -108,7 +105,7 @@ def article_table(verdicts: list[Verdict], article: str) -> str:
     index = {v.claim_id: i + 1 for i, v in enumerate(vs)}
     head = "".join(
         f"<th style='{_CELL};width:{w};text-align:left'>{h}</th>"
-        for h, w in (("claim", "58%"), ("article", "14%"), ("dsim", "14%"), ("verdict", "14%"))
+        for h, w in (("claim", "70%"), ("article<br>dsim", "15%"), ("verdict", "15%"))
     )
     rows = []
     for topic in TOPICS:
