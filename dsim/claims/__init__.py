@@ -14,7 +14,11 @@ dsim's cost models and gives it a verdict:
                  active parameters below top-k of the experts, a speed-up above the ratio of peak
                  throughputs and of bytes moved, a model larger than the memory it must fit in;
     depends      the claim is ambiguous; each reading is computed and gets its own verdict
-                 (`Verdict.readings`), and the readings disagree.
+                 (`Verdict.readings`), and the readings the article allows bracket the claim.
+
+The rules that combine readings into a verdict are written down in `verdict.combine` (readings the
+article never states are context; a range is checked at both ends; a per-step bound does not make a
+deployment speed-up cannot_hold). `report` renders the claims as chapter 9's tables.
 
 A claim that is not numeric gets the verdict `not_numeric` with the inventory's reason.
 
@@ -28,12 +32,14 @@ catalog, committed measurements, published figures in `REFERENCES`).
     print(summary())
 One concept per module:
 
-    verdict     Claim, Reading, Verdict, the verdict rules (agree, at_least, ...), fmt, @check
+    verdict     Claim, Reading, Verdict, the verdict rules (agree, at_least, range_ends,
+                per_step_bound, not_stated, combine, ...), fmt, @check
     references  published figures (REFERENCES, ref, src) and reference_checks()
     models      the models the checks use besides dsim's presets
     parameters, compute, sizes, speedups, serving, training, systems
                 the checks of each topic, registered in CHECKS when imported
     runner      check_claim, check_all, counts, summary
+    report      the HTML tables of chapter 9 (article_table, unchecked_table, counts_table)
 """
 
 from dsim.claims.compute import calculate_moe_flops_as_written, window_length_for, window_saving
