@@ -98,13 +98,11 @@ from dsim.cost import weight_bytes
 
 n, stated = 65e9, 21e9
 print(
-    f"65e9 x 8 bits / 8 = {fmt(n)} bytes; with a bf16 scale per 128 weights "
+    f"65e9 x 8 bits / 8 = {fmt(n)} bytes; with bf16 scales per 128: "
     f"{fmt(weight_bytes(int(n), 'int8', 128))}"
 )
-print(
-    f"Answer 9.2: 21 GB for 65B parameters is {stated * 8 / n:.2f} bits per parameter; "
-    f"even INT4 needs {fmt(weight_bytes(int(n), 'int4', 128))} bytes"
-)
+print(f"Answer 9.2: 21 GB for 65B parameters is {stated * 8 / n:.2f} bits per parameter;")
+print(f"  even INT4 needs {fmt(weight_bytes(int(n), 'int4', 128))} bytes")
 
 # %% tags=["anchor:q3"]
 from dsim.claims.models import deepseek_llm_67b, llama31_8b
@@ -115,11 +113,10 @@ step = max(2 / C.quant_bytes_per_param(8, 128), peak_flops(a100, "int8") / peak_
 meas, where = C._measured_speedup("int8")
 small = C.serving_speedup(llama31_8b(), 1, 8)
 large = C.serving_speedup(deepseek_llm_67b(), 2, 8)
-print(f"one step: at most {step:.3g}x; measured INT8 GEMM on an H100: {meas:.2f}x ({where})")
-print(
-    f"Answer 9.3: one step gains at most {step:.3g}x, but serving gains {small:.2f}x (8B on one "
-    f"A100) to {large:.2f}x (67B on two A100s): 2.5x depends on the deployment"
-)
+print(f"one step: at most {step:.3g}x; an INT8 GEMM measured on an H100: {meas:.2f}x")
+print(f"  ({where})")
+print(f"Answer 9.3: one step gains at most {step:.3g}x; serving gains {small:.2f}x (8B, one A100)")
+print(f"  to {large:.2f}x (67B, two A100s): 2.5x depends on the deployment")
 
 # %% tags=["anchor:q4"]
 from dsim.config import preset
@@ -150,7 +147,7 @@ print(f"Answer 9.6: {kw:.1f} kW per GPU, against {all_in:.2f} kW all-in for an A
 for r in reference_checks():
     print(
         f"{r.claim_id:22s} {r.verdict:6s} "
-        + "; ".join(f"{x.label}: {fmt(x.stated)} vs {fmt(x.computed)}" for x in r.readings)
+        + "; ".join(f"{fmt(x.stated)} vs {fmt(x.computed)}" for x in r.readings)
     )
 v3 = next(r for r in reference_checks() if r.claim_id == "ref-deepseek-v3")
 print(
