@@ -113,7 +113,15 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     print(
         "step = compute + exposed communication + pipeline bubble; "
         "MFU = model FLOPs (causal attention, MTP, no recomputation) "
-        "/ (step x GPUs x dense bf16 peak)" + ("; ! = does not fit" if ns.include_unfit else "")
+        "/ (step x GPUs x dense bf16 peak)"
+        + (
+            f"; #1 under other conventions: hardware FLOPs (with recomputation) "
+            f"{res.plans[0].mfu_conventions['hardware']:.1%}, non-causal attention "
+            f"{res.plans[0].mfu_conventions['noncausal']:.1%}, 6ND "
+            f"{res.plans[0].mfu_conventions['six_nd']:.1%}"
+            if res.plans
+            else ""
+        ) + ("; ! = does not fit" if ns.include_unfit else "")
     )
     return 0
 

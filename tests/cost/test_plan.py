@@ -11,7 +11,7 @@ import pytest
 from dsim.config import preset
 from dsim.cost import comm
 from dsim.cost import memory as memory_fn
-from dsim.cost.flops import flops
+from dsim.cost.flops import flops, six_nd
 from dsim.cost.hardware import peak_flops
 from dsim.cost.memory import bytes_per_param
 from dsim.cost.params import is_moe_layer
@@ -339,7 +339,7 @@ def test_plans_ranked_and_consistent():
     res = plan_training(job, top=10)
     steps = [p.step_time_s for p in res.plans]
     assert steps == sorted(steps) and len(res.plans) == 10
-    T = flops(job.args, 1, job.seq_len).total_causal * job.global_batch
+    T = flops(job.args, 1, job.seq_len, attn_kernel="math").total_causal * job.global_batch
     for p in res.plans:
         assert p.step_time_s == pytest.approx(p.compute_s + p.exposed_comm_s + p.bubble_s, rel=1e-9)
         assert p.mfu == pytest.approx(
@@ -354,6 +354,37 @@ def test_plans_ranked_and_consistent():
         assert sum(p.exposed.values()) == pytest.approx(p.exposed_comm_s, rel=1e-9, abs=1e-12)
         assert 0 < p.mfu < 1
     assert plan_training(job, top=10).to_dict()["plans"] == res.to_dict()["plans"]  # deterministic
+
+
+def test_mfu_conventions():
+    """MFU counts model FLOPs (no FlashAttention recompute, no activation recomputation); the
+    other conventions are shown beside it and differ from it the way their definitions say."""
+    job = v3_job()
+    a, S = job.args, job.seq_len
+    fused, math_ = (flops(a, 1, S, attn_kernel=k) for k in ("fused", "math"))
+    # the fused backward's extra QK^T: 2 x causal pairs x heads x qk_head_dim per block (the MTP
+    # module's runs on S - 1 positions)
+    pairs = (S * (S + 1) // 2 * a.n_layers + (S - 1) * S // 2) * a.n_heads
+    assert fused.total_causal - math_.total_causal == 2 * pairs * a.qk_head_dim
+    for rc in ("none", "selective", "full"):
+        p = plan_training(job, top=1, require_fit=False, recompute=rc).plans[0]
+        c = p.mfu_conventions
+        assert c["model"] == p.mfu
+        scale = job.global_batch / (p.step_time_s * job.n_gpus * peak_flops("H800", "bf16"))
+        assert p.mfu == pytest.approx(math_.total_causal * scale, rel=1e-12)
+        assert c["noncausal"] == pytest.approx(math_.total * scale, rel=1e-12)
+        assert c["six_nd"] == pytest.approx(six_nd(a, S) * scale, rel=1e-12)
+        extra = c["hardware"] / scale - fused.total_causal
+        if rc == "none":
+            assert extra == pytest.approx(0, abs=1e-9 * fused.total_causal)
+        elif rc == "selective":  # MLA's up-projections: wq_b and wkv_b forward, every block
+            up = 2 * a.n_heads * (
+                a.q_lora_rank * a.qk_head_dim + a.kv_lora_rank * (a.qk_nope_head_dim + a.v_head_dim)
+            )
+            assert extra == pytest.approx(up * (S * a.n_layers + S - 1), rel=1e-12)
+        else:
+            assert extra > 0.25 * math_.total_causal  # a third of the blocks' FLOPs again
+        assert c["hardware"] > c["model"] > c["six_nd"] and c["noncausal"] > c["model"]
 
 
 def test_fixed_fields_are_respected():

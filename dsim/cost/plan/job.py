@@ -45,6 +45,8 @@ FP8_COMPONENTS = (Component.ATTN_PROJ, Component.DENSE_FFN, Component.SHARED_EXP
 # Ops that selective recomputation runs again in the backward (DeepSeek-V3 sec. 3.2.3: every RMSNorm
 # and MLA's up-projections), by the labels of dsim.cost.timing.block_plan.
 SELECTIVE_LABELS = ("wq_b", "wkv_b", "cat q, k")
+# The matmuls among them (graph op names), whose forward FLOPs count as hardware FLOPs.
+RECOMPUTED_MATMULS = ("wq_b", "wkv_b")
 
 ASSUMPTIONS = {
     "compute": "op times from dsim.cost.timing (kernels of dsim.model's PyTorch implementation), "

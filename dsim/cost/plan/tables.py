@@ -20,14 +20,15 @@ import numpy as np
 
 from dsim.cost import comm
 from dsim.cost.components import Component
-from dsim.cost.flops import flops
-from dsim.cost.graph import first_moe_layer, is_moe_layer, mtp_layer_id
+from dsim.cost.flops import flops, six_nd
+from dsim.cost.graph import first_moe_layer, is_moe_layer, mtp_layer_id, step_graph
 from dsim.cost.hardware import peak_flops
 from dsim.cost.layout import stage_layers, stage_params
 from dsim.cost.memory import bytes_per_param, layer_activation_bytes, model_activation_bytes
 from dsim.cost.params import params
 from dsim.cost.plan.job import (
     ACT_DTYPE,
+    RECOMPUTED_MATMULS,
     GRAD_COMM_BYTES,
     GRAD_DTYPE,
     MASTER_DTYPE,
@@ -37,6 +38,11 @@ from dsim.cost.plan.job import (
 )
 from dsim.cost.plan.times import OpTimes
 from dsim.cost.timing import PlanOp, block_plan, op_time, step_plan
+
+
+def model_graph_ops(args, seq_len: int):
+    """The ops of one sequence's training step (the op graph, math attention backward)."""
+    return step_graph(args, 1, seq_len, "train", attn_kernel="math").ops
 
 
 class Tables(OpTimes):
@@ -50,7 +56,24 @@ class Tables(OpTimes):
         self.moe_layer = first_moe_layer(a)  # None for a dense model
         self.layer_is_moe = [a.is_moe and is_moe_layer(a, i) for i in range(a.n_layers)]
         self.mtp_is_moe = is_moe_layer(a, mtp_layer_id(a))
-        self.flops_per_seq = float(flops(a, 1, job.seq_len, "train").total_causal)
+        # MFU conventions (dsim.cost.plan.search): FLOPs of one sequence's training step
+        S = job.seq_len
+        model = flops(a, 1, S, "train", attn_kernel="math")  # backward = 2 x forward everywhere
+        self.flops_per_seq = float(model.total_causal)  # the MFU numerator: model FLOPs
+        self.flops_conventions = dict(
+            model=self.flops_per_seq,
+            hardware=float(flops(a, 1, S, "train", attn_kernel="fused").total_causal),
+            noncausal=float(model.total),
+            six_nd=float(six_nd(a, S)),
+        )
+        # forward FLOPs that recomputation runs again, per sequence: selective = MLA's
+        # up-projections (the RMSNorms have no matmul), full = every block's forward
+        fwd = [(op, op.flops.forward_causal) for op in model_graph_ops(a, S) if op.flops]
+        self.recompute_flops_per_seq = dict(
+            none=0.0,
+            selective=float(sum(f for op, f in fwd if op.block and op.name in RECOMPUTED_MATMULS)),
+            full=float(sum(f for op, f in fwd if op.block)),
+        )
         self.peak = peak_flops(self.gpu, "bf16")
         # Adam: read the fp32 gradient, read + write master weights and both moments, write the bf16
         # weight.
