@@ -34,6 +34,7 @@ def cmd_plan(ns: argparse.Namespace) -> int:
         global_batch=batch,
         price_per_gpu_hour=ns.price,
         optimizer_dtype=ns.optimizer_dtype,
+        recipe=ns.activation_recipe,
     )
     res = plan_training(
         job,

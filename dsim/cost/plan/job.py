@@ -19,6 +19,7 @@ from dsim.cost import timing
 from dsim.cost.components import Component
 from dsim.cost.hardware import GPU, get_gpu
 from dsim.cost.layout import ZERO_STAGES  # noqa: F401  (a choice of the layouts, re-exported)
+from dsim.cost.memory import DEEPSEEK_V3_RECIPE, PLAIN, ActivationRecipe
 
 # ---------------------------------------------------------------------------------------------
 # Choices and general assumptions
@@ -27,6 +28,9 @@ RECOMPUTE = ("none", "selective", "full")
 SCHEDULES = ("1f1b", "dualpipe")
 MATMUL_DTYPES = ("bf16", "fp8")
 PHASES = ("prefill", "decode")
+
+# Activation recipes by name (dsim.cost.memory.ActivationRecipe), for TrainingJob and the CLI.
+ACTIVATION_RECIPES = {"plain": PLAIN, "deepseek-v3": DEEPSEEK_V3_RECIPE}
 
 RESERVED_BYTES = (
     4e9  # CUDA context, NCCL and cuBLAS workspaces, allocator fragmentation (a round figure)
@@ -160,6 +164,8 @@ class TrainingJob:
         converts a batch given in tokens).
     optimizer_dtype: Adam's moments ("fp32", or "bf16" as DeepSeek-V3 keeps them).
     calibration: the time model's efficiency constants (default: the GPU's committed calibration).
+    recipe: how activations are kept (dsim.cost.memory.ActivationRecipe, or a name of
+        ACTIVATION_RECIPES; default "plain": what autograd keeps for dsim.model).
     """
 
     args: ModelArgs
@@ -173,8 +179,18 @@ class TrainingJob:
     optimizer_dtype: str = "fp32"
     reserved_bytes: float = RESERVED_BYTES
     calibration: timing.Calibration | None = None
+    recipe: ActivationRecipe | str = "plain"
 
     def __post_init__(self) -> None:
+        if isinstance(self.recipe, str):
+            if self.recipe not in ACTIVATION_RECIPES:
+                raise ValueError(
+                    f"recipe must be one of {', '.join(ACTIVATION_RECIPES)} or an "
+                    f"ActivationRecipe, got {self.recipe!r}"
+                )
+            self.recipe = ACTIVATION_RECIPES[self.recipe]
+        elif not isinstance(self.recipe, ActivationRecipe):
+            raise ValueError(f"recipe must be an ActivationRecipe or a name, got {self.recipe!r}")
         if not isinstance(self.args, ModelArgs):
             raise ValueError(
                 f"args must be a dsim.config.ModelArgs, got {type(self.args).__name__}"
