@@ -54,8 +54,10 @@ RECOMPUTED_MATMULS = ("wq_b", "wkv_b")
 
 ASSUMPTIONS = {
     "compute": "op times from dsim.cost.timing (kernels of dsim.model's PyTorch implementation), "
-    "with the GPU's calibration: H100-SXM measurements; another GPU of the catalog borrows the "
-    "H100's efficiencies applied to its own datasheet peaks",
+    "with the GPU's calibration: H100-SXM and H200 measurements; A100 and H800 take the H100's "
+    "efficiencies with the tensor-core ones scaled to reproduce published runs on them "
+    "(dsim.cost.timing.calibration.RUN_SCALES); other GPUs borrow the H100's, applied to their "
+    "own datasheet peaks",
     "fp8": "fp8 GEMMs for attention projections, dense FFN and experts (DeepSeek-V3's recipe); the "
     "routed experts' grouped GEMMs are scaled by the fp8/bf16 time ratio of a batched GEMM of the "
     "same shape (the time model has no fp8 grouped GEMM), plus one quantisation pass per GEMM "
@@ -123,6 +125,8 @@ def shard_args(args: ModelArgs, tp: int) -> ModelArgs:
     )
     if args.attn_type == "gqa":
         change["n_kv_heads"] = args.kv_heads // tp
+    if args.attn_type != "mla":  # keep the head width (head_dim 0 means dim // n_heads)
+        change["head_dim"] = args.head_size
     return args.replace(**change)
 
 
