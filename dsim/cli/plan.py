@@ -168,7 +168,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         [
             "step time",
             f"{p.step_time_s * 1e3:.1f} ms (compute {p.compute_s * 1e3:.1f}, exposed all-to-all "
-            f"{p.exposed_comm_s * 1e3:.1f})",
+            f"{p.exposed['expert'] * 1e3:.1f}, tensor-parallel all-reduce "
+            f"{p.exposed['tensor'] * 1e3:.1f})",
         ],
         ["per GPU", f"{p.tokens_per_s_per_gpu:,.0f} {unit}/s"],
         ["per node", f"{p.tokens_per_s_per_node:,.0f} {unit}/s"],

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from dsim.config import preset
+from dsim.config import ModelArgs, preset
 from dsim.cost import comm
 from dsim.cost import memory as memory_fn
 from dsim.cost.flops import flops, six_nd
-from dsim.cost.hardware import peak_flops
+from dsim.cost.hardware import get_gpu, peak_flops
 from dsim.cost.layout import stage_layers
 from dsim.cost.memory import bytes_per_param, model_activation_bytes
 from dsim.cost.params import is_moe_layer
@@ -549,3 +549,52 @@ def test_deepseek_v3_layout_fits():
     assert not plain.fits and plain.memory_per_gpu_bytes == pytest.approx(185.9e9, rel=0.01)
     # recomputing SwiGLU costs a little time, fp8 caching none
     assert 0 < p.step_time_s / plain.step_time_s - 1 < 0.01
+
+
+def test_serving_costs_tensor_parallel_all_reduces():
+    """A tensor-parallel deployment pays two all-reduces of the block's activations per block
+    (dsim.cost.comm.collective_time) and a gather of the vocabulary-split logits, never hidden;
+    tp=1 pays none."""
+    gqa = ModelArgs(
+        name="dense-gqa",
+        vocab_size=32000,
+        dim=8192,
+        inter_dim=28672,
+        n_layers=80,
+        n_dense_layers=80,
+        n_heads=64,
+        n_kv_heads=8,
+        attn_type="gqa",
+        n_routed_experts=0,
+        n_shared_experts=0,
+        n_activated_experts=0,
+        moe_inter_dim=0,
+        max_seq_len=4096,
+        original_seq_len=4096,
+    )
+    for batch in (1, 16):
+        p = plan_serving(gqa, "H100-SXM", "decode", 8, tp=8, batch=batch, dtype="bf16")
+        g = get_gpu("H100-SXM")
+        per_block = comm.collective_time("all_reduce", batch * 8192 * 2.0, 8, g, 8)
+        logits = comm.collective_time("all_gather", batch * 32000 * 2.0, 8, g, 8)
+        assert p.exposed["tensor"] == pytest.approx(2 * 80 * per_block + logits, rel=1e-12)
+        assert p.exposed["expert"] == 0 and p.exposed_comm_s == p.exposed["tensor"] > 0
+        assert p.step_time_s == pytest.approx(p.compute_s + p.exposed_comm_s, rel=1e-12)
+    small = gqa.replace(n_layers=8, n_dense_layers=8)
+    one = plan_serving(small, "H100-SXM", "decode", 8, tp=1, batch=1, dtype="bf16")
+    assert one.exposed["tensor"] == 0
+
+
+def test_serving_overlap_needs_two_micro_batches():
+    """DeepSeek's dual micro-batch overlap hides the all-to-all behind the other micro-batch's
+    compute; one sequence per GPU has no second micro-batch, so its all-to-all is exposed whole."""
+    args = preset("deepseek-v3")
+    kw = dict(redundant_experts=32, context=4989)
+    one = plan_serving(args, "H800", "decode", 144, batch=1, **kw)
+    off = plan_serving(args, "H800", "decode", 144, batch=1, overlap=False, **kw)
+    assert one.exposed["expert"] == pytest.approx(off.exposed["expert"])
+    assert one.exposed["expert"] > 0
+    two = plan_serving(args, "H800", "decode", 144, batch=2, **kw)
+    two_off = plan_serving(args, "H800", "decode", 144, batch=2, overlap=False, **kw)
+    assert two.exposed["expert"] < two_off.exposed["expert"]
+    assert two.exposed["tensor"] == one.exposed["tensor"] == 0
