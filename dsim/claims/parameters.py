@@ -294,9 +294,7 @@ def expert_count_range(c: Claim) -> Verdict:
 def param_scale_range(c: Claim) -> Verdict:
     values = {k: params(m).total_no_mtp for k, m in deepseek_models().items()}
     label = "the table's parameter counts"
-    gpt3 = dataclasses.replace(
-        agree(label, c.q["gpt3_params"], ref("gpt3_params")), part="GPT-3"
-    )
+    gpt3 = dataclasses.replace(agree(label, c.q["gpt3_params"], ref("gpt3_params")), part="GPT-3")
     bert = range_ends(
         label,
         c.q["bert_min_params"],

@@ -194,8 +194,10 @@ def int8_speedup_baselines(c: Claim) -> Verdict:
             *serve_lines,
         ]
         + (
-            ["the article's own code is CPU quantize_dynamic on an FP32 model: the GPU readings "
-             "are context"]
+            [
+                "the article's own code is CPU quantize_dynamic on an FP32 model: the GPU readings "
+                "are context"
+            ]
             if cpu_code
             else []
         ),

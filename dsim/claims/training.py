@@ -171,7 +171,9 @@ def gpt3_gpus(c: Claim) -> Verdict:
     return make(
         c,
         range_ends(
-            "'tens of thousands' = 20,000 to 99,999", c.q["gpus_min"], c.q["gpus_max"],
+            "'tens of thousands' = 20,000 to 99,999",
+            c.q["gpus_min"],
+            c.q["gpus_max"],
             ref("gpt3_gpus"),
         ),
         "GPUs",

@@ -264,7 +264,11 @@ def range_ends(
     top = computed_lo if computed_hi is None else computed_hi
     return [
         Reading(
-            label, lo, computed_lo, "holds" if computed_lo >= lo * (1 - tol) else "off", note,
+            label,
+            lo,
+            computed_lo,
+            "holds" if computed_lo >= lo * (1 - tol) else "off",
+            note,
             part=pre + "low end",
         ),
         Reading(
@@ -343,6 +347,8 @@ def combine(readings: tuple[Reading, ...] | list[Reading]) -> str:
         return "depends"
     kinds = {r.verdict for r in counted}
     return "cannot_hold" if kinds == {"cannot_hold"} else "off"
+
+
 # ANCHOR_END: combine
 
 
@@ -361,7 +367,8 @@ def make(
     text = "\n".join(arithmetic) if isinstance(arithmetic, list) else arithmetic
     if len(rs) > 1:
         text += "\n" + "\n".join(
-            f"  reading '{r.label}'" + (f", {r.part}" if r.part else "")
+            f"  reading '{r.label}'"
+            + (f", {r.part}" if r.part else "")
             + f": stated {fmt(r.stated)} vs {fmt(r.computed)} -> {r.verdict}"
             + (f" ({r.note})" if r.note else "")
             + (" [not stated by the article: context only]" if r.unstated else "")

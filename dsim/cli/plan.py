@@ -122,7 +122,8 @@ def cmd_plan(ns: argparse.Namespace) -> int:
             f"{res.plans[0].mfu_conventions['six_nd']:.1%}"
             if res.plans
             else ""
-        ) + ("; ! = does not fit" if ns.include_unfit else "")
+        )
+        + ("; ! = does not fit" if ns.include_unfit else "")
     )
     return 0
 

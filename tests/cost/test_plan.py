@@ -384,8 +384,13 @@ def test_mfu_conventions():
         if rc == "none":
             assert extra == pytest.approx(0, abs=1e-9 * fused.total_causal)
         elif rc == "selective":  # MLA's up-projections: wq_b and wkv_b forward, every block
-            up = 2 * a.n_heads * (
-                a.q_lora_rank * a.qk_head_dim + a.kv_lora_rank * (a.qk_nope_head_dim + a.v_head_dim)
+            up = (
+                2
+                * a.n_heads
+                * (
+                    a.q_lora_rank * a.qk_head_dim
+                    + a.kv_lora_rank * (a.qk_nope_head_dim + a.v_head_dim)
+                )
             )
             assert extra == pytest.approx(up * (S * a.n_layers + S - 1), rel=1e-12)
         else:
