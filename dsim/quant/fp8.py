@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dsim.quant.checks import check_block, check_float, check_scale_fmt
+from dsim.quant.checks import check_block, check_float, check_int, check_scale_fmt
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite E4M3 number: torch.finfo(torch.float8_e4m3fn).max
@@ -43,6 +43,8 @@ def act_quant(
     check_float(x, "activation")
     check_block(block_size)
     check_scale_fmt(scale_fmt)
+    if x.dim() == 0:
+        raise ValueError("act_quant needs activations [..., K] of at least 1 dimension, got 0")
     K = x.shape[-1]
     nb = math.ceil(K / block_size)
     tiles = F.pad(x.float(), (0, nb * block_size - K)).reshape(
@@ -85,8 +87,14 @@ def weight_dequant(x: torch.Tensor, s: torch.Tensor, block_size: int = 128) -> t
     """FP8 weight [..., N, K] and block scales [..., ceil(N/b), ceil(K/b)] -> default-dtype
     weight."""
     check_block(block_size)
+    if not isinstance(x, torch.Tensor) or not isinstance(s, torch.Tensor) or x.dim() < 2:
+        raise ValueError(
+            "weight_dequant needs a weight tensor [..., N, K] and its scales [..., N/b, K/b], got "
+            f"{getattr(x, 'shape', type(x).__name__)} and {getattr(s, 'shape', type(s).__name__)}"
+        )
     N, K = x.shape[-2:]
-    if s.shape[-2:] != (math.ceil(N / block_size), math.ceil(K / block_size)):
+    blocks = (*x.shape[:-2], math.ceil(N / block_size), math.ceil(K / block_size))
+    if tuple(s.shape) != blocks:
         raise ValueError(
             f"scale shape {tuple(s.shape)} does not match weight {tuple(x.shape)} in "
             f"{block_size}x{block_size} blocks"
@@ -109,7 +117,11 @@ def aligned_sum(
     Hopper's FP8 accumulation keeps "around 14 bits" (13 here plus the leading bit).
     terms: [..., n] -> [...].
     """
-    if not 1 <= mantissa_bits <= 23:
+    if (
+        isinstance(mantissa_bits, bool)
+        or not isinstance(mantissa_bits, int)
+        or not (1 <= mantissa_bits <= 23)
+    ):
         raise ValueError(f"mantissa_bits = {mantissa_bits} must be in 1..23")
     if rounding not in ("truncate", "nearest"):
         raise ValueError(f"rounding = {rounding!r} must be 'truncate' or 'nearest'")
@@ -165,6 +177,12 @@ def fp8_gemm(
     is applied at the end (what a per-tensor FP8 GEMM with cuBLAS "fast accumulation" does).
     """
     check_block(block_size)
+    check_block(acc_chunk, "acc_chunk")
+    if a.dim() < 1 or b.dim() != 2:
+        raise ValueError(
+            f"fp8_gemm needs a [..., K] and b [N, K], got shapes {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
     K, N = a.shape[-1], b.shape[0]
     if b.shape[-1] != K:
         raise ValueError(f"fp8_gemm: a has K={K} but b has K={b.shape[-1]} (b must be [N, K])")
@@ -222,6 +240,9 @@ def accumulation_error(
     flushed into fp32 every `promote_every` elements (promotion). Errors are
     ||C - C_ref||_F / ||C_ref||_F ("_rel") and max_ij |C - C_ref| / max_ij |C_ref| ("_max_rel").
     """
+    for name, value in (("K", K), ("M", M), ("N", N), ("chunk", chunk)):
+        check_int(value, name, 1)
+    check_block(promote_every, "promote_every")
     if dist not in ("normal", "abs_normal"):
         raise ValueError(f"dist = {dist!r} must be 'normal' or 'abs_normal'")
     gen = torch.Generator().manual_seed(seed)

@@ -33,7 +33,7 @@ def fake_quant(
     check_float(x)
     check_bits(bits)
     with torch.no_grad():
-        xg = _to_groups(x.float(), granularity, group_size, pad=False)
+        xg = _to_groups(x.float(), granularity, group_size)
         scale, zero = _int_qparams(xg, bits, symmetric, scale_dtype)
         q = _int_round(xg, scale, zero, bits)
         deq = ((q - zero) if zero is not None else q) * scale
