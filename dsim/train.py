@@ -70,13 +70,25 @@ def unigram_entropy(data: torch.Tensor) -> float:
 def get_batch(
     data: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows: inputs x [B, S] and next-byte targets y [B, S]."""
+    """Random windows: inputs x [B, S] and next-byte targets y [B, S] (int64)."""
+    _check_data_dtype(data)
     if data.numel() <= seq_len + 1:
         raise ValueError(f"corpus of {data.numel()} bytes is too short for seq_len={seq_len}")
     start = torch.randint(0, data.numel() - seq_len - 1, (batch_size,), generator=generator)
     idx = start[:, None] + torch.arange(seq_len + 1)
     window = data[idx].long()
     return window[:, :-1], window[:, 1:]
+
+
+def _check_data_dtype(data: torch.Tensor) -> None:
+    """Token data must be a 1-D integer tensor: float data would be truncated to ids (0.7 -> 0)."""
+    if not isinstance(data, torch.Tensor):
+        raise ValueError(f"data must be a torch.Tensor of token ids, got {type(data).__name__}")
+    if data.dtype == torch.bool or data.is_floating_point() or data.is_complex() or data.dim() != 1:
+        raise ValueError(
+            f"data must be a 1-D tensor of integer token ids (e.g. get_corpus()'s uint8 bytes), "
+            f"got {data.dtype} of shape {tuple(data.shape)}"
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -409,6 +421,11 @@ class Trainer:
     """
 
     def __init__(self, args: ModelArgs, cfg: TrainConfig, data: torch.Tensor | None = None):
+        if not isinstance(args, ModelArgs) or not isinstance(cfg, TrainConfig):
+            raise ValueError(
+                "Trainer needs a ModelArgs and a TrainConfig (dsim.config.preset(name) gives "
+                f"ModelArgs), got {type(args).__name__} and {type(cfg).__name__}"
+            )
         if args.max_seq_len < cfg.seq_len:
             args = args.replace(
                 max_seq_len=cfg.seq_len, original_seq_len=max(args.original_seq_len, cfg.seq_len)
@@ -419,6 +436,18 @@ class Trainer:
                 "TrainConfig.mtp_lambda > 0 needs a model with MTP modules: "
                 "set ModelArgs.n_mtp_layers >= 1"
             )
+        if data is not None:  # checked once here: get_batch takes random windows of it
+            _check_data_dtype(data)
+            if data.numel() <= cfg.seq_len + 1:
+                raise ValueError(
+                    f"data of {data.numel()} tokens is too short for TrainConfig.seq_len="
+                    f"{cfg.seq_len}: needs more than seq_len + 1 = {cfg.seq_len + 1}"
+                )
+            if int(data.min()) < 0 or int(data.max()) >= args.vocab_size:
+                raise ValueError(
+                    f"data holds token ids {int(data.min())}..{int(data.max())}: must be in "
+                    f"[0, ModelArgs.vocab_size={args.vocab_size})"
+                )
         self.args, self.cfg = args, cfg
         torch.manual_seed(cfg.seed)
         self.model = Transformer(args)
