@@ -283,3 +283,20 @@ def test_generate_checks_the_length_before_decoding_and_a_tiny_temperature_is_gr
     gen = torch.Generator().manual_seed(0)
     sampled = model.generate(prompt, 4, temperature=1e-300, generator=gen)
     assert torch.equal(sampled, model.generate(prompt, 4))
+
+
+def test_start_pos_without_the_cache_raises():
+    """Issue 19, defect 13: start_pos > 0 without use_cache built a mask for keys that are not
+    there (RuntimeError in scaled_dot_product_attention). Found by test_properties_lib.py."""
+    model = build()
+    with pytest.raises(ValueError, match="needs use_cache=True"):
+        model(torch.randint(0, 97, (1, 1)), start_pos=1)
+
+
+@pytest.mark.parametrize("changes", [dict(kv_lora_rank=15), dict(qk_nope_head_dim=7)])
+def test_odd_mla_widths_run(changes):
+    """Issue 19, defect 6: an odd kv_lora_rank (or qk_nope_head_dim) put the RoPE slice at an odd
+    offset, which view_as_complex refuses (RuntimeError). Found by test_properties_lib.py."""
+    model = build(**changes)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randint(0, 97, (2, 5)))).all()

@@ -699,3 +699,14 @@ def test_no_message_advises_a_pad_option_the_function_lacks():
         assert "pad" not in str(e.value)
     with pytest.raises(ValueError, match="pad=True"):
         quantize(x, 4, "group", 2)
+
+
+def test_fp8_power_of_two_scale_that_overflows_on_dequantization_raises():
+    """Issue 19, defect 5: ue8m0 rounds the scale up to 2^120 for max|x| = 3.3e38; a code of 256
+    then dequantized to 2^128 = inf. Found by tests/test_properties_lib.py."""
+    x = torch.tensor([[0.0, 0.0], [0.0, 3.2964853281345433e38]])
+    with pytest.raises(ValueError, match="overflows float32"):
+        act_quant(x, 2, "ue8m0")
+    with pytest.raises(ValueError, match="overflows float32"):
+        quantize_fp8(x, 2, "ue8m0")
+    assert torch.isfinite(dequantize(quantize_fp8(x, 2))).all()  # fp32 scales fit

@@ -81,12 +81,17 @@ class Transformer(nn.Module):
         """Last block's output, before the final norm: [B, S] token ids -> [B, S, D].
 
         tokens may have any integer dtype; uint8 (dsim's byte corpus) and the others are read as
-        int64 ids. Float and bool tensors, shapes other than [B, S] with B, S >= 1 and a negative
-        start_pos raise ValueError.
+        int64 ids. Float and bool tensors, shapes other than [B, S] with B, S >= 1, a negative
+        start_pos, or start_pos > 0 without use_cache raise ValueError.
         """
         tokens = _check_tokens(tokens, "tokens")
         if isinstance(start_pos, bool) or not isinstance(start_pos, int) or start_pos < 0:
             raise ValueError(f"start_pos = {start_pos!r} is invalid: must be an integer >= 0")
+        if start_pos and not use_cache:
+            raise ValueError(
+                f"start_pos = {start_pos} needs use_cache=True: without the KV cache there are no "
+                "earlier positions to attend to"
+            )
         bsz, seqlen = tokens.shape
         if start_pos + seqlen > self.args.max_seq_len:
             raise ValueError(

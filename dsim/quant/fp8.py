@@ -11,7 +11,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dsim.quant.checks import check_block, check_float, check_int, check_scale_fmt
+from dsim.quant.checks import (
+    FLOAT32_MAX,
+    check_block,
+    check_float,
+    check_int,
+    check_scale_fmt,
+)
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite E4M3 number: torch.finfo(torch.float8_e4m3fn).max
@@ -23,6 +29,12 @@ def _fp8_scale(amax: torch.Tensor, scale_fmt: str | None) -> torch.Tensor:
     s = amax.clamp(min=FP8_MIN_AMAX) / FP8_MAX
     if scale_fmt == "ue8m0":  # an 8-bit exponent-only scale: x/s stays <= 448
         s = torch.exp2(torch.ceil(torch.log2(s)))
+    if s.numel() and float(s.max()) * FP8_MAX > FLOAT32_MAX:  # only within 2x of float32's max
+        raise ValueError(
+            f"cannot quantize to FP8 with max|x| = {float(amax.max()):.4g}: its scale "
+            f"{float(s.max()):.4g} (scale_fmt={scale_fmt!r}) times 448 overflows float32 "
+            f"({FLOAT32_MAX:.4g}) on dequantization; rescale the tensor"
+        )
     return s
 
 
