@@ -71,23 +71,28 @@ def get_batch(
     data: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows: inputs x [B, S] and next-byte targets y [B, S] (int64)."""
-    _check_data_dtype(data)
-    if data.numel() <= seq_len + 1:
-        raise ValueError(f"corpus of {data.numel()} bytes is too short for seq_len={seq_len}")
+    _check_data(data, seq_len)
     start = torch.randint(0, data.numel() - seq_len - 1, (batch_size,), generator=generator)
     idx = start[:, None] + torch.arange(seq_len + 1)
     window = data[idx].long()
     return window[:, :-1], window[:, 1:]
 
 
-def _check_data_dtype(data: torch.Tensor) -> None:
-    """Token data must be a 1-D integer tensor: float data would be truncated to ids (0.7 -> 0)."""
-    if not isinstance(data, torch.Tensor):
-        raise ValueError(f"data must be a torch.Tensor of token ids, got {type(data).__name__}")
-    if data.dtype == torch.bool or data.is_floating_point() or data.is_complex() or data.dim() != 1:
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _check_data(data: torch.Tensor, seq_len: int, vocab_size: int | None = None) -> None:
+    """Token data: a 1-D integer tensor (float data would be truncated to ids: 0.7 -> 0) longer
+    than seq_len + 1, its ids below vocab_size when given (a scan: Trainer does it once)."""
+    if not isinstance(data, torch.Tensor) or data.dim() != 1 or data.dtype not in _INT_DTYPES:
+        got = f"{data.dtype} {tuple(data.shape)}" if torch.is_tensor(data) else type(data).__name__
+        raise ValueError(f"data must be a 1-D tensor of integer token ids (uint8 bytes), got {got}")
+    if data.numel() <= seq_len + 1:
+        raise ValueError(f"corpus of {data.numel()} bytes is too short for seq_len={seq_len}")
+    if vocab_size is not None and not 0 <= int(data.min()) <= int(data.max()) < vocab_size:
         raise ValueError(
-            f"data must be a 1-D tensor of integer token ids (e.g. get_corpus()'s uint8 bytes), "
-            f"got {data.dtype} of shape {tuple(data.shape)}"
+            f"data holds token ids {int(data.min())}..{int(data.max())}: must be in "
+            f"[0, ModelArgs.vocab_size={vocab_size})"
         )
 
 
@@ -302,19 +307,15 @@ class History:
     """Per-step records of a run (plain lists, cheap to log every step)."""
 
     loss: list[float] = field(default_factory=list)  # main next-token loss, nats
-    mtp_loss: list[float] = field(
-        default_factory=list
-    )  # mean MTP cross-entropy over depths, nats (0: off)
+    # mean MTP cross-entropy over depths, nats (0: off)
+    mtp_loss: list[float] = field(default_factory=list)
     aux_loss: list[float] = field(default_factory=list)  # sum of the balance/z losses as added
-    load: list[np.ndarray] = field(
-        default_factory=list
-    )  # [layers, E] fraction of assignments per expert
-    imbalance: list[float] = field(
-        default_factory=list
-    )  # max load / mean load, averaged over layers
-    entropy: list[float] = field(
-        default_factory=list
-    )  # load entropy / log(E), averaged over layers
+    # [layers, E] fraction of assignments per expert
+    load: list[np.ndarray] = field(default_factory=list)
+    # max load / mean load, averaged over layers
+    imbalance: list[float] = field(default_factory=list)
+    # load entropy / log(E), averaged over layers
+    entropy: list[float] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)  # assignments dropped by capacity, all layers
     bias: list[np.ndarray] = field(default_factory=list)  # [layers, E] gate biases after the step
     val_bpb: list[tuple[int, float]] = field(default_factory=list)
@@ -421,11 +422,6 @@ class Trainer:
     """
 
     def __init__(self, args: ModelArgs, cfg: TrainConfig, data: torch.Tensor | None = None):
-        if not isinstance(args, ModelArgs) or not isinstance(cfg, TrainConfig):
-            raise ValueError(
-                "Trainer needs a ModelArgs and a TrainConfig (dsim.config.preset(name) gives "
-                f"ModelArgs), got {type(args).__name__} and {type(cfg).__name__}"
-            )
         if args.max_seq_len < cfg.seq_len:
             args = args.replace(
                 max_seq_len=cfg.seq_len, original_seq_len=max(args.original_seq_len, cfg.seq_len)
@@ -437,17 +433,7 @@ class Trainer:
                 "set ModelArgs.n_mtp_layers >= 1"
             )
         if data is not None:  # checked once here: get_batch takes random windows of it
-            _check_data_dtype(data)
-            if data.numel() <= cfg.seq_len + 1:
-                raise ValueError(
-                    f"data of {data.numel()} tokens is too short for TrainConfig.seq_len="
-                    f"{cfg.seq_len}: needs more than seq_len + 1 = {cfg.seq_len + 1}"
-                )
-            if int(data.min()) < 0 or int(data.max()) >= args.vocab_size:
-                raise ValueError(
-                    f"data holds token ids {int(data.min())}..{int(data.max())}: must be in "
-                    f"[0, ModelArgs.vocab_size={args.vocab_size})"
-                )
+            _check_data(data, cfg.seq_len, args.vocab_size)
         self.args, self.cfg = args, cfg
         torch.manual_seed(cfg.seed)
         self.model = Transformer(args)

@@ -282,9 +282,9 @@ def test_balance_bench_runs_one_configuration():
 @pytest.mark.parametrize(
     "data, match",
     [
-        (torch.rand(5000), "integer token ids"),  # used to train on zeros (0.7 -> 0)
-        (torch.zeros(5000, dtype=torch.bool), "integer token ids"),
-        (torch.zeros(50, 100, dtype=torch.long), "1-D"),
+        (torch.rand(5000), "integer token ids.*float32"),  # used to train on zeros (0.7 -> 0)
+        (torch.zeros(5000, dtype=torch.bool), "integer token ids.*bool"),
+        (torch.zeros(50, 100, dtype=torch.long), r"1-D.*\(50, 100\)"),
         (torch.full((5000,), 300), "token ids 300..300"),
         (torch.zeros(10, dtype=torch.uint8), "too short"),
     ],
@@ -294,5 +294,3 @@ def test_trainer_refuses_data_that_is_not_token_ids(data, match):
     """Issue 19, defect 13: Trainer with float data truncated it to ids and trained on zeros."""
     with pytest.raises(ValueError, match=match):
         Trainer(small(), TrainConfig(**FAST), data=data)
-    with pytest.raises(ValueError, match="Trainer needs a ModelArgs"):
-        Trainer("tiny", TrainConfig(**FAST))
