@@ -673,6 +673,13 @@ def test_bad_input_raises_value_error_not_index_zero_division_or_runtime_error()
         (lambda: unpack_int4(torch.tensor([1.5]), 2), "uint8"),
         (lambda: aligned_sum(randn(3), 2.5), "mantissa_bits"),
         (lambda: quantize(randn(3, 4), 8.0), "bits"),
+        (lambda: aligned_sum(torch.zeros(3, 0)), "aligned_sum needs terms"),
+        (lambda: fp8_gemm(torch.zeros(2, 0), torch.ones(1), torch.zeros(3, 0), torch.ones(1)), "K"),
+        (lambda: pack_int4(torch.tensor(3)), "integer codes"),
+        (lambda: pack_int4(torch.tensor([1.5, 2.0])), "integer codes"),  # was truncated to 1
+        (lambda: quantize_model("tiny", "w8a8"), "nn.Module"),
+        (lambda: bytes_by_kind("tiny"), "nn.Module"),
+        (lambda: prepare_qat(Transformer(preset("tiny")), 4, 0), "group_size = 0"),
     ]
     for f, match in cases:
         with pytest.raises(ValueError, match=match):

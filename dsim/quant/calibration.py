@@ -22,6 +22,7 @@ except (
 
 
 from dsim.quant.checks import check_bits, check_float, check_int
+from dsim.quant.convert import _check_module
 from dsim.quant.layers import QuantExperts, QuantLinear
 
 
@@ -125,6 +126,7 @@ def calibrate_model(
     and hidden activations of each QuantExperts), and sets act_scale = calibrate(...) / 127.
     Returns the thresholds by name. Until this runs, W8A8 scales activations per token on the fly.
     """
+    _check_module(model)
     layers = [
         (n, m)
         for n, m in model.named_modules()

@@ -137,6 +137,8 @@ def aligned_sum(
         raise ValueError(f"mantissa_bits = {mantissa_bits} must be in 1..23")
     if rounding not in ("truncate", "nearest"):
         raise ValueError(f"rounding = {rounding!r} must be 'truncate' or 'nearest'")
+    if terms.dim() == 0 or terms.shape[-1] == 0:
+        raise ValueError(f"aligned_sum needs terms [..., n >= 1], got shape {tuple(terms.shape)}")
     top = terms.abs().amax(dim=-1, keepdim=True)
     ulp = torch.exp2(
         torch.floor(torch.log2(torch.where(top > 0, top, torch.ones_like(top)))) - mantissa_bits
@@ -196,6 +198,8 @@ def fp8_gemm(
             f"{tuple(b.shape)}"
         )
     K, N = a.shape[-1], b.shape[0]
+    if K == 0:
+        raise ValueError("fp8_gemm needs K >= 1 (a [..., K] has K = 0)")
     if b.shape[-1] != K:
         raise ValueError(f"fp8_gemm: a has K={K} but b has K={b.shape[-1]} (b must be [N, K])")
     lead = a.shape[:-1]

@@ -214,9 +214,14 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     Element 2i goes to the low nibble of byte i and element 2i+1 to the high nibble. An odd K is
     padded with one zero code.
     """
-    codes = codes.to(torch.uint8)
-    if codes.numel() and int(codes.max()) > 15:
+    if codes.dim() == 0 or codes.is_floating_point() or codes.dtype == torch.bool:
+        raise ValueError(
+            f"pack_int4 needs integer codes [..., K], got {codes.dtype} of shape "
+            f"{tuple(codes.shape)}"
+        )
+    if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) <= 15:
         raise ValueError("pack_int4 needs codes in 0..15")
+    codes = codes.to(torch.uint8)
     if codes.shape[-1] % 2:
         codes = F.pad(codes, (0, 1))
     return codes[..., 0::2] | (codes[..., 1::2] << 4)
@@ -275,7 +280,7 @@ def quantize(
     if bits == 8:
         data = q.to(torch.int8) if symmetric else q.to(torch.uint8)
     else:  # INT4: codes 0..15
-        data = pack_int4(q + 8 if symmetric else q)  # symmetric: offset 8
+        data = pack_int4((q + 8 if symmetric else q).to(torch.uint8))  # symmetric: offset 8
     return QuantizedTensor(
         data,
         scale.to(scale_dtype),
