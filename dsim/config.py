@@ -20,6 +20,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    """A finite int or float (not a bool, not a string, not inf or NaN)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass
 class ModelArgs:
     """Hyper-parameters of a decoder-only MoE transformer (DeepSeek's names).
@@ -112,6 +121,24 @@ class ModelArgs:
 
     def __post_init__(self) -> None:
         self.validate()
+        object.__setattr__(self, "_validated", True)  # from now on, every assignment validates
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Validate a field changed after construction, too: `args.dim = 0` raises ValueError and
+        leaves args as it was. (__init__ assigns before __post_init__ validates the whole.)"""
+        if not self.__dict__.get("_validated"):
+            return object.__setattr__(self, name, value)
+        missing = object()
+        old = self.__dict__.get(name, missing)
+        object.__setattr__(self, name, value)
+        try:
+            self.validate()
+        except ValueError:
+            if old is missing:
+                object.__delattr__(self, name)
+            else:
+                object.__setattr__(self, name, old)
+            raise
 
     # ---- derived quantities (one place, used by the model and the cost models alike) ----
     @property
@@ -181,41 +208,31 @@ class ModelArgs:
                     f"ModelArgs.{name} = {getattr(self, name)!r} is invalid: must be {allowed}"
                 )
 
-        for name in (
-            "vocab_size",
-            "dim",
-            "n_layers",
-            "n_heads",
-            "max_seq_len",
-            "max_batch_size",
-            "original_seq_len",
-        ):
-            need(
-                isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
-                name,
-                "an integer >= 1",
-            )
-        for name in (
-            "inter_dim",
-            "moe_inter_dim",
-            "n_dense_layers",
-            "n_routed_experts",
-            "n_shared_experts",
-            "n_activated_experts",
-            "q_lora_rank",
-            "kv_lora_rank",
-            "qk_nope_head_dim",
-            "qk_rope_head_dim",
-            "v_head_dim",
-            "head_dim",
-            "n_kv_heads",
-            "n_mtp_layers",
-        ):
-            need(
-                isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
-                name,
-                "an integer >= 0",
-            )
+        # a bool is an int to Python, but `dim = True` is no width
+        positive = "vocab_size dim n_layers n_heads max_seq_len max_batch_size original_seq_len"
+        counts = (
+            "inter_dim moe_inter_dim n_dense_layers n_routed_experts n_shared_experts "
+            "n_activated_experts n_expert_groups n_limited_groups q_lora_rank kv_lora_rank "
+            "qk_nope_head_dim qk_rope_head_dim v_head_dim head_dim n_kv_heads n_mtp_layers"
+        )
+        for minimum, names in ((1, positive), (0, counts)):
+            for name in names.split():
+                v = getattr(self, name)
+                need(_is_int(v) and v >= minimum, name, f"an integer >= {minimum}")
+        for name, low, strict, note in (
+            ("route_scale", 0, True, ""),
+            ("capacity_factor", 0, False, " (0 disables token dropping)"),
+            ("norm_eps", 0, True, ""),
+            ("rope_theta", 1, True, ""),
+            ("rope_factor", 1, False, ""),
+            ("mscale", 0, False, ""),
+            ("beta_fast", 0, True, ""),
+            ("beta_slow", 0, True, ""),
+        ):  # inf or NaN here turns every logit into NaN (or zero)
+            v = getattr(self, name)
+            ok = _is_real(v) and (v > low if strict else v >= low)
+            need(ok, name, f"a finite number {'>' if strict else '>='} {low}{note}")
+        need(self.beta_fast > self.beta_slow, "beta_slow", f"< beta_fast={self.beta_fast}")
         need(
             self.n_dense_layers <= self.n_layers,
             "n_dense_layers",
@@ -227,12 +244,13 @@ class ModelArgs:
         need(self.attn_impl in ("naive", "absorb"), "attn_impl", "'naive' or 'absorb'")
         need(self.expert_impl in ("grouped", "loop"), "expert_impl", "'grouped' or 'loop'")
         need(self.drop_policy in ("score", "position"), "drop_policy", "'score' or 'position'")
-        need(self.route_norm in (None, True, False), "route_norm", "None, True or False")
-        need(self.route_scale > 0, "route_scale", "> 0")
-        need(self.capacity_factor >= 0, "capacity_factor", ">= 0 (0 disables token dropping)")
-        need(self.norm_eps > 0, "norm_eps", "> 0")
-        need(self.rope_theta > 0, "rope_theta", "> 0")
-        need(self.rope_factor >= 1, "rope_factor", ">= 1")
+        need(
+            self.route_norm is None or isinstance(self.route_norm, bool),
+            "route_norm",
+            "None, True or False",
+        )
+        need(isinstance(self.tie_embeddings, bool), "tie_embeddings", "True or False")
+        need(isinstance(self.name, str), "name", "a string")
         need(self.n_dense_layers == self.n_layers or self.inter_dim >= 0, "inter_dim", ">= 0")
         need(
             self.n_dense_layers == 0 or self.inter_dim >= 1,

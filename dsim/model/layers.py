@@ -60,7 +60,8 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x0, x1), (x2, x3), ... of the last dim.
     x: [B, S, H, d], freqs: [S, d/2]."""
     dtype = x.dtype
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    # contiguous: a slice at an odd offset (an odd kv_lora_rank) cannot be viewed as complex
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
     xc = xc * freqs_cis.view(1, xc.size(1), 1, xc.size(-1))
     return torch.view_as_real(xc).flatten(3).to(dtype)
 

@@ -78,7 +78,20 @@ class Transformer(nn.Module):
     def hidden(
         self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = False
     ) -> torch.Tensor:
-        """Last block's output, before the final norm: [B, S] token ids -> [B, S, D]."""
+        """Last block's output, before the final norm: [B, S] token ids -> [B, S, D].
+
+        tokens may have any integer dtype; uint8 (dsim's byte corpus) and the others are read as
+        int64 ids. Float and bool tensors, shapes other than [B, S] with B, S >= 1, a negative
+        start_pos, or start_pos > 0 without use_cache raise ValueError.
+        """
+        tokens = _check_tokens(tokens, "tokens")
+        if isinstance(start_pos, bool) or not isinstance(start_pos, int) or start_pos < 0:
+            raise ValueError(f"start_pos = {start_pos!r} is invalid: must be an integer >= 0")
+        if start_pos and not use_cache:
+            raise ValueError(
+                f"start_pos = {start_pos} needs use_cache=True: without the KV cache there are no "
+                "earlier positions to attend to"
+            )
         bsz, seqlen = tokens.shape
         if start_pos + seqlen > self.args.max_seq_len:
             raise ValueError(
@@ -135,9 +148,24 @@ class Transformer(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Greedy (temperature 0) or sampled decoding with the KV cache.
-        prompt: [B, S] -> [B, S + n]."""
+        prompt: [B, S] -> [B, S + n] int64."""
+        prompt = _check_tokens(prompt, "prompt")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise ValueError(f"max_new_tokens = {max_new_tokens!r} must be an integer >= 0")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        real = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        if not (real and 0 <= temperature < float("inf")):  # False for NaN
+            # a NaN or negative temperature used to decode greedily without a word
+            raise ValueError(
+                f"temperature = {temperature!r} is invalid: must be a finite number >= 0 "
+                "(0: greedy)"
+            )
+        if max_new_tokens and prompt.shape[1] + max_new_tokens - 1 > self.args.max_seq_len:
+            raise ValueError(
+                f"prompt length {prompt.shape[1]} + max_new_tokens {max_new_tokens} - 1 exceeds "
+                f"ModelArgs.max_seq_len={self.args.max_seq_len}"
+            )
         self.reset_cache()
         tokens, pos = prompt, 0
         step_in = prompt
@@ -145,10 +173,28 @@ class Transformer(nn.Module):
             logits = self(step_in, start_pos=pos, use_cache=True)[:, -1]
             pos += step_in.shape[1]
             if temperature > 0:
-                nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)
+                # shifted to max 0 and in float64: a tiny temperature gives one-hot, not NaN
+                z = (logits - logits.amax(-1, keepdim=True)).double() / temperature
+                nxt = torch.multinomial(z.softmax(-1), 1, generator=generator)
             else:
                 nxt = logits.argmax(-1, keepdim=True)
             tokens = torch.cat([tokens, nxt], dim=1)
             step_in = nxt
         self.reset_cache()
         return tokens
+
+
+def _check_tokens(tokens: torch.Tensor, what: str) -> torch.Tensor:
+    """Token ids as int64 [B, S] with B, S >= 1; any integer dtype is accepted (uint8 is what
+    dsim's byte corpus holds). Float or bool tensors and other shapes raise ValueError."""
+    if not isinstance(tokens, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor of token ids, got {type(tokens).__name__}")
+    if tokens.dtype == torch.bool or tokens.is_floating_point() or tokens.is_complex():
+        raise ValueError(
+            f"{what} has dtype {tokens.dtype}: token ids must be integers (int64, int32, uint8...)"
+        )
+    if tokens.dim() != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
+        raise ValueError(
+            f"{what} must be [batch, seq] with batch, seq >= 1, got shape {tuple(tokens.shape)}"
+        )
+    return tokens.long()

@@ -90,6 +90,9 @@ class Calibration:
     fit: dict = field(default_factory=dict, compare=False)  # fit diagnostics (per stage)
 
     def replace(self, **changes: Any) -> Calibration:
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"calibration has no field(s) {', '.join(unknown)}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,10 +100,20 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        if not isinstance(d, dict):
+            raise ValueError(f"a calibration must be a dict of fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - names, key=str)
         if unknown:
-            raise ValueError(f"calibration has unknown field(s) {', '.join(unknown)}")
+            raise ValueError(f"calibration has unknown field(s) {', '.join(map(str, unknown))}")
+        attn = d.get("attn_eff", {})
+        if not isinstance(attn, dict):
+            raise ValueError(f"calibration field attn_eff = {attn!r} is not a dict")
+        floats = [f.name for f in dataclasses.fields(cls) if f.type in ("float", float)]
+        values = [(n, d[n]) for n in floats if n in d]
+        for name, value in values + [(f"attn_eff.{k}", v) for k, v in attn.items()]:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"calibration field {name} = {value!r} is not a number")
         return cls(**d)
 
     def constants(self) -> tuple[str, ...]:
@@ -127,6 +140,12 @@ def attention_efficiency(cal: Calibration, backend: str, direction: str, variant
     efficiency for the same direction, head-dim class and mask: an assumption, not a measurement
     (fit_calibration, given records of such a backend, fits these entries to them).
     """
+    if f"{ATTN_EFF_BACKEND}_{direction}_{variant}" not in cal.attn_eff:
+        raise ValueError(
+            f"no attention efficiency for direction {direction!r} and variant {variant!r}: "
+            "direction is 'fwd' or 'bwd', variant one of 'mha_causal', 'mha_full', 'mla_causal', "
+            "'mla_full'"
+        )
     own = cal.attn_eff.get(f"{backend}_{direction}_{variant}")
     return own if own is not None else cal.attn_eff[f"{ATTN_EFF_BACKEND}_{direction}_{variant}"]
 
