@@ -37,6 +37,26 @@ from dsim.quant import QuantExperts, QuantLinear, kind_of, quantize_model
 TARGETS = ("attention", "routed_experts", "shared_experts", "dense_ffn")
 
 
+class _Dequantized(torch.autograd.Function):
+    """y = x W^T (counts None) or the grouped product of rows sorted by expert (counts [E]) with a
+    frozen W that `dequant()` rebuilds from its INT4 codes: once in the forward and once more in the
+    backward, so that autograd keeps the 4-bit codes, never the dequantized weight (QLoRA's
+    memory trick; bitsandbytes does the same). Only x gets a gradient."""
+
+    @staticmethod
+    def forward(ctx, x, counts, dequant):
+        ctx.counts, ctx.dequant = counts, dequant
+        w = dequant().to(x.dtype)  # [out, in] or [E, out, in]
+        return F.linear(x, w) if counts is None else grouped_mm(x, w, counts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w = ctx.dequant().to(grad.dtype)
+        if ctx.counts is None:
+            return grad @ w, None, None
+        return grouped_mm(grad, w.transpose(-2, -1), ctx.counts), None, None
+
+
 def _check_rank(rank: int, alpha: float) -> None:
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise ValueError(f"rank = {rank!r} must be an integer >= 1")
@@ -74,7 +94,10 @@ class LoRALinear(nn.Module):
         return self.base.weight + self.scaling * (self.lora_B @ self.lora_A)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
+        low = self.scaling * F.linear(F.linear(x, self.lora_A), self.lora_B)
+        if isinstance(self.base, QuantLinear) and self.base.scheme == "w4a16":
+            return _Dequantized.apply(x, None, lambda: self.base.weight) + low
+        return self.base(x) + low
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scaling={self.scaling:g}"
@@ -96,6 +119,8 @@ class LoRAExperts(nn.Module):
             raise ValueError(
                 f"LoRAExperts wraps Experts or QuantExperts, got {type(base).__name__}"
             )
+        if isinstance(base, QuantExperts) and base.scheme != "w4a16":
+            raise ValueError(f"QLoRA's base must be w4a16 (INT4), got scheme {base.scheme!r}")
         self.base, self.rank, self.scaling = base, rank, alpha / rank
         self.n_experts = base.n_experts
         for p in base.parameters():
@@ -123,9 +148,12 @@ class LoRAExperts(nn.Module):
 
     def _linear(self, xs: torch.Tensor, name: str, counts: torch.Tensor) -> torch.Tensor:
         """Rows xs [N, in] sorted by expert -> [N, out]: W_e x + s B_e (A_e x) for each row's e."""
-        w = self._base_weight(name).to(xs.dtype)
         low = grouped_mm(grouped_mm(xs, self.lora_A[name], counts), self.lora_B[name], counts)
-        return grouped_mm(xs, w, counts) + self.scaling * low
+        if isinstance(self.base, QuantExperts):
+            base = _Dequantized.apply(xs, counts, lambda: self._base_weight(name))
+        else:
+            base = grouped_mm(xs, self._base_weight(name), counts)
+        return base + self.scaling * low
 
     def forward(
         self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, impl: str = "grouped"

@@ -14,7 +14,7 @@ from dsim.lora import (
     finetune,
     lora_parameters,
 )
-from dsim.model import Transformer
+from dsim.model import Experts, Transformer
 from dsim.quant import QuantExperts, QuantLinear, clone_model, quantize_model
 
 
@@ -128,3 +128,35 @@ def test_bad_input_is_refused():
         LoRALinear(torch.nn.Conv1d(2, 2, 1), 2, 2.0)
     with pytest.raises(ValueError, match="steps"):
         finetune(_model(), torch.zeros(1000, dtype=torch.uint8), steps=0)
+
+
+def test_qlora_gradients_equal_lora_on_the_dequantized_base():
+    """QLoRA (INT4 codes, dequantized in forward and again in backward) trains like LoRA on a float
+    model whose weights are the dequantized INT4 weights: same loss, same adapter gradients."""
+    model = _model()
+    add_qlora(model, rank=4, group_size=32)
+    plain = clone_model(model)  # swap each INT4 base for a float copy of its dequantized weight
+    for m in plain.modules():
+        if isinstance(m, LoRALinear) and isinstance(m.base, QuantLinear):
+            lin = torch.nn.Linear(m.base.in_features, m.base.out_features, bias=False)
+            lin.weight.data.copy_(m.base.weight)
+            lin.weight.requires_grad_(False)
+            m.base = lin
+        elif isinstance(m, LoRAExperts) and isinstance(m.base, QuantExperts):
+            ex = Experts(m.n_experts, 64, 32)
+            for n in ("w1", "w2", "w3"):
+                getattr(ex, n).data.copy_(m.base.dequantized(n))
+                getattr(ex, n).requires_grad_(False)
+            m.base = ex
+    for m in (model, plain):
+        for p in lora_parameters(m):
+            if p.shape[-1] == 4:
+                p.data.fill_(0.01)
+        m.train()
+    grads = []
+    for m in (model, plain):
+        loss = m(TOKENS).logsumexp(-1).mean()
+        loss.backward()
+        grads.append([p.grad for p in lora_parameters(m)])
+    for g_q, g_f in zip(*grads):
+        torch.testing.assert_close(g_q, g_f, rtol=1e-4, atol=1e-6)
