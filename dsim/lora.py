@@ -174,6 +174,25 @@ class LoRAExperts(nn.Module):
         return f"n_experts={self.n_experts}, rank={self.rank}, scaling={self.scaling:g}"
 
 
+class FrozenQuantLinear(nn.Module):
+    """A frozen INT4 linear layer that QLoRA does not adapt (the dense FFN, the shared experts):
+    y = x W^T through _Dequantized, so autograd keeps its codes, not its dequantized weight."""
+
+    def __init__(self, base: QuantLinear):
+        super().__init__()
+        if not isinstance(base, QuantLinear) or base.scheme != "w4a16":
+            raise ValueError("FrozenQuantLinear wraps a w4a16 QuantLinear")
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Dequantized.apply(x, None, lambda: self.base.weight)
+
+
 def add_lora(
     model: Transformer,
     rank: int = 8,
@@ -223,9 +242,17 @@ def add_qlora(
 ) -> list[str]:
     """QLoRA: quantize the base's linear layers and routed experts to INT4 per group of
     `group_size` input channels (dsim.quant "w4a16"; embedding, head, gate and norms stay), then
-    add_lora. Returns the wrapped modules' names."""
+    add_lora; the quantized linear layers left without an adapter become FrozenQuantLinear (routed
+    experts left without one keep QuantExperts' loop). Returns the wrapped modules' names."""
     quantize_model(model, "w4a16", layers="all", group_size=group_size)
-    return add_lora(model, rank, alpha, targets)
+    wrapped = add_lora(model, rank, alpha, targets)
+    for parent in list(model.modules()):
+        if isinstance(parent, (LoRALinear, FrozenQuantLinear)):
+            continue
+        for attr, child in list(parent.named_children()):
+            if isinstance(child, QuantLinear):
+                setattr(parent, attr, FrozenQuantLinear(child))
+    return wrapped
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:

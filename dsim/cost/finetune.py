@@ -4,13 +4,15 @@ the number of GPUs a fine-tune needs.
 A fine-tune with adapters (dsim.lora) keeps the whole base model, frozen, in its dtype (bf16 for
 LoRA, INT4 with a bf16 scale per group for QLoRA), and trains only the adapters: their weights,
 gradients and Adam states are all that grows with training. The activations are those of a full
-training step, an upper bound: a frozen linear layer keeps no input for a weight gradient, but
-the adapter beside it keeps the same input for its own (A's gradient), and the backward still
-passes through every layer; the frozen head, gate and norms do keep less. On the tiny model
-(tests/cost/test_finetune.py) LoRA's saved tensors are 12-22 % below a full step's, its rank-r
-intermediates included.
+training step plus the adapters' rank-r intermediates: a frozen linear layer keeps no input for
+a weight gradient, but the adapter beside it keeps the same input for its own (A's gradient), and
+the backward still passes through every layer. The frozen head, gate and norms keep less than
+trainable ones, the CPU's padded expert dispatch more: on the tiny model
+(tests/cost/test_finetune.py, bench/finetune_memory_measure.py) the saved tensors are within 25 %
+of this either way.
 QLoRA adds a transient: the largest weight dequantized at once (dsim.lora dequantizes one stacked
-expert weight [E, out, in] at a time, in the forward and again in the backward), and time: every
+expert weight [E, out, in] at a time, into fp32 and then the compute dtype, in the forward and
+again in the backward), and time: every
 quantized weight is read and dequantized twice per micro-batch.
 
 Everything is computed from the other cost modules: parameter counts from dsim.cost.params, the
@@ -115,6 +117,30 @@ def _split(adapters: dict[str, int]) -> tuple[int, int]:
     return sum(adapters.values()) - expert, expert
 
 
+def _low_rank_activations(
+    args: ModelArgs,
+    rank: int,
+    targets: Iterable[str],
+    layers: list[int],
+    tokens: int,
+    dtype: str,
+) -> float:
+    """Bytes of the adapters' rank-r intermediates x A^T that autograd keeps (B's gradient needs
+    them): r numbers per token and adapted weight, per activated expert for the routed experts."""
+    rows = 0
+    for name in adapter_params(args, rank, targets):
+        parts = name.split(".")
+        if parts[0] != "layers" or int(parts[1]) not in layers:
+            continue
+        if name.endswith("ffn.experts"):
+            rows += 3 * args.n_activated_experts
+        elif name.endswith("ffn.shared_experts"):
+            rows += 3
+        else:
+            rows += 1
+    return tokens * rank * rows * bytes_per_param(dtype)
+
+
 @dataclass(frozen=True)
 class FinetuneMemory:
     """Bytes on the busiest GPU of a fine-tune, by kind."""
@@ -176,8 +202,8 @@ def finetune_memory(
     group_size: elements per scale of a quantized base (QLoRA: 64).
     adapter_dtype, grad_dtype, master_dtype, optimizer_dtype: the adapters' weights, gradients,
         fp32 master copies (None: the adapters are their own master) and Adam moments.
-    compute_dtype: the dtype QLoRA dequantizes into. zero: ZeRO stage, for a full fine-tune only
-        (the adapters are too small to shard).
+    compute_dtype: the activations' dtype, which QLoRA's dequantized fp32 weight is cast to.
+    zero: ZeRO stage, for a full fine-tune only (the adapters are too small to shard).
     Adapters are assumed to spread over the GPUs as the base parameters of their kind do (expert
     adapters with their experts).
     """
@@ -226,19 +252,28 @@ def finetune_memory(
     state = 2 * bytes_per_param(optimizer_dtype) + (
         bytes_per_param(master_dtype) if master_dtype else 0.0
     )
+    acts = (
+        est.activations
+        + _low_rank_activations(
+            args, rank, targets, est.details["layers"], batch * seq_len, compute_dtype
+        )
+        / tp
+    )
     dequant = 0.0
     if method == "qlora":
         local_experts = args.n_routed_experts // ep
         biggest_attn = max(i * o for i, o in attention_shapes(args).values()) / tp
         biggest = max(local_experts * args.dim * args.moe_inter_dim, biggest_attn)
-        dequant = biggest * bytes_per_param(compute_dtype)
+        # dsim.quant dequantizes into fp32, then the product casts to compute_dtype
+        cast = 0.0 if compute_dtype == "fp32" else bytes_per_param(compute_dtype)
+        dequant = biggest * (4.0 + cast)
     return FinetuneMemory(
         method,
         weights=est.weights,
         adapters=n_ad * bytes_per_param(adapter_dtype),
         gradients=n_ad * bytes_per_param(grad_dtype),
         optimizer=n_ad * state,
-        activations=est.activations,
+        activations=acts,
         dequant=dequant,
         details=dict(est.details, adapter_params_on_gpu=n_ad, layout=layout),
     )
