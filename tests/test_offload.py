@@ -145,3 +145,22 @@ def test_bad_input_is_refused():
         decode_seconds(preset("tiny"), "h100", "pcie5", 1.5)
     with pytest.raises(ValueError, match="load"):
         lru_hit_rate([0, 0], 1, 1)
+
+
+def test_measure_script_cpu_path(tmp_path):
+    """bench/offload_measure.py on the CPU: every cache size decodes, and without prefetching the
+    misses never grow with the cache (LRU is a stack algorithm: a larger cache holds a superset)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "offload_measure.py"
+    spec = importlib.util.spec_from_file_location("offload_measure", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--device", "cpu", "--out", str(tmp_path / "o.json")])
+    plain = [r for r in out["records"] if not r["prefetch"]]
+    assert [r["cache_size"] for r in plain] == [1, 2, 4, 8]
+    misses = [r["misses"] for r in plain]
+    assert misses == sorted(misses, reverse=True) and misses[0] > misses[-1]
+    assert all(r["tokens_per_s"] > 0 for r in out["records"])
+    assert any(r["prefetched"] > 0 for r in out["records"] if r["prefetch"])

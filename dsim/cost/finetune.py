@@ -393,7 +393,11 @@ def gpus_to_finetune(
     g = get_gpu(gpu)
     capacity = g.hbm_bytes - reserved_bytes
     E = args.n_routed_experts
+    one = finetune_memory(args, method, rank=rank, group_size=group_size, seq_len=seq_len)
+    state = one.weights + one.adapters + one.gradients + one.optimizer  # the whole job's state
     for n in _powers_of_two(max_gpus):
+        if n * capacity < state:  # even a perfect split of the state does not fit
+            continue
         best: FinetunePlan | None = None
         for tp in (t for t in (1, 2, 4, 8) if t <= n):
             for pp in (p for p in _powers_of_two(args.n_layers) if tp * p <= n):
