@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,12 @@ def export_onnx(
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            torch.no_grad(),
+            contextlib.redirect_stdout(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecations
             program = torch.onnx.export(
                 wrapper,
                 (example,),

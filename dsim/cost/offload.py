@@ -222,7 +222,10 @@ def decode_seconds(
 
 
 def offload_claim_1p5t(
-    gpu_bytes: float = 320e9, link: str | float = 25e9, dtype: str = "fp16"
+    gpu_bytes: float = 320e9,
+    link: str | float = 25e9,
+    dtype: str = "fp16",
+    group_size: int | None = 128,
 ) -> dict[str, object]:
     """The seeds' claim (dsim.claims id "a0-offload-1.5t-resident-memory"): a 1.5T MoE (16 experts
     of 96B, top-4: 125 layers of 3 x 16384 x 15625 per expert) served from 320 GB of GPU memory by
@@ -230,7 +233,8 @@ def offload_claim_1p5t(
 
     For each cache size (experts per layer on the GPUs): device and host bytes, whether the device
     part fits in `gpu_bytes`, the LRU hit rate under uniform routing (Che) and the seconds a
-    batch-1 decode step spends copying missed experts.
+    batch-1 decode step spends copying missed experts. dtype and group_size: the weights' format
+    (fp16 has no scales; int4 and int8 carry one bf16 scale per group_size weights).
     """
     args = ModelArgs(
         vocab_size=129280,
@@ -257,7 +261,7 @@ def offload_claim_1p5t(
     uniform = zipf_load(args.n_routed_experts, 0.0)
     rows = []
     for c in (1, 2, 4, 8, 16):
-        mem = offload_memory(args, c, dtype, None)
+        mem = offload_memory(args, c, dtype, group_size)
         h = lru_hit_rate(uniform, c, args.n_activated_experts)
         miss_bytes = (
             n_moe_layers(args)
