@@ -68,3 +68,40 @@ def test_bad_input_is_refused():
         distill_loss(s, s, y, 0.0, 0.5)
     with pytest.raises(ValueError, match="alpha"):
         distill_loss(s, s, y, 1.0, 1.5)
+
+
+def test_committed_distill_run_agrees_with_the_code():
+    """dsim/data/distill_cpu.json: every student's parameter count is dsim.cost.params' count of
+    student_args(tiny, ...), and each student was run both ways."""
+    import json
+    from pathlib import Path
+
+    from dsim.cost.params import params
+
+    run = json.loads(
+        (Path(__file__).resolve().parents[1] / "dsim/data/distill_cpu.json").read_text()
+    )
+    teacher = preset("tiny")
+    assert run["rows"][0]["params"] == params(teacher).total
+    for name, change in run["students"].items():
+        rows = [r for r in run["rows"] if r["model"] == name]
+        assert sorted(r["how"] for r in rows) == ["alone", "distilled"]
+        assert all(r["params"] == params(student_args(teacher, **change)).total for r in rows)
+
+
+def test_distill_script_cpu_path():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "distill_tiny.py"
+    spec = importlib.util.spec_from_file_location("distill_tiny", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.run(steps=2)
+    assert [(r["model"], r.get("how")) for r in out["rows"]] == [
+        ("teacher", None),
+        ("experts4", "alone"),
+        ("experts4", "distilled"),
+        ("layers1", "alone"),
+        ("layers1", "distilled"),
+    ]

@@ -160,3 +160,42 @@ def test_qlora_gradients_equal_lora_on_the_dequantized_base():
         grads.append([p.grad for p in lora_parameters(m)])
     for g_q, g_f in zip(*grads):
         torch.testing.assert_close(g_q, g_f, rtol=1e-4, atol=1e-6)
+
+
+def _bench(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_finetune_run_agrees_with_the_code():
+    """dsim/data/finetune_lora_cpu.json: its adapter counts are dsim.cost.finetune's, its full
+    fine-tune trains every parameter, and the script's numbers hang together."""
+    import json
+    from pathlib import Path
+
+    from dsim.cost.finetune import adapter_params
+    from dsim.cost.params import params
+
+    run = json.loads(
+        (Path(__file__).resolve().parents[1] / "dsim/data/finetune_lora_cpu.json").read_text()
+    )
+    rows = {r["method"]: r for r in run["rows"]}
+    n_adapters = sum(adapter_params(preset("tiny"), run["rank"]).values())
+    assert rows["lora"]["trainable"] == rows["qlora"]["trainable"] == n_adapters
+    assert rows["full"]["trainable"] == params(preset("tiny")).total == run["model_params"]
+    assert rows["lora"]["bpb_before"] == rows["base"]["bpb_after"]
+    assert rows["qlora"]["bpb_before"] == rows["base_int4"]["bpb_after"]
+    for m in ("lora", "qlora", "full"):
+        assert rows[m]["bpb_after"] < rows[m]["bpb_before"]  # every fine-tune helped
+
+
+def test_finetune_script_cpu_path():
+    out = _bench("finetune_lora").run(base_steps=2, steps=2, eval_batches=1)
+    assert [r["method"] for r in out["rows"]] == ["base", "base_int4", "lora", "qlora", "full"]
+    assert out["rows"][2]["trainable"] == out["rows"][2]["adapter_params"] > 0

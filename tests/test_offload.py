@@ -164,3 +164,25 @@ def test_measure_script_cpu_path(tmp_path):
     assert misses == sorted(misses, reverse=True) and misses[0] > misses[-1]
     assert all(r["tokens_per_s"] > 0 for r in out["records"])
     assert any(r["prefetched"] > 0 for r in out["records"] if r["prefetch"])
+
+
+def test_committed_routing_run_agrees_with_the_cost_model():
+    """dsim/data/offload_routing_cpu.json: Che's column is lru_hit_rate of the recorded shares, and
+    the replayed hit rate is at least Che's (less 0.02) once a token's K experts fit."""
+    import json
+    from pathlib import Path
+
+    run = json.loads(
+        (Path(__file__).resolve().parents[1] / "dsim/data/offload_routing_cpu.json").read_text()
+    )
+    K = run["n_activated_experts"]
+    for model in run["models"].values():
+        for layer in model["layers"]:
+            for r in layer["rows"]:
+                assert r["che"] == pytest.approx(lru_hit_rate(layer["load"], r["cache_size"], K))
+                if r["cache_size"] >= K:
+                    assert r["replayed"] > r["che"] - 0.02
+    # the balanced model's shares are flatter, and its cache hits less
+    un, bal = (run["models"][k]["layers"][0] for k in ("unbalanced", "balanced"))
+    assert max(bal["load"]) < max(un["load"])
+    assert bal["rows"][3]["replayed"] < un["rows"][3]["replayed"]
