@@ -8,7 +8,8 @@ auxiliary-loss-free bias update (gamma = 0.01), routes 16 held-out windows of 25
 validation split) and replays each MoE layer's routing, token by token as decoding meets it,
 through dsim.offload's LRU policy (dsim.cost.offload.simulate_lru, which tests/test_offload.py
 holds to the module's own counts) for every cache size; beside it, Che's approximation from the
-routing shares alone and the hit rate of uniform routing (cache_size / E). Single-threaded, about 30 s.
+routing shares alone and the hit rate of uniform routing (cache_size / E). Single-threaded,
+about 40 s.
 
     .venv/bin/python bench/offload_routing.py
 """

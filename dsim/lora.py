@@ -33,6 +33,7 @@ from torch import nn
 from dsim.kernels import _Permute, grouped_mm
 from dsim.model import Experts, Transformer
 from dsim.quant import QuantExperts, QuantLinear, kind_of, quantize_model
+from dsim.train import get_batch, lm_loss
 
 TARGETS = ("attention", "routed_experts", "shared_experts", "dense_ffn")
 
@@ -274,8 +275,6 @@ def finetune(
     Returns the training loss (nats) of each step. A model after add_lora trains its adapters
     only; a plain model trains everything (a full fine-tune).
     """
-    from dsim.train import get_batch, lm_loss  # dsim.train imports the model; keep imports light
-
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps = {steps!r} must be an integer >= 1")
     params = [p for p in model.parameters() if p.requires_grad]
