@@ -34,7 +34,7 @@ from dsim.config import ModelArgs, preset  # noqa: E402
 from dsim.cost.offload import decode_seconds, expert_bytes, n_moe_layers  # noqa: E402
 from dsim.model import Transformer  # noqa: E402
 from dsim.offload import offload_experts  # noqa: E402
-from dsim.quant import to_bf16  # noqa: E402
+from dsim.quant import clone_model, to_bf16  # noqa: E402
 
 
 def shapes(device: str) -> ModelArgs:
@@ -92,7 +92,8 @@ def run(device: str, tokens: int, cache_sizes: list[int], gpu: str | None) -> di
     args = shapes(device)
     prompt = torch.randint(0, args.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1))
     prompt = prompt.to(device)
-    resident = build(args, device).to(device)
+    base = build(args, device)  # on the host; every run below starts from a copy of it
+    resident = clone_model(base).to(device)
     resident_rate = decode_rate(resident, prompt, tokens, device)
     del resident
     link = host_link_bandwidth(device)
@@ -101,7 +102,7 @@ def run(device: str, tokens: int, cache_sizes: list[int], gpu: str | None) -> di
     records = []
     for c in cache_sizes:
         for prefetch in (False, True):
-            model = build(args, device)
+            model = clone_model(base)
             layers = offload_experts(model, c, device, prefetch=prefetch)
             model.to(device)
             rate = decode_rate(model, prompt, tokens, device)

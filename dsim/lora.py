@@ -55,7 +55,7 @@ class _Dequantized(torch.autograd.Function):
         w = ctx.dequant().to(grad.dtype)
         if ctx.counts is None:
             return grad @ w, None, None
-        return grouped_mm(grad, w.transpose(-2, -1), ctx.counts), None, None
+        return grouped_mm(grad, w.transpose(-2, -1).contiguous(), ctx.counts), None, None
 
 
 def _check_rank(rank: int, alpha: float) -> None:
