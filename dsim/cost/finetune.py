@@ -10,10 +10,10 @@ the backward still passes through every layer. The frozen head, gate and norms k
 trainable ones, the CPU's padded expert dispatch more: on the tiny model
 (tests/cost/test_finetune.py, bench/finetune_memory_measure.py) the saved tensors are within 25 %
 of this either way.
-QLoRA adds a transient: the largest weight dequantized at once (dsim.lora dequantizes one stacked
+QLoRA adds a transient, the largest weight dequantized at once (dsim.lora dequantizes one stacked
 expert weight [E, out, in] at a time, into fp32 and then the compute dtype, in the forward and
-again in the backward), and time: every
-quantized weight is read and dequantized twice per micro-batch.
+again in the backward), and time: every quantized weight is read and dequantized twice per
+micro-batch.
 
 Everything is computed from the other cost modules: parameter counts from dsim.cost.params, the
 base's weights and the activations per GPU from dsim.cost.memory.memory (same layouts, same
@@ -197,8 +197,9 @@ def finetune_memory(
     """Bytes per GPU of a fine-tuning step under a TP x PP x DP (EP inside DP) layout.
 
     method: "full" (every weight trains: dsim.cost.memory.memory as it is), "lora" or "qlora".
-    base_dtype: the frozen base's format (None: bf16 for full and LoRA, int4 for QLoRA; the
-        embedding and head are counted in it too, a small error: they are ~0.3 % of V3).
+    base_dtype: the frozen base's format (None: bf16 for full and LoRA, int4 for QLoRA). The
+        embedding and head are counted in it too, though QLoRA keeps them in bf16: for V3 that
+        undercounts about 3 GB of its ~356 GB of INT4 weights.
     group_size: elements per scale of a quantized base (QLoRA: 64).
     adapter_dtype, grad_dtype, master_dtype, optimizer_dtype: the adapters' weights, gradients,
         fp32 master copies (None: the adapters are their own master) and Adam moments.
@@ -263,7 +264,8 @@ def finetune_memory(
     if method == "qlora":
         local_experts = args.n_routed_experts // ep
         biggest_attn = max(i * o for i, o in attention_shapes(args).values()) / tp
-        biggest = max(local_experts * args.dim * args.moe_inter_dim, biggest_attn)
+        biggest_ffn = args.dim * max(args.inter_dim, args.n_shared_experts * args.moe_inter_dim)
+        biggest = max(local_experts * args.dim * args.moe_inter_dim, biggest_attn, biggest_ffn / tp)
         # dsim.quant dequantizes into fp32, then the product casts to compute_dtype
         cast = 0.0 if compute_dtype == "fp32" else bytes_per_param(compute_dtype)
         dequant = biggest * (4.0 + cast)
