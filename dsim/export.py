@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsim.model import MoE, Transformer
+from dsim.offload import unsupported_expert_features
 
 
 def moe_gathered(moe: MoE, x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +79,9 @@ class ExportableLM(nn.Module):
                 f"ModelArgs.capacity_factor = {model.args.capacity_factor}: token dropping does "
                 "not export (its per-expert ranks need data-dependent shapes); use 0"
             )
+        for moe in model.moe_layers():
+            if unsupported_expert_features(moe):
+                raise ValueError(f"the export cannot run {unsupported_expert_features(moe)}")
         self.model = model
         # a buffer so that the exporter stores it as a constant of the graph
         self.register_buffer("freqs_cis", model.freqs_cis, persistent=False)

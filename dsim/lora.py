@@ -32,6 +32,7 @@ from torch import nn
 
 from dsim.kernels import _Permute, grouped_mm
 from dsim.model import Experts, Transformer
+from dsim.offload import unsupported_expert_features
 from dsim.quant import QuantExperts, QuantLinear, kind_of, quantize_model
 from dsim.train import get_batch, lm_loss
 
@@ -120,6 +121,8 @@ class LoRAExperts(nn.Module):
             raise ValueError(
                 f"LoRAExperts wraps Experts or QuantExperts, got {type(base).__name__}"
             )
+        if unsupported_expert_features(base):
+            raise ValueError(f"LoRAExperts cannot run {unsupported_expert_features(base)}")
         if isinstance(base, QuantExperts) and base.scheme != "w4a16":
             raise ValueError(f"QLoRA's base must be w4a16 (INT4), got scheme {base.scheme!r}")
         self.base, self.rank, self.scaling = base, rank, alpha / rank

@@ -38,6 +38,22 @@ from torch import nn
 from dsim.model import Experts, MoE, Transformer
 
 
+def unsupported_expert_features(module: nn.Module) -> list[str]:
+    """Features of other model families (expert biases, a clamped SwiGLU, a gated shared expert)
+    that the offloaded, adapted (dsim.lora) and exported (dsim.export) experts do not compute:
+    their names, so that those modules refuse such a layer instead of computing something else.
+    `module` is an Experts or a MoE; attributes a dsim.model version lacks count as absent."""
+    experts = module.experts if isinstance(module, MoE) else module
+    found = [
+        f"expert bias {b}" for b in ("b1", "b2", "b3") if getattr(experts, b, None) is not None
+    ]
+    if getattr(experts, "swiglu_limit", 0) > 0:
+        found.append("clamped SwiGLU (swiglu_limit)")
+    if isinstance(module, MoE) and getattr(module, "shared_gate", None) is not None:
+        found.append("gated shared expert (shared_gate)")
+    return found
+
+
 class OffloadedExperts(nn.Module):
     """E routed experts in host memory, `cache_size` of them resident on `device` at a time (LRU).
 
@@ -49,6 +65,8 @@ class OffloadedExperts(nn.Module):
         super().__init__()
         if not isinstance(experts, Experts):
             raise ValueError(f"OffloadedExperts takes dsim.model.Experts, got {type(experts)}")
+        if unsupported_expert_features(experts):
+            raise ValueError(f"OffloadedExperts cannot run {unsupported_expert_features(experts)}")
         E = experts.n_experts
         if not isinstance(cache_size, int) or not 1 <= cache_size <= E:
             raise ValueError(f"cache_size = {cache_size!r} must be an integer in [1, {E}]")

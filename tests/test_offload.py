@@ -186,3 +186,27 @@ def test_committed_routing_run_agrees_with_the_cost_model():
     un, bal = (run["models"][k]["layers"][0] for k in ("unbalanced", "balanced"))
     assert max(bal["load"]) < max(un["load"])
     assert bal["rows"][3]["replayed"] < un["rows"][3]["replayed"]
+
+
+def test_other_families_expert_features_are_refused():
+    """Expert biases, a clamped SwiGLU or a gated shared expert (gpt-oss, Qwen2-MoE) are not
+    computed by the offloaded, adapted or exported experts: each refuses such a layer."""
+    from dsim.export import ExportableLM
+    from dsim.lora import LoRAExperts
+
+    for change in ("bias", "limit", "shared_gate"):
+        model = _model()
+        moe = model.moe_layers()[0]
+        if change == "bias":
+            moe.experts.b1 = torch.nn.Parameter(torch.zeros(8, 32))
+        elif change == "limit":
+            moe.experts.swiglu_limit = 7.0
+        else:
+            moe.shared_gate = torch.nn.Linear(64, 1, bias=False)
+        with pytest.raises(ValueError, match="cannot run"):
+            ExportableLM(model)
+        if change != "shared_gate":  # the experts themselves
+            with pytest.raises(ValueError, match="cannot run"):
+                OffloadedExperts(moe.experts, 2)
+            with pytest.raises(ValueError, match="cannot run"):
+                LoRAExperts(moe.experts, 2, 4.0)
