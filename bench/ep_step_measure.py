@@ -31,7 +31,7 @@ over the timed steps:
   param_sync         ZeRO-1's broadcasts of the updated shares (ZeroRedundancyOptimizer.step() is
                      _local_step() then _sync_params(), timed apart)
 and the allocator's peak per rank (torch.cuda.max_memory_allocated over the timed steps; on a CPU
-the process's peak resident set instead). dsim.cost.comm.ep_predict puts the planner's and the
+the process's peak resident set instead). dsim.cost.plan.ep_compare puts the planner's and the
 communication model's predictions next to these numbers.
 
 Commands (the later session with 2, 4 and 8 H200s; one device `run` per world size, each with
@@ -516,7 +516,8 @@ def case_record(case: Case, world: int, ranks: list[dict], cfg: dict) -> dict:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The command line (argv: its arguments, default sys.argv[1:])."""
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -537,7 +538,7 @@ def main() -> None:
         "logits and gradients and the final parameters of every rank (smoke checks)",
     )
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     smoke = a.smoke
     models = smoke_models() if smoke else gpu_models()
     if a.only:
@@ -601,7 +602,7 @@ def main() -> None:
         backend=backend,
         device="cpu" if smoke else "cuda",
         predicted_gpu="H200",
-        command=" ".join([Path(sys.executable).name] + sys.argv),
+        command=" ".join(["bench/ep_step_measure.py", *(sys.argv[1:] if argv is None else argv)]),
         env=environment(not smoke, world),
         cases=records,
         wall_s=time.perf_counter() - t0,

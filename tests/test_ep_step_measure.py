@@ -3,15 +3,12 @@ the expert- and data-parallel run equal to the single-process model (logits and 
 first step, losses, parameters after the optimizer steps).
 
 The smoke JSON is a test artefact, not a measurement: it says so in its `note`, and its timings are
-a loaded CPU's. The predictions held next to it (dsim.cost.comm.ep_predict) are checked for their
+a loaded CPU's. The predictions held next to it (dsim.cost.plan.ep_compare) are checked for their
 structure and their arithmetic only.
 """
 
-import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +16,14 @@ import pytest
 import torch
 
 from dsim.config import ModelArgs
+from dsim.cost.plan.ep_compare import (
+    A2A_PARTS,
+    a2a_busiest_bytes,
+    comm_prediction,
+    compare_report,
+    comparison_table,
+    planner_prediction,
+)
 from dsim.model import Transformer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,17 +31,10 @@ WORLD = 2
 pytestmark = pytest.mark.timeout(300)
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location(
-        "ep_step_measure", REPO / "bench" / "ep_step_measure.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclass looks its module up there
-    spec.loader.exec_module(bench)
-    return bench
-
-
-bench = load_bench()
+# The ranks of run_distributed unpickle the bench's worker by its module name: bench/ goes on the
+# path before the launcher's forkserver starts (it keeps the sys.path of its start).
+sys.path.insert(0, str(REPO / "bench"))
+import ep_step_measure as bench  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +42,10 @@ def smoke(tmp_path_factory) -> tuple[dict, list]:
     """One smoke run (2 ranks, both toy models, skew 0 and 1): its JSON and saved tensors."""
     d = tmp_path_factory.mktemp("ep_step")
     out, tensors = d / "ep_smoke.json", d / "ep_smoke.pt"
-    cmd = [sys.executable, str(REPO / "bench" / "ep_step_measure.py"), "--smoke"]
-    cmd += ["--world-size", str(WORLD), "--out", str(out), "--save-tensors", str(tensors)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd, check=True, env=env, timeout=280, capture_output=True)
+    bench.main(
+        ["--smoke", "--world-size", str(WORLD), "--out", str(out)]
+        + ["--save-tensors", str(tensors)]
+    )
     return json.loads(out.read_text()), torch.load(tensors)
 
 
@@ -139,3 +137,104 @@ def test_skew_bias_and_bad_input():
     assert (bench.skew_bias(args, 0.0) == 0).all()
     with pytest.raises(ValueError, match="skew"):
         bench.skew_bias(args, -1.0)
+
+
+# -----------------------------------------------------------------------------
+# the predictions for the benchmark's layouts (dsim.cost.plan.ep_compare)
+
+
+def test_predictions_side_by_side_with_the_smoke_json(smoke):
+    report, _ = smoke
+    cmp = compare_report(report)
+    assert cmp["measured"] is False and "not a measurement" in cmp["note"]
+    assert cmp["gpu"] == "H200" and cmp["world_size"] == WORLD
+    parts = ["step", "compute", "a2a", *A2A_PARTS, "grad_allreduce", "param_sync", "dp_total"]
+    parts += ["optimizer", "memory_bytes"]
+    assert [r["part"] for r in cmp["rows"]] == parts * len(report["cases"])
+    for case in report["cases"]:
+        rows = {r["part"]: r for r in cmp["rows"] if r["case"] == case["name"]}
+        plan = planner_prediction(case, WORLD)
+        comm = comm_prediction(case, WORLD)
+        assert rows["step"]["planner"] == plan["step"]
+        assert rows["step"]["measured"] == case["parts_s"]["step"]
+        e = rows["a2a"]["comm_model_error"]
+        assert e == pytest.approx(comm["a2a"] / case["parts_s"]["a2a"] - 1)
+        # the planner's parts add up to its step (1F1B, one micro-batch, no pipeline)
+        assert plan["compute"] + plan["optimizer"] + plan["a2a"] + plan["exposed_dp"] == (
+            pytest.approx(plan["step"], rel=1e-9)
+        )
+        # the four all-to-alls of a layer move the same rows: one prediction each
+        assert len({comm[p] for p in A2A_PARTS}) == 1 and comm["a2a"] == 4 * comm[A2A_PARTS[0]]
+        # a CPU run has no allocator peak: the memory row says so with None, not a number
+        assert rows["memory_bytes"]["measured"] is None
+        assert rows["memory_bytes"]["planner_error"] is None
+    assert cmp["step_errors"] == [r["planner_error"] for r in cmp["rows"] if r["part"] == "step"]
+    table = comparison_table(cmp["rows"])
+    assert len(table.splitlines()) == 1 + len(cmp["rows"]) and "grad_allreduce" in table
+
+
+def test_skewed_routing_loads_the_busiest_rank_more(smoke):
+    # the comm model's all-to-all bytes follow the recorded routing (at toy sizes the time itself
+    # sits on the launch floor, so the bytes are compared)
+    report, _ = smoke
+    by = {(c["model"], c["skew"]): c for c in report["cases"]}
+
+    def busiest(case):
+        return sum(a2a_busiest_bytes(t, 1.0) for t in case["rows_sent"])
+
+    for model in bench.smoke_models():
+        assert busiest(by[model, 1.0]) > busiest(by[model, 0.0]), model
+        assert (
+            comm_prediction(by[model, 1.0], WORLD)["a2a"]
+            >= comm_prediction(by[model, 0.0], WORLD)["a2a"]
+        )
+
+
+def test_a2a_busiest_bytes():
+    # rank 1 receives 3 + 5 remote rows (the most); 100-byte rows; 3 ranks: S * 2/3 = 800
+    rows = [[9, 3, 0], [1, 7, 2], [0, 5, 4]]
+    assert a2a_busiest_bytes(rows, 100) == pytest.approx(800 * 3 / 2)
+    # even routing: the whole send buffer minus nothing
+    assert a2a_busiest_bytes([[4, 4], [4, 4]], 10) == pytest.approx(80)
+    with pytest.raises(ValueError, match="rows_sent"):
+        a2a_busiest_bytes([[1, 2]], 10)
+
+
+def gpu_case(name: str, args: ModelArgs, world: int) -> dict:
+    """A case record of the GPU run as the planner sees it before it runs: 4096 tokens per rank,
+    even routing, a billion replicated parameters."""
+    n_moe = args.n_layers - args.n_dense_layers
+    rows = [[[4096 * args.n_activated_experts // world] * world] * world] * n_moe
+    return dict(
+        name=name,
+        args=args.to_dict(),
+        layout=dict(
+            tp=1, pp=1, dp=world, ep=world, zero=1, micro_batch=1, recompute="none",
+            schedule="1f1b", dtype="bf16", n_microbatches=1,
+        ),
+        seq_len=4096, micro_batch=1, rows_sent=rows, bytes_per_elem=2,
+        replicated_params=10**9, zero_shard_params=[10**9 // world] * world,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("world", [2, 4, 8])
+def test_gpu_layouts_fit_an_h200_and_take_more_all_to_all_with_more_ranks(world):
+    for name, args in bench.gpu_models().items():
+        case = gpu_case(name, args, world)
+        plan = planner_prediction(case, world)
+        assert plan["memory_per_gpu_bytes"] < 141e9, (name, world)
+        comm = comm_prediction(case, world)
+        assert comm["a2a"] == pytest.approx(comm["a2a_balanced"])  # even rows
+        if world > 2:  # more of each rank's rows leave it
+            assert comm["a2a"] > comm_prediction(gpu_case(name, args, 2), 2)["a2a"], name
+
+
+def test_compare_rejects_other_records():
+    with pytest.raises(ValueError, match="cases"):
+        compare_report({"world_size": 2})
+    case = dict(args={}, layout=dict(tp=2, pp=1, dp=1, ep=1, zero=1), seq_len=1, micro_batch=1)
+    case.update(rows_sent=[], bytes_per_elem=2)
+    with pytest.raises(ValueError, match="layout"):
+        planner_prediction(case, 2)
+    with pytest.raises(ValueError, match="lacks 'layout'"):
+        comm_prediction({"args": {}}, 2)
