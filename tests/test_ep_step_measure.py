@@ -24,6 +24,7 @@ from dsim.cost.plan.ep_compare import (
     comparison_table,
     planner_prediction,
 )
+from dsim.cost.plan.ep_compare import main as ep_compare_main
 from dsim.model import Transformer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,3 +239,13 @@ def test_compare_rejects_other_records():
         planner_prediction(case, 2)
     with pytest.raises(ValueError, match="lacks 'layout'"):
         comm_prediction({"args": {}}, 2)
+
+
+def test_command_line_prints_the_table(smoke, tmp_path, capsys):
+    report, _ = smoke
+    path = tmp_path / "ep.json"
+    path.write_text(json.dumps(report))
+    ep_compare_main([str(path)])
+    out = capsys.readouterr().out
+    assert "not a measurement" in out and "planner step error" in out
+    assert out.count("grad_allreduce") == len(report["cases"])

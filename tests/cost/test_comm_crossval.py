@@ -5,6 +5,7 @@ made from known constants, which the fit must recover and the held-out sweep mus
 """
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from dsim.cost.comm.crossval import (
     calibrate_world_sizes,
     committed_model,
     fit_and_validate,
+    main,
     predict,
+    report,
     summarize,
     sweep_errors,
 )
@@ -129,3 +132,14 @@ def test_calibrate_world_sizes_alone_and_errors():
         sweep_errors(synthetic_run(2), committed_model("H200", 8), min_bytes=2**31)
     with pytest.raises(ValueError, match="n_ranks"):
         predict(TRUTH, "all_reduce", 1024, 1)
+
+
+def test_report_and_command_line(tmp_path, capsys):
+    runs = [synthetic_run(n, sizes=SIZES[::3]) for n in (2, 4)]
+    text = report(runs, fit_on=(2,))
+    assert "committed constants" in text and "held out" in text
+    assert "validation (held out [4])" in text and text.rstrip().endswith("met")
+    for n, run in zip((2, 4), runs):
+        (tmp_path / f"sweep_x{n}.json").write_text(json.dumps(run))
+    main(["--fit-on", "2", str(tmp_path / "sweep_x2.json"), str(tmp_path / "sweep_x4.json")])
+    assert capsys.readouterr().out.strip() == text

@@ -209,3 +209,58 @@ def fit_and_validate(
         errors=errors,
         summary={n: summarize(e) for n, e in errors.items()},
     )
+
+
+def report(runs: Sequence[Mapping], fit_on: Sequence[int], min_bytes: float = 0) -> str:
+    """The text the chapter quotes: the committed model's errors on every sweep, then the model
+    fitted on fit_on and its errors on the held-out world sizes, against the goal."""
+    runs = list(runs)
+    gpu, by_n = _runs_by_size(runs)
+    lines = [f"collective model on {gpu}, messages >= {min_bytes:g} B, |model/measured - 1|"]
+    lines.append("committed constants (fitted on 2 x H200):")
+    for run in runs:
+        rpn = run.get("ranks_per_node") or run["world_size"]
+        s = summarize(sweep_errors(run, committed_model(gpu, rpn), min_bytes))
+        lines += [_line(run["world_size"], k, v) for k, v in s.items()]
+    cv = fit_and_validate(runs, fit_on, min_bytes)
+    c = cv.calibration
+    lines.append(
+        f"refitted on world sizes {list(cv.fit_on)}: chunk overhead {c.chunk_overhead_s:.3g} s, "
+        + ", ".join(f"{k} {c.bus_bw[k] / 1e9:.0f} GB/s" for k in c.bus_bw)
+    )
+    for n in sorted(by_n):
+        tag = "held out" if n in cv.held_out else "fitted"
+        lines += [_line(n, k, v, tag) for k, v in cv.summary[n].items()]
+    v = cv.validation
+    lines.append(
+        f"validation (held out {list(cv.held_out)}): median {v.median:.1%}, worst {v.worst:.1%} "
+        f"over {v.points} points; goal median <= {GOAL_MEDIAN:.0%}, worst <= {GOAL_WORST:.0%}: "
+        + ("met" if v.meets_goal else "NOT met")
+    )
+    return "\n".join(lines)
+
+
+def _line(n: int, kind: str, s: ErrorSummary, tag: str = "") -> str:
+    return (
+        f"  {n} ranks {tag:8} {kind:15} median {s.median:7.1%}  worst {s.worst:7.1%}  "
+        f"({s.points} points)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """python -m dsim.cost.comm.crossval --fit-on 2 dsim/data/comm_sweep_h200x*.json"""
+    import argparse
+    import json
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description=report.__doc__)
+    p.add_argument("files", nargs="+", type=Path, help="bench/comm_bench.py JSONs, one per size")
+    p.add_argument("--fit-on", required=True, help="world sizes to fit on, e.g. 2 or 2,4")
+    p.add_argument("--min-bytes", type=float, default=0)
+    a = p.parse_args(argv)
+    runs = [json.loads(f.read_text()) for f in a.files]
+    print(report(runs, [int(n) for n in a.fit_on.split(",")], a.min_bytes))
+
+
+if __name__ == "__main__":
+    main()

@@ -219,3 +219,28 @@ def comparison_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{cell(r['comm_model'], scale, '10.3f')} {cell(r['comm_model_error'], 100, '+6.0f')}"
         )
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """python -m dsim.cost.plan.ep_compare dsim/data/ep_step_h200x*.json"""
+    import argparse
+    import json
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(description=compare_report.__doc__)
+    p.add_argument("files", nargs="+", type=Path, help="bench/ep_step_measure.py JSONs")
+    a = p.parse_args(argv)
+    for f in a.files:
+        cmp = compare_report(json.loads(f.read_text()))
+        print(f"{f}: {cmp['world_size']} ranks, {cmp['note']}")
+        print(comparison_table(cmp["rows"]))
+        worst = max(abs(e) for e in cmp["step_errors"])
+        print(
+            f"planner step error: worst {worst:.1%} (goal {GOAL_STEP:.0%}: "
+            + ("met" if cmp["step_goal_met"] else "NOT met")
+            + ")\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
