@@ -34,15 +34,26 @@ and the allocator's peak per rank (torch.cuda.max_memory_allocated over the time
 the process's peak resident set instead). dsim.cost.plan.ep_compare puts the planner's and the
 communication model's predictions next to these numbers.
 
-Commands (the later session with 2, 4 and 8 H200s; one device `run` per world size, each with
-timeout_s 600, kind nvidia-h200-x2 / nvidia-h200-x4 / nvidia-h200-x8; N = 2, 4, 8):
+Commands for the session with several H200s. One device `run` per world size N = 2, 4, 8 (kind
+nvidia-h200-x2, nvidia-h200-x4, nvidia-h200-x8; timeout_s 600), each (about 2-5 minutes):
 
-    python3 bench/ep_step_measure.py --world-size N --out $OUT/ep_step_h200xN.json \\
-      && python3 bench/comm_bench.py --backend nccl --gpu H200 --skip-ep --world-sizes N \\
-           --min-bytes 4096 --out "$OUT/comm_nccl_h200x{n}.json"
+    timeout 390 python3 bench/ep_step_measure.py --world-size N --timeout-s 360 \
+        --out $OUT/ep_step_h200xN.json ; \
+    timeout 190 python3 bench/comm_bench.py --backend nccl --gpu H200 --skip-ep \
+        --world-sizes N --timeout-s 180 --out "$OUT/comm_sweep_h200x{n}.json"
 
-then copy the files into dsim/data/ and commit them with this script. A smoke run on a CPU (2 gloo
-ranks, toy sizes, a few seconds; what tests/test_ep_step_measure.py runs):
+(Where only the 8-GPU kind is lent: the three EP runs as three calls there with --world-size 2, 4
+and 8, and one call for the whole sweep, `--world-sizes 2,4,8` with `timeout 580`.) Each model is
+its own launch: one that fails (e.g. out of memory) is listed under "failed" and the others are
+kept; the JSON is rewritten after each model, so a run cut short keeps what finished. Then copy
+the files into dsim/data/ (comm_sweep_*, not comm_nccl_h200x2.json, which the committed
+constants are fitted to), commit them, and state the numbers:
+
+    python -m dsim.cost.plan.ep_compare dsim/data/ep_step_h200x{2,4,8}.json
+    python -m dsim.cost.comm.crossval --fit-on 2 dsim/data/comm_sweep_h200x{2,4,8}.json
+    python -m dsim.cost.comm.crossval --fit-on 2,4 dsim/data/comm_sweep_h200x{2,4,8}.json
+
+A smoke run on a CPU (2 gloo ranks, toy sizes, seconds; what tests/test_ep_step_measure.py runs):
 
     python bench/ep_step_measure.py --smoke --world-size 2 --out /tmp/ep_smoke.json
 
@@ -84,7 +95,7 @@ from torch import nn  # noqa: E402
 from torch.distributed.optim import ZeroRedundancyOptimizer  # noqa: E402
 
 from dsim.config import ModelArgs, preset, scaled_down  # noqa: E402
-from dsim.launch import run_distributed  # noqa: E402
+from dsim.launch import DistributedError, run_distributed  # noqa: E402
 from dsim.model import MoE, Transformer  # noqa: E402
 from dsim.parallel import EPMoE, all_to_all, one_thread, toy_batch  # noqa: E402
 
@@ -567,6 +578,20 @@ def main(argv: list[str] | None = None) -> None:
         if case.args.n_routed_experts % world:
             p.error(f"{case.name}: n_routed_experts must be divisible by the {world} ranks")
     t0 = time.perf_counter()
+    report = dict(
+        schema=SCHEMA,
+        measured=not smoke,
+        note=SMOKE_NOTE if smoke else "measured by bench/ep_step_measure.py",
+        world_size=world,
+        backend=backend,
+        device="cpu" if smoke else "cuda",
+        predicted_gpu="H200",
+        command=" ".join(["bench/ep_step_measure.py", *(sys.argv[1:] if argv is None else argv)]),
+        env=environment(not smoke, world),
+        cases=[],
+        failed=[],
+        wall_s=0.0,
+    )
     if torchrun:
         rank = int(os.environ["RANK"])
         if backend == "nccl":
@@ -580,42 +605,39 @@ def main(argv: list[str] | None = None) -> None:
             dist.destroy_process_group()
         if rank != 0:
             return
-    else:
-        results = run_distributed(
-            ep_step_worker,
-            world,
-            args=(cfg,),
-            backend=backend,
-            timeout_s=a.timeout_s,
-            threads_per_rank=1 if smoke else None,
-            start_method="forkserver" if smoke else "spawn",
-        )
-    records = [
-        case_record(case, world, [results[r][i] for r in range(world)], cfg)
-        for i, case in enumerate(cases)
-    ]
-    report = dict(
-        schema=SCHEMA,
-        measured=not smoke,
-        note=SMOKE_NOTE if smoke else "measured by bench/ep_step_measure.py",
-        world_size=world,
-        backend=backend,
-        device="cpu" if smoke else "cuda",
-        predicted_gpu="H200",
-        command=" ".join(["bench/ep_step_measure.py", *(sys.argv[1:] if argv is None else argv)]),
-        env=environment(not smoke, world),
-        cases=records,
-        wall_s=time.perf_counter() - t0,
-    )
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=1) + "\n")
+        groups = [(cases, results)]
+    else:  # one launch per model: a model that fails (e.g. out of memory) leaves the others
+        groups = []
+        for model in models:
+            mine = [c for c in cases if c.model == model]
+            try:
+                results = run_distributed(
+                    ep_step_worker,
+                    world,
+                    args=(dict(cfg, cases=mine),),
+                    backend=backend,
+                    timeout_s=a.timeout_s,
+                    threads_per_rank=1 if smoke else None,
+                    start_method="forkserver" if smoke else "spawn",
+                )
+            except DistributedError as e:
+                report["failed"].append(dict(cases=[c.name for c in mine], error=str(e)[-4000:]))
+                print(f"[ep_step_measure] {model} failed: {str(e)[-600:]}", flush=True)
+                continue
+            groups.append((mine, results))
+            _write(a.out, report, groups, world, cfg, t0)  # what has run so far
+    _write(a.out, report, groups, world, cfg, t0)
     if a.save_tensors is not None:
         torch.save(
-            [[results[r][i]["tensors"] for r in range(world)] for i in range(len(cases))],
+            [
+                [res[r][i]["tensors"] for r in range(world)]
+                for cs, res in groups
+                for i in range(len(cs))
+            ],
             a.save_tensors,
         )
     print(f"[ep_step_measure] wrote {a.out} in {report['wall_s']:.1f} s", flush=True)
-    for rec in records:
+    for rec in report["cases"]:
         t = rec["parts_s"]
         print(
             f"  {rec['name']}: step {t['step'] * 1e3:.2f} ms, all-to-all {t['a2a'] * 1e3:.2f}, "
@@ -623,6 +645,22 @@ def main(argv: list[str] | None = None) -> None:
             f"{t['param_sync'] * 1e3:.2f} ms",
             flush=True,
         )
+    if report["failed"]:
+        sys.exit(
+            f"[ep_step_measure] {len(report['failed'])} model(s) failed: see 'failed' in {a.out}"
+        )
+
+
+def _write(out: Path, report: dict, groups: list, world: int, cfg: dict, t0: float) -> None:
+    """The report with the cases of every finished launch."""
+    report["cases"] = [
+        case_record(case, world, [res[r][i] for r in range(world)], cfg)
+        for cs, res in groups
+        for i, case in enumerate(cs)
+    ]
+    report["wall_s"] = time.perf_counter() - t0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

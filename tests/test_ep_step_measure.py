@@ -61,6 +61,7 @@ def test_smoke_json_schema_and_positive_timings(smoke):
     assert report["schema"] == bench.SCHEMA
     assert report["measured"] is False and "not a measurement" in report["note"]
     assert report["world_size"] == WORLD and report["backend"] == "gloo"
+    assert report["failed"] == []
     assert {"torch", "python"} <= set(report["env"])
     assert [(c["model"], c["skew"]) for c in report["cases"]] == [
         (m, s) for m in bench.smoke_models() for s in (0.0, 1.0)
@@ -249,3 +250,17 @@ def test_command_line_prints_the_table(smoke, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "not a measurement" in out and "planner step error" in out
     assert out.count("grad_allreduce") == len(report["cases"])
+
+
+def test_a_failed_launch_is_listed_and_the_exit_says_so(smoke, tmp_path):
+    # a deadline no launch can meet: the model's launch fails, the JSON says which and why
+    out = tmp_path / "ep.json"
+    with pytest.raises(SystemExit, match="1 model"):
+        bench.main(["--smoke", "--only", "deepseek-v3", "--timeout-s", "0.05", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["cases"] == []
+    [failed] = report["failed"]
+    assert (
+        failed["cases"] == [f"deepseek-v3 (toy), skew {s}, 2x16 tokens/rank" for s in (0, 1)]
+        and "timed out" in failed["error"]
+    )
