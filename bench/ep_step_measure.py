@@ -282,14 +282,20 @@ def shard_experts(model: Transformer, clock: Clock) -> list[EPMoE]:
     return layers
 
 
+def _views(params: list[nn.Parameter], flat: torch.Tensor):
+    """(param, the slice of flat that is its gradient), params laid end to end."""
+    offset = 0
+    for p in params:
+        yield p, flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+
+
 def _grads_as_views(params: list[nn.Parameter], dtype, device) -> torch.Tensor:
     """One flat buffer whose slices are the params' .grad: backward accumulates into it, and one
     all-reduce of it averages every gradient."""
     flat = torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=device)
-    offset = 0
-    for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p)
-        offset += p.numel()
+    for p, view in _views(params, flat):
+        p.grad = view
     return flat
 
 
@@ -406,14 +412,6 @@ def run_case(rank: int, world: int, case: Case, cfg: dict) -> dict:
     if cuda:
         torch.cuda.empty_cache()
     return out
-
-
-def _views(params: list[nn.Parameter], flat: torch.Tensor):
-    """(param, the slice of flat that should be its gradient)."""
-    offset = 0
-    for p in params:
-        yield p, flat[offset : offset + p.numel()]
-        offset += p.numel()
 
 
 def ep_step_worker(rank: int, world: int, cfg: dict) -> list[dict]:

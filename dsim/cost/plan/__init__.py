@@ -33,6 +33,7 @@ The modules, in the order a search uses them:
     search       plan_training: evaluate, rank, report TrainingPlans
     serve        plan_serving, serving_curve
     deepseek_v3  DeepSeek-V3's published figures and their reproduction
+    ep_compare   the predictions for bench/ep_step_measure.py's layouts, against its JSON
 """
 
 from dsim.cost.plan.deepseek_v3 import (
