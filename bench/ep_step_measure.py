@@ -538,6 +538,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="timed steps per case")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first")
     p.add_argument("--only", default=None, help="run only the models whose name contains this")
+    p.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float32"),
+        default=None,
+        help="parameters and activations (default bfloat16 on GPUs, float32 in --smoke)",
+    )
     p.add_argument("--timeout-s", type=float, default=540, help="deadline of the whole run")
     p.add_argument(
         "--save-tensors",
@@ -564,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup=a.warmup if a.warmup is not None else (1 if smoke else 2),
         lr=1e-3,
         seed=0,
-        dtype="float32" if smoke else "bfloat16",
+        dtype=a.dtype or ("float32" if smoke else "bfloat16"),
         save_tensors=a.save_tensors is not None,
     )
     backend = "gloo" if smoke else "nccl"
