@@ -34,6 +34,7 @@ The modules, in the order a search uses them:
     serve        plan_serving, serving_curve
     deepseek_v3  DeepSeek-V3's published figures and their reproduction
     public_runs  published training runs (dsim/data/public_runs.json) against the planner
+    ep_compare   the predictions for bench/ep_step_measure.py's layouts, against its JSON
 """
 
 from dsim.cost.plan.deepseek_v3 import (
