@@ -62,6 +62,37 @@ class ModelArgs:
         norm_eps: RMSNorm epsilon.
         expert_impl: "grouped" (sorted tokens, grouped GEMM) or "loop" (one expert at a time).
         max_batch_size: batch rows the KV cache is allocated for.
+    Other families (Qwen2/3-MoE, OLMoE, DBRX, gpt-oss, GLM-4.5, DeepSeek-V3.2, Llama, Mistral);
+    each default reproduces the DeepSeek/Mixtral behaviour above:
+        qkv_bias: biases on the query, key and value projections (Qwen2-MoE, GLM-4.5, gpt-oss).
+        o_bias: a bias on the attention output projection (gpt-oss; Llama's attention_bias).
+        qk_norm: RMSNorm of queries and keys before RoPE: "none", "head" (per head over head_dim,
+            Qwen3, GLM-4.5) or "proj" (over the whole projection n_heads * head_dim, OLMoE).
+            MHA/GQA only.
+        rotary_dim: MHA/GQA partial rotary: RoPE rotates the first rotary_dim dims of each
+            head (GLM-4.5: head_dim / 2); 0 means the whole head. MLA uses qk_rope_head_dim.
+        clip_qkv: clamp the query, key and value projections to [-clip_qkv, clip_qkv] (DBRX);
+            0 disables. MHA/GQA only.
+        attn_sink: one learned logit per head that joins every softmax and takes probability mass
+            but carries no value (gpt-oss's attention sinks). MHA/GQA only.
+        sliding_window: tokens a query sees (itself included) in the layers of `window_layers`
+            (Mistral: every layer; gpt-oss: every other layer); 0 means full attention.
+        window_layers: indices of the layers that use the sliding window (sorted, distinct);
+            empty exactly when sliding_window is 0. MTP blocks always attend fully.
+        rope_truncate: YaRN rounds its ramp bounds to whole dimensions (DeepSeek, default);
+            gpt-oss's config sets truncate false and keeps them fractional.
+        norm_type: "rmsnorm", or "layernorm" (mean-centred, weight only, no bias: DBRX).
+        shared_expert_gate: the shared experts' output is scaled by sigmoid(x w), w: [dim]
+            (Qwen2-MoE's gated shared expert).
+        router_bias: a learned bias on the router logits (gpt-oss), unlike DeepSeek-V3's
+            balancing bias, which steers the choice only.
+        expert_bias: biases on the routed experts' projections (gpt-oss).
+        swiglu_limit: 0 for SwiGLU; > 0 selects gpt-oss's clamped variant in the routed experts:
+            gate clamped to <= limit, up to [-limit, limit], out = (up + 1) * gate *
+            sigmoid(1.702 * gate).
+        index_n_heads, index_head_dim, index_topk: DeepSeek-V3.2's sparse-attention indexer
+            (a lightning indexer of index_n_heads heads of width index_head_dim scores every
+            earlier token; MLA then attends to the index_topk best only). All 0: dense MLA.
     """
 
     # sizes
@@ -108,9 +139,29 @@ class ModelArgs:
     norm_eps: float = 1e-6
     expert_impl: Literal["grouped", "loop"] = "grouped"
     max_batch_size: int = 8
+    # other families (defaults: DeepSeek/Mixtral behaviour)
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: Literal["none", "head", "proj"] = "none"
+    rotary_dim: int = 0
+    clip_qkv: float = 0.0
+    attn_sink: bool = False
+    sliding_window: int = 0
+    window_layers: tuple[int, ...] = ()
+    rope_truncate: bool = True
+    norm_type: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    shared_expert_gate: bool = False
+    router_bias: bool = False
+    expert_bias: bool = False
+    swiglu_limit: float = 0.0
+    index_n_heads: int = 0
+    index_head_dim: int = 0
+    index_topk: int = 0
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.window_layers, list):  # as read back from JSON
+            self.window_layers = tuple(self.window_layers)
         self.validate()
 
     # ---- derived quantities (one place, used by the model and the cost models alike) ----
@@ -143,8 +194,15 @@ class ModelArgs:
 
     @property
     def rope_dim(self) -> int:
-        """Dimensions that RoPE rotates: MLA's decoupled key, or the whole head otherwise."""
-        return self.qk_rope_head_dim if self.attn_type == "mla" else self.head_size
+        """Dimensions that RoPE rotates: MLA's decoupled key, else rotary_dim or the whole head."""
+        if self.attn_type == "mla":
+            return self.qk_rope_head_dim
+        return self.rotary_dim or self.head_size
+
+    @property
+    def has_indexer(self) -> bool:
+        """Whether MLA is DeepSeek-V3.2's sparse attention (an indexer picks index_topk keys)."""
+        return self.index_topk > 0
 
     @property
     def renormalize(self) -> bool:
@@ -302,6 +360,53 @@ class ModelArgs:
                 )
         if self.tie_embeddings:
             pass  # any size works: the head reuses the embedding matrix
+        self._validate_family_fields(need)
+
+    def _validate_family_fields(self, need: Any) -> None:
+        """Checks of the fields other families need (kept apart from the checks above)."""
+        for name in ("qkv_bias", "o_bias", "attn_sink", "rope_truncate", "shared_expert_gate",
+                     "router_bias", "expert_bias"):
+            need(isinstance(getattr(self, name), bool), name, "True or False")
+        for name in ("rotary_dim", "sliding_window", "index_n_heads", "index_head_dim",
+                     "index_topk"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
+                 "an integer >= 0")
+        for name in ("clip_qkv", "swiglu_limit"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool)
+                 and math.isfinite(value) and value >= 0, name, "a finite number >= 0 (0: off)")
+        need(self.qk_norm in ("none", "head", "proj"), "qk_norm", "'none', 'head' or 'proj'")
+        need(self.norm_type in ("rmsnorm", "layernorm"), "norm_type", "'rmsnorm' or 'layernorm'")
+        gqa_only = {"qk_norm": self.qk_norm != "none", "rotary_dim": self.rotary_dim > 0,
+                    "clip_qkv": self.clip_qkv > 0, "attn_sink": self.attn_sink}
+        for name, used in gqa_only.items():
+            need(self.attn_type != "mla" or not used, name, "off for MLA (an MHA/GQA feature)")
+        if self.attn_type != "mla" and self.rotary_dim:
+            need(self.rotary_dim % 2 == 0 and self.rotary_dim <= self.head_size, "rotary_dim",
+                 f"0 or an even integer <= head_dim={self.head_size}")
+        layers = self.window_layers
+        need(isinstance(layers, tuple) and all(isinstance(i, int) and not isinstance(i, bool)
+             for i in layers), "window_layers", "a tuple of layer indices")
+        need(list(layers) == sorted(set(layers)) and all(0 <= i < self.n_layers for i in layers),
+             "window_layers", f"sorted distinct layer indices in [0, n_layers={self.n_layers})")
+        need(bool(layers) == (self.sliding_window > 0), "window_layers",
+             "non-empty exactly when sliding_window > 0")
+        if self.shared_expert_gate:
+            need(self.n_shared_experts >= 1, "shared_expert_gate",
+                 "False when there is no shared expert (n_shared_experts = 0)")
+        for name in ("router_bias", "expert_bias"):
+            need(not getattr(self, name) or self.n_routed_experts > 0, name,
+                 "False when there are no routed experts")
+        index = (self.index_n_heads, self.index_head_dim, self.index_topk)
+        need(all(index) or not any(index), "index_topk",
+             "set together with index_n_heads and index_head_dim (all > 0) or all 0")
+        if self.index_topk:
+            need(self.attn_type == "mla" and self.q_lora_rank > 0, "index_topk",
+                 "0 unless attn_type='mla' with q_lora_rank > 0 (the indexer reads the query "
+                 "latent)")
+            need(self.qk_rope_head_dim <= self.index_head_dim, "index_head_dim",
+                 f">= qk_rope_head_dim={self.qk_rope_head_dim} (its first dims carry RoPE)")
 
     # ---- Hugging Face configs ----
     @classmethod
@@ -530,4 +635,12 @@ def scaled_down(args: ModelArgs, **overrides: Any) -> ModelArgs:
     )
     if small["n_dense_layers"] == 0 and args.n_dense_layers == 0:
         small["n_layers"] = min(args.n_layers, 2)
+    # the other families' features, kept on and shrunk to the small head and layer counts
+    if args.rotary_dim:
+        small["rotary_dim"] = 4
+    if args.sliding_window:
+        kept = tuple(i for i in args.window_layers if i < small["n_layers"])
+        small.update(sliding_window=16, window_layers=kept or (0,))
+    if args.index_topk:
+        small.update(index_n_heads=2, index_head_dim=8, index_topk=16)
     return args.replace(**{**small, **overrides})
