@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dsim.config_families import validate_family_fields
+
 
 @dataclass
 class ModelArgs:
@@ -79,20 +81,18 @@ class ModelArgs:
             (Mistral: every layer; gpt-oss: every other layer); 0 means full attention.
         window_layers: indices of the layers that use the sliding window (sorted, distinct);
             empty exactly when sliding_window is 0. MTP blocks always attend fully.
-        rope_truncate: YaRN rounds its ramp bounds to whole dimensions (DeepSeek, default);
-            gpt-oss's config sets truncate false and keeps them fractional.
+        rope_truncate: YaRN rounds its ramp bounds to whole dims (DeepSeek; gpt-oss: False).
         norm_type: "rmsnorm", or "layernorm" (mean-centred, weight only, no bias: DBRX).
         shared_expert_gate: the shared experts' output is scaled by sigmoid(x w), w: [dim]
             (Qwen2-MoE's gated shared expert).
-        router_bias: a learned bias on the router logits (gpt-oss), unlike DeepSeek-V3's
-            balancing bias, which steers the choice only.
+        router_bias: a learned bias on the router logits (gpt-oss; enters the weights).
         expert_bias: biases on the routed experts' projections (gpt-oss).
         swiglu_limit: 0 for SwiGLU; > 0 selects gpt-oss's clamped variant in the routed experts:
             gate clamped to <= limit, up to [-limit, limit], out = (up + 1) * gate *
             sigmoid(1.702 * gate).
-        index_n_heads, index_head_dim, index_topk: DeepSeek-V3.2's sparse-attention indexer
-            (a lightning indexer of index_n_heads heads of width index_head_dim scores every
-            earlier token; MLA then attends to the index_topk best only). All 0: dense MLA.
+        index_n_heads, index_head_dim, index_topk: DeepSeek-V3.2's sparse attention: an indexer
+            of that many heads and width scores the earlier tokens, MLA attends to the
+            index_topk best only. All 0: dense MLA.
     """
 
     # sizes
@@ -360,53 +360,7 @@ class ModelArgs:
                 )
         if self.tie_embeddings:
             pass  # any size works: the head reuses the embedding matrix
-        self._validate_family_fields(need)
-
-    def _validate_family_fields(self, need: Any) -> None:
-        """Checks of the fields other families need (kept apart from the checks above)."""
-        for name in ("qkv_bias", "o_bias", "attn_sink", "rope_truncate", "shared_expert_gate",
-                     "router_bias", "expert_bias"):
-            need(isinstance(getattr(self, name), bool), name, "True or False")
-        for name in ("rotary_dim", "sliding_window", "index_n_heads", "index_head_dim",
-                     "index_topk"):
-            value = getattr(self, name)
-            need(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
-                 "an integer >= 0")
-        for name in ("clip_qkv", "swiglu_limit"):
-            value = getattr(self, name)
-            need(isinstance(value, (int, float)) and not isinstance(value, bool)
-                 and math.isfinite(value) and value >= 0, name, "a finite number >= 0 (0: off)")
-        need(self.qk_norm in ("none", "head", "proj"), "qk_norm", "'none', 'head' or 'proj'")
-        need(self.norm_type in ("rmsnorm", "layernorm"), "norm_type", "'rmsnorm' or 'layernorm'")
-        gqa_only = {"qk_norm": self.qk_norm != "none", "rotary_dim": self.rotary_dim > 0,
-                    "clip_qkv": self.clip_qkv > 0, "attn_sink": self.attn_sink}
-        for name, used in gqa_only.items():
-            need(self.attn_type != "mla" or not used, name, "off for MLA (an MHA/GQA feature)")
-        if self.attn_type != "mla" and self.rotary_dim:
-            need(self.rotary_dim % 2 == 0 and self.rotary_dim <= self.head_size, "rotary_dim",
-                 f"0 or an even integer <= head_dim={self.head_size}")
-        layers = self.window_layers
-        need(isinstance(layers, tuple) and all(isinstance(i, int) and not isinstance(i, bool)
-             for i in layers), "window_layers", "a tuple of layer indices")
-        need(list(layers) == sorted(set(layers)) and all(0 <= i < self.n_layers for i in layers),
-             "window_layers", f"sorted distinct layer indices in [0, n_layers={self.n_layers})")
-        need(bool(layers) == (self.sliding_window > 0), "window_layers",
-             "non-empty exactly when sliding_window > 0")
-        if self.shared_expert_gate:
-            need(self.n_shared_experts >= 1, "shared_expert_gate",
-                 "False when there is no shared expert (n_shared_experts = 0)")
-        for name in ("router_bias", "expert_bias"):
-            need(not getattr(self, name) or self.n_routed_experts > 0, name,
-                 "False when there are no routed experts")
-        index = (self.index_n_heads, self.index_head_dim, self.index_topk)
-        need(all(index) or not any(index), "index_topk",
-             "set together with index_n_heads and index_head_dim (all > 0) or all 0")
-        if self.index_topk:
-            need(self.attn_type == "mla" and self.q_lora_rank > 0, "index_topk",
-                 "0 unless attn_type='mla' with q_lora_rank > 0 (the indexer reads the query "
-                 "latent)")
-            need(self.qk_rope_head_dim <= self.index_head_dim, "index_head_dim",
-                 f">= qk_rope_head_dim={self.qk_rope_head_dim} (its first dims carry RoPE)")
+        validate_family_fields(self, need)  # the other families' fields (dsim.config_families)
 
     # ---- Hugging Face configs ----
     @classmethod
