@@ -32,12 +32,14 @@ class MLA(nn.Module):
         self.qk_head_dim, self.v_head_dim = args.qk_head_dim, args.v_head_dim
         if self.q_lora_rank > 0:
             self.wq_a = nn.Linear(args.dim, self.q_lora_rank, bias=False)
-            self.q_norm = RMSNorm(self.q_lora_rank, args.norm_eps)
+            # the latent norms keep eps 1e-6 whatever norm_eps is, as DeepSeek's reference and
+            # transformers do
+            self.q_norm = RMSNorm(self.q_lora_rank, 1e-6)
             self.wq_b = nn.Linear(self.q_lora_rank, self.n_heads * self.qk_head_dim, bias=False)
         else:
             self.wq = nn.Linear(args.dim, self.n_heads * self.qk_head_dim, bias=False)
         self.wkv_a = nn.Linear(args.dim, self.kv_lora_rank + self.qk_rope_head_dim, bias=False)
-        self.kv_norm = RMSNorm(self.kv_lora_rank, args.norm_eps)
+        self.kv_norm = RMSNorm(self.kv_lora_rank, 1e-6)
         self.wkv_b = nn.Linear(
             self.kv_lora_rank, self.n_heads * (self.qk_nope_head_dim + self.v_head_dim), bias=False
         )
