@@ -292,6 +292,8 @@ def read_gqa(k: Keys, family: str) -> dict[str, Any]:
         )
         f["qkv_bias"] = f["o_bias"] = k.flag("attention_bias", True)
         k.choice("swiglu_alpha", (1.702,), 1.702)
+        # openai's own names, duplicated in the published config: they must agree
+        k.choice("experts_per_token", (f["n_activated_experts"],), f["n_activated_experts"])
         default_types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
         f.update(_window(k, n, default_types))
         if not k.has("rope_scaling") and not k.has("rope_parameters"):
@@ -323,6 +325,8 @@ def read_gqa(k: Keys, family: str) -> dict[str, Any]:
             )
         f["rotary_dim"] = 0 if int(rotary) == f["head_dim"] else int(rotary)
     f.update(_rope(k, f["max_seq_len"]))
+    if family == "gpt_oss":
+        k.choice("initial_context_length", (f["original_seq_len"],), f["original_seq_len"])
     return f
 
 
