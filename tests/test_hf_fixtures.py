@@ -80,3 +80,19 @@ def test_native_v3_reads_like_the_hf_config():
 def test_llama3_rope_scaling_is_refused_by_name():
     with pytest.raises(ValueError, match="rope_type = 'llama3' is not supported"):
         ModelArgs.from_hf_config(FIXTURES / "llama-3.1-8b.json")
+
+
+@pytest.mark.parametrize("family", ["glm4_moe", "deepseek_v32"])
+def test_mtp_is_the_stated_difference(family):
+    """GLM-4.5 and DeepSeek-V3 publish num_nextn_predict_layers = 1; transformers builds no MTP
+    module, dsim does: the counts differ by exactly the MTP modules' parameters."""
+    from tests.test_hf_families import FAMILIES
+
+    cfg = {**FAMILIES[family], "num_nextn_predict_layers": 1}
+    args = ModelArgs.from_hf_config(cfg)
+    assert args.n_mtp_layers == 1
+    with torch.device("meta"):
+        mtp = sum(p.numel() for p in Transformer(args).mtp.parameters())
+    hf = dict(cfg)
+    model_type = hf.pop("model_type")
+    assert mtp > 0 and dsim_params(args) - hf_params(model_type, hf) == mtp
