@@ -367,10 +367,9 @@ class ModelArgs:
     def from_hf_config(
         cls, path_or_dict: str | Path | dict[str, Any], **overrides: Any
     ) -> ModelArgs:
-        """Read a Hugging Face `config.json` of the DeepSeek-V2/V3 or Mixtral families (a path to
-        the file or to its directory, or the parsed dict); overrides replace fields afterwards.
-        The parsing lives in dsim.hf.config (imported here, so that dsim.config imports nothing
-        of dsim)."""
+        """Read a Hugging Face `config.json` (dsim.hf.supported_families()) or DeepSeek's native
+        config: a path to the file or its directory, or the parsed dict; overrides come after.
+        The parsing lives in dsim.hf.config, imported here: it imports dsim.config (no cycle)."""
         from dsim.hf.config import args_from_hf_config
 
         return args_from_hf_config(path_or_dict, **overrides)
@@ -589,9 +588,10 @@ def scaled_down(args: ModelArgs, **overrides: Any) -> ModelArgs:
     )
     if small["n_dense_layers"] == 0 and args.n_dense_layers == 0:
         small["n_layers"] = min(args.n_layers, 2)
+    if not routed:  # a dense model (Llama, Mistral) stays dense
+        small["n_dense_layers"] = small["n_layers"]
     # the other families' features, kept on and shrunk to the small head and layer counts
-    if args.rotary_dim:
-        small["rotary_dim"] = 4
+    small["rotary_dim"] = 4 if args.rotary_dim else 0
     if args.sliding_window:
         kept = tuple(i for i in args.window_layers if i < small["n_layers"])
         small.update(sliding_window=16, window_layers=kept or (0,))

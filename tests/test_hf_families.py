@@ -175,3 +175,20 @@ def test_features_are_really_on():
     assert args["dbrx"].norm_type == "layernorm" and args["dbrx"].clip_qkv == 0.3
     assert args["deepseek_v32"].index_topk == 6 < 24
     assert args["llama"].qkv_bias and args["llama"].o_bias and not args["llama"].is_moe
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_scaled_down_keeps_each_family_buildable(family):
+    """scaled_down (used to hold the cost models to the model) keeps every family's features on
+    and gives a model that runs forward and backward."""
+    from dsim.config import scaled_down
+
+    args = ModelArgs.from_hf_config(FAMILIES[family])
+    small = scaled_down(args)
+    for name in ("qk_norm", "attn_sink", "qkv_bias", "shared_expert_gate", "norm_type"):
+        assert getattr(small, name) == getattr(args, name)
+    assert bool(small.sliding_window) == bool(args.sliding_window)
+    assert bool(small.index_topk) == bool(args.index_topk)
+    torch.manual_seed(0)
+    model = Transformer(small)
+    model(torch.randint(0, small.vocab_size, (2, 24))).square().mean().backward()
