@@ -52,6 +52,12 @@ def validate_family_fields(args: Any, need: Callable[[bool, str, str], None]) ->
     }
     for name, used in gqa_only.items():
         need(args.attn_type != "mla" or not used, name, "off for MLA (an MHA/GQA feature)")
+    if args.attn_type != "mla":
+        need(
+            args.head_dim > 0 or args.dim % args.n_heads == 0,
+            "head_dim",
+            f"given (> 0) when n_heads={args.n_heads} does not divide dim={args.dim}",
+        )
     if args.attn_type != "mla" and args.rotary_dim:
         need(
             args.rotary_dim % 2 == 0 and args.rotary_dim <= args.head_size,

@@ -95,3 +95,9 @@ def test_cli_refuses_what_is_not_a_regular_file(capsys):
 def test_kimi_k2_is_deepseek_v3():
     kimi = ModelArgs.from_hf_config({**V3_HF, "model_type": "kimi_k2"})
     assert kimi.replace(name="x") == ModelArgs.from_hf_config(V3_HF).replace(name="x")
+
+
+def test_heads_that_do_not_divide_dim_need_an_explicit_head_dim():
+    with pytest.raises(ValueError, match="ModelArgs.head_dim = 0 is invalid"):
+        ModelArgs(attn_type="mha", dim=64, n_heads=7, n_layers=1, n_dense_layers=1)
+    assert ModelArgs(attn_type="mha", dim=64, n_heads=7, head_dim=8, n_layers=1, n_dense_layers=1)

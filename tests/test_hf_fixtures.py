@@ -96,3 +96,18 @@ def test_mtp_is_the_stated_difference(family):
     hf = dict(cfg)
     model_type = hf.pop("model_type")
     assert mtp > 0 and dsim_params(args) - hf_params(model_type, hf) == mtp
+
+
+def test_v3_and_mixtral_config_keys_count_like_transformers():
+    """The published DeepSeek-V3 and Mixtral-8x7B keys kept in tests/test_config.py: Mixtral
+    equal, V3 larger by exactly its MTP module (num_nextn_predict_layers = 1), which transformers
+    does not build."""
+    from tests.test_config import MIXTRAL_HF, V3_HF
+
+    for cfg in (MIXTRAL_HF, V3_HF):
+        args = ModelArgs.from_hf_config(cfg)
+        with torch.device("meta"):
+            mtp = sum(p.numel() for p in Transformer(args).mtp.parameters())
+        hf = {k: v for k, v in cfg.items() if k != "model_type"}
+        assert dsim_params(args) - hf_params(cfg["model_type"], hf) == mtp
+        assert (mtp > 0) == (cfg is V3_HF)
