@@ -101,3 +101,9 @@ def test_heads_that_do_not_divide_dim_need_an_explicit_head_dim():
     with pytest.raises(ValueError, match="ModelArgs.head_dim = 0 is invalid"):
         ModelArgs(attn_type="mha", dim=64, n_heads=7, n_layers=1, n_dense_layers=1)
     assert ModelArgs(attn_type="mha", dim=64, n_heads=7, head_dim=8, n_layers=1, n_dense_layers=1)
+
+
+def test_family_args_survive_a_json_round_trip():
+    """Checkpoints store ModelArgs as JSON: window_layers comes back as a list."""
+    args = ModelArgs.from_hf_config(FAMILIES["gpt_oss"])
+    assert ModelArgs(**json.loads(json.dumps(args.to_dict()))) == args

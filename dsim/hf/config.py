@@ -1,9 +1,10 @@
 """Hugging Face `config.json` (and DeepSeek's native config) to and from ModelArgs.
 
-args_from_hf_config reads a config of any family in dsim.hf.families (ModelArgs.from_hf_config is
-its public entry point): it loads the file safely (a regular file, bounded, UTF-8 JSON, every
-error naming the path), picks the reader by `model_type` (or recognises DeepSeek's native format
-by its keys), and refuses any key that no reader consumed and dsim.hf.keys.IGNORED does not list.
+args_from_hf_config reads a config of any family in dsim.hf.deepseek and dsim.hf.families
+(ModelArgs.from_hf_config is its public entry point): it loads the file safely (a regular file,
+bounded, UTF-8 JSON, every error naming the path), picks the reader by `model_type` (or recognises
+DeepSeek's native format by its keys), and refuses any key that no reader consumed and
+dsim.hf.keys.IGNORED does not list.
 hf_config writes the `DeepseekV3Config` keywords of a ModelArgs (MLA only), which the equivalence
 test with transformers builds its model from.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dsim.config import ModelArgs
-from dsim.hf import families
+from dsim.hf import deepseek, families
 from dsim.hf.keys import Keys
 
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few KiB; refuse to read a huge file
@@ -58,7 +59,7 @@ def read_config_file(src: str | Path) -> dict[str, Any]:
 
 
 def supported_families() -> list[str]:
-    return sorted(families.DEEPSEEK_TYPES + families.GQA_TYPES + ("dbrx",))
+    return sorted(deepseek.DEEPSEEK_TYPES + families.GQA_TYPES + ("dbrx",))
 
 
 def args_from_hf_config(src: str | Path | dict[str, Any], **overrides: Any) -> ModelArgs:
@@ -70,10 +71,10 @@ def args_from_hf_config(src: str | Path | dict[str, Any], **overrides: Any) -> M
     where = "config.json" if isinstance(src, dict) else str(src)
     k = Keys(cfg, where)
     family = cfg.get("model_type")
-    if families.is_native(cfg):
-        fields, family = families.read_native(k), "deepseek-native"
-    elif family in families.DEEPSEEK_TYPES:
-        fields = families.read_deepseek(k, family)
+    if deepseek.is_native(cfg):
+        fields, family = deepseek.read_native(k), "deepseek-native"
+    elif family in deepseek.DEEPSEEK_TYPES:
+        fields = deepseek.read_deepseek(k, family)
     elif family in families.GQA_TYPES:
         fields = families.read_gqa(k, family)
     elif family == "dbrx":
@@ -82,7 +83,7 @@ def args_from_hf_config(src: str | Path | dict[str, Any], **overrides: Any) -> M
         raise ValueError(
             f"{where}: model_type = {family!r} is not supported: use one of "
             f"{', '.join(supported_families())}, or DeepSeek's native config (keys "
-            f"{', '.join(families.NATIVE_KEYS)}, no model_type)"
+            f"{', '.join(deepseek.NATIVE_KEYS)}, no model_type)"
         )
     k.finish()
     name = cfg.get("_name_or_path")
