@@ -107,3 +107,12 @@ def test_family_args_survive_a_json_round_trip():
     """Checkpoints store ModelArgs as JSON: window_layers comes back as a list."""
     args = ModelArgs.from_hf_config(FAMILIES["gpt_oss"])
     assert ModelArgs(**json.loads(json.dumps(args.to_dict()))) == args
+
+
+def test_glm_mtp_depth_under_either_name():
+    glm = FAMILIES["glm4_moe"]
+    assert ModelArgs.from_hf_config({**glm, "num_nextn_predict_layers": 1}).n_mtp_layers == 1
+    assert ModelArgs.from_hf_config({**glm, "num_mtp_layers": 1}).n_mtp_layers == 1
+    assert ModelArgs.from_hf_config(glm).n_mtp_layers == 0
+    with pytest.raises(ValueError, match="contradictory"):
+        ModelArgs.from_hf_config({**glm, "num_mtp_layers": 1, "num_nextn_predict_layers": 0})

@@ -240,11 +240,10 @@ def read_gqa(k: Keys, family: str) -> dict[str, Any]:
             route_scale=k.number("routed_scaling_factor", 1.0),
             route_norm=k.flag("norm_topk_prob", True),
             score_func="sigmoid",  # with a balancing bias (e_score_correction_bias), as V3
-            n_mtp_layers=k.int("num_nextn_predict_layers", 0),
+            n_mtp_layers=_mtp_depth(k),
             qkv_bias=k.flag("attention_bias", False),
             qk_norm="head" if k.flag("use_qk_norm", False) else "none",
         )
-        k.ignore("num_mtp_layers")
         factor = _partial_rotary(k)
         rotary = f["head_dim"] * factor
         if rotary != int(rotary) or int(rotary) % 2:
@@ -257,6 +256,19 @@ def read_gqa(k: Keys, family: str) -> dict[str, Any]:
     if family == "gpt_oss":
         k.choice("initial_context_length", (f["original_seq_len"],), f["original_seq_len"])
     return f
+
+
+def _mtp_depth(k: Keys) -> int:
+    """GLM-4.5's MTP depth: num_nextn_predict_layers as published, or num_mtp_layers as
+    transformers 5 writes it (both given: they must agree); neither: 0."""
+    published = k.int("num_nextn_predict_layers", None, null=None)
+    written = k.int("num_mtp_layers", None, null=None)
+    if published is not None and written is not None and published != written:
+        raise ValueError(
+            f"{k.where} is contradictory: num_nextn_predict_layers = {published} but "
+            f"num_mtp_layers = {written}"
+        )
+    return next((d for d in (published, written) if d is not None), 0)
 
 
 def _partial_rotary(k: Keys) -> float:
