@@ -58,6 +58,10 @@ def validate_family_fields(args: Any, need: Callable[[bool, str, str], None]) ->
             "head_dim",
             f"given (> 0) when n_heads={args.n_heads} does not divide dim={args.dim}",
         )
+    if args.attn_type != "mla" and args.rotary_dim and args.rotary_dim < args.head_size:
+        # transformers scales only the rotated dims by YaRN's attention factor; dsim scales the
+        # whole score (right for a fully rotated head, as gpt-oss has)
+        need(not args.uses_yarn, "rotary_dim", "the whole head when YaRN is on")
     if args.attn_type != "mla" and args.rotary_dim:
         need(
             args.rotary_dim % 2 == 0 and args.rotary_dim <= args.head_size,

@@ -116,3 +116,9 @@ def test_glm_mtp_depth_under_either_name():
     assert ModelArgs.from_hf_config(glm).n_mtp_layers == 0
     with pytest.raises(ValueError, match="contradictory"):
         ModelArgs.from_hf_config({**glm, "num_mtp_layers": 1, "num_nextn_predict_layers": 0})
+
+
+def test_partial_rotary_with_yarn_is_refused():
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+    with pytest.raises(ValueError, match="rotary_dim"):
+        ModelArgs.from_hf_config({**FAMILIES["glm4_moe"], "rope_scaling": yarn})
