@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dsim.config_families import validate_family_fields
+
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -71,6 +73,35 @@ class ModelArgs:
         norm_eps: RMSNorm epsilon.
         expert_impl: "grouped" (sorted tokens, grouped GEMM) or "loop" (one expert at a time).
         max_batch_size: batch rows the KV cache is allocated for.
+    Other families (Qwen2/3-MoE, OLMoE, DBRX, gpt-oss, GLM-4.5, DeepSeek-V3.2, Llama, Mistral);
+    each default reproduces the DeepSeek/Mixtral behaviour above:
+        qkv_bias: biases on the query, key and value projections (Qwen2-MoE, GLM-4.5, gpt-oss).
+        o_bias: a bias on the attention output projection (gpt-oss; Llama's attention_bias).
+        qk_norm: RMSNorm of queries and keys before RoPE: "none", "head" (per head over head_dim,
+            Qwen3, GLM-4.5) or "proj" (over the whole projection n_heads * head_dim, OLMoE).
+            MHA/GQA only.
+        rotary_dim: MHA/GQA partial rotary: RoPE rotates the first rotary_dim dims of each
+            head (GLM-4.5: head_dim / 2); 0 means the whole head. MLA uses qk_rope_head_dim.
+        clip_qkv: clamp the query, key and value projections to [-clip_qkv, clip_qkv] (DBRX);
+            0 disables. MHA/GQA only.
+        attn_sink: one learned logit per head that joins every softmax and takes probability mass
+            but carries no value (gpt-oss's attention sinks). MHA/GQA only.
+        sliding_window: tokens a query sees (itself included) in the layers of `window_layers`
+            (Mistral: every layer; gpt-oss: every other layer); 0 means full attention.
+        window_layers: indices of the layers that use the sliding window (sorted, distinct);
+            empty exactly when sliding_window is 0. MTP blocks always attend fully.
+        rope_truncate: YaRN rounds its ramp bounds to whole dims (DeepSeek; gpt-oss: False).
+        norm_type: "rmsnorm", or "layernorm" (mean-centred, weight only, no bias: DBRX).
+        shared_expert_gate: the shared experts' output is scaled by sigmoid(x w), w: [dim]
+            (Qwen2-MoE's gated shared expert).
+        router_bias: a learned bias on the router logits (gpt-oss; enters the weights).
+        expert_bias: biases on the routed experts' projections (gpt-oss).
+        swiglu_limit: 0 for SwiGLU; > 0 selects gpt-oss's clamped variant in the routed experts:
+            gate clamped to <= limit, up to [-limit, limit], out = (up + 1) * gate *
+            sigmoid(1.702 * gate).
+        index_n_heads, index_head_dim, index_topk: DeepSeek-V3.2's sparse attention: an indexer
+            of that many heads and width scores the earlier tokens, MLA attends to the
+            index_topk best only. All 0: dense MLA.
     """
 
     # sizes
@@ -117,9 +148,29 @@ class ModelArgs:
     norm_eps: float = 1e-6
     expert_impl: Literal["grouped", "loop"] = "grouped"
     max_batch_size: int = 8
+    # other families (defaults: DeepSeek/Mixtral behaviour)
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: Literal["none", "head", "proj"] = "none"
+    rotary_dim: int = 0
+    clip_qkv: float = 0.0
+    attn_sink: bool = False
+    sliding_window: int = 0
+    window_layers: tuple[int, ...] = ()
+    rope_truncate: bool = True
+    norm_type: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    shared_expert_gate: bool = False
+    router_bias: bool = False
+    expert_bias: bool = False
+    swiglu_limit: float = 0.0
+    index_n_heads: int = 0
+    index_head_dim: int = 0
+    index_topk: int = 0
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.window_layers, list):  # as read back from JSON
+            self.window_layers = tuple(self.window_layers)
         self.validate()
         object.__setattr__(self, "_validated", True)  # from now on, every assignment validates
 
@@ -170,8 +221,15 @@ class ModelArgs:
 
     @property
     def rope_dim(self) -> int:
-        """Dimensions that RoPE rotates: MLA's decoupled key, or the whole head otherwise."""
-        return self.qk_rope_head_dim if self.attn_type == "mla" else self.head_size
+        """Dimensions that RoPE rotates: MLA's decoupled key, else rotary_dim or the whole head."""
+        if self.attn_type == "mla":
+            return self.qk_rope_head_dim
+        return self.rotary_dim or self.head_size
+
+    @property
+    def has_indexer(self) -> bool:
+        """Whether MLA is DeepSeek-V3.2's sparse attention (an indexer picks index_topk keys)."""
+        return self.index_topk > 0
 
     @property
     def renormalize(self) -> bool:
@@ -320,16 +378,16 @@ class ModelArgs:
                 )
         if self.tie_embeddings:
             pass  # any size works: the head reuses the embedding matrix
+        validate_family_fields(self, need)  # the other families' fields (dsim.config_families)
 
     # ---- Hugging Face configs ----
     @classmethod
     def from_hf_config(
         cls, path_or_dict: str | Path | dict[str, Any], **overrides: Any
     ) -> ModelArgs:
-        """Read a Hugging Face `config.json` of the DeepSeek-V2/V3 or Mixtral families (a path to
-        the file or to its directory, or the parsed dict); overrides replace fields afterwards.
-        The parsing lives in dsim.hf.config (imported here, so that dsim.config imports nothing
-        of dsim)."""
+        """Read a Hugging Face `config.json` (dsim.hf.supported_families()) or DeepSeek's native
+        config: a path to the file or its directory, or the parsed dict; overrides come after.
+        The parsing lives in dsim.hf.config, imported here: it imports dsim.config (no cycle)."""
         from dsim.hf.config import args_from_hf_config
 
         return args_from_hf_config(path_or_dict, **overrides)
@@ -548,4 +606,13 @@ def scaled_down(args: ModelArgs, **overrides: Any) -> ModelArgs:
     )
     if small["n_dense_layers"] == 0 and args.n_dense_layers == 0:
         small["n_layers"] = min(args.n_layers, 2)
+    if not routed:  # a dense model (Llama, Mistral) stays dense
+        small["n_dense_layers"] = small["n_layers"]
+    # the other families' features, kept on and shrunk to the small head and layer counts
+    small["rotary_dim"] = 4 if args.rotary_dim else 0
+    if args.sliding_window:
+        kept = tuple(i for i in args.window_layers if i < small["n_layers"])
+        small.update(sliding_window=16, window_layers=kept or (0,))
+    if args.index_topk:
+        small.update(index_n_heads=2, index_head_dim=8, index_topk=16)
     return args.replace(**{**small, **overrides})

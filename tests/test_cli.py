@@ -321,11 +321,11 @@ def test_bad_input_is_one_line_and_status_2(capsys, argv, message):
     "content, message",
     [
         ('{"model_type": "deepseek_v3", "hidden_size": 64', "not valid JSON"),
-        ('{"model_type": "llama"}', "model_type='llama' is not supported"),
-        ('{"model_type": "deepseek_v3", "rope_scaling": "yes"}', "malformed config.json"),
+        ('{"model_type": "gpt2"}', "model_type = 'gpt2' is not supported"),
+        (json.dumps({**SMALL_V3, "rope_scaling": "yes"}), "rope_scaling must be a JSON object"),
         ("[1, 2]", "must hold a JSON object"),
-        (json.dumps({**SMALL_V3, "hidden_size": -4}), "ModelArgs.dim"),
-        ('{"model_type": "deepseek_v3", "hidden_size": 64}', "required key is missing"),
+        (json.dumps({**SMALL_V3, "hidden_size": -4}), "hidden_size = -4 is invalid"),
+        ('{"model_type": "deepseek_v3", "hidden_size": 64}', "required key 'vocab_size' is missing"),
     ],
 )
 def test_malformed_config_json(capsys, tmp_path, content, message):

@@ -6,20 +6,24 @@ import torch
 from torch import nn
 
 from dsim.config import ModelArgs
-from dsim.model.attention import GQA, MLA
-from dsim.model.layers import RMSNorm, precompute_freqs_cis
+from dsim.model.attention import GQA, MLA, Indexer
+from dsim.model.layers import make_norm, precompute_freqs_cis
 from dsim.model.moe import MLP, MoE
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x)).
+
+    Layers listed in args.window_layers attend within args.sliding_window tokens (an MTP block,
+    whose layer_id is n_layers or more, attends fully)."""
 
     def __init__(self, layer_id: int, args: ModelArgs):
         super().__init__()
-        self.attn = MLA(args) if args.attn_type == "mla" else GQA(args)
+        window = args.sliding_window if layer_id in args.window_layers else 0
+        self.attn = MLA(args) if args.attn_type == "mla" else GQA(args, window)
         self.ffn = MLP(args.dim, args.inter_dim) if layer_id < args.n_dense_layers else MoE(args)
-        self.attn_norm = RMSNorm(args.dim, args.norm_eps)
-        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attn_norm = make_norm(args.dim, args)
+        self.ffn_norm = make_norm(args.dim, args)
 
     def forward(
         self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False
@@ -39,11 +43,11 @@ class MTPModule(nn.Module):
 
     def __init__(self, layer_id: int, args: ModelArgs):
         super().__init__()
-        self.enorm = RMSNorm(args.dim, args.norm_eps)
-        self.hnorm = RMSNorm(args.dim, args.norm_eps)
+        self.enorm = make_norm(args.dim, args)
+        self.hnorm = make_norm(args.dim, args)
         self.eh_proj = nn.Linear(2 * args.dim, args.dim, bias=False)
         self.block = Block(layer_id, args)
-        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.norm = make_norm(args.dim, args)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
         """h: [B, S', D] previous depth's hidden states; emb: [B, S', D] embeddings of the tokens k
@@ -60,7 +64,7 @@ class Transformer(nn.Module):
         self.args = args
         self.embed = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(Block(i, args) for i in range(args.n_layers))
-        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.norm = make_norm(args.dim, args)
         self.head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -136,7 +140,7 @@ class Transformer(nn.Module):
 
     def reset_cache(self) -> None:
         for m in self.modules():
-            if isinstance(m, (MLA, GQA)):
+            if isinstance(m, (MLA, GQA, Indexer)):
                 m.cache.clear()
 
     @torch.no_grad()
