@@ -98,8 +98,8 @@ def test_mixtral_config_equals_preset():
     [
         ({**V3_HF, "hidden_sizee": 1}, "unknown key(s) hidden_sizee"),
         ({**V3_HF, "num_key_value_heads": 8}, "contradictory"),
-        ({**MIXTRAL_HF, "n_routed_experts": 16}, "contradictory"),
-        ({**V3_HF, "model_type": "llama"}, "not supported"),
+        ({**MIXTRAL_HF, "n_routed_experts": 16}, "unknown key(s) n_routed_experts"),
+        ({**V3_HF, "model_type": "gpt2"}, "not supported"),
         ({**V3_HF, "num_experts_per_tok": 300}, "n_activated_experts"),
         ({**V3_HF, "moe_layer_freq": 2}, "moe_layer_freq"),
     ],
