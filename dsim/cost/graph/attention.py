@@ -249,7 +249,43 @@ def gqa(c: Ctx) -> list[GraphOp]:
     rope = 24 * T * a.rope_dim * (H + kvh) + (4 * T * (H + kvh) * hd * e if a.rope_dim < hd else 0)
     ops.append(elementwise(c, "rope (q, k)", p, C.ROPE, rope, 6))
     ops += _cache_write(c, "write k, v cache", 8 * T * kvh * hd)
-    return ops + [
-        _sdpa(c, hd, hd, kvh, kept),
-        linear(c, f"{p}.wo", A, T, D, H * hd, saved=wo_kept),
+    core = _sink_attention(c) if a.attn_sink else [_sdpa(c, hd, hd, kvh, kept)]
+    return ops + core + [linear(c, f"{p}.wo", A, T, D, H * hd, saved=wo_kept)]
+
+
+def _sink_attention(c: Ctx) -> list[GraphOp]:
+    """Attention with gpt-oss's sinks, as dsim.model computes it (no fused kernel takes a sink):
+    keys and values repeated to all H heads, scores q k^T [B, H, S, S_kv] plus the mask, the
+    sink logit joined to each row, a float32 softmax, its key columns times v."""
+    a, B, S, T, H, e, p = c.args, c.batch, c.seq_len, c.T, c.args.n_heads, c.e, f"{c.block}.attn"
+    hd, kvh, skv, K = a.head_size, a.kv_heads, c.context + S, C.ATTN_CORE
+    kept = _pairs(c)[1]
+    kv = B * skv * H * hd * e  # k or v repeated to every head
+    scores = B * H * S * skv
+    repeat = [] if kvh == H else [elementwise(c, "repeat k, v to all heads", p, K, 4 * kv // 2, 2)]
+    qk = matmul(
+        c,
+        [gemm("scores q.k", S, skv, hd, B * H)],
+        p,
+        K,
+        {"q": T * H * hd * e, "k": kv},
+        {"scores": scores * e},
+        [Item("attn.q, k (math path)", T * H * hd * e + kv)],
+        causal=2 * kept * hd,
+    )
+    probs = [
+        Item("attn.probs float32 (with the sink column)", (scores + B * H * S) * 4, True),
+        Item("attn.probs cast to the activation dtype", scores * e, True),
+        Item("attn.v repeated to all heads", kv),
     ]
+    softmax = elementwise(c, "scale, mask, cat sink, softmax (fp32)", p, K, 22 * scores, 4, probs)
+    pv = matmul(
+        c,
+        [gemm("probs @ v", S, hd, skv, B * H)],
+        p,
+        K,
+        {"probs": scores * e, "v": kv},
+        {"out": T * H * hd * e},
+        causal=2 * kept * hd,
+    )
+    return [*repeat, qk, softmax, pv]
