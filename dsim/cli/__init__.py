@@ -177,6 +177,13 @@ def _add_cost_commands(sub) -> None:
     p.add_argument("--top", type=int, default=10, help="plans to show (default 10)")
     p.add_argument("--include-unfit", action="store_true", help="rank layouts that do not fit too")
     p.add_argument(
+        "--activation-recipe",
+        choices=("plain", "deepseek-v3"),
+        default="plain",
+        help="how activations are kept: plain autograd, or DeepSeek-V3's fp8 caching and "
+        "recomputation (dsim.cost.memory.DEEPSEEK_V3_RECIPE)",
+    )
+    p.add_argument(
         "--json", action="store_true", help='{"layouts_evaluated": N, "plans": [...]}, best first'
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")

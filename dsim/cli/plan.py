@@ -34,6 +34,7 @@ def cmd_plan(ns: argparse.Namespace) -> int:
         global_batch=batch,
         price_per_gpu_hour=ns.price,
         optimizer_dtype=ns.optimizer_dtype,
+        recipe=ns.activation_recipe,
     )
     res = plan_training(
         job,
@@ -113,7 +114,16 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     print(
         "step = compute + exposed communication + pipeline bubble; "
         "MFU = model FLOPs (causal attention, MTP, no recomputation) "
-        "/ (step x GPUs x dense bf16 peak)" + ("; ! = does not fit" if ns.include_unfit else "")
+        "/ (step x GPUs x dense bf16 peak)"
+        + (
+            f"; #1 under other conventions: hardware FLOPs (with recomputation) "
+            f"{res.plans[0].mfu_conventions['hardware']:.1%}, non-causal attention "
+            f"{res.plans[0].mfu_conventions['noncausal']:.1%}, 6ND "
+            f"{res.plans[0].mfu_conventions['six_nd']:.1%}"
+            if res.plans
+            else ""
+        )
+        + ("; ! = does not fit" if ns.include_unfit else "")
     )
     return 0
 
@@ -159,7 +169,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         [
             "step time",
             f"{p.step_time_s * 1e3:.1f} ms (compute {p.compute_s * 1e3:.1f}, exposed all-to-all "
-            f"{p.exposed_comm_s * 1e3:.1f})",
+            f"{p.exposed['expert'] * 1e3:.1f}, tensor-parallel all-reduce "
+            f"{p.exposed['tensor'] * 1e3:.1f})",
         ],
         ["per GPU", f"{p.tokens_per_s_per_gpu:,.0f} {unit}/s"],
         ["per node", f"{p.tokens_per_s_per_node:,.0f} {unit}/s"],

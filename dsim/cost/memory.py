@@ -10,6 +10,9 @@ dense GPT layer with LayerNorm, GeLU and dropout, not RMSNorm, SwiGLU, MLA or a 
 and tests/cost/test_memory.py holds the sum to the bytes that
 `torch.autograd.graph.saved_tensors_hooks` sees on the real model.
 
+`ActivationRecipe` changes how those tensors are kept, the way a production training system does
+(DEEPSEEK_V3_RECIPE: what the DeepSeek-V3 report describes, plus two stated kernel assumptions).
+
 Which tensors autograd keeps depends on PyTorch's kernels, so activations take a `device`:
     "cuda"  RMSNorm is one fused kernel (`_fused_rms_norm`, keeps its input and a float32 rstd per
             row); attention is a fused kernel (flash / memory-efficient) that keeps q, k, v, the
@@ -192,6 +195,61 @@ Device = Literal["cuda", "cpu"]
 Recompute = Literal["none", "selective", "full"]
 
 
+@dataclass(frozen=True)
+class ActivationRecipe:
+    """How a training system keeps the activations of `dsim.model` beyond plain autograd. Each
+    option acts on the tagged tensors of the op graph (dsim.cost.graph.Item).
+
+    fp8_cache         every input of a Linear operator is cached in fp8 with a float32 scale per
+                      1 x 128 tile, the input of the Linear after attention in E5M6 (DeepSeek-V3
+                      report, sec. 3.3.3, "Low-Precision Activation"); the embedding, output head,
+                      gate, norms and attention keep their precision (sec. 3.3.1).
+    swiglu_recompute  the MoE's SwiGLUs keep only their inputs and recompute their output in the
+                      backward (sec. 3.3.3 (2)); the output being w2's input, w2's input goes too.
+    Two options the report does not state, which the published layout needs to fit in 80 GB
+    (tests/cost/test_plan.py::test_deepseek_v3_layout_fits states the numbers):
+    dense_swiglu      the dense layers' SwiGLU is treated as the MoE's: fp8 inputs, recomputed
+                      output.
+    fused_combine     the combine weight scales each expert's SwiGLU output before w2, so its
+                      gradient is (dL/d(w2 input)) . h and the experts keep no [T K, D] output
+                      rows (dsim.model keeps two such tensors).
+    Selective recomputation (RMSNorms and MLA's up-projections, sec. 3.2.3) is the `recompute`
+    argument, apart from the recipe. Under full recomputation a block keeps only its input, so the
+    recipe changes only the head and the routing state."""
+
+    fp8_cache: bool = False
+    swiglu_recompute: bool = False
+    dense_swiglu: bool = False
+    fused_combine: bool = False
+
+    def kept(self, item: Item) -> int:
+        """Bytes `item` costs under this recipe."""
+        if item.option and getattr(self, item.option):
+            return item.option_bytes
+        if self.fp8_cache and item.fp8_bytes is not None:
+            return item.fp8_bytes
+        return item.bytes
+
+
+PLAIN = ActivationRecipe()  # what autograd keeps for dsim.model as written
+# what the DeepSeek-V3 report states (sec. 3.3.3)
+DEEPSEEK_V3_REPORTED = ActivationRecipe(fp8_cache=True, swiglu_recompute=True)
+# ... and the two kernel assumptions that make its published layout fit
+DEEPSEEK_V3_RECIPE = ActivationRecipe(
+    fp8_cache=True, swiglu_recompute=True, dense_swiglu=True, fused_combine=True
+)
+
+
+def _check_recipe(recipe: ActivationRecipe | None) -> ActivationRecipe:
+    if recipe is None:
+        return PLAIN
+    if not isinstance(recipe, ActivationRecipe):
+        raise ValueError(
+            f"recipe must be a dsim.cost.memory.ActivationRecipe or None, got {recipe!r}"
+        )
+    return recipe
+
+
 def _check_recompute(recompute: str) -> None:
     if recompute not in ("none", "selective", "full"):
         raise ValueError(f"recompute must be 'none', 'selective' or 'full', got {recompute!r}")
@@ -211,13 +269,16 @@ def _training_block(
     return block_graph(args, layer_id, batch, seq_len, 0, "train", **kwargs)
 
 
-def _kept_bytes(block: list[GraphOp], recompute: Recompute) -> int:
-    """Bytes the ops of one Block keep under a recomputation policy (see layer_activation_bytes)."""
+def _kept_bytes(
+    block: list[GraphOp], recompute: Recompute, recipe: ActivationRecipe = PLAIN
+) -> int:
+    """Bytes the ops of one Block keep under a recomputation policy (see layer_activation_bytes)
+    and an ActivationRecipe."""
     items = [i for op in block for i in op.saved]
     if recompute == "none":
-        return sum(i.bytes for i in items)
+        return sum(recipe.kept(i) for i in items)
     if recompute == "selective":
-        return sum(i.bytes for i in items if not i.selective_drops)
+        return sum(recipe.kept(i) for i in items if not i.selective_drops)
     # full: torch.utils.checkpoint keeps the block's input (what its first op, attn_norm, reads);
     # the model holds MoE.routing outside autograd.
     return block[0].reads["x"] + sum(i.bytes for i in items if i.outside_autograd)
@@ -253,6 +314,7 @@ def layer_activation_bytes(
     device: Device = "cuda",
     recompute: Recompute = "none",
     attn_kernel: str | None = None,
+    recipe: ActivationRecipe | None = None,
 ) -> int:
     """Bytes one Block keeps between forward and backward.
 
@@ -263,10 +325,13 @@ def layer_activation_bytes(
                      rest is kept.
         "full"       the block keeps only its input (torch.utils.checkpoint), plus what the model
                      holds outside autograd: MoE.routing's logits, scores, indices and weights.
+    recipe: an ActivationRecipe (fp8 caching, SwiGLU recomputation, ...); None keeps what
+        autograd keeps for dsim.model.
     """
     _check_recompute(recompute)
+    recipe = _check_recipe(recipe)
     ops = _training_block(args, layer_id, batch, seq_len, dtype, device, attn_kernel)
-    return _kept_bytes(ops, recompute)
+    return _kept_bytes(ops, recompute, recipe)
 
 
 def block_memory_delta(
@@ -303,18 +368,23 @@ def model_activation_bytes(
     layers: range | None = None,
     embedding: bool = True,
     head: bool = True,
+    recipe: ActivationRecipe | None = None,
 ) -> int:
     """Activations of a whole training step on one GPU: every block of `layers` (default all), the
     final norm, the logits (the step's output, kept for the loss; the loss's own float32 softmax is
-    not counted) and the MTP modules (`head=True` places them with the head)."""
+    not counted) and the MTP modules (`head=True` places them with the head), under `recipe`
+    (an ActivationRecipe; None: what autograd keeps)."""
     _check_pos("batch", batch)
     _check_pos("seq_len", seq_len)
     _check_recompute(recompute)
+    recipe = _check_recipe(recipe)
     layers = range(args.n_layers) if layers is None else layers
     # The blocks of one kind (dense or MoE) keep the same tensors: count one of each.
     kinds = {is_moe_layer(args, i): i for i in layers}
     per_kind = {
-        moe: layer_activation_bytes(args, i, batch, seq_len, dtype, device, recompute, attn_kernel)
+        moe: layer_activation_bytes(
+            args, i, batch, seq_len, dtype, device, recompute, attn_kernel, recipe
+        )
         for moe, i in kinds.items()
     }
     total = sum(per_kind[is_moe_layer(args, i)] for i in layers)
@@ -335,7 +405,9 @@ def model_activation_bytes(
     for op in graph.ops:
         blocks.setdefault(op.block, []).append(op)
     return total + sum(
-        _kept_bytes(ops, recompute) if name else sum(i.bytes for op in ops for i in op.saved)
+        _kept_bytes(ops, recompute, recipe)
+        if name
+        else sum(recipe.kept(i) for op in ops for i in op.saved)
         for name, ops in blocks.items()
     )
 
@@ -397,6 +469,7 @@ def memory(
     kv_impl: Literal["naive", "absorb"] | None = None,
     microbatches_in_flight: int | None = None,
     prefill_chunk: int = 1,
+    recipe: ActivationRecipe | None = None,
 ) -> MemoryEstimate:
     """Bytes per GPU for training (Adam) or inference under a TP x PP x DP layout with EP inside DP.
 
@@ -420,7 +493,8 @@ def memory(
     Inference keeps weights, the KV cache of batch x seq_len tokens, and one block's activations for
     batch x prefill_chunk new tokens (the transient working set of a step; 1: a decode step; an
     upper bound, since without autograd a block frees most of them as it goes). Reports the stage
-    with the largest total.
+    with the largest total. `recipe`: how training keeps activations (ActivationRecipe; None:
+    what autograd keeps for dsim.model).
     """
     if not isinstance(args, ModelArgs):
         raise ValueError(f"args must be a dsim.config.ModelArgs, got {type(args).__name__}")
@@ -455,6 +529,7 @@ def memory(
         )
     if args.n_routed_experts and args.n_routed_experts % ep:
         raise ValueError(f"ep must divide n_routed_experts={args.n_routed_experts}, got {ep}")
+    recipe = _check_recipe(recipe)
     in_flight = pp if microbatches_in_flight is None else microbatches_in_flight
     _check_pos("microbatches_in_flight", in_flight)
     _check_pos("prefill_chunk", prefill_chunk)
@@ -479,7 +554,15 @@ def memory(
             )
             opt = held["optimizer"] * state
             per_mb = model_activation_bytes(
-                args, batch, seq_len, act_dtype, device, recompute, layers=layers, head=last
+                args,
+                batch,
+                seq_len,
+                act_dtype,
+                device,
+                recompute,
+                layers=layers,
+                head=last,
+                recipe=recipe,
             )
             acts = per_mb * max(1, in_flight - s) / tp
         else:

@@ -497,3 +497,47 @@ def test_mxfp4_experts_cost_their_real_size():
     assert est.weights == (p.total - routed) * 2 + routed * (0.5 + 1 / 32)
     with pytest.raises(ValueError, match="expert_dtype"):
         memory(args, mode="inference", expert_dtype="fp5")
+
+
+# ---- activation recipes (DeepSeek-V3's fp8 caching and recomputation) ----
+def test_recipe_acts_on_tagged_tensors():
+    """Each recipe option changes exactly the tensors the graph tags for it: fp8 caching turns a
+    Linear input of n elements into n bytes plus a float32 scale per 128 (E5M6: 1.5 n), SwiGLU
+    recomputation keeps the MoE's SwiGLU inputs only, fused_combine drops the experts' output
+    rows."""
+    from dsim.cost.memory import DEEPSEEK_V3_RECIPE, ActivationRecipe
+
+    a = preset("deepseek-v3")
+    T, D, H, I = 4096, a.dim, a.n_heads, a.moe_inter_dim
+    N = T * a.n_activated_experts
+    plain = layer_activation_bytes(a, 3, 1, T, recompute="selective")
+    fp8 = ActivationRecipe(fp8_cache=True)
+    got = layer_activation_bytes(a, 3, 1, T, recompute="selective", recipe=fp8)
+    tiles = 4 / 128  # a float32 scale per 1 x 128 tile
+
+    def saved(n, per):  # bytes saved when n bf16 elements are cached at `per` bytes
+        return n * (2 - per - tiles)
+
+    wo_input = saved(T * H * a.v_head_dim, 1.5)  # E5M6
+    rows = saved(N * D, 1)  # the experts' gathered input rows
+    swiglu_in = saved(2 * N * I, 1) + saved(2 * T * I * a.n_shared_experts, 1)
+    products = saved(N * I, 1) + saved(T * I * a.n_shared_experts, 1)  # w2 inputs
+    assert plain - got == pytest.approx(wo_input + rows + swiglu_in + products, rel=1e-12)
+    both = ActivationRecipe(fp8_cache=True, swiglu_recompute=True)
+    got2 = layer_activation_bytes(a, 3, 1, T, recompute="selective", recipe=both)
+    silu_and_product = 2 * (N + T * a.n_shared_experts) * I
+    assert got - got2 == pytest.approx(silu_and_product * 2 - products, rel=1e-12)
+    combine = ActivationRecipe(fp8_cache=True, swiglu_recompute=True, fused_combine=True)
+    got3 = layer_activation_bytes(a, 3, 1, T, recompute="selective", recipe=combine)
+    assert got2 - got3 == 2 * N * D * 2 + N * 2  # output rows (+ combine weight), weighted rows
+    # full recomputation keeps the block input and the routing state, whatever the recipe
+    full = [
+        layer_activation_bytes(a, 3, 1, T, recompute="full", recipe=r)
+        for r in (None, DEEPSEEK_V3_RECIPE)
+    ]
+    assert full[0] == full[1]
+
+
+def test_recipe_checked():
+    with pytest.raises(ValueError, match="recipe must be"):
+        layer_activation_bytes(preset("tiny"), 0, 1, 8, recipe="deepseek-v3")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dsim.cost.graph.ops import (
+    E5M6_BITS,
     C,
     Ctx,
     Flops,
     GraphOp,
     Item,
+    cached_bytes,
     elementwise,
     gemm,
     linear,
@@ -17,6 +19,12 @@ from dsim.cost.graph.ops import (
     rms_norm,
 )
 from dsim.cost.graph.rules import attention_pairs, windowed_pairs
+
+
+def _e5m6(elements: int) -> int:
+    """Bytes of the wo input (the attention output) as DeepSeek-V3 caches it: E5M6 with tile
+    scales (dsim.cost.graph.ops.E5M6_BITS)."""
+    return cached_bytes(elements, E5M6_BITS)
 
 
 def _cache_write(c: Ctx, label: str, nbytes: int) -> list[GraphOp]:
@@ -75,14 +83,14 @@ def mla(c: Ctx) -> list[GraphOp]:
         elementwise(c, "rope (q_pe, k_pe)", p, C.ROPE, 24 * T * dr * (H + 1), 6),
     ]
     if a.attn_impl == "absorb":
-        wo_kept = [Item("attn.wo input", T * H * dv * e)]
+        wo_kept = [Item("attn.wo input", T * H * dv * e, fp8_bytes=_e5m6(T * H * dv))]
         return ops + _mla_absorbed(c) + [linear(c, f"{p}.wo", A, T, D, H * dv, saved=wo_kept)]
     if c.kernel == "fused":
         kept = [
             Item("attn.q (cat of q_nope, q_pe)", T * H * qk * e, True),
             Item("attn.k (cat of k_nope, k_pe)", T * H * qk * e, True),
             Item("attn.v (a slice: all of wkv_b's output stays)", T * H * (dn + dv) * e, True),
-            Item("attn.out (also the wo input)", T * H * dv * e),
+            Item("attn.out (also the wo input)", T * H * dv * e, fp8_bytes=_e5m6(T * H * dv)),
             Item("attn.logsumexp float32", c.batch * H * c.seq_len * 4),
         ]
         wo_kept = []
@@ -97,7 +105,7 @@ def mla(c: Ctx) -> list[GraphOp]:
             Item("attn.probs (math path)", c.batch * H * c.seq_len**2 * f, True),
             Item("attn.v for the batched matmul (math path)", v, True),
         ]
-        wo_kept = [Item("attn.wo input (copy)", T * H * dv * e)]
+        wo_kept = [Item("attn.wo input (copy)", T * H * dv * e, fp8_bytes=_e5m6(T * H * dv))]
     ops += [
         linear(c, f"{p}.wkv_b", A, T, H * (dn + dv), R),
         elementwise(c, "cat q, k (expand k_pe)", p, C.ATTN_CORE, 8 * T * H * qk, 2),
@@ -215,7 +223,7 @@ def gqa(c: Ctx) -> list[GraphOp]:
             Item("attn.q after RoPE", T * H * hd * e),
             Item("attn.k after RoPE", T * kvh * hd * e),
             Item("attn.v (wv output)", T * kvh * hd * e),
-            Item("attn.out (also the wo input)", T * H * hd * e),
+            Item("attn.out (also the wo input)", T * H * hd * e, fp8_bytes=_e5m6(T * H * hd)),
             Item("attn.logsumexp float32", c.batch * H * c.seq_len * 4),
         ]
         wo_kept = []
@@ -227,7 +235,7 @@ def gqa(c: Ctx) -> list[GraphOp]:
             Item("attn.probs (math path)", c.batch * H * c.seq_len**2 * f, True),
             Item("attn.v repeated to all heads (math path)", T * H * hd * f),
         ]
-        wo_kept = [Item("attn.wo input (copy)", T * H * hd * e)]
+        wo_kept = [Item("attn.wo input (copy)", T * H * hd * e, fp8_bytes=_e5m6(T * H * hd))]
     ops = [
         linear(c, f"{p}.wq", A, T, H * hd, D),
         linear(c, f"{p}.wk", A, T, kvh * hd, D),

@@ -24,8 +24,9 @@ How a step is timed (per micro-batch and pipeline stage, then composed):
                 micro-batch's compute where it can be.
     pipeline    step = m x tau + bubble, tau = the slowest stage's time per micro-batch (compute +
                 exposed communication); bubble from DualPipe's table (`pipeline_bubble`). DualPipe
-                places stages s and pp-1-s on one GPU (2x parameters, (pp+1) micro-batches of
-                activations), and needs an even pp and an even number of micro-batches >= 2 pp.
+                places stages s and pp-1-s on one GPU (2x parameters; activations of pp - s
+                micro-batches of stage s and s + 1 of stage pp-1-s, Tables.stage_columns), and
+                needs an even pp and an even number of micro-batches >= 2 pp.
     optimizer   Adam is one streaming pass over the local optimizer shard (an `elementwise` op of
                 the time model; its time is affine in the bytes, so it is evaluated as a + b x
                 bytes).
@@ -292,9 +293,7 @@ def _evaluate_rows(
     pp = L.pp[r]
     rc, dual = L.recompute[r], (L.schedule[r] == _DUALPIPE).astype(float)
     sel_rc, full = (rc == _SELECTIVE).astype(float), (rc == _FULL).astype(float)
-    nd, nm, last, inflight, s_nd, s_nm, s_first, s_last, blocks, moe_blocks = x["cols"].reshape(
-        10, width, n
-    )
+    nd, nm, last, s_nd, s_nm, s_first, s_last, blocks, moe_blocks = x["cols"].reshape(9, width, n)
 
     # ---- compute per micro-batch: forward F, backward B (with recomputation), weight gradients W
     # (s_* are the stage counts times the share a GPU runs per micro-batch: 1, or 1/2 for a DualPipe
@@ -353,7 +352,7 @@ def _evaluate_rows(
     sb = tabs.state_bytes
     kinds = {kind: sb[kind] * p for kind, p in held.items()}
     a = x["acts"]
-    kinds["activations"] = inflight * (nd * a[0] + nm * a[1] + last * a[2]) / tp
+    kinds["activations"] = (nd * a[0] + nm * a[1] + last * a[2]) / tp  # nd etc. x micro-batches
     s, total = _first_max(
         kinds["weights"] + kinds["gradients"] + kinds["optimizer"] + kinds["activations"]
     )

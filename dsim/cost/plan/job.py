@@ -19,6 +19,7 @@ from dsim.cost import timing
 from dsim.cost.components import Component
 from dsim.cost.hardware import GPU, get_gpu
 from dsim.cost.layout import ZERO_STAGES  # noqa: F401  (a choice of the layouts, re-exported)
+from dsim.cost.memory import DEEPSEEK_V3_RECIPE, PLAIN, ActivationRecipe
 
 # ---------------------------------------------------------------------------------------------
 # Choices and general assumptions
@@ -27,6 +28,9 @@ RECOMPUTE = ("none", "selective", "full")
 SCHEDULES = ("1f1b", "dualpipe")
 MATMUL_DTYPES = ("bf16", "fp8")
 PHASES = ("prefill", "decode")
+
+# Activation recipes by name (dsim.cost.memory.ActivationRecipe), for TrainingJob and the CLI.
+ACTIVATION_RECIPES = {"plain": PLAIN, "deepseek-v3": DEEPSEEK_V3_RECIPE}
 
 RESERVED_BYTES = (
     4e9  # CUDA context, NCCL and cuBLAS workspaces, allocator fragmentation (a round figure)
@@ -45,11 +49,15 @@ FP8_COMPONENTS = (Component.ATTN_PROJ, Component.DENSE_FFN, Component.SHARED_EXP
 # Ops that selective recomputation runs again in the backward (DeepSeek-V3 sec. 3.2.3: every RMSNorm
 # and MLA's up-projections), by the labels of dsim.cost.timing.block_plan.
 SELECTIVE_LABELS = ("wq_b", "wkv_b", "cat q, k")
+# The matmuls among them (graph op names), whose forward FLOPs count as hardware FLOPs.
+RECOMPUTED_MATMULS = ("wq_b", "wkv_b")
 
 ASSUMPTIONS = {
     "compute": "op times from dsim.cost.timing (kernels of dsim.model's PyTorch implementation), "
-    "with the GPU's calibration: H100-SXM measurements; another GPU of the catalog borrows the "
-    "H100's efficiencies applied to its own datasheet peaks",
+    "with the GPU's calibration: H100-SXM and H200 measurements; A100 and H800 take the H100's "
+    "efficiencies with the tensor-core ones scaled to reproduce published runs on them "
+    "(dsim.cost.timing.calibration.RUN_SCALES); other GPUs borrow the H100's, applied to their "
+    "own datasheet peaks",
     "fp8": "fp8 GEMMs for attention projections, dense FFN and experts (DeepSeek-V3's recipe); the "
     "routed experts' grouped GEMMs are scaled by the fp8/bf16 time ratio of a batched GEMM of the "
     "same shape (the time model has no fp8 grouped GEMM), plus one quantisation pass per GEMM "
@@ -117,6 +125,8 @@ def shard_args(args: ModelArgs, tp: int) -> ModelArgs:
     )
     if args.attn_type == "gqa":
         change["n_kv_heads"] = args.kv_heads // tp
+    if args.attn_type != "mla":  # keep the head width (head_dim 0 means dim // n_heads)
+        change["head_dim"] = args.head_size
     return args.replace(**change)
 
 
@@ -158,6 +168,8 @@ class TrainingJob:
         converts a batch given in tokens).
     optimizer_dtype: Adam's moments ("fp32", or "bf16" as DeepSeek-V3 keeps them).
     calibration: the time model's efficiency constants (default: the GPU's committed calibration).
+    recipe: how activations are kept (dsim.cost.memory.ActivationRecipe, or a name of
+        ACTIVATION_RECIPES; default "plain": what autograd keeps for dsim.model).
     """
 
     args: ModelArgs
@@ -171,8 +183,18 @@ class TrainingJob:
     optimizer_dtype: str = "fp32"
     reserved_bytes: float = RESERVED_BYTES
     calibration: timing.Calibration | None = None
+    recipe: ActivationRecipe | str = "plain"
 
     def __post_init__(self) -> None:
+        if isinstance(self.recipe, str):
+            if self.recipe not in ACTIVATION_RECIPES:
+                raise ValueError(
+                    f"recipe must be one of {', '.join(ACTIVATION_RECIPES)} or an "
+                    f"ActivationRecipe, got {self.recipe!r}"
+                )
+            self.recipe = ACTIVATION_RECIPES[self.recipe]
+        elif not isinstance(self.recipe, ActivationRecipe):
+            raise ValueError(f"recipe must be an ActivationRecipe or a name, got {self.recipe!r}")
         if not isinstance(self.args, ModelArgs):
             raise ValueError(
                 f"args must be a dsim.config.ModelArgs, got {type(self.args).__name__}"
