@@ -6,6 +6,9 @@ Every cost module asks this table: memory (weights, optimizer states, KV cache),
     bits         bits of one element (int4 packs two per byte; tf32 is stored in 32 bits)
     scale_bytes  bytes of one scale of a quantised format, shared by `group_size` elements:
                  float32 for fp8 (DeepSeek-V3's `weight_scale_inv`), bfloat16 for integer formats
+    block        elements per scale when the format itself fixes it (OCP microscaling: MXFP4 has
+                 one 8-bit power-of-two scale per 32 elements, gpt-oss's expert weights); 0 when
+                 the user's group_size decides
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class DType:
     name: str
     bits: int
     scale_bytes: int = 0  # 0: not a quantised format (no scales)
+    block: int = 0  # elements per scale fixed by the format (MX formats: 32); 0: group_size
 
     @property
     def bytes(self) -> float:
@@ -37,6 +41,7 @@ DTYPES: dict[str, DType] = {
         DType("fp8", 8, scale_bytes=4),
         DType("int8", 8, scale_bytes=2),
         DType("int4", 4, scale_bytes=2),
+        DType("mxfp4", 4, scale_bytes=1, block=32),
     )
 }
 

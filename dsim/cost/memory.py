@@ -79,13 +79,15 @@ def bytes_per_param(dtype: str | float, group_size: int | None = 128) -> float:
     `dtype` may also be a number of bits per element with no scales (DeepSeek-V2 serves its KV cache
     at 6 bits per element on average).
 
-    fp32 4, bf16/fp16 2, fp8 1 + 4/group_size, int8 1 + 2/group_size, int4 0.5 + 2/group_size.
+    fp32 4, bf16/fp16 2, fp8 1 + 4/group_size, int8 1 + 2/group_size, int4 0.5 + 2/group_size,
+    mxfp4 0.5 + 1/32 (its block of 32 is the format's: group_size does not change it).
     group_size is the number of elements that share one scale (DeepSeek-V3's fp8 weights use 128 x
     128 blocks: group_size=16384); None means no scales. Unquantised types ignore it.
     """
     d = _dtype(dtype)
     scale = _scale_bytes(d, group_size)
     bits = d if isinstance(d, float) else d.bits
+    group_size = getattr(d, "block", 0) or group_size  # MX formats fix their own block
     return bits / 8 + (scale / group_size if (scale and group_size) else 0.0)
 
 
@@ -98,6 +100,7 @@ def weight_bytes(numel: int, dtype: str, group_size: int | None = 128) -> int:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     d = _dtype(dtype)
     scale = _scale_bytes(d, group_size)
+    group_size = d.block or group_size  # MX formats fix their own block
     data = -(-numel * d.bits // 8)
     scales = -(-numel // group_size) * scale if (scale and group_size) else 0
     return data + scales
@@ -106,28 +109,70 @@ def weight_bytes(numel: int, dtype: str, group_size: int | None = 128) -> int:
 # ---------------------------------------------------------------------------------------------
 # KV cache
 # ---------------------------------------------------------------------------------------------
-def kv_cache_elements_per_token(
-    args: ModelArgs, impl: Literal["naive", "absorb"] | None = None
+def kv_cache_layer_elements(
+    args: ModelArgs,
+    layer_id: int,
+    seq_len: int,
+    impl: Literal["naive", "absorb"] | None = None,
 ) -> int:
-    """Numbers cached per token over all layers (MTP modules keep no cache).
+    """Numbers Block(layer_id) caches for one sequence of seq_len tokens, as a deployment keeps
+    them.
 
-    MHA/GQA: keys and values, 2 n_kv_heads head_size per layer.
+    MHA/GQA: keys and values, 2 n_kv_heads head_size per token; a sliding-window layer (Mistral,
+        gpt-oss) keeps only its last sliding_window tokens (dsim.model's cache, allocated for
+        max_seq_len, keeps all: what a serving engine keeps is costed here).
     MLA absorbed (the default for MLA, what a deployment caches): the latent c_kv and the shared
-        RoPE key, kv_lora_rank + qk_rope_head_dim per layer.
-    MLA naive: decompressed keys and values per head, n_heads (qk_head_dim + v_head_dim) per layer.
+        RoPE key, kv_lora_rank + qk_rope_head_dim per token.
+    MLA naive: decompressed keys and values per head, n_heads (qk_head_dim + v_head_dim).
+    DeepSeek-V3.2 adds its indexer's key, index_head_dim per token.
     """
     impl = impl or "absorb"
     if impl not in ("naive", "absorb"):
         raise ValueError(f"impl must be 'naive', 'absorb' or None, got {impl!r}")
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+        raise ValueError(f"seq_len must be an integer >= 1, got {seq_len!r}")
     if args.attn_type == "mla":
-        per_layer = (
+        per_token = (
             args.kv_lora_rank + args.qk_rope_head_dim
             if impl == "absorb"
             else args.n_heads * (args.qk_head_dim + args.v_head_dim)
         )
-    else:
-        per_layer = 2 * args.kv_heads * args.head_size
-    return args.n_layers * per_layer
+        return (per_token + args.index_head_dim * args.has_indexer) * seq_len
+    tokens = min(seq_len, args.sliding_window) if layer_id in args.window_layers else seq_len
+    return 2 * args.kv_heads * args.head_size * tokens
+
+
+def kv_cache_elements(
+    args: ModelArgs,
+    seq_len: int,
+    layers: range | None = None,
+    impl: Literal["naive", "absorb"] | None = None,
+) -> int:
+    """Numbers cached for one sequence of seq_len tokens by `layers` (default all; MTP modules
+    keep no cache): the full-attention layers alike, the sliding-window ones alike, so the sum
+    is two products (no loop over the layers)."""
+    layers = range(args.n_layers) if layers is None else layers
+    windowed = [i for i in args.window_layers if i in layers]
+    n_full = len(layers) - len(windowed)
+    full = kv_cache_layer_elements(args, args.n_layers, seq_len, impl)  # never a window layer
+    return n_full * full + sum(kv_cache_layer_elements(args, i, seq_len, impl) for i in windowed)
+
+
+def kv_cache_elements_per_token(
+    args: ModelArgs, impl: Literal["naive", "absorb"] | None = None, seq_len: int | None = None
+) -> float:
+    """Numbers cached per token over all layers (MTP modules keep no cache), averaged over a
+    sequence of seq_len tokens (`kv_cache_layer_elements`). seq_len matters only with sliding
+    windows, and is then required."""
+    if seq_len is None:
+        if args.sliding_window:
+            raise ValueError(
+                "seq_len is required for a model with sliding windows "
+                f"(sliding_window={args.sliding_window}): its cache per token depends on length"
+            )
+        seq_len = 1
+    n = kv_cache_elements(args, seq_len, None, impl)
+    return n // seq_len if n % seq_len == 0 else n / seq_len
 
 
 def kv_cache_bytes_per_token(
@@ -135,10 +180,12 @@ def kv_cache_bytes_per_token(
     dtype: str | float = "bf16",
     impl: Literal["naive", "absorb"] | None = None,
     group_size: int | None = 128,
+    seq_len: int | None = None,
 ) -> float:
     """Bytes of KV cache per token, all layers, for the cache the model keeps by default for
-    inference (MLA: the absorbed latent + RoPE key; `impl="naive"` for per-head keys and values)."""
-    return kv_cache_elements_per_token(args, impl) * bytes_per_param(dtype, group_size)
+    inference (MLA: the absorbed latent + RoPE key; `impl="naive"` for per-head keys and values);
+    averaged over seq_len tokens, which a model with sliding windows requires."""
+    return kv_cache_elements_per_token(args, impl, seq_len) * bytes_per_param(dtype, group_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,6 +453,7 @@ def memory(
     seq_len: int = 4096,
     dtype: str = "bf16",
     group_size: int | None = 128,
+    expert_dtype: str | None = None,
     grad_dtype: str = "fp32",
     master_dtype: str | None = "fp32",
     optimizer_dtype: str = "fp32",
@@ -437,6 +485,8 @@ def memory(
         zero 0: nothing sharded; 1: optimizer states (master + moments) over data-parallel
              replicas; 2: also gradients; 3: also weights. Non-expert weights have dp replicas,
              experts dp / ep.
+    Routed experts may be stored in their own `expert_dtype` (None: `dtype`; gpt-oss ships them in
+    mxfp4, the rest in bf16).
     Training keeps weights (`dtype`, quantised types with `group_size`), gradients (`grad_dtype`),
     fp32 master weights (`master_dtype`, None when the weights are the master copy) and Adam's two
     moments (`optimizer_dtype`; DeepSeek-V3 keeps them in bf16). `batch` is the micro-batch.
@@ -466,6 +516,7 @@ def memory(
         ("grad_dtype", grad_dtype),
         ("optimizer_dtype", optimizer_dtype),
         ("kv_dtype", kv_dtype),
+        ("expert_dtype", expert_dtype or dtype),
     ):
         _check_dtype(d, name)
     if master_dtype is not None:
@@ -492,7 +543,9 @@ def memory(
         dense_n, expert_n = stage_params(counts, layers, first, last, tp, ep, args.tie_embeddings)
         n_local = dense_n + expert_n
         held = zero_params(zero, dense_n, expert_n, dp, ep)
-        weights = held["weights"] * wbytes
+        held_experts = zero_params(zero, 0, expert_n, dp, ep)["weights"]
+        ebytes = bytes_per_param(expert_dtype or dtype, group_size)
+        weights = (held["weights"] - held_experts) * wbytes + held_experts * ebytes
         grads = opt = acts = kv = 0.0
         if mode == "train":
             grads = held["gradients"] * _bits(grad_dtype) / 8
@@ -515,10 +568,8 @@ def memory(
         else:
             layer = max(layers, key=lambda i: is_moe_layer(args, i))
             acts = layer_activation_bytes(args, layer, batch, prefill_chunk, act_dtype, device) / tp
-            per_layer = (
-                kv_cache_bytes_per_token(args, kv_dtype, kv_impl, group_size) / args.n_layers
-            )
-            kv = per_layer * len(layers) * batch * seq_len / kv_tp_split(args, tp)
+            elements = kv_cache_elements(args, seq_len, layers, kv_impl)
+            kv = elements * bytes_per_param(kv_dtype, group_size) * batch / kv_tp_split(args, tp)
         est = MemoryEstimate(
             weights=weights,
             gradients=grads,

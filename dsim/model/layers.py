@@ -87,9 +87,7 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(xc).flatten(3).to(dtype)
 
 
-def causal_mask(
-    seqlen: int, start_pos: int, device: torch.device, window: int = 0
-) -> torch.Tensor:
+def causal_mask(seqlen: int, start_pos: int, device: torch.device, window: int = 0) -> torch.Tensor:
     """Additive mask [S, start_pos + S]: query i (at position start_pos + i) sees keys
     0..start_pos + i, or only the last `window` of them (itself included) when window > 0."""
     mask = torch.full((seqlen, start_pos + seqlen), float("-inf"), device=device).triu_(

@@ -432,6 +432,73 @@ def test_bad_activation_input(kwargs, match):
         kv_cache_bytes_per_token(preset("deepseek-v3"), impl="latent")
 
 
+# ---------------------------------------------------------------------------------------------
+# The other families (issue 15): sliding windows, DeepSeek-V3.2's indexer cache, MXFP4 experts
+# ---------------------------------------------------------------------------------------------
+def _windowed():
+    from dsim.config import ModelArgs
+
+    return ModelArgs(
+        attn_type="gqa",
+        dim=64,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        n_layers=4,
+        n_dense_layers=1,
+        sliding_window=128,
+        window_layers=(0, 2),
+        max_seq_len=4096,
+    )
+
+
+def test_sliding_window_layers_cache_only_their_window():
+    from dsim.cost.memory import (
+        kv_cache_bytes_per_token,
+        kv_cache_elements,
+        kv_cache_layer_elements,
+    )
+
+    args = _windowed()
+    per_token = 2 * 2 * 16  # keys and values of 2 KV heads of 16
+    assert kv_cache_layer_elements(args, 0, 1000) == per_token * 128
+    assert kv_cache_layer_elements(args, 1, 1000) == per_token * 1000
+    assert kv_cache_layer_elements(args, 2, 100) == per_token * 100  # shorter than the window
+    assert kv_cache_elements(args, 1000) == per_token * (2 * 128 + 2 * 1000)
+    assert kv_cache_elements(args, 1000, range(2, 4)) == per_token * (128 + 1000)
+    assert kv_cache_bytes_per_token(args, "bf16", seq_len=1000) == 2 * per_token * 2256 / 1000
+    with pytest.raises(ValueError, match="seq_len is required"):
+        kv_cache_bytes_per_token(args)
+    est = memory(args, mode="inference", batch=3, seq_len=1000)
+    assert est.kv_cache == 3 * 2 * kv_cache_elements(args, 1000)
+
+
+def test_deepseek_v32_caches_the_indexer_key():
+    from dsim.config import preset
+    from dsim.cost.memory import kv_cache_elements_per_token
+
+    v3 = preset("deepseek-v3")
+    v32 = v3.replace(index_n_heads=64, index_head_dim=128, index_topk=2048)
+    assert kv_cache_elements_per_token(v3) == 61 * (512 + 64)
+    assert kv_cache_elements_per_token(v32) == 61 * (512 + 64 + 128)
+
+
+def test_mxfp4_experts_cost_their_real_size():
+    from dsim.config import preset, scaled_down
+    from dsim.cost import params
+    from dsim.cost.memory import bytes_per_param, weight_bytes
+
+    assert bytes_per_param("mxfp4") == bytes_per_param("mxfp4", 7) == 0.5 + 1 / 32
+    assert weight_bytes(65, "mxfp4") == 33 + 3  # 65 four-bit values, 3 started blocks of 32
+    args = scaled_down(preset("mixtral-8x7b"))
+    p = params(args)
+    routed = p.breakdown["routed_experts"]
+    est = memory(args, mode="inference", batch=1, seq_len=16, expert_dtype="mxfp4")
+    assert est.weights == (p.total - routed) * 2 + routed * (0.5 + 1 / 32)
+    with pytest.raises(ValueError, match="expert_dtype"):
+        memory(args, mode="inference", expert_dtype="fp5")
+
+
 # ---- activation recipes (DeepSeek-V3's fp8 caching and recomputation) ----
 def test_recipe_acts_on_tagged_tensors():
     """Each recipe option changes exactly the tensors the graph tags for it: fp8 caching turns a

@@ -119,5 +119,11 @@ def moe(c: Ctx) -> list[GraphOp]:
         return [_gate(c), _experts(c)]
     inter, S = a.n_shared_experts * a.moe_inter_dim, C.SHARED_EXPERTS
     shared = swiglu(c, f"{p}.shared_experts", S, inter, "shared ", "shared_experts")
+    if a.shared_expert_gate:  # Qwen2-MoE: sigmoid(x w) [T, 1] scales the shared output
+        kept = [Item("shared gate: sigmoid output", c.T * c.e)]
+        shared += [
+            linear(c, f"{p}.shared_gate", S, c.T, 1, a.dim),
+            elementwise(c, "sigmoid(gate) * shared", p, S, 4 * c.T * a.dim * c.e, 2, kept),
+        ]
     add = elementwise(c, "routed + shared", p, S, 6 * c.T * a.dim)
     return [_gate(c), _experts(c), *shared, add]

@@ -30,6 +30,7 @@ from dsim.cost.graph.rules import (
     Device,
     Mode,
     is_moe_layer,
+    layer_window,
     mtp_depths,
     mtp_layer_id,
     sdpa_kernel,
@@ -47,6 +48,7 @@ def _residual(c: Ctx) -> GraphOp:
 
 def _block(c: Ctx, layer_id: int) -> list[GraphOp]:
     """Block(layer_id): x + attn(attn_norm(x)), then x + ffn(ffn_norm(x)) (dense MLP or MoE)."""
+    c = replace(c, window=layer_window(c.args, layer_id))
     a, T, D, e, b = c.args, c.T, c.args.dim, c.e, c.block
     has_moe = is_moe_layer(a, layer_id)
     ops = [rms_norm(c, f"{b}.attn_norm", T, D, T * D * e, True, "attn_norm")]

@@ -129,6 +129,7 @@ class Ctx:
     block: str = ""  # module name of the Block the ops run in
     label: str = ""  # prefix of the time model's labels ("layers.3.", "mtp.0.")
     charge: Component | None = None  # every op charged to this component (MTP)
+    window: int = 0  # keys a query may see at most in this block (`rules.layer_window`)
 
     @property
     def train(self) -> bool:

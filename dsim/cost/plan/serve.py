@@ -168,7 +168,9 @@ class Serving:
         self.weight_bytes = w
         kv_tokens = self.ctx + self.new
         self.kv_per_seq = (
-            kv_cache_bytes_per_token(args, kv_dtype) * kv_tokens / kv_tp_split(args, tp)
+            kv_cache_bytes_per_token(args, kv_dtype, seq_len=kv_tokens)
+            * kv_tokens
+            / kv_tp_split(args, tp)
         )
         layer = first_moe_layer(args) or 0  # the MoE block keeps the most activations
         self.act_per_seq = layer_activation_bytes(args, layer, 1, self.new, ACT_DTYPE, "cuda") / tp
