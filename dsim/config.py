@@ -19,16 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dsim.config_families import validate_family_fields
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    """A finite int or float (not a bool, not a string, not inf or NaN)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+from dsim.config_checks import validate_core, validate_family_fields
 
 
 @dataclass
@@ -266,119 +257,8 @@ class ModelArgs:
                     f"ModelArgs.{name} = {getattr(self, name)!r} is invalid: must be {allowed}"
                 )
 
-        # a bool is an int to Python, but `dim = True` is no width
-        positive = "vocab_size dim n_layers n_heads max_seq_len max_batch_size original_seq_len"
-        counts = (
-            "inter_dim moe_inter_dim n_dense_layers n_routed_experts n_shared_experts "
-            "n_activated_experts n_expert_groups n_limited_groups q_lora_rank kv_lora_rank "
-            "qk_nope_head_dim qk_rope_head_dim v_head_dim head_dim n_kv_heads n_mtp_layers"
-        )
-        for minimum, names in ((1, positive), (0, counts)):
-            for name in names.split():
-                v = getattr(self, name)
-                need(_is_int(v) and v >= minimum, name, f"an integer >= {minimum}")
-        for name, low, strict, note in (
-            ("route_scale", 0, True, ""),
-            ("capacity_factor", 0, False, " (0 disables token dropping)"),
-            ("norm_eps", 0, True, ""),
-            ("rope_theta", 1, True, ""),
-            ("rope_factor", 1, False, ""),
-            ("mscale", 0, False, ""),
-            ("beta_fast", 0, True, ""),
-            ("beta_slow", 0, True, ""),
-        ):  # inf or NaN here turns every logit into NaN (or zero)
-            v = getattr(self, name)
-            ok = _is_real(v) and (v > low if strict else v >= low)
-            need(ok, name, f"a finite number {'>' if strict else '>='} {low}{note}")
-        need(self.beta_fast > self.beta_slow, "beta_slow", f"< beta_fast={self.beta_fast}")
-        need(
-            self.n_dense_layers <= self.n_layers,
-            "n_dense_layers",
-            f"between 0 and n_layers={self.n_layers}",
-        )
-        need(self.score_func in ("softmax", "sigmoid"), "score_func", "'softmax' or 'sigmoid'")
-        need(self.group_score in ("top2_sum", "max"), "group_score", "'top2_sum' or 'max'")
-        need(self.attn_type in ("mla", "mha", "gqa"), "attn_type", "'mla', 'mha' or 'gqa'")
-        need(self.attn_impl in ("naive", "absorb"), "attn_impl", "'naive' or 'absorb'")
-        need(self.expert_impl in ("grouped", "loop"), "expert_impl", "'grouped' or 'loop'")
-        need(self.drop_policy in ("score", "position"), "drop_policy", "'score' or 'position'")
-        need(
-            self.route_norm is None or isinstance(self.route_norm, bool),
-            "route_norm",
-            "None, True or False",
-        )
-        need(isinstance(self.tie_embeddings, bool), "tie_embeddings", "True or False")
-        need(isinstance(self.name, str), "name", "a string")
-        need(self.n_dense_layers == self.n_layers or self.inter_dim >= 0, "inter_dim", ">= 0")
-        need(
-            self.n_dense_layers == 0 or self.inter_dim >= 1,
-            "inter_dim",
-            ">= 1 when there are dense layers",
-        )
-        if self.n_routed_experts > 0 and self.n_layers > self.n_dense_layers:
-            need(self.moe_inter_dim >= 1, "moe_inter_dim", ">= 1 when there are MoE layers")
-            need(
-                1 <= self.n_activated_experts <= self.n_routed_experts,
-                "n_activated_experts",
-                f"between 1 and n_routed_experts={self.n_routed_experts}",
-            )
-            need(
-                self.n_expert_groups >= 1 and self.n_routed_experts % self.n_expert_groups == 0,
-                "n_expert_groups",
-                f"a divisor of n_routed_experts={self.n_routed_experts}",
-            )
-            need(
-                1 <= self.n_limited_groups <= self.n_expert_groups,
-                "n_limited_groups",
-                f"between 1 and n_expert_groups={self.n_expert_groups}",
-            )
-            per_group = self.n_routed_experts // self.n_expert_groups
-            if self.n_expert_groups > 1:
-                need(
-                    self.group_score == "max" or per_group >= 2,
-                    "n_expert_groups",
-                    "such that each group holds >= 2 experts (group score = sum of the top-2)",
-                )
-                need(
-                    self.n_limited_groups * per_group >= self.n_activated_experts,
-                    "n_limited_groups",
-                    ">= n_activated_experts / experts per group = "
-                    f"{self.n_activated_experts}/{per_group}",
-                )
-        elif self.n_layers > self.n_dense_layers:
-            raise ValueError(
-                "ModelArgs.n_routed_experts = 0 is invalid: "
-                "must be >= 1 when n_dense_layers < n_layers"
-            )
-        if self.attn_type == "mla":
-            need(self.kv_lora_rank >= 1, "kv_lora_rank", ">= 1 for MLA")
-            need(
-                self.qk_rope_head_dim >= 2 and self.qk_rope_head_dim % 2 == 0,
-                "qk_rope_head_dim",
-                "an even integer >= 2 for MLA",
-            )
-            need(self.qk_nope_head_dim >= 1, "qk_nope_head_dim", ">= 1 for MLA")
-            need(self.v_head_dim >= 1, "v_head_dim", ">= 1 for MLA")
-        else:
-            need(
-                self.head_size >= 2 and self.head_size % 2 == 0,
-                "head_dim",
-                "0 (dim // n_heads) or an even integer >= 2",
-            )
-            need(
-                self.n_heads % self.kv_heads == 0,
-                "n_kv_heads",
-                f"a divisor of n_heads={self.n_heads}",
-            )
-            if self.attn_type == "mha":
-                need(
-                    self.kv_heads == self.n_heads,
-                    "n_kv_heads",
-                    "0 or n_heads for MHA (use attn_type='gqa')",
-                )
-        if self.tie_embeddings:
-            pass  # any size works: the head reuses the embedding matrix
-        validate_family_fields(self, need)  # the other families' fields (dsim.config_families)
+        validate_core(self, need)  # dsim.config_checks: DeepSeek's and Mixtral's fields
+        validate_family_fields(self, need)  # the other families' fields
 
     # ---- Hugging Face configs ----
     @classmethod

@@ -325,7 +325,10 @@ def test_bad_input_is_one_line_and_status_2(capsys, argv, message):
         (json.dumps({**SMALL_V3, "rope_scaling": "yes"}), "rope_scaling must be a JSON object"),
         ("[1, 2]", "must hold a JSON object"),
         (json.dumps({**SMALL_V3, "hidden_size": -4}), "hidden_size = -4 is invalid"),
-        ('{"model_type": "deepseek_v3", "hidden_size": 64}', "required key 'vocab_size' is missing"),
+        (
+            '{"model_type": "deepseek_v3", "hidden_size": 64}',
+            "required key 'vocab_size' is missing",
+        ),
     ],
 )
 def test_malformed_config_json(capsys, tmp_path, content, message):

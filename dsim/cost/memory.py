@@ -1,5 +1,8 @@
 """Bytes per GPU: weights, gradients, optimizer states, activations and the KV cache.
 
+Bytes per number live in `dsim.cost.dtypes` (bytes_per_param, weight_bytes) and the KV cache
+in `dsim.cost.kv_cache`; both are re-exported here.
+
 Weights, gradients and optimizer states are parameter counts (`dsim.cost.params`) times bytes per
 parameter (`dsim.cost.dtypes`), divided the way the parallel layout divides them (the rules of
 `dsim.cost.layout`, which the capacity planner applies too). Activations are the tensors that
@@ -28,165 +31,17 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dsim.config import ModelArgs
-from dsim.cost.dtypes import DTYPES, DType, get_dtype
+from dsim.cost.dtypes import DTYPE_BITS, _bits, _check_dtype, bytes_per_param
+from dsim.cost.dtypes import weight_bytes as weight_bytes  # re-exported
 from dsim.cost.graph import GraphOp, Item, block_graph, step_graph
+from dsim.cost.kv_cache import (  # the KV cache functions, re-exported
+    kv_cache_bytes_per_token as kv_cache_bytes_per_token,
+)
+from dsim.cost.kv_cache import kv_cache_elements
+from dsim.cost.kv_cache import kv_cache_elements_per_token as kv_cache_elements_per_token
+from dsim.cost.kv_cache import kv_cache_layer_elements as kv_cache_layer_elements
 from dsim.cost.layout import kv_tp_split, stage_layers, stage_params, zero_params
 from dsim.cost.params import is_moe_layer, params
-
-# ---------------------------------------------------------------------------------------------
-# Bytes per element: the sizes of dsim.cost.dtypes, scales included.
-# ---------------------------------------------------------------------------------------------
-# Bits per element by canonical name (the activation code below sizes its tensors with it).
-DTYPE_BITS = {name: d.bits for name, d in DTYPES.items()}
-
-
-def _dtype(dtype: str | float, name: str = "dtype") -> DType | float:
-    """The DType of a name or alias, or a number of bits per element (a format without scales)."""
-    if isinstance(dtype, (int, float)) and not isinstance(dtype, bool):
-        if not 0 < dtype <= 64:
-            raise ValueError(f"{name} as bits per element must be in (0, 64], got {dtype!r}")
-        return float(dtype)
-    try:
-        return get_dtype(dtype, name)
-    except ValueError:
-        raise ValueError(
-            f"{name} must be one of {', '.join(DTYPES)} or a number of bits, got {dtype!r}"
-        ) from None
-
-
-def _check_dtype(dtype: str | float, name: str = "dtype") -> None:
-    _dtype(dtype, name)
-
-
-def _bits(dtype: str | float) -> float:
-    d = _dtype(dtype)
-    return d if isinstance(d, float) else float(d.bits)
-
-
-def _scale_bytes(d: DType | float, group_size: int | None) -> int:
-    """Bytes of one scale of `d` (0 for a format without scales), after checking group_size."""
-    scale = 0 if isinstance(d, float) else d.scale_bytes
-    if scale and group_size is not None and (not isinstance(group_size, int) or group_size < 1):
-        raise ValueError(
-            f"group_size must be an integer >= 1 (elements per scale) or None, got {group_size!r}"
-        )
-    return scale
-
-
-def bytes_per_param(dtype: str | float, group_size: int | None = 128) -> float:
-    """Average bytes one element costs in `dtype`, scales included: bits/8 + scale_bytes/group_size.
-
-    `dtype` may also be a number of bits per element with no scales (DeepSeek-V2 serves its KV cache
-    at 6 bits per element on average).
-
-    fp32 4, bf16/fp16 2, fp8 1 + 4/group_size, int8 1 + 2/group_size, int4 0.5 + 2/group_size,
-    mxfp4 0.5 + 1/32 (its block of 32 is the format's: group_size does not change it).
-    group_size is the number of elements that share one scale (DeepSeek-V3's fp8 weights use 128 x
-    128 blocks: group_size=16384); None means no scales. Unquantised types ignore it.
-    """
-    d = _dtype(dtype)
-    scale = _scale_bytes(d, group_size)
-    bits = d if isinstance(d, float) else d.bits
-    group_size = getattr(d, "block", 0) or group_size  # MX formats fix their own block
-    return bits / 8 + (scale / group_size if (scale and group_size) else 0.0)
-
-
-def weight_bytes(numel: int, dtype: str, group_size: int | None = 128) -> int:
-    """Exact bytes of one tensor of `numel` elements in `dtype`: packed elements plus one scale per
-    started group (int4 packs two elements per byte)."""
-    if not isinstance(numel, int) or numel < 0:
-        raise ValueError(f"numel must be an integer >= 0, got {numel!r}")
-    if not isinstance(dtype, str):
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    d = _dtype(dtype)
-    scale = _scale_bytes(d, group_size)
-    group_size = d.block or group_size  # MX formats fix their own block
-    data = -(-numel * d.bits // 8)
-    scales = -(-numel // group_size) * scale if (scale and group_size) else 0
-    return data + scales
-
-
-# ---------------------------------------------------------------------------------------------
-# KV cache
-# ---------------------------------------------------------------------------------------------
-def kv_cache_layer_elements(
-    args: ModelArgs,
-    layer_id: int,
-    seq_len: int,
-    impl: Literal["naive", "absorb"] | None = None,
-) -> int:
-    """Numbers Block(layer_id) caches for one sequence of seq_len tokens, as a deployment keeps
-    them.
-
-    MHA/GQA: keys and values, 2 n_kv_heads head_size per token; a sliding-window layer (Mistral,
-        gpt-oss) keeps only its last sliding_window tokens (dsim.model's cache, allocated for
-        max_seq_len, keeps all: what a serving engine keeps is costed here).
-    MLA absorbed (the default for MLA, what a deployment caches): the latent c_kv and the shared
-        RoPE key, kv_lora_rank + qk_rope_head_dim per token.
-    MLA naive: decompressed keys and values per head, n_heads (qk_head_dim + v_head_dim).
-    DeepSeek-V3.2 adds its indexer's key, index_head_dim per token.
-    """
-    impl = impl or "absorb"
-    if impl not in ("naive", "absorb"):
-        raise ValueError(f"impl must be 'naive', 'absorb' or None, got {impl!r}")
-    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
-        raise ValueError(f"seq_len must be an integer >= 1, got {seq_len!r}")
-    if args.attn_type == "mla":
-        per_token = (
-            args.kv_lora_rank + args.qk_rope_head_dim
-            if impl == "absorb"
-            else args.n_heads * (args.qk_head_dim + args.v_head_dim)
-        )
-        return (per_token + args.index_head_dim * args.has_indexer) * seq_len
-    tokens = min(seq_len, args.sliding_window) if layer_id in args.window_layers else seq_len
-    return 2 * args.kv_heads * args.head_size * tokens
-
-
-def kv_cache_elements(
-    args: ModelArgs,
-    seq_len: int,
-    layers: range | None = None,
-    impl: Literal["naive", "absorb"] | None = None,
-) -> int:
-    """Numbers cached for one sequence of seq_len tokens by `layers` (default all; MTP modules
-    keep no cache): the full-attention layers alike, the sliding-window ones alike, so the sum
-    is two products (no loop over the layers)."""
-    layers = range(args.n_layers) if layers is None else layers
-    windowed = [i for i in args.window_layers if i in layers]
-    n_full = len(layers) - len(windowed)
-    full = kv_cache_layer_elements(args, args.n_layers, seq_len, impl)  # never a window layer
-    return n_full * full + sum(kv_cache_layer_elements(args, i, seq_len, impl) for i in windowed)
-
-
-def kv_cache_elements_per_token(
-    args: ModelArgs, impl: Literal["naive", "absorb"] | None = None, seq_len: int | None = None
-) -> float:
-    """Numbers cached per token over all layers (MTP modules keep no cache), averaged over a
-    sequence of seq_len tokens (`kv_cache_layer_elements`). seq_len matters only with sliding
-    windows, and is then required."""
-    if seq_len is None:
-        if args.sliding_window:
-            raise ValueError(
-                "seq_len is required for a model with sliding windows "
-                f"(sliding_window={args.sliding_window}): its cache per token depends on length"
-            )
-        seq_len = 1
-    n = kv_cache_elements(args, seq_len, None, impl)
-    return n // seq_len if n % seq_len == 0 else n / seq_len
-
-
-def kv_cache_bytes_per_token(
-    args: ModelArgs,
-    dtype: str | float = "bf16",
-    impl: Literal["naive", "absorb"] | None = None,
-    group_size: int | None = 128,
-    seq_len: int | None = None,
-) -> float:
-    """Bytes of KV cache per token, all layers, for the cache the model keeps by default for
-    inference (MLA: the absorbed latent + RoPE key; `impl="naive"` for per-head keys and values);
-    averaged over seq_len tokens, which a model with sliding windows requires."""
-    return kv_cache_elements_per_token(args, impl, seq_len) * bytes_per_param(dtype, group_size)
-
 
 # ---------------------------------------------------------------------------------------------
 # Activations: what autograd keeps, read from the op graph (dsim.cost.graph)

@@ -4,7 +4,13 @@ scaled down by `dsim.config.scaled_down`."""
 
 FAMILY_VARIANTS = {
     "qwen3-glm": dict(
-        attn_type="gqa", head_dim=8, n_kv_heads=2, qkv_bias=True, qk_norm="head", rotary_dim=4
+        attn_type="gqa",
+        head_dim=8,
+        n_kv_heads=2,
+        qkv_bias=True,
+        qk_norm="head",
+        rotary_dim=4,
+        original_seq_len=64,  # partial rotary without YaRN (the model refuses the two together)
     ),
     "olmoe-dbrx": dict(
         attn_type="gqa",
