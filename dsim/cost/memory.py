@@ -27,7 +27,13 @@ from typing import Literal
 from dsim.config import ModelArgs
 from dsim.cost.dtypes import DTYPES, DType, get_dtype
 from dsim.cost.graph import GraphOp, Item, block_graph, step_graph
-from dsim.cost.layout import kv_tp_split, stage_layers, stage_params, zero_params
+from dsim.cost.layout import (
+    kv_tp_split,
+    stage_layers,
+    stage_params,
+    tp_split_problem,
+    zero_params,
+)
 from dsim.cost.params import is_moe_layer, params
 
 # ---------------------------------------------------------------------------------------------
@@ -398,6 +404,8 @@ def memory(
         _check_dtype(master_dtype, "master_dtype")
     if pp > args.n_layers:
         raise ValueError(f"pp must be between 1 and n_layers={args.n_layers}, got {pp}")
+    if problem := tp_split_problem(args, tp):  # as the planner and the serving model refuse it
+        raise ValueError(problem)
     if dp % ep:
         raise ValueError(
             f"ep must divide dp={dp} (experts are parallel within data parallelism), got {ep}"
