@@ -224,7 +224,7 @@ def _add_cost_commands(sub) -> None:
     batch.add_argument(
         "--global-batch-tokens", type=size, default=None, help="tokens per step, e.g. 62.9M"
     )
-    p.add_argument("--price", type=real(), default=2.0, help="$ per GPU-hour (default 2)")
+    p.add_argument("--price", type=real(0.0, 1e6), default=2.0, help="$ per GPU-hour (default 2)")
     p.add_argument(
         "--optimizer-dtype", choices=("fp32", "bf16"), default="fp32", help="Adam moments"
     )
@@ -329,7 +329,7 @@ def _add_cost_commands(sub) -> None:
         action="store_true",
         help="do not hide all-to-all behind a second micro-batch",
     )
-    p.add_argument("--price", type=real(), default=2.0, help="$ per GPU-hour (default 2)")
+    p.add_argument("--price", type=real(0.0, 1e6), default=2.0, help="$ per GPU-hour (default 2)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_serve)
 

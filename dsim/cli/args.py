@@ -26,27 +26,33 @@ class OneLineParser(argparse.ArgumentParser):
 
 # Bounds on what the CLI takes, so that every command answers within seconds: a cluster of at
 # most 2^20 GPUs (the planner searches the divisors of the count), and counts of sequences and
-# tokens that float64 holds exactly.
-MAX_GPUS = 1 << 20
+# tokens that float64 holds exactly (2^50: a global batch of 10^15 sequences), and token budgets
+# of at most 10^21 (a thousand times the largest published runs).
+MAX_GPUS = 1 << 20  # = dsim.cost.plan.job.MAX_GPUS
 MAX_COUNT = 1 << 50
+MAX_TOKENS = 1e21
 
 
-def size(text: str) -> float:
-    """argparse type: a positive count with an optional K/M/B/T suffix (14.8T, 62.9M, 4096)."""
+def _amount(text: str, high: float) -> float:
     from dsim.cost.plan import parse_size
 
     try:
         value = parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    if value > MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:.3g}, got {text!r}")
+    if value > high:
+        raise argparse.ArgumentTypeError(f"must be at most {high:,.0f}, got {text!r}")
     return value
+
+
+def size(text: str) -> float:
+    """argparse type: a positive amount with an optional K/M/B/T suffix (14.8T, 62.9M, 4096)."""
+    return _amount(text, MAX_TOKENS)
 
 
 def size_int(text: str) -> int:
     """argparse type: a whole positive count with an optional suffix (2k = 2000)."""
-    value = size(text)
+    value = _amount(text, MAX_COUNT)
     if value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
     return int(value)
