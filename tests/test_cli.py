@@ -664,3 +664,17 @@ def test_internal_errors_are_one_line_with_status_1(capsys, monkeypatch):
     code, out, err = run(capsys, "params", "--model", "tiny")
     assert code == 1 and err.count("\n") == 1 and "internal error: RuntimeError: boom" in err
     assert "Traceback" not in err
+
+
+def test_decode_attention_time_is_monotone_in_the_context():
+    """Defect 10: decoding attention dropped up to 10% as the context grew, where the split-K
+    heuristic jumped to more key splits; the kernel now takes the fastest split count."""
+    from dsim.cost.timing import op_time
+
+    for gpu, heads in (("H100-SXM", 32), ("H100-SXM", 8), ("A100", 16)):
+        times = [
+            op_time("attention", gpu, batch=1, seq_len=1, kv_seq_len=kv, n_heads=heads,
+                    qk_head_dim=128, v_head_dim=128, causal=False)
+            for kv in range(400, 2400, 9)
+        ]  # fmt: skip
+        assert all(b >= a for a, b in zip(times, times[1:]))

@@ -162,17 +162,25 @@ def _attention_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
     per_sm = peak_flops(x.gpu, x.dtype) / x.sms
     # forward: one block per bm queries, looping over bn-key blocks (up to the diagonal if causal)
     n_q = math.ceil(sq / bm)
-    splits = 1
-    if sq <= 64 and not backward:  # decoding: split the keys to fill the SMs
-        splits = max(1, min(math.ceil(skv / bn) // 4, math.ceil(x.sms / (b * h * n_q))))
-    units, count = attn_schedule(n_q, bm, bn, sq, skv, causal, splits, b * h * splits, x.sms, False)
-    t_c = (units + c.attn_fill * count) * 2.0 * bm * bn * (dqk + dv) / (per_sm * eff_f)
-    ctas = b * h * n_q * splits
-    t_m = (io + 4.0 * b * h * sq) / (x.bw * min(1.0, ctas * c.sm_bw / x.sms))
-    note = f"{backend}, {ctas} blocks" + (f", {splits} key splits" if splits > 1 else "")
-    ks = [Kernel(f"{name} forward", "attention", flops_f, io, c.launch_s + max(t_c, t_m), note)]
-    if splits > 1:
-        ks.append(x.mem("combine key splits", 4.0 * b * h * sq * dv * splits))
+
+    def forward(splits: int) -> list[Kernel]:
+        units, count = attn_schedule(
+            n_q, bm, bn, sq, skv, causal, splits, b * h * splits, x.sms, False
+        )
+        t_c = (units + c.attn_fill * count) * 2.0 * bm * bn * (dqk + dv) / (per_sm * eff_f)
+        ctas = b * h * n_q * splits
+        t_m = (io + 4.0 * b * h * sq) / (x.bw * min(1.0, ctas * c.sm_bw / x.sms))
+        note = f"{backend}, {ctas} blocks" + (f", {splits} key splits" if splits > 1 else "")
+        t = c.launch_s + max(t_c, t_m)
+        ks = [Kernel(f"{name} forward", "attention", flops_f, io, t, note)]
+        if splits > 1:
+            ks.append(x.mem("combine key splits", 4.0 * b * h * sq * dv * splits))
+        return ks
+
+    # decoding: the keys may be split to fill the SMs; the kernel takes the fastest split count
+    # (each count's time grows with the keys, so the fastest one's does too: monotone)
+    most = max(1, math.ceil(x.sms / (b * h * n_q))) if sq <= 64 and not backward else 1
+    ks = min((forward(s) for s in range(1, most + 1)), key=lambda k: sum(q.time_s for q in k))
     if backward:
         # backward: one block per bn_b keys, looping over the bm_b-query blocks that see them
         n_k = math.ceil(skv / bn_b)
