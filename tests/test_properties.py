@@ -318,3 +318,58 @@ def test_zero_stages_never_add_memory(args, dp_log, ep_log, recompute):
         for z in (0, 1, 2, 3)
     ]
     assert all(b <= a for a, b in zip(totals, totals[1:])), totals
+
+
+@bounded(60)
+@given(
+    gpu=st.sampled_from(["H100-SXM", "H200", "A100"]),
+    batch=st.integers(1, 64),
+    heads=st.sampled_from([1, 8, 16, 32, 128]),
+    dims=st.sampled_from([(64, 64), (128, 128), (192, 128), (576, 512)]),
+    seq=st.integers(1, 8192),
+    more=st.integers(1, 600),
+    causal=st.booleans(),
+    backward=st.booleans(),
+)
+def test_attention_time_never_falls(gpu, batch, heads, dims, seq, more, causal, backward):
+    """The attention op's time grows with the queries, the keys, the batch and the heads (the
+    block schedule and the decoding key splits are monotone: defect 10)."""
+    from dsim.cost.timing import op_time
+
+    def t(b=batch, h=heads, sq=seq, skv=seq):
+        return op_time(
+            "attention", gpu, batch=b, seq_len=sq, kv_seq_len=skv, n_heads=h,
+            qk_head_dim=dims[0], v_head_dim=dims[1], causal=causal, backward=backward,
+        )  # fmt: skip
+
+    base = t()
+    assert t(sq=seq + more, skv=seq + more) >= base
+    assert t(sq=1, skv=seq + more) >= t(sq=1, skv=seq)  # decoding: one query, more keys
+    assert t(b=batch + more) >= base and t(h=heads * 2) >= base
+
+
+@bounded(60)
+@given(
+    m=st.integers(1, 20000),
+    n=st.integers(1, 20000),
+    k=st.integers(1, 20000),
+    tokens=st.integers(1, 50000),
+    more=st.integers(1, 2000),
+    moe=st.sampled_from([(8, 2, 4096, 14336), (64, 6, 2048, 1408), (256, 8, 7168, 2048)]),
+    backward=st.booleans(),
+)
+def test_gemm_and_moe_times_never_fall(m, n, k, tokens, more, moe, backward):
+    """A GEMM's time grows with each of its sizes, the MoE layer's with its tokens."""
+    from dsim.cost.timing import op_time
+
+    g = op_time("gemm", m=m, n=n, k=k, backward=backward)
+    for bigger in (
+        dict(m=m + more, n=n, k=k),
+        dict(m=m, n=n + more, k=k),
+        dict(m=m, n=n, k=k + more),
+    ):
+        assert op_time("gemm", backward=backward, **bigger) >= g
+    E, K, D, inter = moe
+    shape = dict(dim=D, moe_inter_dim=inter, n_routed_experts=E, n_activated_experts=K)
+    t0 = op_time("moe_ffn", tokens=tokens, backward=backward, **shape)
+    assert op_time("moe_ffn", tokens=tokens + more, backward=backward, **shape) >= t0
