@@ -1,5 +1,7 @@
-"""What the user types: the one-line error, the parser that reports in one line, size arguments
-with K/M/B/T suffixes and the --model argument (a preset name or a Hugging Face config.json)."""
+"""What the user types: the one-line error, the parser that reports in one line, argument types
+with their bounds (sizes with K/M/B/T suffixes, whole numbers, finite reals, KV-cache formats), the
+sequence-length rule (at most the model's max_seq_len) and the --model argument (a preset name or a
+Hugging Face config.json: a regular file of at most 1 MB, a model of at most 1024 blocks)."""
 
 from __future__ import annotations
 
