@@ -17,6 +17,7 @@ import io
 import json
 import math
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -46,16 +47,21 @@ class CallTimeout(BaseException):
 
 @contextlib.contextmanager
 def time_bound(seconds: int):
+    """Raise CallTimeout after `seconds`; an alarm already set (pytest-timeout's) is put back."""
+
     def alarm(signum, frame):
         raise CallTimeout(f"no answer within {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
+    outer = signal.alarm(seconds)  # seconds left of an outer alarm, 0 if none
+    start = time.monotonic()
     try:
         yield
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.alarm(max(1, math.ceil(outer - (time.monotonic() - start))))
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
