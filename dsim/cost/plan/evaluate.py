@@ -80,7 +80,10 @@ _DUALPIPE = SCHEDULES.index("dualpipe")
 
 def _codes(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct values, index of each row's value) of a column of small non-negative integers, in
-    O(n)."""
+    O(n) (sorted, np.unique, when the values are large: a micro-batch of 2^30 sequences)."""
+    if int(col.max()) > 4 * len(col) + 4096:
+        values, idx = np.unique(col, return_inverse=True)
+        return values, idx.reshape(col.shape)
     present = np.zeros(int(col.max()) + 1, dtype=bool)
     present[col] = True
     values = np.flatnonzero(present)

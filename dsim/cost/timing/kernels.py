@@ -313,6 +313,9 @@ def _best_gemm(
 # ---------------------------------------------------------------------------------------------
 # Expert load under random routing
 # ---------------------------------------------------------------------------------------------
+MAX_MOE_TOKENS = 1 << 36  # tokens of one MoE layer call expert_load takes (its window ~ sqrt)
+
+
 @lru_cache(maxsize=8192)
 def expert_load(
     tokens: int, n_activated_experts: int, n_routed_experts: int, block: int
@@ -330,10 +333,12 @@ def expert_load(
         return E * math.ceil(tokens / block), float(E), float(tokens)
     mean, sd = tokens * p, math.sqrt(tokens * p * (1 - p))
     lo, hi = max(0, int(mean - 9 * sd) - 1), min(tokens, int(mean + 9 * sd) + 2)
-    n = np.arange(lo, hi + 1)
-    logc = math.lgamma(tokens + 1)
-    logpmf = np.array([logc - math.lgamma(i + 1) - math.lgamma(tokens - i + 1) for i in n])
-    pmf = np.exp(logpmf + n * math.log(p) + (tokens - n) * math.log1p(-p))
+    n = np.arange(lo, hi + 1, dtype=np.float64)
+    # log pmf(i + 1) - log pmf(i) = log((tokens - i) / (i + 1)) + log(p / (1 - p)): one cumulative
+    # sum over the +-9 sd window, normalised below (vectorised: the window grows as sqrt(tokens))
+    steps = np.log((tokens - n[:-1]) / (n[:-1] + 1)) + (math.log(p) - math.log1p(-p))
+    logpmf = np.concatenate(([0.0], np.cumsum(steps)))
+    pmf = np.exp(logpmf - logpmf.max())
     pmf /= pmf.sum()
     tiles = E * float(np.sum(pmf * np.ceil(n / block)))
     p_active = 1.0 - (1.0 - p) ** tokens

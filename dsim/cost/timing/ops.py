@@ -42,6 +42,7 @@ from dsim.cost.timing.calibration import Calibration, attention_efficiency, gpu_
 from dsim.cost.timing.kernels import (
     ATTN_BLOCKS,
     MAX_ATTN_TOKENS,
+    MAX_MOE_TOKENS,
     Kernel,
     KernelModel,
     attn_schedule,
@@ -357,6 +358,11 @@ def _check(
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     kv = full.get("kv_seq_len")
+    if op in ("moe_ffn", "gate") and full["tokens"] > MAX_MOE_TOKENS:
+        raise ValueError(
+            f"tokens must be <= {MAX_MOE_TOKENS:,} for the MoE time model (it sums the binomial "
+            f"load of an expert over a window that grows with the tokens), got {full['tokens']:,}"
+        )
     for name in ("seq_len", "kv_seq_len") if op == "attention" else ():
         if full[name] is not None and full[name] > MAX_ATTN_TOKENS:
             raise ValueError(
