@@ -400,10 +400,11 @@ def test_huge_lengths_gpus_and_depths_are_refused_at_once(capsys, tmp_path):
         message="max_seq_len=32,768",
     )  # fmt: skip
     refused(capsys, "plan", "--gpus", "1e18", "--quiet", message="--gpus")
+    # a fixed micro-batch of 2^30 sequences: the planner's value table was as long (minutes)
     refused(
         capsys, "plan", "--gpus", "8", "--micro-batch", str(2**30), "--global-batch", str(2**33),
         "--tokens", "1e21", "--include-unfit", "--quiet", message="tokens must be <=",
-    )  # fmt: skip  (the planner's value table was as long as the micro-batch: minutes)
+    )  # fmt: skip
     deep = write_config(tmp_path, num_hidden_layers=1_000_000)
     for command in ("params", "flops", "memory"):
         refused(capsys, command, "--model", deep, message="n_layers=1000000")
@@ -661,6 +662,7 @@ def test_tour_json_and_progress_legend(capsys, tmp_path):
 
 def test_internal_errors_are_one_line_with_status_1(capsys, monkeypatch):
     """The exit-status contract (README): a bug of dsim exits 1 with one line, no traceback."""
+
     def broken(*a, **k):
         raise RuntimeError("boom\nsecond line")
 
