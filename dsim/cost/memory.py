@@ -40,7 +40,13 @@ from dsim.cost.kv_cache import (  # the KV cache functions, re-exported
 from dsim.cost.kv_cache import kv_cache_elements
 from dsim.cost.kv_cache import kv_cache_elements_per_token as kv_cache_elements_per_token
 from dsim.cost.kv_cache import kv_cache_layer_elements as kv_cache_layer_elements
-from dsim.cost.layout import kv_tp_split, stage_layers, stage_params, zero_params
+from dsim.cost.layout import (
+    kv_tp_split,
+    stage_layers,
+    stage_params,
+    tp_split_problem,
+    zero_params,
+)
 from dsim.cost.params import is_moe_layer, params
 
 # ---------------------------------------------------------------------------------------------
@@ -378,6 +384,8 @@ def memory(
         _check_dtype(master_dtype, "master_dtype")
     if pp > args.n_layers:
         raise ValueError(f"pp must be between 1 and n_layers={args.n_layers}, got {pp}")
+    if problem := tp_split_problem(args, tp):  # as the planner and the serving model refuse it
+        raise ValueError(problem)
     if dp % ep:
         raise ValueError(
             f"ep must divide dp={dp} (experts are parallel within data parallelism), got {ep}"

@@ -16,9 +16,13 @@ import numpy as np
 
 from dsim.config import ModelArgs
 from dsim.cost import timing
+from dsim.cost.checks import check_real
 from dsim.cost.components import Component
 from dsim.cost.hardware import GPU, get_gpu
-from dsim.cost.layout import ZERO_STAGES  # noqa: F401  (a choice of the layouts, re-exported)
+from dsim.cost.layout import (
+    ZERO_STAGES,  # noqa: F401  (a choice of the layouts, re-exported)
+    tp_split_problem,
+)
 from dsim.cost.memory import DEEPSEEK_V3_RECIPE, PLAIN, ActivationRecipe
 
 # ---------------------------------------------------------------------------------------------
@@ -35,6 +39,10 @@ ACTIVATION_RECIPES = {"plain": PLAIN, "deepseek-v3": DEEPSEEK_V3_RECIPE}
 RESERVED_BYTES = (
     4e9  # CUDA context, NCCL and cuBLAS workspaces, allocator fragmentation (a round figure)
 )
+# The largest job the planner takes: it searches the divisors of the GPU count, and counts
+# tokens in int64 arrays.
+MAX_GPUS = 1 << 20
+MAX_BATCH_TOKENS = 1 << 53
 MAX_MICROBATCH_TOKENS = 32768  # searched micro-batches: powers of two up to this many tokens
 PREFILL_TOKENS_PER_GPU = (
     16384  # serving: new prompt tokens one GPU takes per prefill step by default
@@ -137,16 +145,7 @@ def tp_problem(args: ModelArgs, tp: int, gpus_per_node: int) -> str | None:
             f"tp={tp} must divide the {gpus_per_node} GPUs of a node "
             "(tensor parallelism stays on NVLink)"
         )
-    for name, value in (
-        ("n_heads", args.n_heads),
-        ("inter_dim", args.inter_dim),
-        ("moe_inter_dim", args.moe_inter_dim),
-    ):
-        if value % tp:
-            return f"tp={tp} must divide {name}={value}"
-    if args.attn_type == "gqa" and args.kv_heads % tp:
-        return f"tp={tp} must divide n_kv_heads={args.kv_heads}"
-    return None
+    return tp_split_problem(args, tp)
 
 
 def node_limit(args: ModelArgs, ep_nodes: int) -> int | None:
@@ -209,18 +208,19 @@ class TrainingJob:
                 f"n_gpus={self.n_gpus} must be a multiple of gpus_per_node={self.gpus_per_node} "
                 f"(whole nodes) or at most one node"
             )
-        if not (isinstance(self.tokens, (int, float)) and self.tokens > 0):
-            raise ValueError(f"tokens must be a positive number, got {self.tokens!r}")
-        if not (isinstance(self.price_per_gpu_hour, (int, float)) and self.price_per_gpu_hour >= 0):
+        check_real("tokens", self.tokens, 0.0, strict=True)
+        check_real("price_per_gpu_hour", self.price_per_gpu_hour)
+        if self.n_gpus > MAX_GPUS or self.batch_tokens > MAX_BATCH_TOKENS:
             raise ValueError(
-                f"price_per_gpu_hour must be a number >= 0, got {self.price_per_gpu_hour!r}"
+                f"n_gpus must be <= {MAX_GPUS:,} and global_batch x seq_len <= "
+                f"{MAX_BATCH_TOKENS:,} tokens, got n_gpus={self.n_gpus:,} and "
+                f"{self.global_batch:,} x {self.seq_len:,}"
             )
         if self.optimizer_dtype not in ("fp32", "bf16"):
             raise ValueError(
                 f"optimizer_dtype must be 'fp32' or 'bf16', got {self.optimizer_dtype!r}"
             )
-        if not self.reserved_bytes >= 0:
-            raise ValueError(f"reserved_bytes must be >= 0, got {self.reserved_bytes!r}")
+        check_real("reserved_bytes", self.reserved_bytes)
 
     @staticmethod
     def batch_from_tokens(batch_tokens: float, seq_len: int) -> int:

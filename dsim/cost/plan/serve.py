@@ -22,6 +22,7 @@ from typing import Any
 
 from dsim.config import ModelArgs
 from dsim.cost import timing
+from dsim.cost.checks import check_real
 from dsim.cost.components import Component
 from dsim.cost.graph import first_moe_layer, is_moe_layer
 from dsim.cost.hardware import GPU, get_gpu
@@ -143,7 +144,7 @@ class Serving:
         self.dp = n_gpus // tp
         self.experts_per_gpu = experts // ep if args.is_moe else 0
         self.dtype, self.overlap, self.gpus_per_node = dtype, overlap, gpus_per_node
-        self.reserved_bytes = reserved_bytes
+        self.reserved_bytes = check_real("reserved_bytes", reserved_bytes)
         if phase == "decode":
             self.new, self.ctx = 1, context  # one new token after `context` cached ones
         else:
@@ -259,6 +260,7 @@ class Serving:
         return total, comp, exposed, dict(tensor=exposed_tp, expert=exposed_ep)
 
     def plan(self, batch: int, price_per_gpu_hour: float) -> ServePlan:
+        check_real("price_per_gpu_hour", price_per_gpu_hour)
         step, comp, exposed, by_kind = self.step(batch)
         per_step = batch * (
             1 if self.phase == "decode" else self.prompt
