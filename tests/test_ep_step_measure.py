@@ -122,7 +122,10 @@ def test_ep_run_equals_the_single_process_model(smoke):
                 mine = ranks[0]["grads"][name]
                 assert torch.equal(mine, ranks[1]["grads"][name]), name
             # sums of per-rank partial sums are added in another order than one full-batch GEMM
-            torch.testing.assert_close(mine, g, rtol=1e-5, atol=1e-7, msg=name)
+            # (and the embedding's scatter-add in another order): an absolute tolerance relative
+            # to the gradient's scale, since entries near zero carry only rounding
+            atol = 1e-6 * float(g.abs().max())
+            torch.testing.assert_close(mine, g, rtol=1e-5, atol=atol, msg=name)
         for name, p in ref["params"].items():  # after warmup + steps AdamW steps
             mine = torch.cat([r["params"][name] for r in ranks]) if ".experts." in name else None
             mine = ranks[0]["params"][name] if mine is None else mine

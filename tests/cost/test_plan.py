@@ -3,8 +3,6 @@ terms equal dsim.cost.comm's functions called directly, one layout evaluates as 
 rejections are counted by reason, bad layouts are refused with a message, and DeepSeek-V3's
 published training cost is reproduced within 20%."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -519,17 +517,14 @@ def test_deepseek_v3_serving_reproduction_runs_with_stated_bounds():
         assert -0.5 < r[key] < 1.0, (key, r[key])
 
 
-def test_full_search_is_fast():
-    """A whole DeepSeek-V3 search, table building included, in well under the seconds a user notices
-    (bench/plan_speed.py measures layouts per second)."""
+def test_full_search_evaluates_every_layout():
+    """A whole DeepSeek-V3 search, table building included, ranks every layout it enumerates (its
+    speed, layouts per second, is bench/plan_speed.py's to measure: tests never time)."""
     job = v3_job(seq_len=2048, global_batch=30720)  # tables not built by the other tests
-    t = time.perf_counter()
     res = plan_training(job, top=5)
-    assert time.perf_counter() - t < 5.0 and res.layouts_evaluated > 10_000
-    t = time.perf_counter()
-    L, _ = enumerate_layouts(job)
-    evaluate(job, L)
-    assert time.perf_counter() - t < 1.0
+    L, invalid = enumerate_layouts(job)
+    assert res.layouts_evaluated == len(L) > 10_000
+    assert len(evaluate(job, L)["fits"]) == len(L)
 
 
 def test_deepseek_v3_layout_fits():
