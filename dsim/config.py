@@ -82,6 +82,11 @@ class ModelArgs:
         window_layers: indices of the layers that use the sliding window (sorted, distinct);
             empty exactly when sliding_window is 0. MTP blocks always attend fully.
         rope_truncate: YaRN rounds its ramp bounds to whole dims (DeepSeek; gpt-oss: False).
+        rope_scaling: how RoPE reaches past original_seq_len: "yarn" (DeepSeek, gpt-oss; applied
+            when max_seq_len > original_seq_len) or "llama3" (Llama 3.1: frequencies whose
+            wavelength exceeds original_seq_len / low_freq_factor are divided by rope_factor,
+            those under original_seq_len / high_freq_factor kept, a ramp between; always applied).
+        low_freq_factor, high_freq_factor: the llama3 scaling's two wavelength bounds.
         norm_type: "rmsnorm", or "layernorm" (mean-centred, weight only, no bias: DBRX).
         shared_expert_gate: the shared experts' output is scaled by sigmoid(x w), w: [dim]
             (Qwen2-MoE's gated shared expert).
@@ -149,6 +154,9 @@ class ModelArgs:
     sliding_window: int = 0
     window_layers: tuple[int, ...] = ()
     rope_truncate: bool = True
+    rope_scaling: Literal["yarn", "llama3"] = "yarn"
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
     norm_type: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     shared_expert_gate: bool = False
     router_bias: bool = False
@@ -229,7 +237,7 @@ class ModelArgs:
 
     @property
     def uses_yarn(self) -> bool:
-        return self.max_seq_len > self.original_seq_len
+        return self.rope_scaling == "yarn" and self.max_seq_len > self.original_seq_len
 
     @property
     def softmax_scale(self) -> float:

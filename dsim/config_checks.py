@@ -166,6 +166,14 @@ def validate_family_fields(args: Any, need: Callable[[bool, str, str], None]) ->
             name,
             "a finite number >= 0 (0: off)",
         )
+    need(args.rope_scaling in ("yarn", "llama3"), "rope_scaling", "'yarn' or 'llama3'")
+    for name in ("low_freq_factor", "high_freq_factor"):
+        need(_is_real(getattr(args, name)) and getattr(args, name) > 0, name, "a finite number > 0")
+    need(
+        args.high_freq_factor > args.low_freq_factor,
+        "high_freq_factor",
+        f"> low_freq_factor={args.low_freq_factor}",
+    )
     need(args.qk_norm in ("none", "head", "proj"), "qk_norm", "'none', 'head' or 'proj'")
     need(args.norm_type in ("rmsnorm", "layernorm"), "norm_type", "'rmsnorm' or 'layernorm'")
     gqa_only = {

@@ -31,6 +31,18 @@ BASE = dict(
 MOE = dict(num_experts_per_tok=2, moe_intermediate_size=16)
 FAMILIES = {
     "llama": dict(BASE, model_type="llama", attention_bias=True),
+    "llama3_rope": dict(  # Llama 3.1's RoPE scaling, its bounds inside the head's frequencies
+        BASE,
+        model_type="llama",
+        max_position_embeddings=128,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=100,  # wavelengths 6.3 kept, 63 blended, 628 divided
+        ),
+    ),
     "mistral": dict(BASE, model_type="mistral", sliding_window=8),
     "mixtral": dict(BASE, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2),
     "qwen2_moe": dict(

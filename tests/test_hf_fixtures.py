@@ -14,7 +14,13 @@ from dsim.hf import hf_config
 from dsim.model import Transformer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
-HF_FIXTURES = ["gpt-oss-20b", "qwen3-30b-a3b", "mistral-7b-instruct-v0.1", "llama-2-7b-chat"]
+HF_FIXTURES = [
+    "gpt-oss-20b",
+    "qwen3-30b-a3b",
+    "mistral-7b-instruct-v0.1",
+    "llama-2-7b-chat",
+    "llama-3.1-8b",
+]
 NATIVE_FIXTURES = [
     "config_16B",
     "config_236B",
@@ -77,9 +83,11 @@ def test_native_v3_reads_like_the_hf_config():
     assert native.replace(**same) == v3
 
 
-def test_llama3_rope_scaling_is_refused_by_name():
-    with pytest.raises(ValueError, match="rope_type = 'llama3' is not supported"):
-        ModelArgs.from_hf_config(FIXTURES / "llama-3.1-8b.json")
+def test_llama31_reads_with_its_rope_scaling():
+    args = ModelArgs.from_hf_config(FIXTURES / "llama-3.1-8b.json")
+    assert args.rope_scaling == "llama3" and not args.uses_yarn
+    assert (args.rope_factor, args.original_seq_len) == (8.0, 8192)
+    assert (args.low_freq_factor, args.high_freq_factor) == (1.0, 4.0)
 
 
 @pytest.mark.parametrize("family", ["glm4_moe", "deepseek_v32"])

@@ -58,12 +58,22 @@ def _rope(k: Keys, max_seq_len: int, theta: Any = None) -> dict[str, Any]:
         if scaling.has("rope_type") and scaling.has("type"):
             scaling.ignore("type")
         key = "rope_type" if scaling.has("rope_type") else "type"
-        kind = scaling.choice(key, ("default", "yarn"))
+        kind = scaling.choice(key, ("default", "yarn", "llama3"))
         scaling.ignore("partial_rotary_factor")  # read by the family reader (GLM-4.5)
     if kind == "default":
         out["original_seq_len"] = max_seq_len
         if scaling is not None:
             scaling.finish()
+        return out
+    if kind == "llama3":  # Llama 3.1: no default for any of its four numbers
+        out.update(
+            rope_scaling="llama3",
+            rope_factor=scaling.number("factor"),
+            original_seq_len=scaling.int("original_max_position_embeddings", minimum=1),
+            low_freq_factor=scaling.number("low_freq_factor"),
+            high_freq_factor=scaling.number("high_freq_factor"),
+        )
+        scaling.finish()
         return out
     mscale = scaling.number("mscale", 1.0)
     mscale_all_dim = scaling.number("mscale_all_dim", mscale)

@@ -49,13 +49,16 @@ def make_norm(dim: int, args: ModelArgs) -> nn.Module:
 def precompute_freqs_cis(args: ModelArgs) -> torch.Tensor:
     """Complex rotations e^{i*pos*freq} for every position and frequency: [max_seq_len, rope_dim/2].
 
-    With YaRN (max_seq_len > original_seq_len) low frequencies are interpolated by `rope_factor`,
+    With Llama 3.1's scaling (rope_scaling "llama3") see `llama3_scaled`. With YaRN (max_seq_len >
+    original_seq_len) low frequencies are interpolated by `rope_factor`,
     high frequencies are kept, and a linear ramp between `beta_fast` and `beta_slow` rotations
     blends the two, as in DeepSeek's reference.
     """
     dim, base = args.rope_dim, args.rope_theta
     freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-    if args.uses_yarn:
+    if args.rope_scaling == "llama3":
+        freqs = llama3_scaled(freqs, args)
+    elif args.uses_yarn:
 
         def correction_dim(rotations: float) -> float:
             return (
@@ -75,6 +78,19 @@ def precompute_freqs_cis(args: ModelArgs) -> torch.Tensor:
         freqs = freqs / args.rope_factor * (1 - smooth) + freqs * smooth
     angles = torch.outer(torch.arange(args.max_seq_len, dtype=torch.float32), freqs)
     return torch.polar(torch.ones_like(angles), angles)
+
+
+def llama3_scaled(freqs: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    """Llama 3.1's RoPE scaling: a frequency whose wavelength 2 pi / f exceeds original_seq_len /
+    low_freq_factor is divided by rope_factor, one under original_seq_len / high_freq_factor is
+    kept, and in between the two are blended by how many turns it makes in original_seq_len."""
+    wavelen = 2 * math.pi / freqs
+    turns = args.original_seq_len / wavelen
+    smooth = (turns - args.low_freq_factor) / (args.high_freq_factor - args.low_freq_factor)
+    blended = (1 - smooth) * freqs / args.rope_factor + smooth * freqs
+    long = wavelen > args.original_seq_len / args.low_freq_factor
+    short = wavelen < args.original_seq_len / args.high_freq_factor
+    return torch.where(long, freqs / args.rope_factor, torch.where(short, freqs, blended))
 
 
 def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
