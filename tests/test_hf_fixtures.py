@@ -1,4 +1,4 @@
-"""Real published configs (tests/fixtures/hf_configs, sources in SOURCE.md): dsim reads each, and
+"""Real published configs (dsim/data/hf_configs, sources in SOURCE.md): dsim reads each, and
 the parameter count of dsim.model built from it equals transformers' count for the same config,
 both models built on the meta device (no memory, no time)."""
 
@@ -13,7 +13,7 @@ from dsim.config import ModelArgs, preset
 from dsim.hf import hf_config
 from dsim.model import Transformer
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
+FIXTURES = Path(__file__).resolve().parents[1] / "dsim" / "data" / "hf_configs"
 HF_FIXTURES = [
     "gpt-oss-20b",
     "qwen3-30b-a3b",
