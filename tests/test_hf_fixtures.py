@@ -14,7 +14,14 @@ from dsim.hf import hf_config
 from dsim.model import Transformer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
-HF_FIXTURES = ["gpt-oss-20b", "qwen3-30b-a3b", "mistral-7b-instruct-v0.1", "llama-2-7b-chat"]
+HF_FIXTURES = [
+    "gpt-oss-20b",
+    "qwen3-30b-a3b",
+    "mistral-7b-instruct-v0.1",
+    "llama-2-7b-chat",
+    "mixtral-8x7b-v0.1",
+    "qwen2-57b-a14b",
+]
 NATIVE_FIXTURES = [
     "config_16B",
     "config_236B",
