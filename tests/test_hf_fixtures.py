@@ -22,6 +22,8 @@ HF_FIXTURES = [
     "mixtral-8x7b-v0.1",
     "qwen2-57b-a14b",
 ]
+# published with num_nextn_predict_layers >= 1: dsim builds the MTP modules, transformers does not
+MTP_FIXTURES = ["deepseek-v3-hf"]
 NATIVE_FIXTURES = [
     "config_16B",
     "config_236B",
@@ -51,6 +53,21 @@ def test_published_config_params_equal_transformers(name):
     model_type = hf.pop("model_type")
     hf.pop("quantization_config", None)  # storage format: transformers would quantize on load
     assert dsim_params(args) == hf_params(model_type, hf)
+
+
+@pytest.mark.parametrize("name", MTP_FIXTURES)
+def test_published_config_params_differ_by_exactly_the_mtp_modules(name):
+    """Configs that publish MTP modules (num_nextn_predict_layers): dsim builds them, transformers
+    does not, so the counts differ by exactly the MTP modules' parameters."""
+    cfg = json.loads((FIXTURES / f"{name}.json").read_text())
+    args = ModelArgs.from_hf_config(FIXTURES / f"{name}.json")
+    assert args.n_mtp_layers == cfg["num_nextn_predict_layers"] >= 1
+    with torch.device("meta"):
+        mtp = sum(p.numel() for p in Transformer(args).mtp.parameters())
+    hf = dict(cfg)
+    model_type = hf.pop("model_type")
+    hf.pop("quantization_config", None)  # storage format: transformers would quantize on load
+    assert mtp > 0 and dsim_params(args) - hf_params(model_type, hf) == mtp
 
 
 @pytest.mark.parametrize("name", NATIVE_FIXTURES)
