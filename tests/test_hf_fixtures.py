@@ -21,6 +21,7 @@ HF_FIXTURES = [
     "llama-2-7b-chat",
     "mixtral-8x7b-v0.1",
     "qwen2-57b-a14b",
+    "gpt-oss-120b",
 ]
 # published with num_nextn_predict_layers >= 1: dsim builds the MTP modules, transformers does not
 MTP_FIXTURES = ["deepseek-v3-hf"]
@@ -101,9 +102,10 @@ def test_native_v3_reads_like_the_hf_config():
     assert native.replace(**same) == v3
 
 
-def test_llama3_rope_scaling_is_refused_by_name():
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "llama-3.1-70b-instruct"])
+def test_llama3_rope_scaling_is_refused_by_name(name):
     with pytest.raises(ValueError, match="rope_type = 'llama3' is not supported"):
-        ModelArgs.from_hf_config(FIXTURES / "llama-3.1-8b.json")
+        ModelArgs.from_hf_config(FIXTURES / f"{name}.json")
 
 
 @pytest.mark.parametrize("family", ["glm4_moe", "deepseek_v32"])
