@@ -22,9 +22,11 @@ HF_FIXTURES = [
     "mixtral-8x7b-v0.1",
     "qwen2-57b-a14b",
     "gpt-oss-120b",
+    "qwen3-235b-a22b",
+    "kimi-k2-instruct",
 ]
 # published with num_nextn_predict_layers >= 1: dsim builds the MTP modules, transformers does not
-MTP_FIXTURES = ["deepseek-v3-hf"]
+MTP_FIXTURES = ["deepseek-v3", "deepseek-r1", "deepseek-v3.2"]
 NATIVE_FIXTURES = [
     "config_16B",
     "config_236B",
@@ -39,7 +41,13 @@ def dsim_params(args: ModelArgs) -> int:
         return sum(p.numel() for p in Transformer(args).parameters())
 
 
+# Kimi-K2 publishes model_type kimi_k2 with architectures DeepseekV3ForCausalLM; transformers has no
+# kimi_k2 type, and Moonshot's deployment guide names deepseek_v3 as the type to run it as.
+TRANSFORMERS_TYPE = {"kimi_k2": "deepseek_v3"}
+
+
 def hf_params(model_type: str, cfg: dict) -> int:
+    model_type = TRANSFORMERS_TYPE.get(model_type, model_type)
     config = transformers.AutoConfig.for_model(model_type, **cfg)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
