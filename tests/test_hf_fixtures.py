@@ -26,7 +26,7 @@ HF_FIXTURES = [
     "kimi-k2-instruct",
 ]
 # published with num_nextn_predict_layers >= 1: dsim builds the MTP modules, transformers does not
-MTP_FIXTURES = ["deepseek-v3", "deepseek-r1", "deepseek-v3.2"]
+MTP_FIXTURES = ["deepseek-v3", "deepseek-r1", "deepseek-v3.2", "glm-4.5-air"]
 NATIVE_FIXTURES = [
     "config_16B",
     "config_236B",
