@@ -49,7 +49,8 @@ def validate_core(args: Any, need: Callable[[bool, str, str], None]) -> None:
         v = getattr(args, name)
         ok = _is_real(v) and (v > low if strict else v >= low)
         need(ok, name, f"a finite number {'>' if strict else '>='} {low}{note}")
-    need(args.beta_fast > args.beta_slow, "beta_slow", f"< beta_fast={args.beta_fast}")
+    # equal bounds are a step, not a ramp (Kimi-K2 publishes beta_fast = beta_slow = 1)
+    need(args.beta_fast >= args.beta_slow, "beta_slow", f"<= beta_fast={args.beta_fast}")
     need(
         args.n_dense_layers <= args.n_layers,
         "n_dense_layers",

@@ -175,7 +175,7 @@ def test_scaled_down_keeps_structure():
         ("route_norm", 1, "None, True or False"),
         ("dim", True, "integer >= 1"),
         ("n_expert_groups", True, "integer >= 0"),
-        ("beta_slow", 40, "< beta_fast=32"),
+        ("beta_slow", 40, "<= beta_fast=32"),
         ("route_scale", "2.5", "finite number > 0"),
         ("norm_eps", "1e-6", "finite number > 0"),
         ("dim", "64", "integer >= 1"),

@@ -20,7 +20,15 @@ HF_FIXTURES = [
     "mistral-7b-instruct-v0.1",
     "llama-2-7b-chat",
     "llama-3.1-8b",
+    "llama-3.1-70b-instruct",
+    "mixtral-8x7b-v0.1",
+    "qwen2-57b-a14b",
+    "gpt-oss-120b",
+    "qwen3-235b-a22b",
+    "kimi-k2-instruct",
 ]
+# published with num_nextn_predict_layers >= 1: dsim builds the MTP modules, transformers does not
+MTP_FIXTURES = ["deepseek-v3", "deepseek-r1", "deepseek-v3.2", "glm-4.5-air"]
 NATIVE_FIXTURES = [
     "config_16B",
     "config_236B",
@@ -35,7 +43,13 @@ def dsim_params(args: ModelArgs) -> int:
         return sum(p.numel() for p in Transformer(args).parameters())
 
 
+# Kimi-K2 publishes model_type kimi_k2 with architectures DeepseekV3ForCausalLM; transformers has no
+# kimi_k2 type, and Moonshot's deployment guide names deepseek_v3 as the type to run it as.
+TRANSFORMERS_TYPE = {"kimi_k2": "deepseek_v3"}
+
+
 def hf_params(model_type: str, cfg: dict) -> int:
+    model_type = TRANSFORMERS_TYPE.get(model_type, model_type)
     config = transformers.AutoConfig.for_model(model_type, **cfg)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
@@ -50,6 +64,21 @@ def test_published_config_params_equal_transformers(name):
     model_type = hf.pop("model_type")
     hf.pop("quantization_config", None)  # storage format: transformers would quantize on load
     assert dsim_params(args) == hf_params(model_type, hf)
+
+
+@pytest.mark.parametrize("name", MTP_FIXTURES)
+def test_published_config_params_differ_by_exactly_the_mtp_modules(name):
+    """Configs that publish MTP modules (num_nextn_predict_layers): dsim builds them, transformers
+    does not, so the counts differ by exactly the MTP modules' parameters."""
+    cfg = json.loads((FIXTURES / f"{name}.json").read_text())
+    args = ModelArgs.from_hf_config(FIXTURES / f"{name}.json")
+    assert args.n_mtp_layers == cfg["num_nextn_predict_layers"] >= 1
+    with torch.device("meta"):
+        mtp = sum(p.numel() for p in Transformer(args).mtp.parameters())
+    hf = dict(cfg)
+    model_type = hf.pop("model_type")
+    hf.pop("quantization_config", None)  # storage format: transformers would quantize on load
+    assert mtp > 0 and dsim_params(args) - hf_params(model_type, hf) == mtp
 
 
 @pytest.mark.parametrize("name", NATIVE_FIXTURES)
@@ -83,8 +112,9 @@ def test_native_v3_reads_like_the_hf_config():
     assert native.replace(**same) == v3
 
 
-def test_llama31_reads_with_its_rope_scaling():
-    args = ModelArgs.from_hf_config(FIXTURES / "llama-3.1-8b.json")
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "llama-3.1-70b-instruct"])
+def test_llama31_reads_with_its_rope_scaling(name):
+    args = ModelArgs.from_hf_config(FIXTURES / f"{name}.json")
     assert args.rope_scaling == "llama3" and not args.uses_yarn
     assert (args.rope_factor, args.original_seq_len) == (8.0, 8192)
     assert (args.low_freq_factor, args.high_freq_factor) == (1.0, 4.0)
