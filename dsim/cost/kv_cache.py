@@ -30,6 +30,7 @@ def kv_cache_layer_elements(
     MLA naive: decompressed keys and values per head, n_heads (qk_head_dim + v_head_dim).
     DeepSeek-V3.2 adds its indexer's key, index_head_dim per token.
     """
+    # ANCHOR: kv_layer
     impl = impl or "absorb"
     if impl not in ("naive", "absorb"):
         raise ValueError(f"impl must be 'naive', 'absorb' or None, got {impl!r}")
@@ -44,6 +45,7 @@ def kv_cache_layer_elements(
         return (per_token + args.index_head_dim * args.has_indexer) * seq_len
     tokens = min(seq_len, args.sliding_window) if layer_id in args.window_layers else seq_len
     return 2 * args.kv_heads * args.head_size * tokens
+    # ANCHOR_END: kv_layer
 
 
 def kv_cache_elements(
