@@ -40,6 +40,7 @@ ZOO = {
     "Qwen3-235B-A22B": ("qwen3-235b-a22b", "bf16"),
     "Qwen3-30B-A3B": ("qwen3-30b-a3b", "bf16"),
     "Qwen2-57B-A14B": ("qwen2-57b-a14b", "bf16"),
+    "OLMoE-1B-7B": ("olmoe-1b-7b-0125-instruct", "bf16"),
     "GLM-4.5-Air": ("glm-4.5-air", "bf16"),
     "gpt-oss-120b": ("gpt-oss-120b", "mxfp4"),
     "gpt-oss-20b": ("gpt-oss-20b", "mxfp4"),

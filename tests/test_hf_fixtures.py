@@ -26,6 +26,7 @@ HF_FIXTURES = [
     "gpt-oss-120b",
     "qwen3-235b-a22b",
     "kimi-k2-instruct",
+    "olmoe-1b-7b-0125-instruct",
 ]
 # published with num_nextn_predict_layers >= 1: dsim builds the MTP modules, transformers does not
 MTP_FIXTURES = ["deepseek-v3", "deepseek-r1", "deepseek-v3.2", "glm-4.5-air"]
