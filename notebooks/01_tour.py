@@ -16,9 +16,10 @@
 
 # %%
 # %matplotlib inline
-import matplotlib
 
-matplotlib.rcParams["figure.dpi"] = 80
+from dsim import viz
+
+viz.setup()
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
@@ -94,7 +95,10 @@ ax.set_xlabel("step")
 ax.set_ylabel("bits per byte")
 ax.legend()
 ax.set_title("tiny MoE on the standard library")
-plt.show()
+viz.show(
+    fig,
+    "Training loss of the tiny MoE on the Python standard library, in bits per byte per step; dashed: the unigram entropy, the best loss without context.",
+)
 
 # %% [markdown]
 # ## Stored versus computed: total and activated parameters
@@ -128,8 +132,10 @@ ax.set_xticks(x, [r[0] for r in rows], rotation=15)
 ax.set_yscale("log")
 ax.set_ylabel("parameters (billions)")
 ax.legend()
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "Total and activated-per-token parameters of each preset, in billions on a log scale: a token uses a few percent of an MoE's weights.",
+)
 
 
 # %% [markdown]
@@ -165,3 +171,15 @@ show("deepseek-v3", 16)
 top_k = widgets.IntSlider(value=8, min=1, max=16, description="top-k")
 choice = widgets.Dropdown(options=preset_names()[1:], value="deepseek-v3", description="preset")
 display(widgets.interactive(show, model_name=choice, top_k=top_k))
+
+# %% [markdown]
+# The slider's values as a table, for readers of the static page (DeepSeek-V3):
+
+# %% tags=["anchor:topk-table"]
+v3 = preset("deepseek-v3")
+rows = []
+for k in (1, 2, 4, 8, 16):
+    p = params(v3.replace(n_activated_experts=k))
+    rows.append((k, p.total_no_mtp / 1e9, p.active / 1e9, p.active / p.total_no_mtp))
+fmt = {"total (B)": "{:.1f}", "activated (B)": "{:.2f}", "share": "{:.1%}"}
+viz.table(rows, ["top-k", "total (B)", "activated (B)", "share"], fmt=fmt)

@@ -15,6 +15,7 @@ from IPython.display import display
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dsim import viz
 from dsim.config import PUBLISHED_PARAMS, preset, preset_names, scaled_down
 from dsim.cost import flops, params
 from dsim.cost.flops import KINDS, counter_mapping, megatron_flops, sdpa_kernel, six_nd
@@ -25,7 +26,8 @@ from dsim.model import Transformer
 torch.manual_seed(0)
 np.random.seed(0)
 torch.set_num_threads(1)
-plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (8, 4), "svg.hashsalt": "dsim"})
+viz.setup()
+answer = viz.Answers(chapter=2)
 v3 = preset("deepseek-v3")
 G = 1e9
 
@@ -46,12 +48,10 @@ print(f"main model (no MTP):           {p.total_no_mtp / G:8.2f} B")
 print(f"MTP module (unique):           {p.mtp / G:8.2f} B")
 print(f"activated per token, no embedding table: {p.active_no_embedding / G:.2f} B")
 print(f"activated per token, with it:            {p.active / G:.2f} B")
-print(
-    f"Answer 2.1: a token uses {p.active_no_embedding / p.total_no_mtp:.1%} of the main model's parameters"
+answer(
+    1, f"a token uses {p.active_no_embedding / p.total_no_mtp:.1%} of the main model's parameters"
 )
-print(
-    f"Answer 2.2: routed experts hold {p.breakdown['routed_experts'] / p.total_no_mtp:.1%} of them"
-)
+answer(2, f"routed experts hold {p.breakdown['routed_experts'] / p.total_no_mtp:.1%} of them")
 
 # %%
 fig, ax = plt.subplots()
@@ -69,8 +69,10 @@ ax.set_xlabel("parameters (billions, log scale)")
 ax.set_title("DeepSeek-V3: parameters by component")
 ax.invert_yaxis()
 ax.legend()
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "DeepSeek-V3's parameters by component, total and activated per token (log scale): the routed experts hold nearly all of them, and a token uses 8 of the 256.",
+)
 
 # %% [markdown]
 # ## 2. Published totals, and the convention that reproduces each
@@ -110,12 +112,14 @@ print(
     + "".join(f"{f.total_causal / f.tokens / G:10.2f}" for f in steps.values())
 )
 train = steps["train"]
-print(
-    f"Answer 2.3: training costs {train.total_causal / train.tokens / 1e12:.2f} TFLOPs per token (causal), "
-    f"{train.breakdown_causal['attn_core'] / train.total_causal:.1%} of it in the attention core"
+answer(
+    3,
+    f"training costs {train.total_causal / train.tokens / 1e12:.2f} TFLOPs per token (causal), "
+    f"{train.breakdown_causal['attn_core'] / train.total_causal:.1%} of it in the attention core",
 )
-print(
-    f"Answer 2.5: with a causal kernel a decode token costs {steps['decode'].total_causal / (steps['prefill'].total_causal / S):.2f}x an average prefill token"
+answer(
+    5,
+    f"with a causal kernel a decode token costs {steps['decode'].total_causal / (steps['prefill'].total_causal / S):.2f}x an average prefill token",
 )
 
 # %%
@@ -128,8 +132,10 @@ for k in KINDS:
 ax.set_ylabel("GFLOPs per token")
 ax.set_title(f"DeepSeek-V3, context {S}: FLOPs per token by operation")
 ax.legend(fontsize=8, ncol=2)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "FLOPs per token of DeepSeek-V3 at a 4096-token context, by operation, for a training step, a prefill and a decode step (attention core charged as PyTorch's counter charges it).",
+)
 
 # %% [markdown]
 # MLA's two forms compute the same attention. Per cached key and head, the naive form multiplies
@@ -146,8 +152,9 @@ print(f"FLOPs per (query, key) pair and head: naive {naive_pair}, absorbed {abso
 print(
     f"decode step at context {S}: naive {naive.total / G:.1f} GFLOPs, absorbed {absorbed.total / G:.1f} GFLOPs"
 )
-print(
-    f"Answer 2.6: the absorbed form does {absorb_pair / naive_pair:.1f}x the attention-core FLOPs of the naive form"
+answer(
+    6,
+    f"the absorbed form does {absorb_pair / naive_pair:.1f}x the attention-core FLOPs of the naive form",
 )
 
 # %% [markdown]
@@ -221,8 +228,10 @@ ax.set_xlabel("sequence length")
 ax.set_ylabel("share of training FLOPs 6ND misses (causal count)")
 ax.set_title("6 N D against the exact count")
 ax.legend()
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "Share of the training FLOPs that 6 N D leaves out, against the sequence length (causal counts): negligible for short contexts, a large part of the work for long ones.",
+)
 a = preset("deepseek-v3", n_mtp_layers=0)
 print(
     "DeepSeek-V3 without MTP, causal counts. 6ND against a flash kernel (backward recomputes QK^T);"
@@ -244,8 +253,9 @@ core = lambda s: flops(a, batch=1, seq_len=s, mode="train").breakdown_causal["at
 s = 512
 while core(s) < weights(s):
     s *= 2
-print(
-    f"Answer 2.4: the causal attention core first outweighs all weight matmuls between {s // 2} and {s} tokens"
+answer(
+    4,
+    f"the causal attention core first outweighs all weight matmuls between {s // 2} and {s} tokens",
 )
 
 
@@ -308,6 +318,28 @@ ui = widgets.interactive(
 )
 display(widgets.VBox([widgets.HBox(ui.children[:-1]), summary, image]))
 
-# %%
-html, fig = per_token_view()
-plt.show()
+# %% [markdown]
+# The widget's seq_len control as small multiples, for readers of the static page: DeepSeek-V3's
+# training FLOPs per token by operation at four context lengths.
+
+
+# %% tags=["anchor:multiples"]
+def panel(ax, seq_len):
+    f = flops(v3, batch=1, seq_len=seq_len, mode="train")
+    ax.barh(list(KINDS)[::-1], [f.breakdown[k] / f.tokens / G for k in KINDS][::-1])
+    ax.set_xlabel("GFLOPs per token")
+
+
+fig = viz.small_multiples(panel, [1024, 4096, 16384, 65536], ncols=2, title="context {}")
+viz.show(
+    fig,
+    "DeepSeek-V3's training GFLOPs per token by operation at four context lengths (the "
+    "widget's seq_len): only the attention core grows with the context.",
+)
+
+
+# %% [markdown]
+# ## The answers, collected
+
+# %% tags=["anchor:answers", "remove-input"]
+answer

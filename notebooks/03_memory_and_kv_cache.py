@@ -29,7 +29,10 @@ from dsim.model import Block, precompute_freqs_cis
 torch.manual_seed(0)
 np.random.seed(0)
 torch.set_num_threads(1)
-plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (8, 4), "svg.hashsalt": "dsim"})
+from dsim import viz
+
+viz.setup()
+answer = viz.Answers(chapter=3)
 GiB, MiB = 2**30, 2**20
 v3 = preset("deepseek-v3")
 
@@ -49,9 +52,7 @@ for f, g in formats.items():
     b = bytes_per_param(f, g)
     print(f"{f:6s} {str(g or '-'):>6s} {b:12.4f} {main * b / GiB:26.1f}")
 fp8 = main * bytes_per_param("fp8", 128 * 128)
-print(
-    f"Answer 3.1: in fp8 the weights alone need at least {int(np.ceil(fp8 / (80 * 1e9)))} GPUs of 80 GB"
-)
+answer(1, f"in fp8 the weights alone need at least {int(np.ceil(fp8 / (80 * 1e9)))} GPUs of 80 GB")
 
 # %% [markdown]
 # ## 2. Training memory per GPU as the layout changes
@@ -100,10 +101,10 @@ for name, m in estimates.items():
     g = m.gib()
     print(f"{name:34s}" + "".join(f"{g[k]:12.2f}" for k in kinds + ["total"]) + f"  {m.stage:5d}")
 fits = [name for name, m in estimates.items() if m.total < 80e9]
-print("Answer 3.2: fit in 80 GB:", ", ".join(fits) if fits else "none")
+answer(2, "fit in 80 GB: " + (", ".join(fits) if fits else "none"))
 
 # %%
-fig, ax = plt.subplots(figsize=(8, 4))
+fig, ax = plt.subplots(figsize=(7.3, 4))
 left = np.zeros(len(estimates))
 for k in kinds:
     vals = np.array([getattr(m, k) / GiB for m in estimates.values()])
@@ -114,8 +115,10 @@ ax.invert_yaxis()
 ax.set_xlabel("GiB on the busiest GPU")
 ax.set_title("DeepSeek-V3 training memory per GPU")
 ax.legend(fontsize=8)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "DeepSeek-V3 training memory on the busiest GPU, by kind, for each parallel layout and recomputation setting.",
+)
 
 # %% [markdown]
 # ## 3. Activations of one layer, item by item
@@ -133,13 +136,17 @@ for r in ("none", "selective", "full"):
     print(
         f"recompute={r:9s} {layer_activation_bytes(v3, v3.n_dense_layers, 1, 4096, recompute=r) / MiB:9.1f} MiB per layer"
     )
-print(
-    "Answer 3.3: bytes kept per token and layer, in units of dim (Korthikanti's dense GPT layer: 34, plus 5 a s / h):"
+per_dim = {
+    name: layer_activation_bytes(preset(name), preset(name).n_layers - 1, 1, 4096)
+    / 4096
+    / preset(name).dim
+    for name in preset_names()[1:]
+}
+answer(
+    3,
+    "bytes kept per token and layer, in units of dim (Korthikanti's dense GPT layer: 34, plus 5 a s / h): "
+    + ", ".join(f"{name} {v:.1f}" for name, v in per_dim.items()),
 )
-for name in preset_names()[1:]:
-    a = preset(name)
-    moe = a.n_layers - 1
-    print(f"  {name:18s} {layer_activation_bytes(a, moe, 1, 4096) / 4096 / a.dim:6.1f}")
 
 # %% [markdown]
 # The formula against the real model: a scaled-down DeepSeek-V3 block on this CPU, counting the storages
@@ -266,8 +273,10 @@ ax.set_yscale("log")
 ax.set_ylabel("KiB per token (bf16, all layers)")
 ax.set_title("KV cache per token")
 ax.legend(fontsize=8)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "KV cache per token of each preset (bf16, all layers): MLA caches a latent, GQA and MHA cache full keys and values.",
+)
 
 # %% [markdown]
 # ## 5. The arithmetic behind DeepSeek-V2's 93.3%
@@ -299,9 +308,10 @@ v2 = preset("deepseek-v2")
 e67, ev2 = kv_cache_elements_per_token(ds67b), kv_cache_elements_per_token(v2)
 print(f"DeepSeek 67B: 2 x 8 x 128 x 95 = {e67:,d} elements per token")
 print(f"DeepSeek-V2:  (512 + 64) x 60  = {ev2:,d} elements per token")
-print(
-    f"Answer 3.4: in elements V2 saves {1 - ev2 / e67:.1%}; at 6 bits against 16 bits it saves "
-    f"{1 - kv_cache_bytes_per_token(v2, dtype=6) / kv_cache_bytes_per_token(ds67b, 'bf16'):.1%}"
+answer(
+    4,
+    f"in elements V2 saves {1 - ev2 / e67:.1%}; at 6 bits against 16 bits it saves "
+    f"{1 - kv_cache_bytes_per_token(v2, dtype=6) / kv_cache_bytes_per_token(ds67b, 'bf16'):.1%}",
 )
 small_mla = preset("deepseek-v2-lite")
 large_mla = v2
@@ -344,14 +354,16 @@ ax.set_xlabel("context length per sequence")
 ax.set_ylabel("GiB per GPU")
 ax.set_title("DeepSeek-V3 serving, TP8, batch 32")
 ax.legend(fontsize=8, loc="upper left")
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "DeepSeek-V3 served with TP8 at batch 32: memory per GPU against the context length per sequence, weights and KV cache.",
+)
 print(
     f"weights per GPU: {serve[0].weights / 1e9:.1f} GB; KV cache per GPU per 1K tokens of context: "
     f"{serve[0].kv_cache / contexts[0] * 1024 / 1e9:.2f} GB"
 )
 longest = max((c for c, m in zip(contexts, serve) if m.total < 141e9), default=None)
-print("Answer 3.5: the longest context (power of two) that fits a 141 GB GPU at batch 32:", longest)
+answer(5, f"the longest context (power of two) that fits a 141 GB GPU at batch 32: {longest}")
 
 
 # %% [markdown]
@@ -405,3 +417,10 @@ display(widgets.VBox([widgets.HBox(ui.children[:4]), widgets.HBox(ui.children[4:
 import re
 
 print(re.sub(r"<[^>]+>", " ", layout_view()).replace("  ", " ").strip())
+
+
+# %% [markdown]
+# ## The answers, collected
+
+# %% tags=["anchor:answers", "remove-input"]
+answer

@@ -26,9 +26,9 @@
 import json
 from pathlib import Path
 
-import matplotlib
+from dsim import viz
 
-matplotlib.rcParams["figure.dpi"] = 80
+viz.setup()
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
@@ -118,7 +118,7 @@ def heatmap(ax, run, title=None, vmax=0.5, xlabel=True):
     return im
 
 
-fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+fig, axes = plt.subplots(1, 3, figsize=(7.3, 3))
 for gate in ("softmax", "sigmoid"):
     axes[0].plot(smooth(RUNS[f"{gate}/none"]["imbalance"]), label=f"{gate} gate")
 axes[0].axhline(E / K, color="gray", ls="--", lw=1)
@@ -130,7 +130,10 @@ axes[0].set_title("no balancing (10-step mean)", fontsize=9)
 for ax, gate in zip(axes[1:], ("softmax", "sigmoid")):
     im = heatmap(ax, RUNS[f"{gate}/none"], f"{gate} gate, no balancing: share of the load")
 fig.colorbar(im, ax=axes[1:], fraction=0.03)
-plt.show()
+viz.show(
+    fig,
+    "Without balancing the router collapses: imbalance (busiest expert over the mean) during training for both gates (left; dashed: all tokens on K experts, dotted: perfect balance), and each expert's share of the load over time (right).",
+)
 
 # %% [markdown]
 # ## 2. Four repairs, side by side
@@ -167,7 +170,7 @@ print(
 )
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(12, 3.2), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(7.3, 3.2), sharey=True)
 for ax, gate in zip(axes, ("softmax", "sigmoid")):
     for m in METHOD_ORDER:
         ax.plot(
@@ -179,14 +182,20 @@ for ax, gate in zip(axes, ("softmax", "sigmoid")):
 axes[0].set_ylabel("imbalance")
 handles, labels = axes[0].get_legend_handles_labels()
 fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.22))
-plt.show()
+viz.show(
+    fig,
+    "Imbalance during training for each balancing method, softmax gate (left) and sigmoid gate (right); dotted: the imbalance of a random router.",
+)
 
-fig, axes = plt.subplots(2, 6, figsize=(15, 5), sharex=True, sharey=True)
-for row, gate in zip(axes, ("softmax", "sigmoid")):
-    for ax, m in zip(row, METHOD_ORDER):
-        im = heatmap(ax, RUNS[f"{gate}/{m}"], f"{gate}: {m}", xlabel=gate == "sigmoid")
+fig, axes = plt.subplots(4, 3, figsize=(7.3, 7.2), sharex=True, sharey=True)
+cases = [(gate, m) for gate in ("softmax", "sigmoid") for m in METHOD_ORDER]
+for i, (ax, (gate, m)) in enumerate(zip(axes.flat, cases)):
+    im = heatmap(ax, RUNS[f"{gate}/{m}"], f"{gate}: {m}", xlabel=i >= 9)
 fig.colorbar(im, ax=axes, fraction=0.02)
-plt.show()
+viz.show(
+    fig,
+    "Each expert's share of the load during training, for every gate (rows) and balancing method (columns).",
+)
 
 # %% [markdown]
 # ## 3. The bias update and the scale of $\gamma$
@@ -201,7 +210,7 @@ plt.show()
 # little underloaded at any step, a few are overloaded).
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(15, 3), sharey=True)
+fig, axes = plt.subplots(1, 4, figsize=(7.3, 3), sharey=True)
 for ax, name in zip(
     axes, ["softmax/bias_paper", "softmax/bias_fast", "sigmoid/bias_paper", "sigmoid/bias_fast"]
 ):
@@ -213,7 +222,10 @@ for ax, name in zip(
     )
     ax.set_xlabel("step")
 axes[0].set_ylabel("gate bias per expert")
-plt.show()
+viz.show(
+    fig,
+    "The gate bias of each expert during training under the bias update, at the paper's gamma and a 10x faster one, for both gates.",
+)
 
 n = SETUP["steps"]
 for gate in ("softmax", "sigmoid"):
@@ -265,7 +277,10 @@ ax.set_xlabel("step")
 ax.set_ylabel("imbalance")
 ax.legend()
 ax.set_title("live run, sigmoid gate", fontsize=9)
-plt.show()
+viz.show(
+    fig,
+    "A live run with the sigmoid gate: imbalance per step for several bias update speeds gamma.",
+)
 
 
 # %% [markdown]
@@ -281,7 +296,7 @@ def show_live(gate="sigmoid", gamma=0.01):
         f"{gate}, gamma={gamma}: imbalance over the last 20 steps {g3(np.mean(h.imbalance[-20:]))}, "
         f"train loss {g3(np.mean(h.bits_per_byte[-20:]))} bits/byte"
     )
-    fig, axes = plt.subplots(1, 2, figsize=(10, 2.6))
+    fig, axes = plt.subplots(1, 2, figsize=(7.3, 2.6))
     axes[0].plot(h.imbalance)
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("imbalance")
@@ -295,7 +310,10 @@ def show_live(gate="sigmoid", gamma=0.01):
     )
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("expert")
-    plt.show()
+    viz.show(
+        fig,
+        "A live run with the chosen gate and gamma: imbalance per step (left) and each expert's share of the load (right).",
+    )
 
 
 display(
@@ -368,13 +386,16 @@ def show_run(gate="sigmoid", method="bias update", gamma="0.01 (10x paper)"):
         f"{gate} gate, {r['label']}: imbalance {g3(f['imbalance'])}, entropy {g3(f['entropy'])}, "
         f"held-out {g3(f['val_bpb'])} bits/byte"
     )
-    fig, axes = plt.subplots(1, 2, figsize=(11, 2.8))
+    fig, axes = plt.subplots(1, 2, figsize=(7.3, 2.8))
     axes[0].plot(smooth(r["imbalance"]))
     axes[0].set_ylim(0.8, E / K + 0.5)
     axes[0].set_xlabel("step")
     axes[0].set_ylabel("imbalance (10-step mean)")
     heatmap(axes[1], r)
-    plt.show()
+    viz.show(
+        fig,
+        "A committed run with the chosen gate and balancing: imbalance (left) and each expert's share of the load (right).",
+    )
 
 
 display(
@@ -416,7 +437,7 @@ for m in ("none", "bias_fast"):
         f"groups, {m:9}: expert imbalance {g3(f['imbalance'])}, group imbalance {g3(f['group_imbalance'])} "
         f"(max 2), held-out {g3(f['val_bpb'])} bits/byte"
     )
-fig, axes = plt.subplots(1, 3, figsize=(14, 3))
+fig, axes = plt.subplots(1, 3, figsize=(7.3, 3))
 for m in ("none", "bias_fast"):
     axes[0].plot(smooth(RUNS[f"sigmoid/groups/{m}"]["group_imbalance"]), label=m)
 axes[0].set_xlabel("step")
@@ -426,7 +447,10 @@ for ax, m in zip(axes[1:], ("none", "bias_fast")):
     heatmap(ax, RUNS[f"sigmoid/groups/{m}"], f"4 groups, 2 allowed: {m}")
     for edge in (3.5, 7.5, 11.5):
         ax.axhline(edge, color="white", lw=0.8)
-plt.show()
+viz.show(
+    fig,
+    "Group-limited routing: imbalance between expert groups during training for each method, and each group's share of the load.",
+)
 
 # %% [markdown]
 # ## 7. Capacity factor and token dropping
@@ -450,7 +474,10 @@ ax.set_xlabel("step")
 ax.set_ylabel("fraction dropped")
 ax.legend()
 ax.set_title("capacity factor 1.0", fontsize=9)
-plt.show()
+viz.show(
+    fig,
+    "Fraction of the (token, expert) assignments dropped at capacity factor 1.0 during training, for each balancing method.",
+)
 
 # %% tags=["nbval-ignore-output"]
 # Which assignments a full expert drops: the lowest scores ("score") or the latest tokens ("position").
@@ -506,7 +533,10 @@ ax.text(switch_step, ax.get_ylim()[1] * 0.97, " lambda 0.3 -> 0.1", fontsize=7, 
 ax.set_xlabel("step")
 ax.set_ylabel("bits per byte (10-step mean)")
 ax.legend(fontsize=8)
-plt.show()
+viz.show(
+    fig,
+    "Multi-token prediction: the main loss (next byte) and the MTP loss (the byte after) during training, next to the main loss of a run without MTP.",
+)
 
 # %% [markdown]
 # The MTP loss can be *lower* than the main loss: to predict token $i+2$ the module sees the true token

@@ -29,9 +29,9 @@
 import json
 from pathlib import Path
 
-import matplotlib
+from dsim import viz
 
-matplotlib.rcParams["figure.dpi"] = 80
+viz.setup()
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
@@ -107,7 +107,7 @@ print("(a Gaussian has kurtosis 3; heavy tails and outliers raise it)")
 assert 2.5 < w_kurt < 4 and w_crest < 6, (w_kurt, w_crest)
 assert h_kurt > 10 and h_crest > 8, (h_kurt, h_crest)
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+fig, axes = plt.subplots(1, 2, figsize=(7.3, 3))
 for ax, (name, t) in zip(axes, (("weight: dense FFN w1", w), ("activation: input of dense w2", h))):
     ax.hist(t.flatten().numpy(), bins=200, color="C0", log=True)
     s = float(t.abs().max()) / 7
@@ -118,8 +118,10 @@ for ax, (name, t) in zip(axes, (("weight: dense FFN w1", w), ("activation: input
     ax.set_ylabel("count (log)")
 axes[0].plot([], [], color="C3", lw=0.5, label="INT4 per-tensor levels")
 axes[0].legend(fontsize=8)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "Histograms of a weight matrix and an activation of the tiny model (log counts), with the levels of per-tensor INT4 marked: one outlier sets the step for all.",
+)
 
 # %% [markdown]
 # The quality of a quantized tensor is its signal-to-quantization-noise ratio,
@@ -208,7 +210,7 @@ for bits in (4, 8):
     assert abs(formula(w, bits) - sqnr(w, roundtrip(w, "INT sym", bits, "tensor"))) < 0.5, bits
 assert sqnr(h, roundtrip(h, "INT sym", 4, "tensor")) > formula(h, 4) + 2
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(7.3, 3), sharey=True)
 labels = [f"{f}\n{b}-bit" for f, b in table]
 for ax, offset, name in ((axes[0], 0, "weight"), (axes[1], 3, "activation")):
     for j, g in enumerate(GROUPS):
@@ -222,8 +224,10 @@ for ax, offset, name in ((axes[0], 0, "weight"), (axes[1], 3, "activation")):
     ax.set_title(name)
 axes[0].set_ylabel("SQNR (dB), higher is better")
 axes[0].legend(fontsize=8)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "Signal-to-quantization-noise ratio of each format and bit width, with one scale per tensor, per row or per 32 inputs (higher is better).",
+)
 
 # %% [markdown]
 # ## FP8 as DeepSeek-V3 does it
@@ -291,7 +295,7 @@ if gpu:
         if "rel_err" in r and r["kernel"] in ("scaled_mm_fast_accum", "scaled_mm"):
             real[(r["dist"], r["kernel"], r["k"])] = r["rel_err"]
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(7.3, 3.4), sharey=True)
 for ax, d in zip(axes, ("normal", "abs_normal")):
     ax.loglog(
         KS,
@@ -318,8 +322,10 @@ for ax, d in zip(axes, ("normal", "abs_normal")):
     ax.set_xlabel("K")
 axes[0].set_ylabel("relative error of C = A B^T")
 axes[0].legend(fontsize=7)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "Relative error of an FP8 matrix product against the inner dimension K, without and with promotion to FP32 every 128 elements (model: lines, measured: crosses).",
+)
 
 print(
     f"{'K':>6}"
@@ -395,8 +401,10 @@ ax.set_xlabel("bytes of the quantized layers (kB, log)")
 ax.set_ylabel("held-out bits per byte")
 ax.legend(fontsize=7, ncol=2)
 ax.set_title("tiny model: accuracy against size")
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "The tiny model's held-out loss against the bytes of its quantized layers, for each quantization scheme.",
+)
 
 # %% [markdown]
 # **Quantization-aware training** uses a *straight-through estimator*. The forward pass sees
@@ -476,7 +484,7 @@ else:
     kernels = ["fp8_tensor", "fp8_tensor_acc", "fp8_rowwise", "fp8_block", "int8"]
     timing = [r for r in gpu["timing"] if r["kernel"] != "*"]
     shapes = list(dict.fromkeys(r["shape"] for r in timing))
-    fig, axes = plt.subplots(1, len(shapes), figsize=(10, 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(shapes), figsize=(7.3, 3.4), sharey=True)
     for ax, shape in zip(np.atleast_1d(axes), shapes):
         sel = [r for r in timing if r["shape"] == shape]
         n, k = sel[0]["n"], sel[0]["k"]
@@ -504,8 +512,10 @@ else:
         ax.set_xlabel("m (tokens)")
     np.atleast_1d(axes)[0].set_ylabel("speed-up over bf16")
     np.atleast_1d(axes)[0].legend(fontsize=7)
-    plt.tight_layout()
-    plt.show()
+    viz.show(
+        fig,
+        "Measured speed-up of FP8 and INT8 GEMMs over bf16 on an H100, for the shapes of DeepSeek-V3's layers, against the number of tokens.",
+    )
     errors = sorted(
         {
             r["error"].split(":")[0] + ": " + r["error"].split(":", 1)[1][:70]
@@ -548,8 +558,7 @@ def show(tensor="activation: input of dense w2 [512, 192]", fmt="INT sym", bits=
     ax.set_xlabel("quantization error")
     ax.set_ylabel("count")
     ax.set_title(tensor, fontsize=9)
-    plt.tight_layout()
-    plt.show()
+    viz.show(fig, "Quantization error of the chosen tensor, format, bit width and group size.")
 
 
 show()
@@ -574,6 +583,30 @@ display(
             options=["tensor", "row", "64", "32", "16", "8"], value="32", description="scale per"
         ),
     )
+)
+
+# %% [markdown]
+# The widget's bits and scale-per controls as small multiples, for readers of the static page.
+
+
+# %% tags=["anchor:multiples"]
+x = TENSORS["activation: input of dense w2 [512, 192]"]
+
+
+def panel(ax, case):
+    bits, group = case
+    ax.hist((roundtrip(x, "INT sym", bits, group) - x).flatten().numpy(), bins=60, color="C1")
+
+
+cases = [(bits, group) for bits in (4, 8) for group in ("tensor", "row", "32")]
+fig = viz.small_multiples(
+    panel, cases, title=lambda c: f"INT{c[0]}, scale per {c[1]}", sharex=False, sharey=False
+)
+viz.show(
+    fig,
+    "Quantization error of a trained activation (input of the dense w2, 512 x 192) "
+    "in symmetric INT4 and INT8, with one scale per tensor, per row or per 32 numbers: "
+    "the finer the scales, the narrower the error.",
 )
 
 # %% [markdown]

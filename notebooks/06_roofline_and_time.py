@@ -22,9 +22,9 @@
 # %matplotlib inline
 from pathlib import Path
 
-import matplotlib
+from dsim import viz
 
-matplotlib.rcParams["figure.dpi"] = 80
+viz.setup()
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
@@ -120,7 +120,10 @@ ax.set_xlabel("arithmetic intensity (FLOP / byte)")
 ax.set_ylabel("TFLOP/s")
 ax.set_title(f"measured ops on the {GPU.name} roofline")
 ax.legend(fontsize=8, loc="lower right")
-plt.show()
+viz.show(
+    fig,
+    "Measured ops on the H100 roofline: each op's throughput against its arithmetic intensity, under the datasheet roofline (dashed) and the fitted achievable one.",
+)
 
 # %% [markdown]
 # Two things stand out. Far right, big GEMMs and MoE layers are compute-bound, yet they stay well below
@@ -142,7 +145,10 @@ ax.set_xlabel("bytes moved")
 ax.set_ylabel("TB/s")
 ax.legend(fontsize=8)
 ax.set_title("memory-bound ops: small ones pay the launch, large ones stream")
-plt.show()
+viz.show(
+    fig,
+    "Memory-bound ops: achieved bandwidth against bytes moved; small ops pay the launch, large ones stream near the fitted bandwidth.",
+)
 one = cal.op_start_s + cal.launch_s
 print(
     f"fitted: a lone kernel costs {one * 1e6:.2f} us before it moves a byte ({cal.op_start_s * 1e6:.2f} us of "
@@ -181,7 +187,10 @@ ax.set_xlabel("measured (s)")
 ax.set_ylabel("predicted (s)")
 ax.legend(fontsize=7, loc="upper left")
 ax.set_title("validation shapes (held out from the fit)")
-plt.show()
+viz.show(
+    fig,
+    "Predicted against measured times on the validation shapes, held out from the fit, with the datasheet roofline for comparison; shaded: within 10% and 25%.",
+)
 summary = tm.error_summary(rows, "kind")
 print(f"{'op kind':14}{'cases':>6}{'median':>9}{'worst':>9}   roofline: {'median':>7}{'worst':>9}")
 for kind, s in summary.items():
@@ -225,7 +234,7 @@ fams = {
     "Mixtral-8x7B (8 experts, top-2)": (4096, 14336, 8, 2),
 }
 tokens = np.unique(np.logspace(5, 15, 41, base=2).astype(int))
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+fig, axes = plt.subplots(1, 2, figsize=(7.3, 3.6))
 for i, (name, (D, I_, E, K)) in enumerate(fams.items()):
     layer = dict(dim=D, moe_inter_dim=I_, n_routed_experts=E, n_activated_experts=K)
     tf = [
@@ -263,8 +272,10 @@ axes[1].set_xlabel("mean rows per expert (T k / E)")
 axes[1].set_ylabel("useful fraction of tile rows")
 axes[1].set_title("tile quantization, 256 experts, random routing")
 axes[1].legend(fontsize=8)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "MoE layer throughput against tokens, model and measurement (left), and the useful fraction of tile rows for 256 experts under random routing (right).",
+)
 
 
 # %%
@@ -302,7 +313,7 @@ for direction, bwd in (("forward", False), ("forward + backward", True)):
         left += t * 1e3
 ax.set_xlabel("ms (model)")
 ax.legend(fontsize=7, loc="lower right")
-plt.show()
+viz.show(fig, "One MoE layer's forward and backward time by kernel group, from the model.")
 
 # %% [markdown]
 # The measurement run also profiled one layer kernel by kernel (`torch.profiler`, in the committed JSON).

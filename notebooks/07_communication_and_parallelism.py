@@ -23,9 +23,9 @@
 import json
 from pathlib import Path
 
-import matplotlib
+from dsim import viz
 
-matplotlib.rcParams["figure.dpi"] = 80
+viz.setup()
 import dataclasses
 
 import ipywidgets as widgets
@@ -128,7 +128,7 @@ for name, n, g in layouts:
 
 # %%
 S = np.logspace(3, 10, 60)
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+fig, axes = plt.subplots(1, 2, figsize=(7.3, 3.6))
 for name, n, g in layouts:
     bw = [
         bus_bandwidth(
@@ -148,8 +148,10 @@ axes[1].set(xlabel="message size S (bytes)", ylabel="time (s)", title="8 x H200,
 for ax in axes:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "The alpha-beta model: bus bandwidth of an all-reduce on H200s against message size (left), and time of each collective on one 8-GPU node (right).",
+)
 
 
 # %% [markdown]
@@ -212,8 +214,10 @@ if nccl:
     )
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "Measured collectives and the fitted model: time per call and bus bandwidth against message size, gloo on this CPU and NCCL on two H200s.",
+)
 
 # %% [markdown]
 # ## Calibrating the model on the NCCL measurements
@@ -422,8 +426,10 @@ ax.set(
 )
 ax.legend(fontsize=7)
 ax.grid(alpha=0.3)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "All-reduce bus bandwidth on 8 x H100 from the scaling book against the model with the H200 constants and with its constant fitted to the book, next to 2 x H200.",
+)
 
 # %% [markdown]
 # ## Expert parallelism, for real
@@ -560,8 +566,10 @@ ax.set(
 ax.set_xticks(ep_sizes, [str(e) for e in ep_sizes])
 ax.legend()
 ax.grid(alpha=0.3)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "Dispatch time of one MoE layer against the expert-parallel size, with tokens sent to any node or to at most 4 nodes.",
+)
 
 # %% [markdown]
 # ## Why DeepSeek limits each token to 4 nodes
@@ -629,8 +637,10 @@ ax.set(
 )
 ax.legend(fontsize=8)
 ax.grid(alpha=0.3)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "Dispatch time against the expected number of nodes a token reaches: the InfiniBand part grows with the nodes, the NVLink part does not.",
+)
 
 # %% [markdown]
 # ## Pipeline bubbles: 1F1B against DualPipe
@@ -667,8 +677,7 @@ ax.set(
 )
 ax.legend()
 ax.grid(alpha=0.3)
-plt.tight_layout()
-plt.show()
+viz.show(fig, "Pipeline bubble of 1F1B and DualPipe against the number of micro-batches per step.")
 
 # %% [markdown]
 # ## What overlap hides
@@ -707,8 +716,10 @@ ax.set(
 )
 ax.legend()
 ax.grid(alpha=0.3)
-plt.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "Dispatch and combine time against expert compute per MoE layer, against tokens per GPU: overlap hides the communication while compute is longer.",
+)
 
 
 # %% [markdown]

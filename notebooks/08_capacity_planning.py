@@ -16,9 +16,11 @@
 
 # %%
 # %matplotlib inline
-import matplotlib
 
-matplotlib.rcParams["figure.dpi"] = 80
+from dsim import viz
+
+viz.setup()
+answer = viz.Answers(chapter=8)
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
@@ -159,13 +161,15 @@ print(
     f"the published 180K GPU-hours per trillion tokens is {tokens_per_gpu_s:,.0f} tokens/s per GPU, "
     f"an MFU of {published_mfu:.1%} of the bf16 peak"
 )
-print(
-    f"Answer 8.1: the stated layout predicts {stated['error']:+.1%} against the published GPU-hours "
-    f"({full['error']:+.1%} with full recomputation)"
+answer(
+    1,
+    f"the stated layout predicts {stated['error']:+.1%} against the published GPU-hours "
+    f"({full['error']:+.1%} with full recomputation)",
 )
-print(
-    f"Answer 8.2: published figures imply {published_mfu:.1%} MFU; dsim predicts {stated['plan'].mfu:.1%} "
-    f"(stated layout) and {full['plan'].mfu:.1%} (full recomputation)"
+answer(
+    2,
+    f"published figures imply {published_mfu:.1%} MFU; dsim predicts {stated['plan'].mfu:.1%} "
+    f"(stated layout) and {full['plan'].mfu:.1%} (full recomputation)",
 )
 
 # %% [markdown]
@@ -219,9 +223,10 @@ rank = next(
     if (p.pp, p.ep, p.schedule, p.dtype) == (16, 64, "dualpipe", "fp8")
 )
 best, ds = res.plans[0], res.plans[rank - 1]
-print(
-    f"Answer 8.3: the planner picks {layout(best)}; DeepSeek's PP16 / EP64 / DualPipe / fp8 first appears at "
-    f"rank {rank} ({layout(ds)}), {ds.step_time_s / best.step_time_s - 1:+.1%} step time"
+answer(
+    3,
+    f"the planner picks {layout(best)}; DeepSeek's PP16 / EP64 / DualPipe / fp8 first appears at "
+    f"rank {rank} ({layout(ds)}), {ds.step_time_s / best.step_time_s - 1:+.1%} step time",
 )
 
 
@@ -255,7 +260,7 @@ for gpu in ("A100", "H100", "H200"):
             sweep[gpu, n] = plan_training(v3_job(gpu, n), top=1).plans[0]
         except ValueError:  # nothing fits
             sweep[gpu, n] = None
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+fig, axes = plt.subplots(1, 3, figsize=(7.3, 3.6))
 for gpu, color in (("A100", "tab:gray"), ("H100", "tab:blue"), ("H200", "tab:orange")):
     ns = [n for n in counts if sweep[gpu, n]]
     ps = [sweep[gpu, n] for n in ns]
@@ -271,17 +276,20 @@ for ax, title in zip(
     ax.legend()
 axes[0].set_yscale("log")
 fig.suptitle("DeepSeek-V3: the fastest layout that fits, per cluster")
-fig.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "DeepSeek-V3 pre-training on clusters of each GPU: days, MFU and cost of the fastest layout that fits, against the number of GPUs.",
+)
 rows = [
     [gpu] + [f"{sweep[gpu, n].days:.0f} d" if sweep[gpu, n] else "-" for n in counts]
     for gpu in ("A100", "H100", "H200")
 ]
 print(table(rows, ["days"] + [f"{n} GPUs" for n in counts]))
 p = {g: sweep[g, 2048] for g in ("A100", "H100", "H200")}
-print(
-    "Answer 8.4: on 2048 GPUs, "
-    + "; ".join(f"{g} {q.days:.0f} days, ${q.cost / 1e6:.2f}M ({layout(q)})" for g, q in p.items())
+answer(
+    4,
+    "on 2048 GPUs, "
+    + "; ".join(f"{g} {q.days:.0f} days, ${q.cost / 1e6:.2f}M ({layout(q)})" for g, q in p.items()),
 )
 
 # %% [markdown]
@@ -300,7 +308,7 @@ cases = {
     "DeepSeek (full rc)": full["plan"],
 }
 kinds = ["weights", "gradients", "optimizer", "activations", "buffers"]
-fig, ax = plt.subplots(figsize=(8, 3.6))
+fig, ax = plt.subplots(figsize=(7.3, 3.6))
 bottom = np.zeros(len(cases))
 for kind in kinds:
     vals = np.array([p.memory[kind] / GB for p in cases.values()])
@@ -312,8 +320,10 @@ ax.set_ylabel("GB per GPU")
 ax.legend(fontsize=8, ncol=2)
 ax.set_title("memory on the busiest GPU")
 plt.setp(ax.get_xticklabels(), rotation=15)
-fig.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "Memory on the busiest GPU by kind for DeepSeek-V3's layouts, against the 80 GB and 141 GB limits.",
+)
 for name, p in cases.items():
     print(f"{name:18s} {layout(p)}")
 
@@ -344,7 +354,7 @@ for sched in ("1f1b", "dualpipe"):
             schedule=sched,
         )
         bars[sched, ep] = r.plans[0]
-fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(7.3, 3.8), sharey=True)
 x = np.arange(len(eps))
 for ax, sched in zip(axes, ("1f1b", "dualpipe")):
     ps = [bars[sched, e] for e in eps]
@@ -364,8 +374,10 @@ for ax, sched in zip(axes, ("1f1b", "dualpipe")):
     ax.set_title(f"{sched}: step time on 2048 x H800, PP16")
     ax.legend(fontsize=8)
 axes[0].set_ylabel("seconds per step")
-fig.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "Step time on 2048 x H800 with PP16, split into compute and exposed communication, against the expert-parallel size, for 1F1B (left) and DualPipe (right).",
+)
 rows = [
     [ep]
     + [f"{bars[s, ep].exposed[k]:.2f}" for s in ("1f1b", "dualpipe") for k in ("expert", "data")]
@@ -391,10 +403,11 @@ print(
 first = next(
     ep for ep in eps if bars["1f1b", ep].exposed["expert"] > 0.05 * bars["1f1b", ep].step_time_s
 )
-print(
-    f"Answer 8.5: under 1F1B the exposed expert all-to-all passes 5% of the step at ep={first}; at ep=64 "
+answer(
+    5,
+    f"under 1F1B the exposed expert all-to-all passes 5% of the step at ep={first}; at ep=64 "
     f"DualPipe leaves {bars['dualpipe', 64].exposed['expert']:.2f} s of the {bars['1f1b', 64].exposed['expert']:.2f} s "
-    f"that 1F1B exposes"
+    f"that 1F1B exposes",
 )
 
 
@@ -491,10 +504,11 @@ print(
     )
 )
 d = rep["decode"]
-print(
-    f"Answer 8.6: {d.max_batch} sequences of {pubs['kv_length_per_output_token']:,} cached tokens fit per GPU "
+answer(
+    6,
+    f"{d.max_batch} sequences of {pubs['kv_length_per_output_token']:,} cached tokens fit per GPU "
     f"next to {d.memory['weights'] / GB:.0f} GB of weights; {d.tokens_per_s_per_node:,.0f} output tokens/s per node "
-    f"({rep['decode_error']:+.0%} from the published 14.8k), {1 / d.latency_s:.1f} tokens/s per user"
+    f"({rep['decode_error']:+.0%} from the published 14.8k), {1 / d.latency_s:.1f} tokens/s per user",
 )
 
 # %% [markdown]
@@ -551,7 +565,7 @@ curves = {
     gpu: serving_curve(V3, sorted(set(batches + [limit[gpu]])), gpu=gpu, **deploy) for gpu in limit
 }
 curve = curves["H800"]
-fig, ax = plt.subplots(figsize=(7.5, 3.8))
+fig, ax = plt.subplots(figsize=(7.3, 3.8))
 for gpu, color in (("H800", "tab:blue"), ("H200", "tab:orange")):
     c = curves[gpu]
     ax.plot(
@@ -587,8 +601,10 @@ h1, l1 = ax.get_legend_handles_labels()
 h2, l2 = ax2.get_legend_handles_labels()
 ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center left", bbox_to_anchor=(1.12, 0.5))
 ax.set_title("DeepSeek-V3 decode, EP144, 4,989 cached tokens per sequence")
-fig.tight_layout()
-plt.show()
+viz.show(
+    fig,
+    "DeepSeek-V3 decode at EP144 with 4,989 cached tokens per sequence: output tokens per second per node and per user against the batch per GPU, with the KV-cache limit of each GPU and the published 14.8k.",
+)
 print(
     table(
         [
@@ -642,7 +658,15 @@ dp1, tp8 = (
     plan_serving(V3, "H200", "decode", 8, tp=1, context=4096),
     plan_serving(V3, "H200", "decode", 8, tp=8, context=4096),
 )
-print(
-    f"Answer 8.7: data-parallel attention serves {dp1.tokens_per_s_per_gpu / tp8.tokens_per_s_per_gpu:.1f}x the "
-    f"tokens per GPU of tp 8 ({dp1.tokens_per_s_per_gpu:,.0f} against {tp8.tokens_per_s_per_gpu:,.0f})"
+answer(
+    7,
+    f"data-parallel attention serves {dp1.tokens_per_s_per_gpu / tp8.tokens_per_s_per_gpu:.1f}x the "
+    f"tokens per GPU of tp 8 ({dp1.tokens_per_s_per_gpu:,.0f} against {tp8.tokens_per_s_per_gpu:,.0f})",
 )
+
+
+# %% [markdown]
+# ## The answers, collected
+
+# %% tags=["anchor:answers", "remove-input"]
+answer

@@ -5,7 +5,9 @@
 The pairing is declared once in jupytext.toml (``formats = "ipynb,py:percent"``). The .py file is
 the one you edit; this script rebuilds the .ipynb from it and executes it, but only where the
 notebook's cells (type, source, tags) differ from its source, so that an unchanged notebook keeps
-its committed outputs and is not re-run. Execution is made as reproducible as the machine allows:
+its committed outputs and is not re-run; where only prose or tags changed (the code cells are the
+same), the notebook takes the new cells and keeps its outputs without running.
+Execution is made as reproducible as the machine allows:
 one notebook at a time, OMP_NUM_THREADS=1 (a notebook may pin more itself), PYTHONHASHSEED=0,
 SOURCE_DATE_EPOCH=0 (no dates in SVG figures), cell ids numbered in order, no timing metadata; a
 temp copy of notebooks/ is the working directory (files a notebook writes do not land in the
@@ -60,6 +62,35 @@ def in_sync(py: Path, ipynb: Path) -> bool:
     if not ipynb.is_file():
         return False
     return _cells(read_source(py)) == _cells(nbformat.read(ipynb, as_version=4))
+
+
+def _code(nb) -> list[str]:
+    return [c.source.strip() for c in nb.cells if c.cell_type == "code"]
+
+
+def update_without_running(py: Path, ipynb: Path) -> bool:
+    """When only prose or tags changed (the code cells are the same, in the same order), copy the
+    source's cells into the notebook keeping each code cell's outputs; returns whether it did."""
+    import nbformat
+
+    src = read_source(py)
+    nb = nbformat.read(ipynb, as_version=4)
+    if _code(src) != _code(nb):
+        return False
+    runs = iter([c for c in nb.cells if c.cell_type == "code"])
+    cells = []
+    for i, cell in enumerate(src.cells):
+        if cell.cell_type == "code":
+            run = next(runs)
+            run.metadata["tags"] = list(cell.metadata.get("tags", []))
+            if not run.metadata["tags"]:
+                del run.metadata["tags"]
+            cell = run
+        cell["id"] = f"cell-{i:03d}"
+        cells.append(cell)
+    nb.cells = cells
+    nbformat.write(nb, ipynb)
+    return True
 
 
 def stale_pairs(names: list[str] | None = None) -> list[str]:
@@ -161,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.force and in_sync(py, py.with_suffix(".ipynb")):
                 print(f"[notebooks] {py.stem}: up to date")
                 continue
+            if not args.force and py.with_suffix(".ipynb").is_file():
+                if update_without_running(py, py.with_suffix(".ipynb")):
+                    print(f"[notebooks] {py.stem}: only prose or tags changed: updated, not run")
+                    continue
             print(f"[notebooks] {py.stem}: executing ...", flush=True)
             try:
                 took = execute(py, work, args.timeout)

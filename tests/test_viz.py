@@ -123,3 +123,21 @@ def test_table_markdown_and_text():
         viz.table([(1, 2)], ["a"])
     with pytest.raises(ValueError, match="not in the header"):
         viz.table([(1,)], ["a"], fmt={"b": "{}"})
+
+
+def test_answers_print_and_list(capsys):
+    answer = viz.Answers(chapter=2)
+    answer(2, "routed experts hold 96%")
+    answer(1, "3.5%")
+    assert capsys.readouterr().out.splitlines() == [
+        "Answer 2.2: routed experts hold 96%",
+        "Answer 2.1: 3.5%",
+    ]
+    assert answer._repr_markdown_().splitlines() == [
+        "1. **Answer 2.1:** 3.5%",
+        "2. **Answer 2.2:** routed experts hold 96%",
+    ]
+    with pytest.raises(ValueError, match="empty"):
+        answer(3, " ")
+    with pytest.raises(ValueError, match="chapter"):
+        viz.Answers(chapter=0)

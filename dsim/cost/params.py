@@ -44,6 +44,7 @@ COMPONENTS = (
 # ---------------------------------------------------------------------------------------------
 # One function per module: weight name -> element count, as the model names them.
 # ---------------------------------------------------------------------------------------------
+# ANCHOR: attention_params
 def attention_params(args: ModelArgs) -> dict[str, int]:
     """Weights of one attention module (`MLA` or `GQA`), keyed by the model's attribute names.
 
@@ -68,6 +69,7 @@ def attention_params(args: ModelArgs) -> dict[str, int]:
         return p
     hd, kv = args.head_size, args.kv_heads
     return {"wq": D * H * hd, "wk": D * kv * hd, "wv": D * kv * hd, "wo": H * hd * D}
+    # ANCHOR_END: attention_params
 
 
 def mlp_params(dim: int, inter_dim: int) -> dict[str, int]:

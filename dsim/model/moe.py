@@ -59,6 +59,7 @@ class Gate(nn.Module):
         nn.init.normal_(self.weight, std=0.02)
         self.register_buffer("bias", torch.zeros(args.n_routed_experts, dtype=torch.float32))
 
+    # ANCHOR: gate_forward
     def forward(self, x: torch.Tensor) -> Routing:
         logits = F.linear(x.float(), self.weight.float())  # [T, E], fp32 as DeepSeek
         scores = logits.softmax(dim=-1) if self.args.score_func == "softmax" else logits.sigmoid()
@@ -78,6 +79,7 @@ class Gate(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = weights * self.args.route_scale
         return Routing(scores=scores, indices=indices, weights=weights, logits=logits)
+        # ANCHOR_END: gate_forward
 
 
 class Experts(nn.Module):
@@ -160,6 +162,7 @@ class MoE(nn.Module):
         )
         self.routing: Routing | None = None
 
+    # ANCHOR: moe_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.args.dim)  # [T, D]
@@ -179,6 +182,7 @@ class MoE(nn.Module):
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return y.view(shape)
+        # ANCHOR_END: moe_forward
 
 
 def capacity_mask(

@@ -121,6 +121,7 @@ def _to_groups(x: torch.Tensor, granularity: str, group_size: int, pad: bool) ->
     return x.reshape(*x.shape[:-1], -1, group_size)  # [..., G, g]
 
 
+# ANCHOR: int_qparams
 def _int_qparams(
     xg: torch.Tensor, bits: int, symmetric: bool, scale_dtype: torch.dtype = torch.bfloat16
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -151,6 +152,7 @@ def _int_qparams(
         return scale, None
     zero = torch.clamp(torch.round(-mn / scale), lo, hi)
     return scale, zero
+    # ANCHOR_END: int_qparams
 
 
 def _int_round(

@@ -14,9 +14,10 @@ from dsim.viz.plots import (
     show,
     small_multiples,
 )
-from dsim.viz.tables import Table, table
+from dsim.viz.tables import Answers, Table, table
 
 __all__ = [
+    "Answers",
     "COLUMN_IN",
     "DISPLAY_DPI",
     "OVERSAMPLE",

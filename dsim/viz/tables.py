@@ -80,3 +80,38 @@ def table(
 ) -> Table:
     """A Table; the last expression of a cell displays it."""
     return Table(rows, header, fmt, caption)
+
+
+class Answers:
+    """The computed answers of a chapter's problems, printed where they are computed and listed
+    again at the end (the book folds that list into a collapsible block under the problems).
+
+        answer = Answers(chapter=2)
+        answer(1, f"a token uses {share:.1%} of the parameters")   # prints "Answer 2.1: ..."
+        answer                                                      # at the end: the list
+    """
+
+    def __init__(self, chapter: int) -> None:
+        if not isinstance(chapter, int) or chapter < 1:
+            raise ValueError(f"chapter must be a positive integer, got {chapter!r}")
+        self.chapter = chapter
+        self.given: dict[int, str] = {}
+
+    def __call__(self, number: int, text: str) -> None:
+        if not isinstance(number, int) or number < 1:
+            raise ValueError(f"answer number must be a positive integer, got {number!r}")
+        if not text.strip():
+            raise ValueError(f"answer {self.chapter}.{number} is empty")
+        self.given[number] = text
+        print(f"Answer {self.chapter}.{number}: {text}")
+
+    def _repr_markdown_(self) -> str:
+        return (
+            "\n".join(
+                f"{n}. **Answer {self.chapter}.{n}:** {self.given[n]}" for n in sorted(self.given)
+            )
+            + "\n"
+        )
+
+    def __repr__(self) -> str:
+        return "\n".join(f"Answer {self.chapter}.{n}: {self.given[n]}" for n in sorted(self.given))
