@@ -40,7 +40,7 @@ G = 1e9
 #
 # ## 1. Where DeepSeek-V3's parameters live
 
-# %%
+# %% tags=["anchor:params-table"]
 p = params(v3)
 print(p.table())
 print()
@@ -53,7 +53,7 @@ answer(
 )
 answer(2, f"routed experts hold {p.breakdown['routed_experts'] / p.total_no_mtp:.1%} of them")
 
-# %%
+# %% tags=["anchor:params-fig", "remove-input"]
 fig, ax = plt.subplots()
 y = np.arange(len(COMPONENTS))
 ax.barh(y + 0.2, [p.breakdown[c] / G for c in COMPONENTS], height=0.4, label="total")
@@ -80,7 +80,7 @@ viz.show(
 # Papers disagree on what "activated" counts. `params()` gives every convention; the table shows which
 # one prints as the published figure.
 
-# %%
+# %% tags=["anchor:conventions"]
 print(f"{'model':18s} {'total':>8s} {'no MTP':>8s} {'active':>8s} {'active-emb':>10s}   published")
 for name, (tot, act, _source) in PUBLISHED_PARAMS.items():
     q = params(preset(name))
@@ -96,7 +96,7 @@ for name, (tot, act, _source) in PUBLISHED_PARAMS.items():
 # of 4096 tokens, and one decode step with 4096 tokens in the cache. The attention core is charged as
 # PyTorch's counter charges it (full S x S); the causal total is what a causal kernel really computes.
 
-# %%
+# %% tags=["anchor:flops-table"]
 S = 4096
 steps = {
     "train": flops(v3, batch=1, seq_len=S, mode="train"),
@@ -122,7 +122,7 @@ answer(
     f"with a causal kernel a decode token costs {steps['decode'].total_causal / (steps['prefill'].total_causal / S):.2f}x an average prefill token",
 )
 
-# %%
+# %% tags=["anchor:flops-fig", "remove-input"]
 fig, ax = plt.subplots()
 bottom = np.zeros(len(steps))
 for k in KINDS:
@@ -142,7 +142,7 @@ viz.show(
 # vectors of d_qk + d_v numbers, the absorbed form vectors of 2 kv_lora_rank + qk_rope_head_dim: more
 # FLOPs, in exchange for reading only the latent cache (chapter 3).
 
-# %%
+# %% tags=["anchor:mla-forms"]
 a = v3
 naive_pair = 2 * (a.qk_head_dim + a.v_head_dim)
 absorb_pair = 2 * (2 * a.kv_lora_rank + a.qk_rope_head_dim)
@@ -164,7 +164,7 @@ answer(
 # expert, MTP), trained for one step under `FlopCounterMode`. `counter_mapping()` makes PyTorch's CPU
 # flash-attention kernel count like its GPU kernels (PyTorch counts it as zero otherwise).
 
-# %%
+# %% tags=["anchor:counted", "remove-input"]
 small = scaled_down(v3, expert_impl="loop")
 torch.manual_seed(0)
 model = Transformer(small)
@@ -214,7 +214,7 @@ print("every module equal:", all(counted.get(k, 0) == v for k, v in ours.items()
 # pass; what it misses is the attention core, which grows with the context. Megatron-LM's closed form
 # includes a causal attention term and is close to the causal count; it omits the router.
 
-# %%
+# %% tags=["anchor:sixnd", "remove-input"]
 lengths = [2**k for k in range(9, 18)]
 fig, ax = plt.subplots()
 for name in ["deepseek-v3", "deepseek-v2", "mixtral-8x7b"]:

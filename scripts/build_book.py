@@ -313,7 +313,10 @@ def static_widget_outputs(model_id: str, state: dict) -> list:
     )
     outs = [nbformat.v4.new_output("display_data", data={"text/markdown": note})]
     for o in captured:
-        outs.append(nbformat.from_dict(o))
+        o = nbformat.from_dict(o)
+        if "image/png" in o.get("data", {}):  # a preview of the control's output: not numbered
+            o.setdefault("metadata", {})["dsim_widget"] = True
+        outs.append(o)
     return outs
 
 
@@ -325,6 +328,13 @@ def number_figures(cells, chapter: str) -> list[str]:
     for cell in cells:
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
             if "image/png" not in out.get("data", {}):
+                continue
+            if out.get("metadata", {}).get("dsim_widget"):  # a widget's preview: no number
+                meta = dict(out.metadata.get("dsim", {}))
+                meta.setdefault("caption", "The output of the interactive cell above.")
+                meta.setdefault("alt", "the interactive cell's output for its initial values")
+                meta.update(number=None, id=None)
+                out.metadata["dsim"] = meta
                 continue
             k += 1
             number = f"{chapter}.{k}"
@@ -415,11 +425,11 @@ BOOK_TEMPLATE = r"""{%- extends 'markdown/index.md.j2' -%}
 {%- set d = output.metadata.dsim -%}
 {%- set w = output.metadata.get('image/png', {}).get('width') %}
 
-<figure class="dsim-figure" id="{{ d.id }}">
+<figure class="dsim-figure"{% if d.id %} id="{{ d.id }}"{% endif %}>
 <img src="{{ output.metadata.filenames['image/png'] | path2url }}" alt="{{ d.alt | e }}"
 {%- if w %} width="{{ w }}"{% endif %}>
-<figcaption><a href="#{{ d.id }}"><strong>Figure {{ d.number }}.</strong></a>
-{{ d.caption | e }}</figcaption>
+<figcaption>{% if d.number %}<a href="#{{ d.id }}"><strong>Figure {{ d.number }}.</strong></a>
+{% endif %}{{ d.caption | e }}</figcaption>
 </figure>
 
 {% endblock data_png %}
