@@ -44,7 +44,7 @@ v3 = preset("deepseek-v3")
 #
 # ## 1. Bytes per parameter
 
-# %%
+# %% tags=["anchor:bytes"]
 formats = {"fp32": None, "bf16": None, "fp8": 128 * 128, "int8": 128, "int4": 128}
 main = params(v3).total_no_mtp
 print(f"{'format':6s} {'group':>6s} {'bytes/param':>12s} {'DeepSeek-V3 weights (GiB)':>26s}")
@@ -61,7 +61,7 @@ answer(1, f"in fp8 the weights alone need at least {int(np.ceil(fp8 / (80 * 1e9)
 # Each row changes one thing from the row above. The first uses DeepSeek-V3's published layout
 # (16-way pipeline, 64-way expert parallelism over 2048 GPUs, ZeRO-1).
 
-# %%
+# %% tags=["anchor:layouts", "remove-input"]
 layouts = {
     "PP16 EP64 DP128, ZeRO-1": dict(pp=16, dp=128, ep=64, zero=1),
     "+ Adam moments in bf16": dict(pp=16, dp=128, ep=64, zero=1, optimizer_dtype="bf16"),
@@ -103,7 +103,7 @@ for name, m in estimates.items():
 fits = [name for name, m in estimates.items() if m.total < 80e9]
 answer(2, "fit in 80 GB: " + (", ".join(fits) if fits else "none"))
 
-# %%
+# %% tags=["anchor:layouts-fig", "remove-input"]
 fig, ax = plt.subplots(figsize=(7.3, 4))
 left = np.zeros(len(estimates))
 for k in kinds:
@@ -126,7 +126,7 @@ viz.show(
 # The first MoE layer of DeepSeek-V3, one sequence of 4096 tokens, bf16, GPU kernels. Each item names
 # the tensor of `dsim.model` that autograd keeps.
 
-# %%
+# %% tags=["anchor:items", "remove-input"]
 items = sorted(activation_items(v3, v3.n_dense_layers, 1, 4096), key=lambda i: -i.bytes)
 total = sum(i.bytes for i in items)
 for i in items[:12]:
@@ -179,7 +179,7 @@ print(
 # block's forward adds to `torch.cuda.memory_allocated`, and the KV cache of a decode); the committed
 # records are re-predicted here with the current formulas.
 
-# %%
+# %% tags=["anchor:measured", "remove-input"]
 import json
 from pathlib import Path
 
@@ -218,7 +218,7 @@ print(f"largest error on measurements above 64 MiB: {worst:.2%}")
 # DeepSeek-V2/V3's MLA sizes: latent 512, RoPE key 64). bf16, all layers.
 
 
-# %%
+# %% tags=["anchor:kv", "remove-input"]
 def variants(a):
     return {
         "MHA": a.replace(attn_type="mha", head_dim=128, n_kv_heads=0),
@@ -286,7 +286,7 @@ viz.show(
 # serving-time KV quantisation (6 bits per element on average, V2 paper section 3.2.3) is counted
 # against 67B's 16-bit cache. The appendix table of MHA against MLA follows from the same formulas.
 
-# %%
+# %% tags=["anchor:v2", "remove-input"]
 ds67b = ModelArgs(
     vocab_size=102400,
     dim=8192,
@@ -333,7 +333,7 @@ for k, a in rows.items():
 # 32 sequences, bf16 cache. MLA's latent cache is the same on every tensor-parallel rank, so it does
 # not shrink with more tensor parallelism. The dashed lines are an 80 GB and a 141 GB GPU.
 
-# %%
+# %% tags=["anchor:serving", "remove-input"]
 contexts = [2**k for k in range(12, 18)]
 serve = [
     memory(v3, mode="inference", tp=8, batch=32, seq_len=c, dtype="fp8", group_size=128 * 128)
