@@ -92,7 +92,7 @@ for gate in ("softmax", "sigmoid"):
     )
 
 
-# %%
+# %% tags=["anchor:collapse", "remove-input"]
 def smooth(x, w=10):
     x = np.asarray(x, dtype=float)
     return np.convolve(x, np.ones(w) / w, mode="valid")
@@ -142,7 +142,7 @@ viz.show(
 # method: the paper's value (bias update speed $\gamma = 0.001$, sequence-wise $\alpha = 10^{-4}$)
 # and a stronger one ($\gamma = 0.01$, $\alpha = 10^{-2}$), labelled as such.
 
-# %%
+# %% tags=["anchor:methods", "remove-input"]
 METHOD_ORDER = ["none", "switch", "seq_paper", "seq_strong", "bias_paper", "bias_fast"]
 print(f"{'gate':8} {'method':45} {'imbalance':>9} {'entropy':>8} {'val bpb':>8}")
 for gate in ("softmax", "sigmoid"):
@@ -169,7 +169,7 @@ print(
     f"seed 1 up to {g3(max(abs(seed[0] - seed[1]), abs(seed[2] - seed[3])))} bits/byte"
 )
 
-# %%
+# %% tags=["anchor:methods-fig", "remove-input"]
 fig, axes = plt.subplots(1, 2, figsize=(7.3, 3.2), sharey=True)
 for ax, gate in zip(axes, ("softmax", "sigmoid")):
     for m in METHOD_ORDER:
@@ -209,7 +209,7 @@ viz.show(
 # changes no choice, which is why the softmax biases can drift upward together (most experts are a
 # little underloaded at any step, a few are overloaded).
 
-# %%
+# %% tags=["anchor:bias-fig", "remove-input"]
 fig, axes = plt.subplots(1, 4, figsize=(7.3, 3), sharey=True)
 for ax, name in zip(
     axes, ["softmax/bias_paper", "softmax/bias_fast", "sigmoid/bias_paper", "sigmoid/bias_fast"]
@@ -242,7 +242,7 @@ for gate in ("softmax", "sigmoid"):
 # of 8 x 64 bytes. The same functions the long runs used: `Trainer`, `TrainConfig(bias_update_speed=...)`,
 # and the per-step `History`.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:live", "remove-input"]
 LIVE_MODEL = preset("tiny", n_routed_experts=E, score_func="sigmoid")
 LIVE = dict(steps=80, batch_size=8, seq_len=64, warmup=10, max_train_bytes=400_000)
 
@@ -288,7 +288,7 @@ viz.show(
 # balancing, 0.001 is the paper's value).
 
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:live-explore", "remove-input"]
 def show_live(gate="sigmoid", gamma=0.01):
     t = live_run(gate, gamma)
     h = t.history
@@ -336,7 +336,7 @@ display(
 # too. Evaluated on the live models' last batch (`dsim.balance.sequence_balance_loss` and
 # `switch_loss`), with the probability mass of the two busiest experts:
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:seqloss", "remove-input"]
 for g, t in live.items():
     r = t.model.layers[1].ffn.routing
     B, S = LIVE["batch_size"], LIVE["seq_len"]
@@ -370,7 +370,7 @@ for g, t in live.items():
 # output is read from `dsim/data/balance_runs.json`.
 
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:explore", "remove-input"]
 def show_run(gate="sigmoid", method="bias update", gamma="0.01 (10x paper)"):
     key = {
         "none": "none",
@@ -430,7 +430,7 @@ display(
 # does not balance anything by itself; the group load (the share of assignments per group, 1 balanced,
 # 2 when every token uses the same two groups) is a second imbalance to watch.
 
-# %%
+# %% tags=["anchor:groups", "remove-input"]
 for m in ("none", "bias_fast"):
     f = RUNS[f"sigmoid/groups/{m}"]["final"]
     print(
@@ -460,7 +460,7 @@ viz.show(
 # expert). DeepSeek-V3 drops nothing; earlier MoEs used $c$ around 1 to 1.25. With $c = 1$ a collapsed
 # router drops most of its assignments; a balanced one only its random excess.
 
-# %%
+# %% tags=["anchor:capacity", "remove-input"]
 for m in ("none", "bias_fast"):
     capped, free = RUNS[f"sigmoid/capacity/{m}"]["final"], RUNS[f"sigmoid/{m}"]["final"]
     print(
@@ -479,7 +479,7 @@ viz.show(
     "Fraction of the (token, expert) assignments dropped at capacity factor 1.0 during training, for each balancing method.",
 )
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:capacity-policy", "remove-input"]
 # Which assignments a full expert drops: the lowest scores ("score") or the latest tokens ("position").
 r = live[0.0].model.layers[1].ffn.routing
 keep = {p: capacity_mask(r, E, 1.0, p) for p in ("score", "position")}
@@ -505,7 +505,7 @@ assert int((keep["score"] != keep["position"]).sum()) > 0
 # main model checks both. The acceptance rate is how often the main model, given its own proposal,
 # agrees with the draft (`dsim.train.mtp_acceptance`, on held-out windows).
 
-# %%
+# %% tags=["anchor:mtp", "remove-input"]
 mtp, ref = RUNS["sigmoid/mtp/bias_fast"], RUNS["sigmoid/bias_fast"]
 f = mtp["final"]
 print(
@@ -548,7 +548,7 @@ viz.show(
 # agrees with itself often. Three live 60-step runs with MTP (seeds 0, 1, 2). How often the heads
 # agree swings from run to run, but it is far above how often either head is right:
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:mtp-accept", "remove-input"]
 # Three seeds: a model this early in training is sensitive to the last bit of its arithmetic, so
 # its acceptance moves a lot between seeds (and between CPUs: 0.64 on one, 0.84 on another, same
 # seed). What holds in every run is the gap between agreement and correctness.
@@ -583,7 +583,7 @@ for a in accs:
 # moments, the random generators, the configs and the history. Ten steps straight, or five, save,
 # load, five more:
 
-# %%
+# %% tags=["anchor:checkpoint", "remove-input"]
 import tempfile
 
 from dsim.checkpoint import load_checkpoint, save_checkpoint
@@ -614,7 +614,7 @@ print(
 # 3. *What does a capacity factor of 1.0 drop with and without balancing?*
 # 4. *How many tokens does one main-model forward yield with the MTP draft?*
 
-# %%
+# %% tags=["anchor:answers", "remove-input"]
 f = RUNS["sigmoid/none"]["final"]
 print(
     f"1. imbalance {g3(f['imbalance'])} of a possible {E // K}: the busiest expert gets {g3(f['imbalance'] / E)} "
