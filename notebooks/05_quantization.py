@@ -77,7 +77,7 @@ print(
 # Below, a weight (the dense FFN's up-projection) and an activation (the SwiGLU hidden state that enters the
 # down-projection), both from the trained model, with the 15 levels of a per-tensor INT4 grid:
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:quantizer", "remove-input"]
 w = model.layers[0].ffn.w1.weight.detach()  # dense FFN up-projection [192, 64]
 seen = {}
 hook = model.layers[0].ffn.w2.register_forward_hook(
@@ -131,7 +131,7 @@ viz.show(
 # bits give a *relative* step of $2^{-3}$ at every magnitude, so small numbers keep their precision, but even
 # the largest ones carry only 3 mantissa bits. The table computes the SQNR of each format and scale granularity:
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:sqnr", "remove-input"]
 FORMATS = ("INT sym", "INT asym", "FP8 E4M3")
 
 
@@ -244,7 +244,7 @@ viz.show(
 # The tiny model is narrower than 128, so below the tile and block side is 32.
 # `scale_fmt="ue8m0"` rounds each scale up to a power of two (DeepSeek-V3.1's format: an 8-bit exponent, no mantissa).
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:fp8", "remove-input"]
 w2 = model.layers[0].ffn.w2.weight.detach()  # [64, 192]
 x_q, x_s = Q.act_quant(h, 32)
 w_q, w_s = Q.weight_quant(w2, 32)
@@ -282,7 +282,7 @@ assert 0.01 < gemm_err[None] < gemm_err["ue8m0"] < 0.05, gemm_err
 # losses add up instead of cancelling. Where the H100 measurements exist, the real `torch._scaled_mm` with
 # cuBLAS's fast accumulation (no promotion) and without it are drawn on top:
 
-# %%
+# %% tags=["anchor:accum", "remove-input"]
 KS = [256, 512, 1024, 2048, 4096, 8192, 16384]
 emu = {
     (d, k): Q.accumulation_error(k, M=64, N=64, dist=d)
@@ -366,7 +366,7 @@ print(
 # `accuracy_size_table` measures each on held-out text (`dsim.train.evaluate`, the same windows for every row).
 # `bytes` is the whole checkpoint, `linear` the quantized layers alone; the FP32 model stores 4 bytes per parameter.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:accuracy", "remove-input"]
 rows = Q.accuracy_size_table(model, val, group_size=32, train_data=train_data, qat_steps=30)
 print(
     f"{'scheme':20}{'weights':24}{'activations':22}{'bits/byte':>10}{'vs fp32':>9}{'bytes':>10}{'linear':>9}{'ratio':>7}"
@@ -430,7 +430,7 @@ viz.show(
 #
 # On the activation from above, and then as the static scales of a W8A8 model calibrated on two training batches:
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:calibration", "remove-input"]
 METHODS = ("absmax", "percentile", "mse", "kl")
 thresholds = {}
 for bits in (8, 4):
@@ -472,7 +472,7 @@ assert thresholds["mse", 4] < thresholds["mse", 8]
 # A decode GEMM reads the whole weight for a few tokens, so it is bound by memory bandwidth and FP8 can at best
 # halve its time (half the bytes); a prefill GEMM is bound by the tensor cores, whose FP8 peak is twice the BF16 one.
 
-# %%
+# %% tags=["anchor:h100", "remove-input"]
 if gpu is None:
     print(
         "dsim/data/quant_gpu.json is absent: run `python bench/gemm_fp8.py --out dsim/data/quant_gpu.json` on a GPU"
@@ -533,7 +533,7 @@ else:
 # $\hat x - x$; the printout gives the SQNR and the bytes the tensor would take (data plus bf16 scales for
 # integers, fp32 scales for FP8). FP8 is always 8 bits.
 
-# %% tags=["nbval-ignore-output"]
+# %% tags=["nbval-ignore-output", "anchor:try", "remove-input"]
 TENSORS = {
     "weight: dense FFN w1 [192, 64]": w,
     "activation: input of dense w2 [512, 192]": h,
@@ -611,11 +611,12 @@ viz.show(
 
 # %% [markdown]
 # ## Worked questions
-#
+
+# %% [markdown] tags=["anchor:answers"]
 # **Q1.** How many bytes does DeepSeek-V3's checkpoint take in BF16, in FP8 with 128x128 block scales (embedding,
 # head, gate and norms kept in BF16, as released), and with INT4 experts in groups of 128?
 
-# %%
+# %% tags=["anchor:answers", "remove-input"]
 p = params(preset("deepseek-v3")).breakdown  # parameters by kind, MTP module included
 from dsim.cost.components import Component as C
 
@@ -639,7 +640,7 @@ print(
 # **Q2.** Which post-training scheme (no fine-tuning) gives the tiny model the smallest checkpoint within 0.01 bits
 # per byte of FP32, and why do the size ratios stay far above 1/4 (8-bit) and 1/8 (4-bit)?
 
-# %%
+# %% tags=["anchor:answers", "remove-input"]
 ok = [
     r
     for r in rows
@@ -663,7 +664,7 @@ print(
 # **Q3.** In the accumulation model, from which $K$ does an FP8 GEMM without promotion lose more than 1% on
 # positive products, and what does the H100's fast-accumulation mode measure at that $K$?
 
-# %%
+# %% tags=["anchor:answers", "remove-input"]
 k1 = next((k for k in KS if emu[("abs_normal", k)]["no_promotion_rel"] > 0.01), None)
 print(f"model: first K with error > 1%: {k1} ({emu[('abs_normal', k1)]['no_promotion_rel']:.2%})")
 key = ("abs_normal", "scaled_mm_fast_accum", k1)
@@ -678,7 +679,7 @@ print(f"with promotion every 128 elements (model): {emu[('abs_normal', k1)]['pro
 # **Q4.** During decode an expert of DeepSeek-V3 sees a handful of tokens. What speed-up over BF16 does FP8 give its
 # gate-and-up GEMM at $m = 1$ and at $m = 4096$ on the H100, and which bound explains each?
 
-# %%
+# %% tags=["anchor:answers", "remove-input"]
 if gpu is None:
     print("needs dsim/data/quant_gpu.json")
 else:
