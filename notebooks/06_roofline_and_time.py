@@ -78,7 +78,7 @@ print(
 # is the datasheet, the solid one the *achievable* roof with the fitted efficiencies.
 
 
-# %%
+# %% tags=["anchor:roofline", "remove-input"]
 def work(r):
     return tm.roofline_work(r["op"], GPU, r["dtype"], r["backward"], **r["shape"])
 
@@ -132,7 +132,7 @@ viz.show(
 # bandwidth slope. Memory-bound ops (norms, elementwise, the gate) have almost no FLOPs, so their chart is
 # bandwidth against size:
 
-# %%
+# %% tags=["anchor:bandwidth", "remove-input"]
 fig, ax = plt.subplots(figsize=(7, 3.4))
 for op, marker in (("elementwise", "o"), ("rmsnorm", "s"), ("gate", "^")):
     pts = [(b, b / r["time_s"]) for r in records if r["op"] == op for f, f32, b in [work(r)]]
@@ -166,7 +166,7 @@ print(
 # datasheet roofline's prediction of the same ops in grey. (`gemm:fp32` is the MoE router's fp32 GEMM, measured
 # for the gate's sake.)
 
-# %%
+# %% tags=["anchor:validation", "remove-input"]
 rows = tm.validate(valid, cal, GPU)
 fig, ax = plt.subplots(figsize=(5.6, 5.2))
 meas = np.array([r["measured_s"] for r in rows])
@@ -199,7 +199,7 @@ for kind, s in summary.items():
         f"{s['roofline_worst']:9.1%}"
     )
 
-# %%
+# %% tags=["anchor:worst", "remove-input"]
 worst = sorted(rows, key=lambda r: -abs(r["error"]))[:5]
 print("the five worst-predicted validation cases:")
 for r in worst:
@@ -227,7 +227,7 @@ for r in worst:
 # results back moves several times the layer's activations; when experts get few tokens, reading every expert's
 # weights dominates (decode).
 
-# %%
+# %% tags=["anchor:moe", "remove-input"]
 fams = {
     "DeepSeek-V2-Lite (64 experts, top-6)": (2048, 1408, 64, 6),
     "DeepSeek-V3 (256 experts, top-8)": (7168, 2048, 256, 8),
@@ -278,7 +278,7 @@ viz.show(
 )
 
 
-# %%
+# %% tags=["anchor:moe-kernels", "remove-input"]
 def groups(kernels):
     out = {}
     for k in kernels:
@@ -366,7 +366,7 @@ for k in tm.op_kernels("moe_ffn", GPU, backward=False, calibration=cal, **layer)
 # roughly the bytes of all weights it touches divided by the bandwidth. In an MoE layer the $m$ that matters is the
 # tokens *per expert*, $Tk/E$, which is tiny in decode.
 
-# %%
+# %% tags=["anchor:decode", "remove-input"]
 args = preset("deepseek-v2-lite")
 prefill = tm.step_time(args, 1, 4096, "prefill", GPU, calibration=cal)
 print(
@@ -472,12 +472,13 @@ display(
 
 # %% [markdown]
 # ## Worked questions
-#
+
+# %% [markdown] tags=["anchor:answers"]
 # **Q1.** A DeepSeek-V3 MoE layer (256 experts, top-8, hidden 7168, expert width 2048, no shared expert) sees
 # 4096 tokens. How long do its forward and backward take on the GPU, and how far is that from the datasheet
 # roofline?
 
-# %%
+# %% tags=["anchor:answers", "remove-input"]
 s = dict(tokens=4096, dim=7168, moe_inter_dim=2048, n_routed_experts=256, n_activated_experts=8)
 t = tm.op_time("moe_ffn", GPU, backward=True, calibration=cal, **s)
 roof = tm.roofline_time("moe_ffn", GPU, backward=True, **s)
@@ -491,7 +492,7 @@ print(
 # **Q2.** For a DeepSeek-V2-Lite layer (64 experts, top-6), at how many tokens does `torch._grouped_mm` switch from
 # its small to its large tile, and what does the switch do to the layer's throughput?
 
-# %%
+# %% tags=["anchor:answers", "remove-input"]
 D, I_, E, K = 2048, 1408, 64, 6
 switch = 128 * E // K + 1  # the first T with T*K/E > 128
 for t in (switch - 1, switch):
@@ -511,7 +512,7 @@ for t in (switch - 1, switch):
 # **Q3.** Decoding DeepSeek-V2-Lite with batch 8 and 4096 tokens of context: how much faster is an H200 than an H100, and why
 # not by the ratio of their peak FLOP rates?
 
-# %%
+# %% tags=["anchor:answers", "remove-input"]
 h100 = tm.step_time(args, 8, 4096, "decode", "H100-SXM")
 h200 = tm.step_time(args, 8, 4096, "decode", "H200")
 print(
@@ -527,7 +528,7 @@ print(
 # **Q4.** How wrong is the datasheet roofline on the validation GEMMs of decode size (at most 64 tokens), and how
 # wrong is the model?
 
-# %%
+# %% tags=["anchor:answers", "remove-input"]
 dec = [r for r in rows if r["op"] == "gemm" and r["shape"]["m"] <= 64]
 if dec:
     e_model = np.abs([r["error"] for r in dec])
