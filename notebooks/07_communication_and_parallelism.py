@@ -126,7 +126,7 @@ for name, n, g in layouts:
 # bandwidth-bound large ones that approach the link's effective peak. Across nodes the InfiniBand NIC
 # (one per GPU) is the bottleneck.
 
-# %%
+# %% tags=["anchor:alphabeta", "remove-input"]
 S = np.logspace(3, 10, 60)
 fig, axes = plt.subplots(1, 2, figsize=(7.3, 3.6))
 for name, n, g in layouts:
@@ -164,7 +164,7 @@ viz.show(
 # and thread wake-ups, not of a wire. The numbers come from the committed JSON files.
 
 
-# %%
+# %% tags=["anchor:fits", "remove-input"]
 def show_fits(run, label):
     print(f"{label}: alpha-beta fit per collective (T = alpha + S / bandwidth)")
     print(f"{'':16}{'alpha':>12}{'bandwidth':>14}{'busbw':>12}{'half-bw size':>15}")
@@ -181,7 +181,7 @@ if nccl:
     print()
     show_fits(nccl, f"NCCL, {nccl['world_size']} x {nccl['env']['devices'][0]}")
 
-# %%
+# %% tags=["anchor:fits-fig", "remove-input"]
 ncols = 2 if nccl else 1
 fig, axes = plt.subplots(1, ncols, figsize=(5.6 * ncols, 3.8), squeeze=False)
 ax = axes[0, 0]
@@ -250,7 +250,7 @@ viz.show(
 # (robust to the odd slow point). The constants in `dsim/cost/comm/collectives.py` are its output, and a test
 # re-runs the fit to keep them so.
 
-# %%
+# %% tags=["anchor:calib", "remove-input"]
 if nccl:
     cal = calibrate_from_measurements(nccl)
     print(
@@ -279,7 +279,7 @@ if nccl:
 else:
     print("NCCL was not run: no measurement to calibrate on.")
 
-# %%
+# %% tags=["anchor:calib-check", "remove-input"]
 if nccl:
     n, rpn, gpu = nccl["world_size"], nccl["ranks_per_node"], nccl["gpu_model"]
     print(
@@ -372,7 +372,7 @@ if nccl:
 # functional form covers both machines but one set of constants does not. dsim keeps the measured
 # constants; the gap is printed here and checked by a test.
 
-# %%
+# %% tags=["anchor:scaling-book", "remove-input"]
 (big, bw_big), (mid, bw_mid) = comm.SCALING_BOOK_8XH100_ALL_REDUCE
 h100 = Topology.from_gpu("H100-SXM", 8)
 busbw8 = lambda s, topo=h100: (
@@ -486,7 +486,7 @@ print(
 # The benchmark timed the same layer; on the CPU:
 
 
-# %%
+# %% tags=["anchor:ep-results", "remove-input"]
 def show_ep(run, label):
     for r in run["ep_moe"]:
         line = (
@@ -532,7 +532,7 @@ if nccl:
 # and `moe_dispatch_time` turns it into seconds on H800s (DeepSeek's measured 160 GB/s NVLink and
 # 50 GB/s InfiniBand per GPU), with FP8 dispatch as in the V3 report.
 
-# %%
+# %% tags=["anchor:ep-cost", "remove-input"]
 v3 = preset("deepseek-v3")
 T, D, K, E = 4096, v3.dim, v3.n_activated_experts, v3.n_routed_experts
 ep_sizes = [8, 16, 32, 64, 128, 256]
@@ -580,7 +580,7 @@ viz.show(
 # (one group per node) and only then the top-8 experts inside them. First, dsim's real gate with V3's
 # routing rules, at a small width, on random tokens: how many nodes does a token reach?
 
-# %%
+# %% tags=["anchor:node-limit", "remove-input"]
 from dsim.model import Gate
 
 torch.manual_seed(0)
@@ -603,7 +603,7 @@ for limited in (8, 4):
 # NVLink is about 3.2 times faster than InfiniBand, so a token can use about 3.2 experts per node
 # over NVLink in the time it takes to cross InfiniBand once; 4 nodes give room for about 13 experts.
 
-# %%
+# %% tags=["anchor:node-limit-fig", "remove-input"]
 h800 = get_gpu("H800")
 ratio = h800.nvlink_bw / h800.scaleout_bw
 print(
@@ -652,7 +652,7 @@ viz.show(
 # $(p/2-1)(F\&B + B - 3W)$, at the price of two copies of the parameters. With illustrative chunk
 # times $F = 1$, $B = 2$, $W = 1$ and no gain from overlapping ($F\&B = F + B$):
 
-# %%
+# %% tags=["anchor:bubbles", "remove-input"]
 pp, F, B, W = 8, 1.0, 2.0, 1.0
 for sched in ("1f1b", "zb1p", "dualpipe"):
     print(
@@ -688,7 +688,7 @@ viz.show(fig, "Pipeline bubble of 1F1B and DualPipe against the number of micro-
 # dispatch (FP8) and combine (BF16) of a forward pass against the routed and shared experts' forward
 # FLOPs at the GPU's peak (a lower bound on compute time, so an upper bound on what stays exposed):
 
-# %%
+# %% tags=["anchor:overlap", "remove-input"]
 tok = np.array([256, 512, 1024, 2048, 4096, 8192, 16384])
 comm = np.array(
     [
@@ -801,7 +801,7 @@ display(
 #
 # Each answer is computed here; the chapter asks the questions.
 
-# %%
+# %% tags=["anchor:answers", "remove-input"]
 print("Q1. A 1 GiB all-reduce on 8 H200s in one node:")
 t = collective_time("all_reduce", GiB, 8, gpu="H200", ranks_per_node=8)
 print(
