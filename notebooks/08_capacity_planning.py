@@ -98,7 +98,7 @@ print("time model:", gpu_calibration("H800").source)
 # model calibrated on H100 measurements and applied to the H800's datasheet (the same tensor cores), the
 # interconnect from the H800's bandwidths as DeepSeek measured them.
 
-# %%
+# %% tags=["anchor:reproduce", "remove-input"]
 stated = reproduce_deepseek_v3_training()  # the layout of the report
 full = reproduce_deepseek_v3_training(recompute="full")  # the same with full recomputation
 pub = DEEPSEEK_V3_TRAINING
@@ -180,7 +180,7 @@ answer(
 # recomputation does. DeepSeek keeps less: it caches the inputs of its fp8 GEMMs in fp8, recomputes SwiGLU
 # and keeps no fp32 copies for the gate; `dsim.model` is a plain PyTorch model that does none of these.
 
-# %%
+# %% tags=["anchor:reproduce-table", "remove-input"]
 for name, rep in (("stated", stated), ("full recomputation", full)):
     p = rep["plan"]
     parts = ", ".join(f"{k} {v / GB:.1f} GB" for k, v in p.memory.items())
@@ -202,7 +202,7 @@ for k, v in ASSUMPTIONS.items():
 # The same cluster, model and batch, with every layout open: about ten thousand candidates, evaluated as
 # numpy arrays (`bench/plan_speed.py` measures the speed).
 
-# %%
+# %% tags=["anchor:planner", "remove-input"]
 job = TrainingJob(
     V3,
     "H800",
@@ -251,7 +251,7 @@ for n in (256, 2048):
     print(table(plan_rows(r.plans), PLAN_HEADER, "rlrrrrrrrr"))
     print()
 
-# %%
+# %% tags=["anchor:clusters", "remove-input"]
 counts = [256, 512, 1024, 2048, 4096]
 sweep = {}
 for gpu in ("A100", "H100", "H200"):
@@ -299,7 +299,7 @@ answer(
 # optimizer states by ep, ZeRO-1 divides the optimizer states by the data-parallel replicas, pipeline
 # parallelism divides the layers; activations are the part the schedule and recomputation decide.
 
-# %%
+# %% tags=["anchor:memory", "remove-input"]
 cases = {
     "256 x H100": plan_training(v3_job("H100", 256), top=1).plans[0],
     "2048 x H100": sweep["H100", 2048],
@@ -335,7 +335,7 @@ for name, p in cases.items():
 # it crosses InfiniBand, about a third of the bandwidth. Under 1F1B every byte is on the critical path;
 # DualPipe overlaps it with the paired chunk's compute.
 
-# %%
+# %% tags=["anchor:exposed", "remove-input"]
 eps = [1, 2, 4, 8, 16, 32, 64, 128]
 bars = {}
 for sched in ("1f1b", "dualpipe"):
@@ -462,7 +462,7 @@ display(
 # outputs of D tokens, an output token sees P + D/2 cached tokens on average and P/D = 608/168, which
 # gives P and D.
 
-# %%
+# %% tags=["anchor:serving", "remove-input"]
 w = deepseek_v3_workload()
 print(
     f"workload: prompt {w['prompt']:.0f} tokens, output {w['output']:.0f} tokens, cache hit {w['cache_hit']:.2%}"
@@ -519,7 +519,7 @@ answer(
 # but a bound that locates the gap: the step if the attention core cost only one read of the cache at
 # the calibrated HBM bandwidth.
 
-# %%
+# %% tags=["anchor:serving-memory", "remove-input"]
 from dsim.cost.memory import kv_cache_bytes_per_token
 from dsim.cost.plan import FP8_COMPONENTS
 from dsim.cost.timing import block_plan, op_time
@@ -557,7 +557,7 @@ print(
 # throughput per GPU grows, and each user waits longer per token. The KV cache stops the batch: each
 # sequence keeps its 4,989 cached tokens of latent (576 numbers per layer).
 
-# %%
+# %% tags=["anchor:decode", "remove-input"]
 batches = [1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 256]
 deploy = dict(phase="decode", n_gpus=144, redundant_experts=32, context=4989)
 limit = {gpu: plan_serving(V3, gpu, **deploy).max_batch for gpu in ("H800", "H200")}
@@ -627,7 +627,7 @@ print(
 # rank must still hold the whole cache. Serving DeepSeek-V3 on one 8 x H200 node, with all 256 experts
 # spread over its 8 GPUs:
 
-# %%
+# %% tags=["anchor:dp-attention", "remove-input"]
 rows = []
 for tp in (1, 2, 4, 8):
     p = plan_serving(V3, "H200", "decode", 8, tp=tp, context=4096)
