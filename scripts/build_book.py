@@ -975,6 +975,26 @@ def check_site(book: Path) -> list[str]:
     return problems
 
 
+_INCLUDE_RE = re.compile(r"\{\{#include\s+([^}:\s]+)(?::([\w-]+))?\s*\}\}")
+
+
+def check_anchors(src_dir: Path) -> list[str]:
+    """Every {{#include FILE:NAME}} in a chapter names a file and an mdBook anchor that exist
+    (mdBook includes nothing, silently, for an anchor it does not find). FILE is a generated
+    notebook page (anchor: a cell tag anchor:NAME) or a source file (anchor: ANCHOR comments)."""
+    problems = []
+    for chapter in sorted(src_dir.glob("*.md")):
+        for m in _INCLUDE_RE.finditer(chapter.read_text(errors="replace")):
+            target, name = (src_dir / m.group(1)).resolve(), m.group(2)
+            if not target.is_file():
+                problems.append(f"{chapter.name}: {{{{#include {m.group(1)}}}}}: no such file")
+            elif name and not re.search(
+                rf"ANCHOR:\s*{re.escape(name)}\b", target.read_text(errors="replace")
+            ):
+                problems.append(f"{chapter.name}: no anchor {name!r} in {m.group(1)}")
+    return problems
+
+
 def check_includes(src_dir: Path, results: list[dict]) -> list[str]:
     """Warn about notebooks whose generated page no chapter includes."""
     text = "\n".join(p.read_text(errors="replace") for p in src_dir.glob("*.md"))
@@ -1067,6 +1087,9 @@ def main(argv: list[str] | None = None) -> int:
             results = convert_committed(root, src_dir, args.notebook)
         for w in check_includes(src_dir, results):
             log(f"WARNING: {w}")
+        missing = check_anchors(src_dir)
+        if missing:
+            raise BuildError("includes that mdBook would leave empty:\n  " + "\n  ".join(missing))
         log("mdbook build")
         run_mdbook(root, build_dir)
         problems = list(dict.fromkeys(check_site(build_dir)))  # mdBook repeats each <img> once
