@@ -291,7 +291,6 @@ def per_token_view(name="deepseek-v3", seq_len=4096, top_k=8):
     ax.barh(list(KINDS), [f.breakdown[k] / f.tokens / G for k in KINDS])
     ax.invert_yaxis()
     ax.set_xlabel("GFLOPs per training token")
-    fig.tight_layout()
     return html, fig
 
 
