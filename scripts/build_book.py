@@ -984,7 +984,8 @@ def check_anchors(src_dir: Path) -> list[str]:
     notebook page (anchor: a cell tag anchor:NAME) or a source file (anchor: ANCHOR comments)."""
     problems = []
     for chapter in sorted(src_dir.glob("*.md")):
-        for m in _INCLUDE_RE.finditer(chapter.read_text(errors="replace")):
+        text = re.sub(r"<!--.*?-->", "", chapter.read_text(errors="replace"), flags=re.S)
+        for m in _INCLUDE_RE.finditer(text):
             target, name = (src_dir / m.group(1)).resolve(), m.group(2)
             if not target.is_file():
                 problems.append(f"{chapter.name}: {{{{#include {m.group(1)}}}}}: no such file")
