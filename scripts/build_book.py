@@ -34,7 +34,8 @@ Notebook cell tags understood by the conversion
   anchor:NAME              see above
 
 Figures: every image output is numbered "Figure N.k" (N: the chapter, k: its order in the
-notebook) and rendered as <figure id="figure-N-k"> with the caption and alt text that
+chapter, which may include the notebook's cells in another order) and rendered as
+<figure id="figure-N-k"> with the caption and alt text that
 dsim.viz.show attached to it (a figure drawn otherwise gets a stand-in and a warning).
 
 Math in notebooks: markdown cells use Jupyter's $...$ and $$...$$; they are
@@ -975,6 +976,45 @@ def check_site(book: Path) -> list[str]:
     return problems
 
 
+_FIGURE_REF_RE = re.compile(r"(?<=figure-)(\d+)-(\d+)\b|(?<=Figure )(\d+)\.(\d+)(?=\.)")
+
+
+def renumber_figures(src_dir: Path, stem: str) -> None:
+    """Number a notebook's figures in the order its chapter shows them.
+
+    The conversion numbers figures in notebook order; a chapter may include the tagged cells in
+    another order (its prose decides). Figures the chapter includes get 1, 2, ... in the order of
+    the includes, the others follow in notebook order. Idempotent."""
+    page = src_dir / "generated" / stem / f"{stem}.md"
+    chapter = src_dir / f"{stem}.md"
+    if not page.is_file() or not chapter.is_file():
+        return
+    md = page.read_text()
+    regions = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"<!-- ANCHOR: ([\w-]+) -->(.*?)<!-- ANCHOR_END: \1 -->", md, re.S)
+    }
+    order: list[int] = []
+    wanted = (
+        rf"\{{\{{#include\s+generated/{re.escape(stem)}/{re.escape(stem)}\.md:([\w-]+)\s*\}}\}}"
+    )
+    for name in re.findall(wanted, chapter.read_text()):
+        for m in re.finditer(r'id="figure-\d+-(\d+)"', regions.get(name, "")):
+            if int(m.group(1)) not in order:
+                order.append(int(m.group(1)))
+    for m in re.finditer(r'id="figure-\d+-(\d+)"', md):
+        if int(m.group(1)) not in order:
+            order.append(int(m.group(1)))
+    new = {old: i + 1 for i, old in enumerate(order)}
+
+    def sub(m: re.Match) -> str:
+        if m.group(1) is not None:
+            return f"{m.group(1)}-{new.get(int(m.group(2)), int(m.group(2)))}"
+        return f"{m.group(3)}.{new.get(int(m.group(4)), int(m.group(4)))}"
+
+    page.write_text(_FIGURE_REF_RE.sub(sub, md))
+
+
 _INCLUDE_RE = re.compile(r"\{\{#include\s+([^}:\s]+)(?::([\w-]+))?\s*\}\}")
 
 
@@ -1086,6 +1126,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log("converting the committed notebooks (their runs from `make notebooks`)")
             results = convert_committed(root, src_dir, args.notebook)
+        for r in results:
+            renumber_figures(src_dir, r["stem"])
         for w in check_includes(src_dir, results):
             log(f"WARNING: {w}")
         missing = check_anchors(src_dir)
