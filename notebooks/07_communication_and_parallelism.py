@@ -128,7 +128,7 @@ for name, n, g in layouts:
 
 # %% tags=["anchor:alphabeta", "remove-input"]
 S = np.logspace(3, 10, 60)
-fig, axes = plt.subplots(1, 2, figsize=(7.3, 3.6))
+fig, axes = plt.subplots(1, 2, figsize=(7.3, 3.2))
 for name, n, g in layouts:
     bw = [
         bus_bandwidth(
@@ -183,7 +183,7 @@ if nccl:
 
 # %% tags=["anchor:fits-fig", "remove-input"]
 ncols = 2 if nccl else 1
-fig, axes = plt.subplots(1, ncols, figsize=(5.6 * ncols, 3.8), squeeze=False)
+fig, axes = plt.subplots(1, ncols, figsize=(3.65 * ncols, 3.2), squeeze=False)
 ax = axes[0, 0]
 for i, (k, c) in enumerate(gloo["collectives"].items()):
     ax.loglog(c["sizes_bytes"], c["time_s"], "o", ms=3, color=f"C{i}", label=f"{k} measured")
@@ -402,7 +402,7 @@ print(
     f"{lo * 1e6:.2f} us implied by the book's 8 x H100 ({lo / comm.NVLINK_CHUNK_OVERHEAD_S:.1f} x)"
 )
 S = np.logspace(5, 10.5, 60)
-fig, ax = plt.subplots(figsize=(6.4, 3.6))
+fig, ax = plt.subplots(figsize=(6.4, 3.2))
 ax.semilogx(S, [busbw8(s) for s in S], "-", label="8 x H100, model (H200 constants)")
 ax.semilogx(S, [busbw8(s, book) for s in S], "--", label="8 x H100, model (c fitted to the book)")
 ax.semilogx([big, mid], [bw_big / GB, bw_mid / GB], "ks", label="8 x H100, scaling book")
@@ -554,7 +554,7 @@ for ep in ep_sizes:
         f"{ep:>5}{nodes:>7}{reach:>15.2f}{vol.ib_bytes / MB:>11.1f}{vol.nvlink_bytes / MB:>11.1f}{fmt_t(t):>12}"
         f"{'':>12}{reach4:>7.2f}{fmt_t(t4):>12}"
     )
-fig, ax = plt.subplots(figsize=(6, 3.4))
+fig, ax = plt.subplots(figsize=(6, 2.9))
 ax.plot(ep_sizes, [r[1] * 1e3 for r in rows], "o-", label="any node")
 ax.plot(ep_sizes, [r[2] * 1e3 for r in rows], "s-", label="at most 4 nodes per token")
 ax.set(
@@ -624,7 +624,7 @@ for m, r, a, b, c in zip(Ms, reach, t_ib, t_nv, t_all):
     print(
         f"M = {m}: nodes reached {r:.2f}   IB {fmt_t(a)}   NVLink {fmt_t(b)}   dispatch (model) {fmt_t(c)}"
     )
-fig, ax = plt.subplots(figsize=(6, 3.4))
+fig, ax = plt.subplots(figsize=(6, 2.9))
 ax.plot(reach, [t * 1e3 for t in t_ib], "o-", label="InfiniBand part (bandwidth only)")
 ax.plot(reach, [t * 1e3 for t in t_nv], "s-", label="NVLink part (bandwidth only)")
 ax.plot(reach, [t * 1e3 for t in t_all], "k--", label="moe_dispatch_time")
@@ -661,7 +661,7 @@ for sched in ("1f1b", "zb1p", "dualpipe"):
         + ", ".join(f"{pipeline_bubble_fraction(sched, pp, m, F, B, W):.1%}" for m in (16, 32, 64))
     )
 ms = np.arange(16, 129, 8)
-fig, ax = plt.subplots(figsize=(6, 3.4))
+fig, ax = plt.subplots(figsize=(6, 2.9))
 for sched in ("1f1b", "zb1p", "dualpipe"):
     ax.plot(
         ms,
@@ -706,7 +706,7 @@ for t, c, k in zip(tok, comm, compute):
     print(
         f"{t:>11}{fmt_t(c):>18}{fmt_t(k):>17}{fmt_t(exposed_comm_time(c, k)):>12}{hidden_comm_fraction(c, k):>8.0%}"
     )
-fig, ax = plt.subplots(figsize=(6, 3.4))
+fig, ax = plt.subplots(figsize=(6, 2.9))
 ax.loglog(tok, comm * 1e3, "o-", label="dispatch + combine (model)")
 ax.loglog(tok, compute * 1e3, "s-", label="expert FLOPs at peak")
 ax.set(
