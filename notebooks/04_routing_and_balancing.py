@@ -288,7 +288,7 @@ viz.show(
 # balancing, 0.001 is the paper's value).
 
 
-# %% tags=["nbval-ignore-output", "anchor:live-explore", "remove-input"]
+# %% tags=["nbval-ignore-output"]
 def show_live(gate="sigmoid", gamma=0.01):
     t = live_run(gate, gamma)
     h = t.history
@@ -370,7 +370,7 @@ for g, t in live.items():
 # output is read from `dsim/data/balance_runs.json`.
 
 
-# %% tags=["nbval-ignore-output", "anchor:explore", "remove-input"]
+# %% tags=["nbval-ignore-output"]
 def show_run(gate="sigmoid", method="bias update", gamma="0.01 (10x paper)"):
     key = {
         "none": "none",

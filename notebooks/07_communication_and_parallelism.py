@@ -164,7 +164,7 @@ viz.show(
 # and thread wake-ups, not of a wire. The numbers come from the committed JSON files.
 
 
-# %% tags=["anchor:fits", "remove-input"]
+# %%
 def show_fits(run, label):
     print(f"{label}: alpha-beta fit per collective (T = alpha + S / bandwidth)")
     print(f"{'':16}{'alpha':>12}{'bandwidth':>14}{'busbw':>12}{'half-bw size':>15}")
@@ -250,7 +250,7 @@ viz.show(
 # (robust to the odd slow point). The constants in `dsim/cost/comm/collectives.py` are its output, and a test
 # re-runs the fit to keep them so.
 
-# %% tags=["anchor:calib", "remove-input"]
+# %%
 if nccl:
     cal = calibrate_from_measurements(nccl)
     print(
@@ -279,7 +279,7 @@ if nccl:
 else:
     print("NCCL was not run: no measurement to calibrate on.")
 
-# %% tags=["anchor:calib-check", "remove-input"]
+# %%
 if nccl:
     n, rpn, gpu = nccl["world_size"], nccl["ranks_per_node"], nccl["gpu_model"]
     print(
@@ -486,7 +486,7 @@ print(
 # The benchmark timed the same layer; on the CPU:
 
 
-# %% tags=["anchor:ep-results", "remove-input"]
+# %%
 def show_ep(run, label):
     for r in run["ep_moe"]:
         line = (
