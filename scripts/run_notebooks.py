@@ -192,7 +192,19 @@ def main(argv: list[str] | None = None) -> int:
             if not args.force and in_sync(py, py.with_suffix(".ipynb")):
                 print(f"[notebooks] {py.stem}: up to date")
                 continue
-            if not args.force and py.with_suffix(".ipynb").is_file():
+            ipynb = py.with_suffix(".ipynb")
+            newer = ipynb.is_file() and ipynb.stat().st_mtime > py.stat().st_mtime + 2
+            if newer and not in_sync(py, ipynb):
+                # Edited in JupyterLab without the Jupytext extension: running would overwrite it.
+                print(
+                    f"[notebooks] {ipynb.name} is newer than {py.name} and differs from it: "
+                    "bring the edits into the source first "
+                    f"(jupytext --sync {ipynb.relative_to(REPO)}) or touch the source to "
+                    "discard them",
+                    file=sys.stderr,
+                )
+                return 1
+            if not args.force and ipynb.is_file():
                 if update_without_running(py, py.with_suffix(".ipynb")):
                     print(f"[notebooks] {py.stem}: only prose or tags changed: updated, not run")
                     continue

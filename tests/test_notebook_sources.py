@@ -50,3 +50,24 @@ def test_a_changed_source_is_detected(tmp_path):
 def test_no_generator_scripts_left():
     left = sorted(p.name for p in (REPO / "scripts").glob("nbgen_*.py"))
     assert all(name.startswith("nbgen_09_") for name in left), left
+
+
+def test_prose_edit_keeps_the_outputs_and_code_edit_needs_a_run(tmp_path):
+    """make notebooks takes a prose or tag edit into the notebook without running it (outputs
+    kept); an edit of code is left for a run."""
+    import nbformat
+
+    src, run = NOTEBOOKS / "03_memory_and_kv_cache.py", NOTEBOOKS / "03_memory_and_kv_cache.ipynb"
+    py, ipynb = tmp_path / src.name, tmp_path / run.name
+    ipynb.write_bytes(run.read_bytes())
+    text = src.read_text()
+    py.write_text(text.replace("# ## 1. Bytes per parameter", "# ## 1. Bytes per parameter!", 1))
+    assert not run_notebooks.in_sync(py, ipynb)
+    assert run_notebooks.update_without_running(py, ipynb)
+    assert run_notebooks.in_sync(py, ipynb)
+    before = [c.get("outputs") for c in nbformat.read(run, 4).cells if c.cell_type == "code"]
+    after = [c.get("outputs") for c in nbformat.read(ipynb, 4).cells if c.cell_type == "code"]
+    assert after == before
+    assert "GiB, MiB = 2**30, 2**20" in text
+    py.write_text(text.replace("GiB, MiB = 2**30, 2**20", "GiB, MiB = 2**30, 2**20.0", 1))
+    assert not run_notebooks.update_without_running(py, ipynb)
