@@ -177,11 +177,13 @@ def book_page(browser, book_url):
     page.set_default_timeout(WAIT_MS)
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    # A request the page itself abandons (net::ERR_ABORTED: the favicon of a page that a click
+    # leaves before it finished loading) is not a failure; a missing file is an HTTP 404 below.
     page.on(
         "requestfailed",
         lambda r: (
             problems.append(f"request failed: {r.url} ({r.failure})")
-            if r.url.startswith(book_url)
+            if r.url.startswith(book_url) and "ERR_ABORTED" not in (r.failure or "")
             else None
         ),
     )
@@ -312,7 +314,9 @@ def sized_page(request, browser, book_url):
     page.on(
         "requestfailed",
         lambda r: (
-            problems.append(f"request failed: {r.url}") if r.url.startswith(book_url) else None
+            problems.append(f"request failed: {r.url} ({r.failure})")
+            if r.url.startswith(book_url) and "ERR_ABORTED" not in (r.failure or "")
+            else None
         ),
     )
     page.problems = problems
