@@ -54,7 +54,9 @@ NOTEBOOKS ?=
 notebooks: setup
 	$(PY) scripts/run_notebooks.py $(NOTEBOOKS) $(if $(FORCE),--force)
 
-# The book: executes the notebooks, converts them, builds chapters/ with mdBook into build/book.
+# The book: converts the committed notebook runs (make notebooks), builds chapters/ with mdBook
+# into build/book and checks every link, include and figure (scripts/build_book.py --execute
+# runs the notebooks afresh first).
 book: setup
 	$(PY) scripts/build_book.py
 
