@@ -49,9 +49,9 @@ ROOT = Path(os.environ.get("DSIM_BOOK_ROOT", REPO)).resolve()
 CHROMIUM = Path(os.environ.get("DSIM_CHROMIUM", "/usr/bin/chromium"))  # Debian's chromium
 SHOTS = REPO / "artifacts" / "screenshots"
 WAIT_MS = 120_000  # upper bound for any single wait in the browser
-# The book build (seconds: it converts the committed notebook runs) runs in the first test's setup. pytest-timeout
-# counts setup, so these tests get the build's deadline plus a margin instead of the suite's
-# per-test timeout.
+# The book build (seconds: it converts the committed notebook runs) runs in the first test's
+# setup. pytest-timeout counts setup, so these tests get the build's deadline plus a margin
+# instead of the suite's per-test timeout.
 BUILD_DEADLINE_S = 600
 
 pytestmark = [
