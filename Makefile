@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup tour lint test test-cpu-matrix notebooks book clean
+.PHONY: setup tour lint test test-cpu-matrix notebooks book slides clean
 
 # Create the virtual environment and install dsim with its notebook and test extras.
 # torch==2.13.0 is pinned here (a CPU build is available locally); the package itself asks for torch>=2.4.
@@ -59,6 +59,10 @@ notebooks: setup
 # runs the notebooks afresh first).
 book: setup
 	$(PY) scripts/build_book.py
+
+# Lecture slides: each chapter's notebook as an offline reveal.js deck in build/slides.
+slides: setup
+	$(PY) scripts/build_slides.py
 
 clean:
 	rm -rf build runs artifacts chapters/generated chapters/vendor

@@ -17,6 +17,10 @@ reduce-scatter, the output of all-gather, the whole send buffer of all-to-all; f
     .venv/bin/python bench/comm_bench.py --backend gloo --out dsim/data/comm_gloo_cpu.json
     # or under torchrun (it sets RANK/WORLD_SIZE; the script then does not spawn):
     torchrun --nproc-per-node 2 bench/comm_bench.py --backend nccl --gpu H200 --out ...
+    # a sweep over world sizes, 4 KiB .. 1 GiB, one JSON per world size ("{n}" in --out), e.g. on
+    # an 8-GPU node (dsim.cost.comm.crossval fits the model on some and validates on the others):
+    python3 bench/comm_bench.py --backend nccl --gpu H200 --skip-ep --world-sizes 2,4,8 \
+        --out 'dsim/data/comm_sweep_h200x{n}.json'
 
 NVLink multicast (NVLS) stays off: the script sets NCCL_NVLS_ENABLE=0 (and the symmetric-memory and
 NVSHMEM equivalents) unless the environment already sets them.
@@ -410,58 +414,17 @@ def add_model(result: dict, world: int, gpu: str | None, ranks_per_node: int) ->
     return result
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--backend", choices=("nccl", "gloo"), default="nccl")
-    p.add_argument(
-        "--world-size",
-        type=int,
-        default=2,
-        help="ranks (one GPU each with nccl); ignored under torchrun",
-    )
-    p.add_argument(
-        "--gpu",
-        default=None,
-        help="dsim GPU name for the model's prediction, e.g. H200 (nccl only)",
-    )
-    p.add_argument(
-        "--ranks-per-node",
-        type=int,
-        default=None,
-        help="for the prediction (default: all ranks on one node)",
-    )
-    p.add_argument("--min-bytes", type=int, default=1024)
-    p.add_argument(
-        "--max-bytes", type=int, default=None, help="default 1 GiB (nccl) or 64 MiB (gloo)"
-    )
-    p.add_argument(
-        "--target-s",
-        type=float,
-        default=None,
-        help="seconds of timed calls per point (default 0.05 nccl, 0.15 gloo)",
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="timed batches per point, median taken (default 3 nccl, 5 gloo)",
-    )
-    p.add_argument("--skip-ep", action="store_true", help="collectives only")
-    p.add_argument("--timeout-s", type=float, default=300, help="deadline of the whole run")
-    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    a = p.parse_args()
-    if a.gpu and a.backend != "nccl":
-        p.error("--gpu (the model's prediction) needs --backend nccl")
-    max_bytes = a.max_bytes or (2**30 if a.backend == "nccl" else 2**26)
-    cfg = dict(
-        min_bytes=a.min_bytes,
-        max_bytes=max_bytes,
-        skip_ep=a.skip_ep,
-        repeats=a.repeats or (3 if a.backend == "nccl" else 5),
-        target_s=a.target_s or (0.05 if a.backend == "nccl" else 0.15),
-    )
+def sweep_paths(out: str, world_sizes: list[int]) -> dict[int, Path]:
+    """One output file per world size: `out` must contain "{n}" when there are several."""
+    if len(world_sizes) > 1 and "{n}" not in out:
+        raise ValueError(f'--out must contain "{{n}}" (the world size) for a sweep, got {out!r}')
+    if any(n < 2 for n in world_sizes):
+        raise ValueError(f"world sizes must be >= 2, got {world_sizes}")
+    return {n: Path(out.replace("{n}", str(n))) for n in world_sizes}
+
+
+def run_one(a: argparse.Namespace, cfg: dict, world: int, out: Path) -> None:
+    """Measure on `world` ranks (or the torchrun group), add the model, write `out`."""
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     t0 = time.perf_counter()
     if torchrun:
@@ -476,7 +439,6 @@ def main() -> None:
         if rank != 0:
             return
     else:
-        world = a.world_size
         result = run_distributed(
             bench_worker,
             world,
@@ -499,9 +461,9 @@ def main() -> None:
     )
     result = add_model(result, world, a.gpu, rpn)
     result["wall_s"] = time.perf_counter() - t0
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"[comm_bench] wrote {a.out} in {result['wall_s']:.1f} s", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"[comm_bench] wrote {out} in {result['wall_s']:.1f} s", flush=True)
     for kind, c in result["collectives"].items():
         if "fit" in c:
             f = c["fit"]
@@ -512,6 +474,82 @@ def main() -> None:
             if "model_error" in c:
                 line += f"; model error at {c['sizes_bytes'][-1]:,d} B: {c['model_error'][-1]:+.0%}"
             print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--backend", choices=("nccl", "gloo"), default="nccl")
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=2,
+        help="ranks (one GPU each with nccl); ignored under torchrun",
+    )
+    p.add_argument(
+        "--world-sizes",
+        default=None,
+        help='a sweep, e.g. 2,4,8: one run and one JSON per world size (--out with "{n}"); '
+        "default --min-bytes 4096",
+    )
+    p.add_argument(
+        "--gpu",
+        default=None,
+        help="dsim GPU name for the model's prediction, e.g. H200 (nccl only)",
+    )
+    p.add_argument(
+        "--ranks-per-node",
+        type=int,
+        default=None,
+        help="for the prediction (default: all ranks on one node)",
+    )
+    p.add_argument("--min-bytes", type=int, default=None, help="default 1024 (4096 in a sweep)")
+    p.add_argument(
+        "--max-bytes", type=int, default=None, help="default 1 GiB (nccl) or 64 MiB (gloo)"
+    )
+    p.add_argument(
+        "--target-s",
+        type=float,
+        default=None,
+        help="seconds of timed calls per point (default 0.05 nccl, 0.15 gloo)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed batches per point, median taken (default 3 nccl, 5 gloo)",
+    )
+    p.add_argument("--skip-ep", action="store_true", help="collectives only")
+    p.add_argument("--timeout-s", type=float, default=300, help="deadline of each run")
+    p.add_argument(
+        "--out", required=True, help='JSON file to write ("{n}" is replaced by the world size)'
+    )
+    a = p.parse_args(argv)
+    if a.gpu and a.backend != "nccl":
+        p.error("--gpu (the model's prediction) needs --backend nccl")
+    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if a.world_sizes is not None:
+        if torchrun:
+            p.error("--world-sizes spawns its own ranks: not under torchrun")
+        try:
+            sizes = [int(n) for n in a.world_sizes.split(",")]
+            paths = sweep_paths(a.out, sizes)
+        except ValueError as e:
+            p.error(f"--world-sizes/--out: {e}")
+    else:
+        paths = {a.world_size: Path(a.out.replace("{n}", str(a.world_size)))}
+    max_bytes = a.max_bytes or (2**30 if a.backend == "nccl" else 2**26)
+    min_bytes = a.min_bytes or (4096 if a.world_sizes is not None else 1024)
+    cfg = dict(
+        min_bytes=min_bytes,
+        max_bytes=max_bytes,
+        skip_ep=a.skip_ep,
+        repeats=a.repeats or (3 if a.backend == "nccl" else 5),
+        target_s=a.target_s or (0.05 if a.backend == "nccl" else 0.15),
+    )
+    for world, out in paths.items():
+        run_one(a, cfg, world, out)
 
 
 if __name__ == "__main__":

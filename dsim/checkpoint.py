@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from dsim import balance
 from dsim.config import ModelArgs
@@ -117,15 +117,42 @@ def save_checkpoint(trainer: Trainer, path: str | Path) -> Path:
 def write_checkpoint(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str | Path
 ) -> Path:
-    """Low level: add the checksum to `metadata` and write atomically (tmp file, then rename)."""
+    """Low level: add the checksum to `metadata` and write atomically and durably.
+
+    The bytes go to `<path>.tmp`, which is fsync'ed, renamed over `path` (atomic: a reader sees
+    the old file or the new one, never half of one), and the directory is fsync'ed so that the
+    rename itself survives a power cut. A failed write removes the temporary file.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot save a checkpoint to {path}: it is a directory")
     metadata = {k: v for k, v in metadata.items() if k != "sha256"}
     metadata["sha256"] = checkpoint_digest(tensors, metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(save(tensors, metadata=metadata))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (a rename) to disk. POSIX only: elsewhere a no-op."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # Windows cannot open a directory
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def checkpoint_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
@@ -163,6 +190,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint file and check it: safetensors structure, format, checksum, JSON,
     configs."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
@@ -325,6 +354,10 @@ def _plan(ck: Checkpoint, trainer: Trainer) -> _Plan:
         if key not in t:
             raise CheckpointError(f"{where}: missing tensor {key}")
         _same_tensor_kind(where, key, t[key], ref)
+        try:  # right size and dtype is not enough: an invalid state raises in set_state
+            torch.Generator().set_state(t[key])
+        except (RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{where}: {key} is not a valid generator state ({e})") from None
     # --- history ---
     history = _history_from(ck, trainer)
     return _Plan(

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dsim.config_checks import validate_core, validate_family_fields
+
 
 @dataclass
 class ModelArgs:
@@ -62,6 +64,35 @@ class ModelArgs:
         norm_eps: RMSNorm epsilon.
         expert_impl: "grouped" (sorted tokens, grouped GEMM) or "loop" (one expert at a time).
         max_batch_size: batch rows the KV cache is allocated for.
+    Other families (Qwen2/3-MoE, OLMoE, DBRX, gpt-oss, GLM-4.5, DeepSeek-V3.2, Llama, Mistral);
+    each default reproduces the DeepSeek/Mixtral behaviour above:
+        qkv_bias: biases on the query, key and value projections (Qwen2-MoE, GLM-4.5, gpt-oss).
+        o_bias: a bias on the attention output projection (gpt-oss; Llama's attention_bias).
+        qk_norm: RMSNorm of queries and keys before RoPE: "none", "head" (per head over head_dim,
+            Qwen3, GLM-4.5) or "proj" (over the whole projection n_heads * head_dim, OLMoE).
+            MHA/GQA only.
+        rotary_dim: MHA/GQA partial rotary: RoPE rotates the first rotary_dim dims of each
+            head (GLM-4.5: head_dim / 2); 0 means the whole head. MLA uses qk_rope_head_dim.
+        clip_qkv: clamp the query, key and value projections to [-clip_qkv, clip_qkv] (DBRX);
+            0 disables. MHA/GQA only.
+        attn_sink: one learned logit per head that joins every softmax and takes probability mass
+            but carries no value (gpt-oss's attention sinks). MHA/GQA only.
+        sliding_window: tokens a query sees (itself included) in the layers of `window_layers`
+            (Mistral: every layer; gpt-oss: every other layer); 0 means full attention.
+        window_layers: indices of the layers that use the sliding window (sorted, distinct);
+            empty exactly when sliding_window is 0. MTP blocks always attend fully.
+        rope_truncate: YaRN rounds its ramp bounds to whole dims (DeepSeek; gpt-oss: False).
+        norm_type: "rmsnorm", or "layernorm" (mean-centred, weight only, no bias: DBRX).
+        shared_expert_gate: the shared experts' output is scaled by sigmoid(x w), w: [dim]
+            (Qwen2-MoE's gated shared expert).
+        router_bias: a learned bias on the router logits (gpt-oss; enters the weights).
+        expert_bias: biases on the routed experts' projections (gpt-oss).
+        swiglu_limit: 0 for SwiGLU; > 0 selects gpt-oss's clamped variant in the routed experts:
+            gate clamped to <= limit, up to [-limit, limit], out = (up + 1) * gate *
+            sigmoid(1.702 * gate).
+        index_n_heads, index_head_dim, index_topk: DeepSeek-V3.2's sparse attention: an indexer
+            of that many heads and width scores the earlier tokens, MLA attends to the
+            index_topk best only. All 0: dense MLA.
     """
 
     # sizes
@@ -108,10 +139,48 @@ class ModelArgs:
     norm_eps: float = 1e-6
     expert_impl: Literal["grouped", "loop"] = "grouped"
     max_batch_size: int = 8
+    # other families (defaults: DeepSeek/Mixtral behaviour)
+    qkv_bias: bool = False
+    o_bias: bool = False
+    qk_norm: Literal["none", "head", "proj"] = "none"
+    rotary_dim: int = 0
+    clip_qkv: float = 0.0
+    attn_sink: bool = False
+    sliding_window: int = 0
+    window_layers: tuple[int, ...] = ()
+    rope_truncate: bool = True
+    norm_type: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    shared_expert_gate: bool = False
+    router_bias: bool = False
+    expert_bias: bool = False
+    swiglu_limit: float = 0.0
+    index_n_heads: int = 0
+    index_head_dim: int = 0
+    index_topk: int = 0
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.window_layers, list):  # as read back from JSON
+            self.window_layers = tuple(self.window_layers)
         self.validate()
+        object.__setattr__(self, "_validated", True)  # from now on, every assignment validates
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Validate a field changed after construction, too: `args.dim = 0` raises ValueError and
+        leaves args as it was. (__init__ assigns before __post_init__ validates the whole.)"""
+        if not self.__dict__.get("_validated"):
+            return object.__setattr__(self, name, value)
+        missing = object()
+        old = self.__dict__.get(name, missing)
+        object.__setattr__(self, name, value)
+        try:
+            self.validate()
+        except ValueError:
+            if old is missing:
+                object.__delattr__(self, name)
+            else:
+                object.__setattr__(self, name, old)
+            raise
 
     # ---- derived quantities (one place, used by the model and the cost models alike) ----
     @property
@@ -143,8 +212,15 @@ class ModelArgs:
 
     @property
     def rope_dim(self) -> int:
-        """Dimensions that RoPE rotates: MLA's decoupled key, or the whole head otherwise."""
-        return self.qk_rope_head_dim if self.attn_type == "mla" else self.head_size
+        """Dimensions that RoPE rotates: MLA's decoupled key, else rotary_dim or the whole head."""
+        if self.attn_type == "mla":
+            return self.qk_rope_head_dim
+        return self.rotary_dim or self.head_size
+
+    @property
+    def has_indexer(self) -> bool:
+        """Whether MLA is DeepSeek-V3.2's sparse attention (an indexer picks index_topk keys)."""
+        return self.index_topk > 0
 
     @property
     def renormalize(self) -> bool:
@@ -181,137 +257,17 @@ class ModelArgs:
                     f"ModelArgs.{name} = {getattr(self, name)!r} is invalid: must be {allowed}"
                 )
 
-        for name in (
-            "vocab_size",
-            "dim",
-            "n_layers",
-            "n_heads",
-            "max_seq_len",
-            "max_batch_size",
-            "original_seq_len",
-        ):
-            need(
-                isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
-                name,
-                "an integer >= 1",
-            )
-        for name in (
-            "inter_dim",
-            "moe_inter_dim",
-            "n_dense_layers",
-            "n_routed_experts",
-            "n_shared_experts",
-            "n_activated_experts",
-            "q_lora_rank",
-            "kv_lora_rank",
-            "qk_nope_head_dim",
-            "qk_rope_head_dim",
-            "v_head_dim",
-            "head_dim",
-            "n_kv_heads",
-            "n_mtp_layers",
-        ):
-            need(
-                isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
-                name,
-                "an integer >= 0",
-            )
-        need(
-            self.n_dense_layers <= self.n_layers,
-            "n_dense_layers",
-            f"between 0 and n_layers={self.n_layers}",
-        )
-        need(self.score_func in ("softmax", "sigmoid"), "score_func", "'softmax' or 'sigmoid'")
-        need(self.group_score in ("top2_sum", "max"), "group_score", "'top2_sum' or 'max'")
-        need(self.attn_type in ("mla", "mha", "gqa"), "attn_type", "'mla', 'mha' or 'gqa'")
-        need(self.attn_impl in ("naive", "absorb"), "attn_impl", "'naive' or 'absorb'")
-        need(self.expert_impl in ("grouped", "loop"), "expert_impl", "'grouped' or 'loop'")
-        need(self.drop_policy in ("score", "position"), "drop_policy", "'score' or 'position'")
-        need(self.route_norm in (None, True, False), "route_norm", "None, True or False")
-        need(self.route_scale > 0, "route_scale", "> 0")
-        need(self.capacity_factor >= 0, "capacity_factor", ">= 0 (0 disables token dropping)")
-        need(self.norm_eps > 0, "norm_eps", "> 0")
-        need(self.rope_theta > 0, "rope_theta", "> 0")
-        need(self.rope_factor >= 1, "rope_factor", ">= 1")
-        need(self.n_dense_layers == self.n_layers or self.inter_dim >= 0, "inter_dim", ">= 0")
-        need(
-            self.n_dense_layers == 0 or self.inter_dim >= 1,
-            "inter_dim",
-            ">= 1 when there are dense layers",
-        )
-        if self.n_routed_experts > 0 and self.n_layers > self.n_dense_layers:
-            need(self.moe_inter_dim >= 1, "moe_inter_dim", ">= 1 when there are MoE layers")
-            need(
-                1 <= self.n_activated_experts <= self.n_routed_experts,
-                "n_activated_experts",
-                f"between 1 and n_routed_experts={self.n_routed_experts}",
-            )
-            need(
-                self.n_expert_groups >= 1 and self.n_routed_experts % self.n_expert_groups == 0,
-                "n_expert_groups",
-                f"a divisor of n_routed_experts={self.n_routed_experts}",
-            )
-            need(
-                1 <= self.n_limited_groups <= self.n_expert_groups,
-                "n_limited_groups",
-                f"between 1 and n_expert_groups={self.n_expert_groups}",
-            )
-            per_group = self.n_routed_experts // self.n_expert_groups
-            if self.n_expert_groups > 1:
-                need(
-                    self.group_score == "max" or per_group >= 2,
-                    "n_expert_groups",
-                    "such that each group holds >= 2 experts (group score = sum of the top-2)",
-                )
-                need(
-                    self.n_limited_groups * per_group >= self.n_activated_experts,
-                    "n_limited_groups",
-                    ">= n_activated_experts / experts per group = "
-                    f"{self.n_activated_experts}/{per_group}",
-                )
-        elif self.n_layers > self.n_dense_layers:
-            raise ValueError(
-                "ModelArgs.n_routed_experts = 0 is invalid: "
-                "must be >= 1 when n_dense_layers < n_layers"
-            )
-        if self.attn_type == "mla":
-            need(self.kv_lora_rank >= 1, "kv_lora_rank", ">= 1 for MLA")
-            need(
-                self.qk_rope_head_dim >= 2 and self.qk_rope_head_dim % 2 == 0,
-                "qk_rope_head_dim",
-                "an even integer >= 2 for MLA",
-            )
-            need(self.qk_nope_head_dim >= 1, "qk_nope_head_dim", ">= 1 for MLA")
-            need(self.v_head_dim >= 1, "v_head_dim", ">= 1 for MLA")
-        else:
-            need(
-                self.head_size >= 2 and self.head_size % 2 == 0,
-                "head_dim",
-                "0 (dim // n_heads) or an even integer >= 2",
-            )
-            need(
-                self.n_heads % self.kv_heads == 0,
-                "n_kv_heads",
-                f"a divisor of n_heads={self.n_heads}",
-            )
-            if self.attn_type == "mha":
-                need(
-                    self.kv_heads == self.n_heads,
-                    "n_kv_heads",
-                    "0 or n_heads for MHA (use attn_type='gqa')",
-                )
-        if self.tie_embeddings:
-            pass  # any size works: the head reuses the embedding matrix
+        validate_core(self, need)  # dsim.config_checks: DeepSeek's and Mixtral's fields
+        validate_family_fields(self, need)  # the other families' fields
 
     # ---- Hugging Face configs ----
     @classmethod
     def from_hf_config(
         cls, path_or_dict: str | Path | dict[str, Any], **overrides: Any
     ) -> ModelArgs:
-        """Read a Hugging Face `config.json` of the DeepSeek-V2/V3 or Mixtral families (a path to
-        the file or to its directory, or the parsed dict); overrides replace fields afterwards.
-        The parsing lives in dsim.hf.config (imported here, so that dsim.config imports nothing
-        of dsim)."""
+        """Read a Hugging Face `config.json` (dsim.hf.supported_families()) or DeepSeek's native
+        config: a path to the file or its directory, or the parsed dict; overrides come after.
+        The parsing lives in dsim.hf.config, imported here: it imports dsim.config (no cycle)."""
         from dsim.hf.config import args_from_hf_config
 
         return args_from_hf_config(path_or_dict, **overrides)
@@ -530,4 +486,13 @@ def scaled_down(args: ModelArgs, **overrides: Any) -> ModelArgs:
     )
     if small["n_dense_layers"] == 0 and args.n_dense_layers == 0:
         small["n_layers"] = min(args.n_layers, 2)
+    if not routed:  # a dense model (Llama, Mistral) stays dense
+        small["n_dense_layers"] = small["n_layers"]
+    # the other families' features, kept on and shrunk to the small head and layer counts
+    small["rotary_dim"] = 4 if args.rotary_dim else 0
+    if args.sliding_window:
+        kept = tuple(i for i in args.window_layers if i < small["n_layers"])
+        small.update(sliding_window=16, window_layers=kept or (0,))
+    if args.index_topk:
+        small.update(index_n_heads=2, index_head_dim=8, index_topk=16)
     return args.replace(**{**small, **overrides})

@@ -107,7 +107,11 @@ class EPMoE(nn.Module):
 
     After a forward, `self.routing` is the gate's decision and `self.send_counts` /
     `self.recv_counts` ([n, E/n] ints) say how many rows went to / came from each rank per expert.
+    `exchange` is the all-to-all of the dispatch (first call of a forward) and of the combine
+    (second); a benchmark may set a timed one on an instance (bench/ep_step_measure.py).
     """
+
+    exchange = staticmethod(all_to_all)
 
     def __init__(self, args: ModelArgs, group=None):
         super().__init__()
@@ -192,7 +196,7 @@ class EPMoE(nn.Module):
         send_splits, recv_splits = send.sum(1).tolist(), recv.sum(1).tolist()
 
         # 2. dispatch: rows travel to the rank that holds their expert
-        xr = all_to_all(
+        xr = self.exchange(
             x[token], recv_splits, send_splits, self.group
         )  # [R, D] by source, then expert
         expert = torch.repeat_interleave(
@@ -201,7 +205,7 @@ class EPMoE(nn.Module):
 
         # 3. my experts, then combine: every row goes back to where it came from
         yr = self._local_experts(xr, expert)  # [R, D]
-        ys = all_to_all(yr, send_splits, recv_splits, self.group)  # [T*K, D] in `order`
+        ys = self.exchange(yr, send_splits, recv_splits, self.group)  # [T*K, D] in `order`
 
         # 4. weight the K rows of each token and add them up (as MoE.forward_grouped does)
         ys = ys * routing.weights.type_as(ys).flatten()[order, None]

@@ -70,13 +70,30 @@ def unigram_entropy(data: torch.Tensor) -> float:
 def get_batch(
     data: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows: inputs x [B, S] and next-byte targets y [B, S]."""
-    if data.numel() <= seq_len + 1:
-        raise ValueError(f"corpus of {data.numel()} bytes is too short for seq_len={seq_len}")
+    """Random windows: inputs x [B, S] and next-byte targets y [B, S] (int64)."""
+    _check_data(data, seq_len)
     start = torch.randint(0, data.numel() - seq_len - 1, (batch_size,), generator=generator)
     idx = start[:, None] + torch.arange(seq_len + 1)
     window = data[idx].long()
     return window[:, :-1], window[:, 1:]
+
+
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _check_data(data: torch.Tensor, seq_len: int, vocab_size: int | None = None) -> None:
+    """Token data: a 1-D integer tensor (float data would be truncated to ids: 0.7 -> 0) longer
+    than seq_len + 1, its ids below vocab_size when given (a scan: Trainer does it once)."""
+    if not isinstance(data, torch.Tensor) or data.dim() != 1 or data.dtype not in _INT_DTYPES:
+        got = f"{data.dtype} {tuple(data.shape)}" if torch.is_tensor(data) else type(data).__name__
+        raise ValueError(f"data must be a 1-D tensor of integer token ids (uint8 bytes), got {got}")
+    if data.numel() <= seq_len + 1:
+        raise ValueError(f"corpus of {data.numel()} bytes is too short for seq_len={seq_len}")
+    if vocab_size is not None and not 0 <= int(data.min()) <= int(data.max()) < vocab_size:
+        raise ValueError(
+            f"data holds token ids {int(data.min())}..{int(data.max())}: must be in "
+            f"[0, ModelArgs.vocab_size={vocab_size})"
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -290,19 +307,15 @@ class History:
     """Per-step records of a run (plain lists, cheap to log every step)."""
 
     loss: list[float] = field(default_factory=list)  # main next-token loss, nats
-    mtp_loss: list[float] = field(
-        default_factory=list
-    )  # mean MTP cross-entropy over depths, nats (0: off)
+    # mean MTP cross-entropy over depths, nats (0: off)
+    mtp_loss: list[float] = field(default_factory=list)
     aux_loss: list[float] = field(default_factory=list)  # sum of the balance/z losses as added
-    load: list[np.ndarray] = field(
-        default_factory=list
-    )  # [layers, E] fraction of assignments per expert
-    imbalance: list[float] = field(
-        default_factory=list
-    )  # max load / mean load, averaged over layers
-    entropy: list[float] = field(
-        default_factory=list
-    )  # load entropy / log(E), averaged over layers
+    # [layers, E] fraction of assignments per expert
+    load: list[np.ndarray] = field(default_factory=list)
+    # max load / mean load, averaged over layers
+    imbalance: list[float] = field(default_factory=list)
+    # load entropy / log(E), averaged over layers
+    entropy: list[float] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)  # assignments dropped by capacity, all layers
     bias: list[np.ndarray] = field(default_factory=list)  # [layers, E] gate biases after the step
     val_bpb: list[tuple[int, float]] = field(default_factory=list)
@@ -421,6 +434,8 @@ class Trainer:
                 "TrainConfig.mtp_lambda > 0 needs a model with MTP modules: "
                 "set ModelArgs.n_mtp_layers >= 1"
             )
+        if data is not None:  # checked once here: get_batch takes random windows of it
+            _check_data(data, cfg.seq_len, args.vocab_size)
         self.args, self.cfg = args, cfg
         torch.manual_seed(cfg.seed)
         self.model = Transformer(args)

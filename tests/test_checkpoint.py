@@ -212,3 +212,108 @@ def test_other_files_are_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="is not a dsim checkpoint"):
         load_checkpoint(tmp_path / "plain.safetensors")
+
+
+def trainer_state(trainer: Trainer) -> tuple:
+    """Everything a load replaces: weights, optimizer moments, both generators, step, history."""
+    optim = {
+        (i, k): v.clone()
+        for i, s in trainer.optimizer.state_dict()["state"].items()
+        for k, v in s.items()
+    }
+    return (
+        snapshot(trainer),
+        optim,
+        trainer.generator.get_state().clone(),
+        torch.get_rng_state().clone(),
+        trainer.step,
+        list(trainer.history.loss),
+    )
+
+
+def same_state(a: tuple, b: tuple) -> bool:
+    (ma, oa, ga, ra, sa, ha), (mb, ob, gb, rb, sb, hb) = a, b
+    return (
+        ma.keys() == mb.keys()
+        and all(torch.equal(ma[k], mb[k]) for k in ma)
+        and oa.keys() == ob.keys()
+        and all(torch.equal(oa[k], ob[k]) for k in oa)
+        and torch.equal(ga, gb)
+        and torch.equal(ra, rb)
+        and (sa, ha) == (sb, hb)
+    )
+
+
+@pytest.mark.parametrize("key", ["rng/batches", "rng/torch"])
+def test_an_invalid_generator_state_is_refused_before_anything_is_loaded(halfway, tmp_path, key):
+    """Issue 19, defect 8: a checksum-valid file whose RNG state has the right size but is not a
+    valid mt19937 state raised RuntimeError after the weights, the optimizer and the batch
+    generator had been replaced. Now every part is checked first and the trainer is untouched."""
+
+    def garbage(tensors, meta):
+        tensors[key] = torch.zeros_like(tensors[key])
+
+    bad = rewrite(halfway, tmp_path / "rng.safetensors", garbage)
+    trainer = Trainer(args(), CFG)
+    trainer.run(2, progress=False)
+    before = trainer_state(trainer)
+    with pytest.raises(CheckpointError, match=f"{key} is not a valid generator state"):
+        load_checkpoint(bad, trainer)
+    assert same_state(trainer_state(trainer), before)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names file descriptors via /proc")
+def test_saves_are_fsynced_around_the_rename(halfway, tmp_path, monkeypatch):
+    """Issue 19, defect 9: the file is fsync'ed before the rename and the directory after it, so a
+    power cut leaves the old checkpoint or the new one, both complete."""
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with safe_open(str(halfway), framework="pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    dst = tmp_path / "durable.safetensors"
+    write_checkpoint(tensors, meta, dst)
+    tmp, final, folder = str(dst) + ".tmp", str(dst), str(tmp_path)
+    assert events == [("fsync", tmp), ("replace", tmp, final), ("fsync", folder)]
+    assert load_checkpoint(dst).step == 4
+
+
+def test_saving_onto_a_directory_or_failing_midway_leaves_no_temporary_file(halfway, tmp_path):
+    """Issue 19, defect 9: saving onto a directory wrote a full-size <dir>.tmp and left it there;
+    loading a directory said "file not found"."""
+    trainer = load_checkpoint(halfway)
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        save_checkpoint(trainer, folder)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        load_checkpoint(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder"]
+    # a write that fails halfway (here: the disk is full) removes its temporary file and leaves
+    # the previous checkpoint as it was
+    target = save_checkpoint(trainer, tmp_path / "run.safetensors")
+    before = target.read_bytes()
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    import os
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fsync", full)
+        with pytest.raises(OSError, match="No space left"):
+            save_checkpoint(trainer, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder", "run.safetensors"]
+    assert target.read_bytes() == before

@@ -98,8 +98,8 @@ def test_mixtral_config_equals_preset():
     [
         ({**V3_HF, "hidden_sizee": 1}, "unknown key(s) hidden_sizee"),
         ({**V3_HF, "num_key_value_heads": 8}, "contradictory"),
-        ({**MIXTRAL_HF, "n_routed_experts": 16}, "contradictory"),
-        ({**V3_HF, "model_type": "llama"}, "not supported"),
+        ({**MIXTRAL_HF, "n_routed_experts": 16}, "unknown key(s) n_routed_experts"),
+        ({**V3_HF, "model_type": "gpt2"}, "not supported"),
         ({**V3_HF, "num_experts_per_tok": 300}, "n_activated_experts"),
         ({**V3_HF, "moe_layer_freq": 2}, "moe_layer_freq"),
     ],
@@ -160,3 +160,57 @@ def test_scaled_down_keeps_structure():
         assert (small.q_lora_rank > 0) == (big.q_lora_rank > 0)
         assert (small.n_expert_groups > 1) == (big.n_expert_groups > 1)
         assert small.uses_yarn == big.uses_yarn
+
+
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [
+        ("route_scale", float("inf"), "finite number > 0"),
+        ("mscale", float("nan"), "finite number >= 0"),
+        ("norm_eps", float("inf"), "finite number > 0"),
+        ("rope_theta", float("inf"), "finite number > 1"),
+        ("rope_factor", float("inf"), "finite number >= 1"),
+        ("capacity_factor", float("inf"), "finite number >= 0"),
+        ("tie_embeddings", "no", "True or False"),
+        ("route_norm", 1, "None, True or False"),
+        ("dim", True, "integer >= 1"),
+        ("n_expert_groups", True, "integer >= 0"),
+        ("beta_slow", 40, "< beta_fast=32"),
+        ("route_scale", "2.5", "finite number > 0"),
+        ("norm_eps", "1e-6", "finite number > 0"),
+        ("dim", "64", "integer >= 1"),
+    ],
+)
+def test_values_that_break_the_forward_pass_are_refused(field, value, allowed):
+    """Issue 19, defect 6: inf/NaN floats gave NaN or zero logits, a truthy string tied the
+    embeddings, a bool passed as an int (width 1), beta_slow > beta_fast inverted YaRN's ramp, and
+    strings raised a TypeError naming no field."""
+    with pytest.raises(ValueError, match=f"ModelArgs.{field}") as e:
+        preset("tiny", **{field: value})
+    assert allowed in str(e.value)
+
+
+def test_fields_are_validated_on_assignment_and_left_unchanged():
+    """Issue 19, defect 6: a field changed after construction was never validated again."""
+    import copy
+    import dataclasses
+    import math
+    import pickle
+
+    args = preset("tiny")
+    for field, value in (("dim", 0), ("route_scale", math.nan), ("n_routed_experts", 1)):
+        before = getattr(args, field)
+        with pytest.raises(ValueError, match="ModelArgs"):
+            setattr(args, field, value)
+        assert getattr(args, field) == before  # the invalid value was undone
+    assert args == preset("tiny")
+    args.attn_impl = "absorb"  # a valid change goes through
+    assert args.attn_impl == "absorb"
+    # copies, pickles and dataclasses.replace keep validating
+    for other in (copy.deepcopy(args), pickle.loads(pickle.dumps(args))):
+        assert other == args
+        with pytest.raises(ValueError, match="ModelArgs.n_heads"):
+            other.n_heads = 0
+    assert dataclasses.replace(args, dim=32).dim == 32
+    with pytest.raises(ValueError, match="ModelArgs.dim"):
+        dataclasses.replace(args, dim=-1)

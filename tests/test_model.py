@@ -218,3 +218,85 @@ def test_generate_is_greedy_argmax_of_full_forward():
     with torch.no_grad():
         for i in range(4, 9):
             assert out[0, i] == model(out[:, :i])[0, -1].argmax()
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input (issue 19, defect 13): a ValueError that says what to change, never a deep torch error
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda t: t[:0], "batch, seq >= 1"),  # empty batch
+        (lambda t: t[:, :0], "batch, seq >= 1"),  # empty sequence
+        (lambda t: t[0], r"got shape \(8,\)"),  # 1-D
+        (lambda t: t[None], r"got shape \(1, 2, 8\)"),  # 3-D
+        (lambda t: t.float(), "float32: token ids must be integers"),
+        (lambda t: t > 5, "bool: token ids must be integers"),
+        (lambda t: t.tolist(), "torch.Tensor"),
+    ],
+    ids=["empty-batch", "empty-seq", "1d", "3d", "float", "bool", "list"],
+)
+def test_bad_tokens_raise_value_error(make, match):
+    """Issue 19, defect 13: these hit IndexError/RuntimeError deep in torch (a float or bool
+    tensor, an empty batch, 1-D or 3-D tokens)."""
+    model = build()
+    tokens = torch.randint(0, 97, (2, 8))
+    with pytest.raises(ValueError, match=match):
+        model(make(tokens))
+    with pytest.raises(ValueError, match=match.replace("tokens", "prompt")):
+        model.generate(make(tokens), 2)
+
+
+def test_negative_start_pos_raises():
+    """Issue 19, defect 13: start_pos = -1 sliced the RoPE table from the end."""
+    with pytest.raises(ValueError, match="start_pos = -1"):
+        build()(torch.randint(0, 97, (2, 8)), start_pos=-1)
+
+
+def test_uint8_tokens_are_accepted_as_ids():
+    """Issue 19, defect 13: uint8 (the dtype of dsim's byte corpus, get_corpus) is read as int64
+    ids, by the forward pass and by generate (a design choice: bytes are token ids here)."""
+    model = build()
+    tokens = torch.randint(0, 97, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens.to(torch.uint8)), model(tokens), rtol=0, atol=0)
+    out = model.generate(tokens.to(torch.uint8), 3)
+    assert out.dtype == torch.int64 and torch.equal(out, model.generate(tokens, 3))
+
+
+@pytest.mark.parametrize("temperature", [-1.0, float("nan"), float("inf"), True, "0.5"])
+def test_generate_refuses_a_temperature_it_cannot_sample_at(temperature):
+    """Issue 19, defect 13: temperature -1 or NaN decoded greedily without a word."""
+    with pytest.raises(ValueError, match="temperature"):
+        build().generate(torch.randint(0, 97, (1, 4)), 2, temperature=temperature)
+
+
+def test_generate_checks_the_length_before_decoding_and_a_tiny_temperature_is_greedy():
+    """Issue 19, defect 13: too many new tokens failed halfway through decoding; a temperature of
+    1e-300 gave NaN probabilities (logits / T overflowed) instead of the greedy choice."""
+    model = build()
+    limit = model.args.max_seq_len
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(torch.randint(0, 97, (1, 4)), limit - 2)
+    assert model.generate(torch.randint(0, 97, (1, 4)), limit - 3).shape == (1, limit + 1)
+    prompt = torch.randint(0, 97, (2, 4))
+    gen = torch.Generator().manual_seed(0)
+    sampled = model.generate(prompt, 4, temperature=1e-300, generator=gen)
+    assert torch.equal(sampled, model.generate(prompt, 4))
+
+
+def test_start_pos_without_the_cache_raises():
+    """Issue 19, defect 13: start_pos > 0 without use_cache built a mask for keys that are not
+    there (RuntimeError in scaled_dot_product_attention). Found by test_properties_lib.py."""
+    model = build()
+    with pytest.raises(ValueError, match="needs use_cache=True"):
+        model(torch.randint(0, 97, (1, 1)), start_pos=1)
+
+
+@pytest.mark.parametrize("changes", [dict(kv_lora_rank=15), dict(qk_nope_head_dim=7)])
+def test_odd_mla_widths_run(changes):
+    """Issue 19, defect 6: an odd kv_lora_rank (or qk_nope_head_dim) put the RoPE slice at an odd
+    offset, which view_as_complex refuses (RuntimeError). Found by test_properties_lib.py."""
+    model = build(**changes)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randint(0, 97, (2, 5)))).all()

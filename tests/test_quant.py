@@ -581,3 +581,139 @@ def test_gemm_bench_runs_on_cpu(tmp_path):
     ks = sorted({r["k"] for r in data["accuracy_vs_k"]})
     emu = {(r["k"], r["kernel"]): r["rel_err"] for r in data["accuracy_vs_k"]}
     assert emu[(ks[-1], "emulated_no_promotion")] > emu[(ks[0], "emulated_no_promotion")]
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input: a ValueError that names the cause, never NaN and never another exception type
+# ------------------------------------------------------------------------------------------
+def test_float64_beyond_float32_range_raises_instead_of_nan():
+    """Issue 19, defect 5: float64 values past float32's range were quantized to NaN codes."""
+    x = torch.tensor([[1e39, 1.0, -2.0, 3.0]], dtype=torch.float64)
+    for f in (
+        lambda: quantize(x),
+        lambda: quantize_fp8(x.expand(2, 4).clone(), 2),
+        lambda: act_quant(x, 2),
+        lambda: calibrate(x),
+        lambda: fake_quant(x, 8),
+    ):
+        with pytest.raises(ValueError, match="float32"):
+            f()
+    # just inside the range still works (and stays finite)
+    ok = quantize(torch.tensor([[3e38, 1.0]], dtype=torch.float64), 8, scale_dtype=torch.float32)
+    assert torch.isfinite(dequantize(ok)).all()
+
+
+def test_float16_scales_that_overflow_raise():
+    """Issue 19, defect 5: INT4 with |x| > 65504 * 7 = 458,528 gave an inf fp16 scale and NaN."""
+    x = torch.tensor([[5e5, 1.0, -3.0, 0.5]])
+    with pytest.raises(ValueError, match="458528.*bfloat16"):
+        quantize(x, 4, scale_dtype=torch.float16)
+    with pytest.raises(ValueError, match="float16"):
+        fake_quant(torch.tensor([[1e7, 1.0]]), 8, scale_dtype=torch.float16)
+    # the bound itself: 458,528 quantizes to 7 * 65504 exactly; bf16 scales take 5e5 in stride
+    at = quantize(torch.tensor([[458528.0, 1.0]]), 4, scale_dtype=torch.float16)
+    assert dequantize(at)[0, 0] == 458528.0
+    assert torch.isfinite(dequantize(quantize(x, 4))).all()
+
+
+def test_float16_scales_never_underflow_to_zero():
+    """Issue 19, defect 5: a scale below float16's smallest normal number is raised to it, so tiny
+    groups dequantize to finite values within half a step (never 0 * inf or 0 / 0)."""
+    for bits in (4, 8):
+        for sym in (True, False):
+            x = torch.tensor([[1e-9, -3e-12, 0.0, 2e-30]])
+            qt = quantize(x, bits, symmetric=sym, scale_dtype=torch.float16)
+            s = float(qt.scale.float().max())
+            assert s >= torch.finfo(torch.float16).tiny
+            out = dequantize(qt)
+            assert torch.isfinite(out).all() and float((out - x).abs().max()) <= s / 2
+
+
+def test_asymmetric_range_that_overflows_float32_is_computed_wider():
+    """Issue 19, defect 5: asymmetric INT8 of [-3e38, 3e38]: max - min overflowed float32 to inf
+    and gave NaN; the range is now taken in float64 (the scale itself fits)."""
+    x = torch.tensor([[3e38, -3e38, 1e38, 0.0]])
+    for sd in (torch.bfloat16, torch.float32):
+        qt = quantize(x, 8, symmetric=False, scale_dtype=sd)
+        out = dequantize(qt)
+        assert torch.isfinite(out).all()
+        # within one step: the rounded zero point may clip an end of the range by half a step
+        assert float((out.double() - x.double()).abs().max()) <= float(qt.scale.float())
+    # past what the rounded-up scale can give back, a ValueError (not inf)
+    with pytest.raises(ValueError, match="float32's maximum"):
+        quantize(torch.tensor([[3.4e38, -1.0]]), 4)
+
+
+def test_fp8_group_size_zero_is_an_error_not_128():
+    """Issue 19, defect 15: quantize_weight(w, 'fp8', 0) silently used 128x128 blocks."""
+    from dsim.quant import quantize_weight
+
+    with pytest.raises(ValueError, match="block_size = 0"):
+        quantize_weight(randn(4, 4), "fp8", 0)
+    assert quantize_weight(randn(4, 4), "fp8", None).group_size == 128  # None: DeepSeek's 128
+
+
+def test_bad_input_raises_value_error_not_index_zero_division_or_runtime_error():
+    """Issue 19, defect 15: these raised RuntimeError, ZeroDivisionError, IndexError or
+    NotImplementedError; every one is now a ValueError naming the argument."""
+    cases = [
+        (lambda: quantize(torch.zeros(0, 4)), "empty"),
+        (lambda: quantize(torch.zeros(0, 4), 4, "group", 2), "empty"),
+        (lambda: calibrate(randn(100), "kl", num_bins=0), "num_bins"),
+        (lambda: calibrate(randn(100), "kl", num_bins=10), "num_bins"),
+        (lambda: calibrate(randn(100), "mse", max_samples=0), "max_samples"),
+        (lambda: accumulation_error(0), "K = 0"),
+        (lambda: accumulation_error(64, M=0), "M = 0"),
+        (lambda: accumulation_error(64, chunk=0), "chunk = 0"),
+        (lambda: fp8_gemm(randn(2, 4), torch.ones(1), randn(4), torch.ones(1), 2), "b \\[N, K\\]"),
+        (lambda: weight_dequant(torch.zeros(4), torch.ones(2), 2), "weight_dequant"),
+        (lambda: act_quant(torch.tensor(1.0), 2), "act_quant"),
+        (lambda: act_quant(randn(4), True), "block_size = True"),
+        (lambda: quantize(randn(3, 4)).select(5), "select index"),
+        (lambda: unpack_int4(torch.tensor([1.5]), 2), "uint8"),
+        (lambda: aligned_sum(randn(3), 2.5), "mantissa_bits"),
+        (lambda: quantize(randn(3, 4), 8.0), "bits"),
+        (lambda: aligned_sum(torch.zeros(3, 0)), "aligned_sum needs terms"),
+        (lambda: fp8_gemm(torch.zeros(2, 0), torch.ones(1), torch.zeros(3, 0), torch.ones(1)), "K"),
+        (lambda: pack_int4(torch.tensor(3)), "integer codes"),
+        (lambda: pack_int4(torch.tensor([1.5, 2.0])), "integer codes"),  # was truncated to 1
+        (lambda: quantize_model("tiny", "w8a8"), "nn.Module"),
+        (lambda: bytes_by_kind("tiny"), "nn.Module"),
+        (lambda: prepare_qat(Transformer(preset("tiny")), 4, 0), "group_size = 0"),
+    ]
+    for f, match in cases:
+        with pytest.raises(ValueError, match=match):
+            f()
+
+
+def test_calibrate_model_without_batches_raises():
+    """Issue 19, defect 15: an empty batch list left every layer uncalibrated without a word."""
+    model = Transformer(preset("tiny")).eval()
+    quantize_model(model, "w8a8")
+    with pytest.raises(ValueError, match="at least one batch"):
+        calibrate_model(model, [])
+
+
+def test_no_message_advises_a_pad_option_the_function_lacks():
+    """Issue 19, defect 15: fake_quant and quantize_weight said 'pass pad=True', which they do not
+    accept; only quantize(), which has `pad`, suggests it."""
+    from dsim.quant import quantize_weight
+
+    x = randn(4, 5)
+    for f in (lambda: fake_quant(x, 4, "group", 2), lambda: quantize_weight(x, "w4a16", 2)):
+        with pytest.raises(ValueError, match="divisor of 5") as e:
+            f()
+        assert "pad" not in str(e.value)
+    with pytest.raises(ValueError, match="pad=True"):
+        quantize(x, 4, "group", 2)
+
+
+def test_fp8_power_of_two_scale_that_overflows_on_dequantization_raises():
+    """Issue 19, defect 5: ue8m0 rounds the scale up to 2^120 for max|x| = 3.3e38; a code of 256
+    then dequantized to 2^128 = inf. Found by tests/test_properties_lib.py."""
+    x = torch.tensor([[0.0, 0.0], [0.0, 3.2964853281345433e38]])
+    with pytest.raises(ValueError, match="overflows float32"):
+        act_quant(x, 2, "ue8m0")
+    with pytest.raises(ValueError, match="overflows float32"):
+        quantize_fp8(x, 2, "ue8m0")
+    assert torch.isfinite(dequantize(quantize_fp8(x, 2))).all()  # fp32 scales fit

@@ -277,3 +277,20 @@ def test_balance_bench_runs_one_configuration():
         and 0 <= out["final"]["mtp_acceptance"] <= 1
     )
     assert out["train_config"]["mtp_lambda_schedule"] == [[3, 0.1]]
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (torch.rand(5000), "integer token ids.*float32"),  # used to train on zeros (0.7 -> 0)
+        (torch.zeros(5000, dtype=torch.bool), "integer token ids.*bool"),
+        (torch.zeros(50, 100, dtype=torch.long), r"1-D.*\(50, 100\)"),
+        (torch.full((5000,), 300), "token ids 300..300"),
+        (torch.zeros(10, dtype=torch.uint8), "too short"),
+    ],
+    ids=["float", "bool", "2d", "beyond-vocab", "short"],
+)
+def test_trainer_refuses_data_that_is_not_token_ids(data, match):
+    """Issue 19, defect 13: Trainer with float data truncated it to ids and trained on zeros."""
+    with pytest.raises(ValueError, match=match):
+        Trainer(small(), TrainConfig(**FAST), data=data)

@@ -14,7 +14,11 @@ dsim's cost models and gives it a verdict:
                  active parameters below top-k of the experts, a speed-up above the ratio of peak
                  throughputs and of bytes moved, a model larger than the memory it must fit in;
     depends      the claim is ambiguous; each reading is computed and gets its own verdict
-                 (`Verdict.readings`), and the readings disagree.
+                 (`Verdict.readings`), and the readings the article allows bracket the claim.
+
+The rules that combine readings into a verdict are written down in `verdict.combine` (readings the
+article never states are context; a range is checked at both ends; a per-step bound does not make a
+deployment speed-up cannot_hold). `report` renders the claims as chapter 9's tables.
 
 A claim that is not numeric gets the verdict `not_numeric` with the inventory's reason.
 
@@ -28,12 +32,14 @@ catalog, committed measurements, published figures in `REFERENCES`).
     print(summary())
 One concept per module:
 
-    verdict     Claim, Reading, Verdict, the verdict rules (agree, at_least, ...), fmt, @check
+    verdict     Claim, Reading, Verdict, the verdict rules (agree, at_least, range_ends,
+                per_step_bound, not_stated, combine, ...), fmt, @check
     references  published figures (REFERENCES, ref, src) and reference_checks()
     models      the models the checks use besides dsim's presets
     parameters, compute, sizes, speedups, serving, training, systems
                 the checks of each topic, registered in CHECKS when imported
     runner      check_claim, check_all, counts, summary
+    report      the HTML tables of chapter 9 (article_table, unchecked_table, counts_table)
 """
 
 from dsim.claims.compute import calculate_moe_flops_as_written, window_length_for, window_saving
@@ -53,6 +59,7 @@ from dsim.claims.runner import check_all, check_claim, counts, summary
 
 # notebook 09 shows where a measured speed-up comes from
 from dsim.claims.speedups import _measured_speedup as _measured_speedup
+from dsim.claims.speedups import serving_speedup
 from dsim.claims.verdict import (
     ARTICLES,
     CHECKS,
@@ -74,7 +81,10 @@ from dsim.claims.verdict import (
     in_range,
     load_claims,
     make,
+    not_stated,
     pct,
+    per_step_bound,
+    range_ends,
     within,
 )
 
@@ -110,11 +120,15 @@ __all__ = [
     "load_claims",
     "make",
     "moe_8b",
+    "not_stated",
     "pct",
+    "per_step_bound",
     "quant_bytes_per_param",
     "range_check",
+    "range_ends",
     "ref",
     "reference_checks",
+    "serving_speedup",
     "src",
     "summary",
     "toy_moe",

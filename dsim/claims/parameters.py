@@ -25,8 +25,9 @@ from dsim.claims.verdict import (
     check,
     fmt,
     make,
+    not_stated,
     pct,
-    within,
+    range_ends,
 )
 from dsim.config import PUBLISHED_PARAMS, preset
 from dsim.cost import params
@@ -65,7 +66,8 @@ def moe_active_top_k(c: Claim) -> Verdict:
         (4, "top-4 (not stated anywhere)"),
     ):
         a = params(toy_moe(n, size, k)).active_breakdown["routed_experts"]
-        rs.append(agree(why, stated, a))
+        r = agree(why, stated, a)
+        rs.append(r if k == 2 else not_stated(r))
         lines.append(
             f"top-{k} of {n}: dsim.cost.params(...).active_breakdown['routed_experts'] = {k} x "
             f"{fmt(size)} = {fmt(a)}"
@@ -136,10 +138,14 @@ def param_split(c: Claim) -> Verdict:
             f"{pct(experts)}, gate {pct(router)}, everything else {pct(shared)}"
         )
         if name == "deepseek-v3":
+            label = "DeepSeek-V3's split"
             rs = [
-                agree("router share, DeepSeek-V3", c.q["router_pct"], router * 100),
-                agree("expert share, DeepSeek-V3", c.q["expert_pct"], experts * 100),
-                agree("shared share, DeepSeek-V3", c.q["shared_pct"], shared * 100),
+                dataclasses.replace(agree(label, c.q[key], share * 100), part=part)
+                for key, share, part in (
+                    ("shared_pct", shared, "shared layers"),
+                    ("expert_pct", experts, "experts"),
+                    ("router_pct", router, "router"),
+                )
             ]
     lines.append(
         "experts hold ~90-97 % and the router a few hundredths of a percent, not 60 % and 5 %"
@@ -153,25 +159,27 @@ def active_share(c: Claim) -> Verdict:
     p = params(m)
     share = p.active / p.total
     dense = params(llama31_8b())
+    dshare = dense.active / dense.total
+    label = "share of its weights a token uses"
+    rs = [
+        agree(label, c.q["moe_utilization_pct"], share * 100, note="8B top-2-of-8 MoE"),
+        *range_ends(
+            label,
+            c.q["dense_utilization_pct_low"],
+            c.q["dense_utilization_pct_high"],
+            dshare * 100,
+            what="dense",
+        ),
+    ]
+    rs[0] = dataclasses.replace(rs[0], part="MoE")
     return make(
         c,
-        [
-            agree(
-                "share of weights a token uses, 8B top-2-of-8 MoE",
-                c.q["moe_utilization_pct"],
-                share * 100,
-            ),
-            agree(
-                "same for a dense model (stated 30-40 %)",
-                c.q["dense_utilization_pct_high"],
-                dense.active / dense.total * 100,
-            ),
-        ],
+        rs,
         "%",
         [
             f"{m.name}: dsim.cost.params active {fmt(p.active)} / total {fmt(p.total)} = "
             f"{pct(share)}",
-            f"dense {llama31_8b().name}: active / total = {pct(dense.active / dense.total)}",
+            f"dense {llama31_8b().name}: active / total = {pct(dshare)}",
             "the natural reading inverts the claim: a dense model uses all its weights, an MoE a "
             "fraction",
         ],
@@ -229,28 +237,24 @@ def range_check(
     unit: str,
     sources: list[str],
     tol: float = TOLERANCE,
+    extra: list[Reading] | None = None,
 ) -> Verdict:
-    """A stated 'typical range' [lo, hi] against the values of DeepSeek's models: holds when every
-    model lies inside (within tol), else off, measured at the model farthest outside."""
-    inside = {k: v for k, v in values.items() if lo * (1 - tol) <= v <= hi * (1 + tol)}
+    """A stated 'typical range' [lo, hi] against the values of DeepSeek's models, checked at both
+    ends: the low end holds when no model lies below it, the high end when none lies above it
+    (within tol). `extra`: further parts of the same reading (other rows of the article's table)."""
+    small, large = min(values, key=values.get), max(values, key=values.get)
+    what = "DeepSeek" if extra else ""
+    rs = range_ends(label, lo, hi, values[small], values[large], tol, what=what)
     lines = [
         f"stated range {fmt(lo)}-{fmt(hi)}; DeepSeek models: "
         + ", ".join(
-            f"{k} {fmt(v)}" + ("" if k in inside else " (outside)") for k, v in values.items()
+            f"{k} {fmt(v)}" + ("" if lo * (1 - tol) <= v <= hi * (1 + tol) else " (outside)")
+            for k, v in values.items()
         ),
-        f"{len(inside)} of {len(values)} inside",
+        f"low end {fmt(lo)} against the smallest, {small} {fmt(values[small])}; high end "
+        f"{fmt(hi)} against the largest, {large} {fmt(values[large])}",
     ]
-    if len(inside) == len(values):
-        r = Reading(label, hi, max(values.values()), "holds")
-    else:
-        far = max(
-            (v for v in values.values() if v not in inside.values()),
-            key=lambda v: max(v / hi, lo / v),
-        )
-        edge = hi if far > hi else lo
-        r = Reading(label, edge, far, "off")
-        lines.append(f"farthest outside: {fmt(far)} against the range's {fmt(edge)}")
-    return make(c, r, unit, lines, sources, tol=tol)
+    return make(c, rs + (extra or []), unit, lines, sources, tol=tol)
 
 
 @check("a3-param-table-heads", "a3-param-table-hidden", "a3-param-table-vocab")
@@ -289,9 +293,19 @@ def expert_count_range(c: Claim) -> Verdict:
 @check("a2-table-param-scale")
 def param_scale_range(c: Claim) -> Verdict:
     values = {k: params(m).total_no_mtp for k, m in deepseek_models().items()}
+    label = "the table's parameter counts"
+    gpt3 = dataclasses.replace(agree(label, c.q["gpt3_params"], ref("gpt3_params")), part="GPT-3")
+    bert = range_ends(
+        label,
+        c.q["bert_min_params"],
+        c.q["bert_max_params"],
+        ref("bert_large_params"),
+        ref("megatron_bert_params"),
+        what="BERT",
+    )
     v = range_check(
         c,
-        "total parameters of DeepSeek's models",
+        label,
         c.q["deepseek_min_params"],
         c.q["deepseek_max_params"],
         values,
@@ -302,6 +316,7 @@ def param_scale_range(c: Claim) -> Verdict:
             src("bert_large_params"),
             src("megatron_bert_params"),
         ],
+        extra=[gpt3, *bert],
     )
     extra = (
         f"\nGPT-3 {fmt(c.q['gpt3_params'])} = published {fmt(ref('gpt3_params'))} (right); BERT "
@@ -316,23 +331,40 @@ def param_scale_range(c: Claim) -> Verdict:
 def expert_capacity(c: Claim) -> Verdict:
     lo, hi = c.q["expert_capacity_min"], c.q["expert_capacity_max"]
     v3 = preset("deepseek-v3")
-    count = max(preset(k).n_routed_experts for k in DEEPSEEK_MOE)
+    count = {k: preset(k).n_routed_experts for k in DEEPSEEK_MOE}
+    k, e = v3.n_activated_experts, v3.n_routed_experts
     # tokens per expert = capacity_factor * T * k / E, capacity factor 1, V3's k = 8 of E = 256
-    per_expert = {T: T * v3.n_activated_experts / v3.n_routed_experts for T in (512, 2048)}
+    per_expert = {T: T * k / e for T in (512, 4096)}
     rs = [
-        Reading("number of routed experts (largest: DeepSeek-V3)", hi, count, "off"),
-        Reading(
-            "capacity factor (Switch: 1.0-1.25; DeepSeek-V3 drops no tokens)",
-            lo,
-            ref("capacity_factor_switch"),
-            "off",
+        *not_stated(
+            range_ends(
+                "number of routed experts (the article names expert_count as another key)",
+                lo,
+                hi,
+                min(count.values()),
+                max(count.values()),
+            )
         ),
-        within(
-            "tokens one expert takes per batch, DeepSeek-V3, capacity factor 1",
-            (lo + hi) / 2,
+        *not_stated(
+            range_ends(
+                "capacity factor (the article's own code has capacity_factor = 1.2 beside it)",
+                lo,
+                hi,
+                1.0,
+                ref("capacity_factor_switch"),
+            )
+        ),
+        *range_ends(
+            "tokens one expert takes, DeepSeek-V3, capacity factor 1, a batch of 512 tokens",
+            lo,
+            hi,
             per_expert[512],
-            per_expert[2048],
-            note="T = 512 to 2048 tokens per batch",
+        ),
+        *range_ends(
+            "tokens one expert takes, DeepSeek-V3, capacity factor 1, one 4096-token sequence",
+            lo,
+            hi,
+            per_expert[4096],
         ),
     ]
     return make(
@@ -340,13 +372,14 @@ def expert_capacity(c: Claim) -> Verdict:
         rs,
         "",
         [
-            "no DeepSeek config has 'expert_capacity'; three readings:",
-            "routed experts: "
-            f"{', '.join(f'{k} {preset(k).n_routed_experts}' for k in DEEPSEEK_MOE)}",
-            "capacity factor: ~1 in GShard/Switch; dsim's deepseek-v3 preset capacity_factor = "
-            f"{v3.capacity_factor} (no dropping)",
-            f"per-expert token capacity = T x {v3.n_activated_experts} / {v3.n_routed_experts}: "
-            + ", ".join(f"T={T}: {fmt(n)}" for T, n in per_expert.items()),
+            "no DeepSeek config has 'expert_capacity'; GShard and Switch use the word for the "
+            "tokens one expert may take per batch, T x capacity factor x k / E",
+            "routed experts: " + ", ".join(f"{n} {v}" for n, v in count.items()),
+            "capacity factor: 1.0-1.25 in GShard/Switch; dsim's deepseek-v3 preset "
+            f"capacity_factor = {v3.capacity_factor} (no dropping)",
+            f"per-expert token capacity = T x {k} / {e}: "
+            + ", ".join(f"T={T}: {fmt(n)}" for T, n in per_expert.items())
+            + "; the batch T, which the article does not give, decides where it falls",
         ],
         ["dsim presets", src("capacity_factor_switch")],
     )

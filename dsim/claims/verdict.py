@@ -8,11 +8,16 @@ CHECKS).
     off          it disagrees, by a factor or a percentage;
     cannot_hold  it violates a bound that no implementation can beat;
     depends      the claim is ambiguous; each reading is computed and gets its own verdict
-                 (`Verdict.readings`), and the readings disagree.
+                 (`Verdict.readings`), and the readings the article allows bracket the claim: one
+                 holds and another does not, or they fall on either side of its number.
+
+`combine` writes the rules down: readings the article never states are context only, a range is
+checked at both ends, and a per-step bound does not make a deployment speed-up cannot_hold.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -37,7 +42,9 @@ ARTICLES = {
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Claim:
-    """One entry of claims_data.json."""
+    """One entry of claims_data.json: the claim in our own words (`claim`, with the article's
+    numbers as it gives them), where it stands in the article (`where`), how the check reads it
+    (`reading`), the quantities it states and the inputs a check needs."""
 
     id: str
     article: str
@@ -50,6 +57,8 @@ class Claim:
     reason: str = ""
     note: str = ""
     formula: str = ""
+    where: str = ""
+    reading: str = ""
     expected: dict = field(default_factory=dict)
     verdict_hint: str = ""
     why: str = ""
@@ -61,17 +70,33 @@ class Claim:
 
 @dataclass(frozen=True)
 class Reading:
-    """One interpretation of a claim, computed: what it states, what dsim computes, the verdict."""
+    """One interpretation of a claim, computed: what it states, what dsim computes, the verdict.
+
+    part: which of the claim's numbers this is, when one reading checks several ("low end" and
+    "high end" of a range, or the two rows of a comparison); the parts of one reading (same label)
+    must all hold for the reading to hold. unstated: the reading assumes what the article never
+    states while its text points elsewhere (top-4 where its code routes to 2 experts); it is shown
+    for context and does not decide the verdict (see `combine`).
+    """
 
     label: str
     stated: float
     computed: float
     verdict: str
     note: str = ""
+    part: str = ""
+    unstated: bool = False
 
     @property
     def ratio(self) -> float:
         return self.stated / self.computed if self.computed else math.inf
+
+    @property
+    def side(self) -> int:
+        """0 when the reading holds, else +1 / -1 as dsim's number is above / below the claim's."""
+        if self.verdict == "holds":
+            return 0
+        return 1 if self.computed > self.stated else -1
 
 
 @dataclass(frozen=True)
@@ -221,10 +246,110 @@ def in_range(label: str, lo: float, hi: float, computed: float, note: str = "") 
     return Reading(label, (lo + hi) / 2, computed, "holds" if lo <= computed <= hi else "off", note)
 
 
+def range_ends(
+    label: str,
+    lo: float,
+    hi: float,
+    computed_lo: float,
+    computed_hi: float | None = None,
+    tol: float = TOLERANCE,
+    note: str = "",
+    what: str = "",
+) -> list[Reading]:
+    """A range claim [lo, hi], checked at both ends: the low end holds when dsim's smallest value
+    (computed_lo) is not below lo, the high end when its largest (computed_hi, default computed_lo)
+    is not above hi, each within tol. Both ends must hold for the reading to hold. `what` names
+    the row when one reading checks several ranges ("BERT: low end")."""
+    pre = f"{what}: " if what else ""
+    top = computed_lo if computed_hi is None else computed_hi
+    return [
+        Reading(
+            label,
+            lo,
+            computed_lo,
+            "holds" if computed_lo >= lo * (1 - tol) else "off",
+            note,
+            part=pre + "low end",
+        ),
+        Reading(
+            label, hi, top, "holds" if top <= hi * (1 + tol) else "off", note, part=pre + "high end"
+        ),
+    ]
+
+
+def per_step_bound(
+    label: str,
+    stated: float,
+    bound: float,
+    deployment: bool,
+    tol: float = TOLERANCE,
+    note: str = "",
+) -> Reading:
+    """A speed-up against the most one step can gain (the ratio of bytes moved or of peak
+    throughputs). Above the bound a step speed-up cannot hold; a deployment speed-up is only off
+    under this reading, because a deployment can also change what one step does (a larger batch
+    in the memory the smaller weights free, a model that now fits on fewer devices)."""
+    if stated <= bound * (1 + tol):
+        return Reading(label, stated, bound, "holds", note)
+    return Reading(label, stated, bound, "off" if deployment else "cannot_hold", note)
+
+
+def not_stated(r: Reading | list[Reading]) -> Reading | list[Reading]:
+    """The reading(s) flagged as assuming what the article never states (context only)."""
+    if isinstance(r, list):
+        return [dataclasses.replace(x, unstated=True) for x in r]
+    return dataclasses.replace(r, unstated=True)
+
+
+def _fold_parts(readings: list[Reading]) -> list[Reading]:
+    """One reading per label: the parts of a reading hold together, else the part farthest off
+    decides (the one with the largest |log(stated / computed)|)."""
+    groups: dict[str, list[Reading]] = {}
+    for r in readings:
+        groups.setdefault(r.label, []).append(r)
+
+    def miss(r: Reading) -> float:
+        if r.stated > 0 and r.computed > 0:
+            return abs(math.log(r.stated / r.computed))
+        return math.inf
+
+    out = []
+    for rs in groups.values():
+        failing = [r for r in rs if r.verdict != "holds"]
+        out.append(max(failing, key=miss) if failing else rs[0])
+    return out
+
+
+# ANCHOR: combine
 def combine(readings: tuple[Reading, ...] | list[Reading]) -> str:
-    """One verdict for all readings: theirs when they agree, else depends."""
-    kinds = {r.verdict for r in readings}
-    return kinds.pop() if len(kinds) == 1 else "depends"
+    """One verdict for all readings of a claim. The rules, in order:
+
+    1. Only readings the article states or leaves open count; a reading flagged `unstated` (it
+       assumes what the article never says while its text points elsewhere) is context. So a
+       claim that only matches under an unstated reading is not "depends".
+    2. The parts of one reading (a range's low and high end, the rows of a comparison) hold
+       together: a range claim is checked at both ends, and fails at the end that misses.
+    3. Every counted reading holds: holds.
+    4. Some reading holds and another does not, or two readings put dsim's number on either side
+       of the claim's (they bracket it): depends; the claim is true for some condition the
+       article left out.
+    5. Otherwise every reading misses on the same side: cannot_hold when every one breaks a hard
+       bound, else off. (A per-step bound gives a deployment speed-up "off", never "cannot_hold":
+       see `per_step_bound`.)
+    """
+    counted = _fold_parts([r for r in readings if not r.unstated])
+    if not counted:
+        raise ValueError("a claim needs at least one reading the article states or leaves open")
+    sides = {r.side for r in counted}
+    if sides == {0}:
+        return "holds"
+    if len(sides) > 1:
+        return "depends"
+    kinds = {r.verdict for r in counted}
+    return "cannot_hold" if kinds == {"cannot_hold"} else "off"
+
+
+# ANCHOR_END: combine
 
 
 def make(
@@ -236,24 +361,28 @@ def make(
     bound: str = "",
     tol: float = TOLERANCE,
 ) -> Verdict:
-    """The Verdict of claim c from its readings (the first one gives stated and computed); the
-    readings are appended to the arithmetic when there are several."""
+    """The Verdict of claim c from its readings (the first counted one gives stated and computed);
+    the readings are appended to the arithmetic when there are several."""
     rs = (readings,) if isinstance(readings, Reading) else tuple(readings)
     text = "\n".join(arithmetic) if isinstance(arithmetic, list) else arithmetic
     if len(rs) > 1:
         text += "\n" + "\n".join(
-            f"  reading '{r.label}': stated {fmt(r.stated)} vs {fmt(r.computed)} -> {r.verdict}"
+            f"  reading '{r.label}'"
+            + (f", {r.part}" if r.part else "")
+            + f": stated {fmt(r.stated)} vs {fmt(r.computed)} -> {r.verdict}"
             + (f" ({r.note})" if r.note else "")
+            + (" [not stated by the article: context only]" if r.unstated else "")
             for r in rs
         )
+    first = next((r for r in rs if not r.unstated), rs[0])
     return Verdict(
         claim_id=c.id,
         article=c.article,
         topic=c.topic,
         claim=c.claim,
         verdict=combine(rs),
-        stated=rs[0].stated,
-        computed=rs[0].computed,
+        stated=first.stated,
+        computed=first.computed,
         unit=unit,
         arithmetic=text,
         sources=tuple(sources),

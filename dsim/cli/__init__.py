@@ -11,8 +11,12 @@
                               prefill or decode capacity of a deployment, per GPU and per node
 
 --model takes a preset name or a path to a Hugging Face config.json; sizes take K/M/B/T suffixes
-(--tokens 14.8T). Errors in the input exit with status 2 and one line naming the problem, never a
-traceback.
+(--tokens 14.8T); GB means 10^9 bytes.
+
+exit status: 0 the command answered (`dsim memory` answers "does NOT fit" with 0 too: its JSON
+says "fits"); 2 bad input, or nothing fits (`dsim plan`, `dsim serve`), reported in one line on
+stderr that names the option or the file; 1 an internal error of dsim (one line; DSIM_DEBUG=1 shows
+the traceback). Never a traceback otherwise.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ import argparse
 import os
 import sys
 
-from dsim.cli.args import OneLineParser, UsageError, size, size_int
+from dsim.cli.args import (
+    MAX_GPUS,
+    OneLineParser,
+    UsageError,
+    dtype_arg,
+    real,
+    size,
+    size_int,
+    whole,
+)
 from dsim.cli.costs import cmd_flops, cmd_memory, cmd_params
 from dsim.cli.output import human, table
 from dsim.cli.plan import cmd_plan, cmd_serve
@@ -42,12 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
         "and print every preset's parameter counts.\n\nexample: dsim tour --steps 400",
     )
     p.add_argument(
-        "--steps", type=int, default=400, help="training steps (default 400, about 30 s on 2 cores)"
+        "--steps",
+        type=whole(1, 10**6),
+        default=400,
+        help="training steps (default 400: about half a minute of training on 2 idle cores)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    p.add_argument("--seed", type=whole(0, 2**63 - 1), default=0)
+    p.add_argument(
+        "--threads", type=whole(1, 4096), default=2, help="CPU threads for torch (default 2)"
+    )
     p.add_argument("--out", default="runs/tour_loss.png", help="where to save the loss plot (PNG)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output: the losses and the parameter table (implies --quiet)",
+    )
     p.set_defaults(func=cmd_tour)
     p = sub.add_parser(
         "params",
@@ -86,10 +109,19 @@ def _add_cost_commands(sub) -> None:
     p.add_argument("--model", default="deepseek-v3", help=MODEL_HELP)
     p.add_argument("--mode", choices=("train", "prefill", "decode"), default="train")
     p.add_argument(
-        "--seq-len", type=size_int, default=4096, help="tokens per sequence (decode: cached tokens)"
+        "--seq-len",
+        type=size_int,
+        default=None,
+        help="tokens per sequence (decode: cached tokens; default 4096, or the model's "
+        "max_seq_len if shorter)",
     )
     p.add_argument("--batch", type=size_int, default=1, help="sequences (default 1)")
-    p.add_argument("--context", type=int, default=None, help="cached tokens before a prefill chunk")
+    p.add_argument(
+        "--context",
+        type=whole(0, suffix=True),
+        default=None,
+        help="cached tokens before a prefill chunk",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_flops)
 
@@ -108,13 +140,19 @@ def _add_cost_commands(sub) -> None:
     p.add_argument("--model", default="deepseek-v3", help=MODEL_HELP)
     p.add_argument("--gpu", default="H100-SXM", help="GPU type (h100, h800, h200, a100, ...)")
     p.add_argument(
-        "--gpus", type=size_int, default=None, help="GPUs in all (sets dp = gpus / (tp x pp))"
+        "--gpus",
+        type=whole(1, MAX_GPUS, suffix=True),
+        default=None,
+        help="GPUs in all (sets dp = gpus / (tp x pp))",
     )
     p.add_argument("--mode", choices=("train", "inference"), default="train")
     for name in ("tp", "pp", "ep"):
-        p.add_argument(f"--{name}", type=int, default=1)
+        p.add_argument(f"--{name}", type=whole(1, MAX_GPUS), default=1)
     p.add_argument(
-        "--dp", type=int, default=None, help="data-parallel size (default 1, or from --gpus)"
+        "--dp",
+        type=whole(1, MAX_GPUS),
+        default=None,
+        help="data-parallel size (default 1, or from --gpus)",
     )
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=0)
     p.add_argument(
@@ -125,10 +163,20 @@ def _add_cost_commands(sub) -> None:
         default=1,
         help="sequences per micro-batch (inference: per batch)",
     )
-    p.add_argument("--seq-len", type=size_int, default=4096)
+    p.add_argument(
+        "--seq-len",
+        type=size_int,
+        default=None,
+        help="tokens per sequence (default 4096, or the model's max_seq_len if shorter)",
+    )
     p.add_argument("--recompute", choices=("none", "selective", "full"), default="none")
     p.add_argument("--dtype", default="bf16", help="weight dtype (bf16, fp8, int8, int4, ...)")
-    p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (inference)")
+    p.add_argument(
+        "--kv-dtype",
+        type=dtype_arg,
+        default="bf16",
+        help="KV cache format (inference): fp32, bf16, fp16, fp8, int8, int4, or bits per element",
+    )
     p.add_argument(
         "--optimizer-dtype", choices=("fp32", "bf16"), default="fp32", help="Adam moments"
     )
@@ -151,11 +199,24 @@ def _add_cost_commands(sub) -> None:
     )
     p.add_argument("--model", default="deepseek-v3", help=MODEL_HELP)
     p.add_argument("--gpu", default="H100-SXM", help="GPU type (h100, h800, h200, a100, ...)")
-    p.add_argument("--gpus", type=size_int, default=256, help="GPUs (whole nodes of 8)")
     p.add_argument(
-        "--tokens", type=size, default=1e12, help="token budget, e.g. 14.8T (default 1T)"
+        "--gpus",
+        type=whole(1, MAX_GPUS, suffix=True),
+        default=256,
+        help="GPUs (whole nodes of 8)",
     )
-    p.add_argument("--seq-len", type=size_int, default=4096)
+    p.add_argument(
+        "--tokens",
+        type=size,
+        default=1e12,
+        help="token budget, e.g. 14.8T (default 1T; at least one global batch)",
+    )
+    p.add_argument(
+        "--seq-len",
+        type=size_int,
+        default=None,
+        help="tokens per sequence (default 4096, or the model's max_seq_len if shorter)",
+    )
     batch = p.add_mutually_exclusive_group()
     batch.add_argument(
         "--global-batch", type=size_int, default=1024, help="sequences per step (default 1024)"
@@ -163,19 +224,28 @@ def _add_cost_commands(sub) -> None:
     batch.add_argument(
         "--global-batch-tokens", type=size, default=None, help="tokens per step, e.g. 62.9M"
     )
-    p.add_argument("--price", type=float, default=2.0, help="$ per GPU-hour (default 2)")
+    p.add_argument("--price", type=real(0.0, 1e6), default=2.0, help="$ per GPU-hour (default 2)")
     p.add_argument(
         "--optimizer-dtype", choices=("fp32", "bf16"), default="fp32", help="Adam moments"
     )
     for name in ("tp", "pp", "ep", "dp"):
-        p.add_argument(f"--{name}", type=int, default=None, help=f"fix {name} (default: search)")
+        p.add_argument(
+            f"--{name}", type=whole(1, MAX_GPUS), default=None, help=f"fix {name} (default: search)"
+        )
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None)
-    p.add_argument("--micro-batch", type=int, default=None, help="sequences per micro-batch")
+    p.add_argument("--micro-batch", type=whole(1), default=None, help="sequences per micro-batch")
     p.add_argument("--recompute", choices=("none", "selective", "full"), default=None)
     p.add_argument("--schedule", choices=("1f1b", "dualpipe"), default=None)
     p.add_argument("--dtype", choices=("bf16", "fp8"), default=None, help="matmul precision")
-    p.add_argument("--top", type=int, default=10, help="plans to show (default 10)")
+    p.add_argument("--top", type=whole(1), default=10, help="plans to show (default 10)")
     p.add_argument("--include-unfit", action="store_true", help="rank layouts that do not fit too")
+    p.add_argument(
+        "--activation-recipe",
+        choices=("plain", "deepseek-v3"),
+        default="plain",
+        help="how activations are kept: plain autograd, or DeepSeek-V3's fp8 caching and "
+        "recomputation (dsim.cost.memory.DEEPSEEK_V3_RECIPE)",
+    )
     p.add_argument(
         "--json", action="store_true", help='{"layouts_evaluated": N, "plans": [...]}, best first'
     )
@@ -198,38 +268,66 @@ def _add_cost_commands(sub) -> None:
     )
     p.add_argument("--model", default="deepseek-v3", help=MODEL_HELP)
     p.add_argument("--gpu", default="H800", help="GPU type (h100, h800, h200, a100, ...)")
-    p.add_argument("--gpus", type=size_int, default=8, help="GPUs of one deployment unit")
+    p.add_argument(
+        "--gpus",
+        type=whole(1, MAX_GPUS, suffix=True),
+        default=16,
+        help="GPUs of one deployment unit (default 16: two nodes of 8)",
+    )
     p.add_argument("--phase", choices=("prefill", "decode"), default="decode")
-    p.add_argument("--ep", type=int, default=None, help="expert-parallel size (default: all GPUs)")
+    p.add_argument(
+        "--ep",
+        type=whole(1, MAX_GPUS),
+        default=None,
+        help="expert-parallel size (default: the most GPUs that divide both --gpus and the "
+        "routed + redundant experts; all GPUs for DeepSeek-V3)",
+    )
     p.add_argument(
         "--tp",
-        type=int,
+        type=whole(1, MAX_GPUS),
         default=1,
         help="tensor parallelism of attention (default 1: data parallel)",
     )
     p.add_argument(
-        "--batch", type=int, default=None, help="sequences per GPU (default: the most that fit)"
+        "--batch",
+        type=whole(1, suffix=True),
+        default=None,
+        help="sequences per GPU (default: the most that fit)",
     )
     p.add_argument(
-        "--context", type=size_int, default=4096, help="decode: cached tokens per sequence"
+        "--context",
+        type=whole(1, suffix=True),
+        default=None,
+        help="decode: cached tokens per sequence (default 4096, or less to fit max_seq_len)",
     )
     p.add_argument(
-        "--prompt", type=size_int, default=4096, help="prefill: prompt tokens per sequence"
+        "--prompt",
+        type=whole(1, suffix=True),
+        default=None,
+        help="prefill: prompt tokens per sequence (default 4096, or the model's max_seq_len)",
     )
     p.add_argument(
         "--cache-hit",
-        type=float,
+        type=real(0.0, 1.0),
         default=0.0,
-        help="prefill: fraction of the prompt already cached",
+        help="prefill: fraction of the prompt already cached, in [0, 1)",
     )
     p.add_argument(
-        "--redundant-experts", type=int, default=0, help="extra expert replicas (DeepSeek: 32)"
+        "--redundant-experts",
+        type=whole(0),
+        default=0,
+        help="extra expert replicas (DeepSeek: 32)",
     )
     p.add_argument("--dtype", choices=("bf16", "fp8"), default="fp8", help="weights and matmuls")
-    p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype")
+    p.add_argument(
+        "--kv-dtype",
+        type=dtype_arg,
+        default="bf16",
+        help="KV cache format: fp32, bf16, fp16, fp8, int8, int4, or bits per element",
+    )
     p.add_argument(
         "--latency-ms",
-        type=float,
+        type=real(0.0, strict=True),
         default=None,
         help="decode: largest batch within this time per token",
     )
@@ -238,7 +336,7 @@ def _add_cost_commands(sub) -> None:
         action="store_true",
         help="do not hide all-to-all behind a second micro-batch",
     )
-    p.add_argument("--price", type=float, default=2.0, help="$ per GPU-hour (default 2)")
+    p.add_argument("--price", type=real(0.0, 1e6), default=2.0, help="$ per GPU-hour (default 2)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_serve)
 
@@ -250,15 +348,30 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a bad argument (2, reported in one line)
         return int(e.code or 0)
     try:
-        if getattr(ns, "steps", 1) is not None and getattr(ns, "steps", 1) < 1:
-            raise UsageError(f"--steps must be >= 1, got {ns.steps}")
         return ns.func(ns)
     except (UsageError, ValueError) as e:
-        print(f"dsim: error: {e}", file=sys.stderr)
+        print(f"dsim: error: {one_line(e)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader (| head) went away: not an error of ours
         sys.stdout = open(os.devnull, "w")
         return 0
+    except KeyboardInterrupt:
+        print("dsim: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug of dsim: one line, status 1 (DSIM_DEBUG=1 for the traceback)
+        if os.environ.get("DSIM_DEBUG"):
+            raise
+        print(
+            f"dsim: internal error: {type(e).__name__}: {one_line(e)} "
+            "(a bug in dsim; DSIM_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ decode capacity of a deployment."""
 from __future__ import annotations
 
 import argparse
+import math
 
-from dsim.cli.args import load_model
+from dsim.cli.args import UsageError, check_length, default_length, load_model
 from dsim.cli.output import gb, human, print_json, secs, table
 
 
@@ -21,19 +22,27 @@ def cmd_plan(ns: argparse.Namespace) -> int:
     from dsim.cost.plan import TrainingJob, plan_training
 
     args = load_model(ns.model)
+    seq_len = default_length(args, ns.seq_len)
+    check_length(args, "--seq-len", seq_len)
     if ns.global_batch_tokens is not None:
-        batch = TrainingJob.batch_from_tokens(ns.global_batch_tokens, ns.seq_len)
+        batch = TrainingJob.batch_from_tokens(ns.global_batch_tokens, seq_len)
     else:
         batch = ns.global_batch
+    if ns.tokens < batch * seq_len:
+        raise UsageError(
+            f"--tokens {ns.tokens:g} is less than one step: a global batch of {batch} sequences "
+            f"x {seq_len} tokens = {batch * seq_len:,} tokens"
+        )
     job = TrainingJob(
         args,
         ns.gpu,
         n_gpus=ns.gpus,
         tokens=ns.tokens,
-        seq_len=ns.seq_len,
+        seq_len=seq_len,
         global_batch=batch,
         price_per_gpu_hour=ns.price,
         optimizer_dtype=ns.optimizer_dtype,
+        recipe=ns.activation_recipe,
     )
     res = plan_training(
         job,
@@ -76,7 +85,7 @@ def cmd_plan(ns: argparse.Namespace) -> int:
                 secs(p.bubble_s),
                 f"{p.mfu:.1%}",
                 human(p.tokens_per_s),
-                f"{p.days:.1f}",
+                f"{p.days:.3g}",
                 human(p.gpu_hours),
                 f"${human(p.cost)}",
                 gb(p.memory_per_gpu_bytes) + ("" if p.fits else " !"),
@@ -111,9 +120,21 @@ def cmd_plan(ns: argparse.Namespace) -> int:
         )
     )
     print(
-        "step = compute + exposed communication + pipeline bubble; "
+        "step = compute + exposed communication + pipeline bubble (seconds); "
         "MFU = model FLOPs (causal attention, MTP, no recomputation) "
-        "/ (step x GPUs x dense bf16 peak)" + ("; ! = does not fit" if ns.include_unfit else "")
+        "/ (step x GPUs x dense bf16 peak)"
+        + (
+            f"; #1 under other conventions: hardware FLOPs (with recomputation) "
+            f"{res.plans[0].mfu_conventions['hardware']:.1%}, non-causal attention "
+            f"{res.plans[0].mfu_conventions['noncausal']:.1%}, 6ND "
+            f"{res.plans[0].mfu_conventions['six_nd']:.1%}"
+            if res.plans
+            else ""
+        )
+        + "; GB/GPU: the busiest GPU's model state, activations and "
+        f"buffers ({job.reserved_bytes / 1e9:.0f} GB reserved for the CUDA context, communication "
+        "and fragmentation, and ZeRO-3's gathered weights), GB = 10^9 bytes"
+        + ("; ! = does not fit" if ns.include_unfit else "")
     )
     return 0
 
@@ -122,16 +143,27 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     from dsim.cost.plan import plan_serving
 
     args = load_model(ns.model)
+    if ns.phase == "decode":
+        context = min(4096, args.max_seq_len - 1) if ns.context is None else ns.context
+        check_length(args, "--context (the cached tokens and the new one)", context + 1)
+        prompt = default_length(args, ns.prompt)
+    else:
+        prompt = default_length(args, ns.prompt)
+        check_length(args, "--prompt", prompt)
+        context = default_length(args, ns.context)
+    ep = ns.ep
+    if ep is None and args.is_moe:  # the most GPUs that divide both the GPUs and the experts
+        ep = math.gcd(ns.gpus, args.n_routed_experts + ns.redundant_experts)
     p = plan_serving(
         args,
         ns.gpu,
         ns.phase,
         ns.gpus,
-        ep=ns.ep,
+        ep=ep,
         tp=ns.tp,
         batch=ns.batch,
-        context=ns.context,
-        prompt=ns.prompt,
+        context=context,
+        prompt=prompt,
         cache_hit=ns.cache_hit,
         dtype=ns.dtype,
         kv_dtype=ns.kv_dtype,
@@ -159,7 +191,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         [
             "step time",
             f"{p.step_time_s * 1e3:.1f} ms (compute {p.compute_s * 1e3:.1f}, exposed all-to-all "
-            f"{p.exposed_comm_s * 1e3:.1f})",
+            f"{p.exposed['expert'] * 1e3:.1f}, tensor-parallel all-reduce "
+            f"{p.exposed['tensor'] * 1e3:.1f})",
         ],
         ["per GPU", f"{p.tokens_per_s_per_gpu:,.0f} {unit}/s"],
         ["per node", f"{p.tokens_per_s_per_node:,.0f} {unit}/s"],
@@ -171,5 +204,6 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         ["cost", f"${p.cost_per_million_tokens:.3f} per million {unit} at ${ns.price:g}/GPU-hour"],
     ]
     rows += [[f"memory: {k}", f"{gb(v)} GB"] for k, v in p.memory.items()]
+    rows.append(["", "GB = 10^9 bytes"])
     print(table(rows, None, "ll"))
     return 0

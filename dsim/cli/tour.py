@@ -7,7 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
-from dsim.cli.output import text_plot
+from dsim.cli.args import UsageError
+from dsim.cli.output import print_json, text_plot
 from dsim.config import PUBLISHED_PARAMS, preset, preset_names
 
 
@@ -53,7 +54,31 @@ def format_params_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def writable_plot_path(text: str) -> Path:
+    """The --out path, checked before training: a .png in a directory that exists (or can be made)
+    and can be written, and not a directory itself."""
+    out = Path(text)
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out {text}: the loss plot is a PNG: give a path ending in .png")
+    if out.is_dir():
+        raise UsageError(f"--out {text} is a directory: give a file name ending in .png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {text}: cannot create {out.parent} ({e.strerror})") from None
+    existed = out.exists()
+    try:
+        with open(out, "ab"):  # opened for writing, as savefig will, but nothing written
+            pass
+    except OSError as e:
+        raise UsageError(f"--out {text}: cannot write there ({e.strerror})") from None
+    if not existed:
+        out.unlink()
+    return out
+
+
 def cmd_tour(ns: argparse.Namespace) -> int:
+    out = writable_plot_path(ns.out)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,33 +87,27 @@ def cmd_tour(ns: argparse.Namespace) -> int:
 
     from dsim.train import TrainConfig, evaluate, get_corpus, train, unigram_entropy
 
+    say = (lambda *a, **k: None) if ns.json else print
     torch.set_num_threads(max(1, min(ns.threads, torch.get_num_threads())))
     cfg = TrainConfig(steps=ns.steps, seed=ns.seed)
-    print(
+    quiet = ns.quiet or ns.json
+    say(
         f"dsim tour: training the 'tiny' preset for {cfg.steps} steps "
         "on the Python standard library "
         f"({get_corpus('train').numel() / 1e6:.1f} MB of source as bytes)"
     )
+    if not quiet:
+        say(
+            "progress bar: bpb = training loss in bits per byte; imb = expert load imbalance "
+            "(the busiest expert's tokens / the mean, averaged over MoE layers; 1.00 = balanced)"
+        )
     t0 = time.time()
-    model, history = train("tiny", cfg, progress=not ns.quiet)
+    model, history = train("tiny", cfg, progress=not quiet)
     seconds = time.time() - t0
     bpb = history.bits_per_byte
     h0 = unigram_entropy(get_corpus("train"))
     val = evaluate(model, get_corpus("val"))
-    print(text_plot(bpb, label="(training loss, bits per byte)"))
-    print(
-        f"\nunigram entropy of the corpus : {h0:.3f} bits/byte "
-        "(the best a model without context can do)"
-    )
-    print(f"training loss, first step     : {bpb[0]:.3f} bits/byte")
-    print(f"training loss, last 20 steps  : {sum(bpb[-20:]) / 20:.3f} bits/byte")
-    print(
-        f"held-out loss                 : {val:.3f} bits/byte  "
-        f"({h0 - val:.2f} below the unigram entropy)"
-    )
-    print(f"trained in {seconds:.1f} s")
-    out = Path(ns.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    last = bpb[-20:]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(bpb, label="training loss")
     ax.axhline(h0, color="gray", ls="--", label="unigram entropy")
@@ -100,10 +119,39 @@ def cmd_tour(ns: argparse.Namespace) -> int:
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
+    plt.close(fig)
+    table_rows = params_table(preset_names())
+    if ns.json:
+        print_json(
+            {
+                "steps": cfg.steps,
+                "seed": cfg.seed,
+                "train_seconds": seconds,
+                "bits_per_byte": bpb,
+                "unigram_entropy": h0,
+                "final_loss": sum(last) / len(last),
+                "held_out_loss": val,
+                "plot": str(out),
+                "params": table_rows,
+            }
+        )
+        return 0
+    print(text_plot(bpb, label="(training loss, bits per byte)"))
+    print(
+        f"\nunigram entropy of the corpus : {h0:.3f} bits/byte "
+        "(the best a model without context can do)"
+    )
+    print(f"training loss, first step     : {bpb[0]:.3f} bits/byte")
+    print(f"training loss, last {len(last):<2} steps  : {sum(last) / len(last):.3f} bits/byte")
+    print(
+        f"held-out loss                 : {val:.3f} bits/byte  "
+        f"({h0 - val:.2f} below the unigram entropy)"
+    )
+    print(f"trained in {seconds:.1f} s")
     print(f"loss plot saved to {out}\n")
     print(
         "Parameters of every preset "
         "(computed by dsim.cost.params; published figures from the papers):"
     )
-    print(format_params_table(params_table(preset_names())))
+    print(format_params_table(table_rows))
     return 0

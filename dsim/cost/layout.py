@@ -10,6 +10,7 @@ One place for the rules that the memory model (`dsim.cost.memory.memory`) and th
     zero_params      weights, gradients and optimizer states under ZeRO: which are divided over the
                      data-parallel replicas, dense over dp, routed experts over dp / ep
     kv_tp_split      how many ways tensor parallelism splits the KV cache
+    tp_split_problem why tensor parallelism cannot split a model's heads and FFN widths
 
 Layout: world = tp x pp x dp GPUs; expert parallelism (ep) lives inside data parallelism (ep | dp),
 as in Megatron and DeepSeek, so a routed expert has dp / ep replicas and a dense weight dp.
@@ -110,3 +111,18 @@ def kv_tp_split(args: ModelArgs, tp: int) -> int:
     if args.attn_type == "mla" or args.kv_heads % tp:
         return 1
     return tp
+
+
+def tp_split_problem(args: ModelArgs, tp: int) -> str | None:
+    """Why `tp` cannot split this model's weights into equal shards (None when it can): it must
+    divide the heads, the FFN widths and, for GQA, the KV heads."""
+    for name, value in (
+        ("n_heads", args.n_heads),
+        ("inter_dim", args.inter_dim),
+        ("moe_inter_dim", args.moe_inter_dim),
+    ):
+        if value % tp:
+            return f"tp={tp} must divide {name}={value}"
+    if args.attn_type == "gqa" and args.kv_heads % tp:
+        return f"tp={tp} must divide n_kv_heads={args.kv_heads}"
+    return None

@@ -1,5 +1,8 @@
 """Bytes per GPU: weights, gradients, optimizer states, activations and the KV cache.
 
+Bytes per number live in `dsim.cost.dtypes` (bytes_per_param, weight_bytes) and the KV cache
+in `dsim.cost.kv_cache`; both are re-exported here.
+
 Weights, gradients and optimizer states are parameter counts (`dsim.cost.params`) times bytes per
 parameter (`dsim.cost.dtypes`), divided the way the parallel layout divides them (the rules of
 `dsim.cost.layout`, which the capacity planner applies too). Activations are the tensors that
@@ -9,6 +12,9 @@ dense GPT layer with LayerNorm, GeLU and dropout, not RMSNorm, SwiGLU, MLA or a 
 (a tensor an op of the op graph, dsim.cost.graph, keeps) names the line of the model that keeps it,
 and tests/cost/test_memory.py holds the sum to the bytes that
 `torch.autograd.graph.saved_tensors_hooks` sees on the real model.
+
+`ActivationRecipe` changes how those tensors are kept, the way a production training system does
+(DEEPSEEK_V3_RECIPE: what the DeepSeek-V3 report describes, plus two stated kernel assumptions).
 
 Which tensors autograd keeps depends on PyTorch's kernels, so activations take a `device`:
     "cuda"  RMSNorm is one fused kernel (`_fused_rms_norm`, keeps its input and a float32 rstd per
@@ -25,124 +31,84 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dsim.config import ModelArgs
-from dsim.cost.dtypes import DTYPES, DType, get_dtype
+from dsim.cost.dtypes import DTYPE_BITS, _bits, _check_dtype, bytes_per_param
+from dsim.cost.dtypes import weight_bytes as weight_bytes  # re-exported
 from dsim.cost.graph import GraphOp, Item, block_graph, step_graph
-from dsim.cost.layout import kv_tp_split, stage_layers, stage_params, zero_params
+from dsim.cost.kv_cache import (  # the KV cache functions, re-exported
+    kv_cache_bytes_per_token as kv_cache_bytes_per_token,
+)
+from dsim.cost.kv_cache import kv_cache_elements
+from dsim.cost.kv_cache import kv_cache_elements_per_token as kv_cache_elements_per_token
+from dsim.cost.kv_cache import kv_cache_layer_elements as kv_cache_layer_elements
+from dsim.cost.layout import (
+    kv_tp_split,
+    stage_layers,
+    stage_params,
+    tp_split_problem,
+    zero_params,
+)
 from dsim.cost.params import is_moe_layer, params
-
-# ---------------------------------------------------------------------------------------------
-# Bytes per element: the sizes of dsim.cost.dtypes, scales included.
-# ---------------------------------------------------------------------------------------------
-# Bits per element by canonical name (the activation code below sizes its tensors with it).
-DTYPE_BITS = {name: d.bits for name, d in DTYPES.items()}
-
-
-def _dtype(dtype: str | float, name: str = "dtype") -> DType | float:
-    """The DType of a name or alias, or a number of bits per element (a format without scales)."""
-    if isinstance(dtype, (int, float)) and not isinstance(dtype, bool):
-        if not 0 < dtype <= 64:
-            raise ValueError(f"{name} as bits per element must be in (0, 64], got {dtype!r}")
-        return float(dtype)
-    try:
-        return get_dtype(dtype, name)
-    except ValueError:
-        raise ValueError(
-            f"{name} must be one of {', '.join(DTYPES)} or a number of bits, got {dtype!r}"
-        ) from None
-
-
-def _check_dtype(dtype: str | float, name: str = "dtype") -> None:
-    _dtype(dtype, name)
-
-
-def _bits(dtype: str | float) -> float:
-    d = _dtype(dtype)
-    return d if isinstance(d, float) else float(d.bits)
-
-
-def _scale_bytes(d: DType | float, group_size: int | None) -> int:
-    """Bytes of one scale of `d` (0 for a format without scales), after checking group_size."""
-    scale = 0 if isinstance(d, float) else d.scale_bytes
-    if scale and group_size is not None and (not isinstance(group_size, int) or group_size < 1):
-        raise ValueError(
-            f"group_size must be an integer >= 1 (elements per scale) or None, got {group_size!r}"
-        )
-    return scale
-
-
-def bytes_per_param(dtype: str | float, group_size: int | None = 128) -> float:
-    """Average bytes one element costs in `dtype`, scales included: bits/8 + scale_bytes/group_size.
-
-    `dtype` may also be a number of bits per element with no scales (DeepSeek-V2 serves its KV cache
-    at 6 bits per element on average).
-
-    fp32 4, bf16/fp16 2, fp8 1 + 4/group_size, int8 1 + 2/group_size, int4 0.5 + 2/group_size.
-    group_size is the number of elements that share one scale (DeepSeek-V3's fp8 weights use 128 x
-    128 blocks: group_size=16384); None means no scales. Unquantised types ignore it.
-    """
-    d = _dtype(dtype)
-    scale = _scale_bytes(d, group_size)
-    bits = d if isinstance(d, float) else d.bits
-    return bits / 8 + (scale / group_size if (scale and group_size) else 0.0)
-
-
-def weight_bytes(numel: int, dtype: str, group_size: int | None = 128) -> int:
-    """Exact bytes of one tensor of `numel` elements in `dtype`: packed elements plus one scale per
-    started group (int4 packs two elements per byte)."""
-    if not isinstance(numel, int) or numel < 0:
-        raise ValueError(f"numel must be an integer >= 0, got {numel!r}")
-    if not isinstance(dtype, str):
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    d = _dtype(dtype)
-    scale = _scale_bytes(d, group_size)
-    data = -(-numel * d.bits // 8)
-    scales = -(-numel // group_size) * scale if (scale and group_size) else 0
-    return data + scales
-
-
-# ---------------------------------------------------------------------------------------------
-# KV cache
-# ---------------------------------------------------------------------------------------------
-def kv_cache_elements_per_token(
-    args: ModelArgs, impl: Literal["naive", "absorb"] | None = None
-) -> int:
-    """Numbers cached per token over all layers (MTP modules keep no cache).
-
-    MHA/GQA: keys and values, 2 n_kv_heads head_size per layer.
-    MLA absorbed (the default for MLA, what a deployment caches): the latent c_kv and the shared
-        RoPE key, kv_lora_rank + qk_rope_head_dim per layer.
-    MLA naive: decompressed keys and values per head, n_heads (qk_head_dim + v_head_dim) per layer.
-    """
-    impl = impl or "absorb"
-    if impl not in ("naive", "absorb"):
-        raise ValueError(f"impl must be 'naive', 'absorb' or None, got {impl!r}")
-    if args.attn_type == "mla":
-        per_layer = (
-            args.kv_lora_rank + args.qk_rope_head_dim
-            if impl == "absorb"
-            else args.n_heads * (args.qk_head_dim + args.v_head_dim)
-        )
-    else:
-        per_layer = 2 * args.kv_heads * args.head_size
-    return args.n_layers * per_layer
-
-
-def kv_cache_bytes_per_token(
-    args: ModelArgs,
-    dtype: str | float = "bf16",
-    impl: Literal["naive", "absorb"] | None = None,
-    group_size: int | None = 128,
-) -> float:
-    """Bytes of KV cache per token, all layers, for the cache the model keeps by default for
-    inference (MLA: the absorbed latent + RoPE key; `impl="naive"` for per-head keys and values)."""
-    return kv_cache_elements_per_token(args, impl) * bytes_per_param(dtype, group_size)
-
 
 # ---------------------------------------------------------------------------------------------
 # Activations: what autograd keeps, read from the op graph (dsim.cost.graph)
 # ---------------------------------------------------------------------------------------------
 Device = Literal["cuda", "cpu"]
 Recompute = Literal["none", "selective", "full"]
+
+
+@dataclass(frozen=True)
+class ActivationRecipe:
+    """How a training system keeps the activations of `dsim.model` beyond plain autograd. Each
+    option acts on the tagged tensors of the op graph (dsim.cost.graph.Item).
+
+    fp8_cache         every input of a Linear operator is cached in fp8 with a float32 scale per
+                      1 x 128 tile, the input of the Linear after attention in E5M6 (DeepSeek-V3
+                      report, sec. 3.3.3, "Low-Precision Activation"); the embedding, output head,
+                      gate, norms and attention keep their precision (sec. 3.3.1).
+    swiglu_recompute  the MoE's SwiGLUs keep only their inputs and recompute their output in the
+                      backward (sec. 3.3.3 (2)); the output being w2's input, w2's input goes too.
+    Two options the report does not state, which the published layout needs to fit in 80 GB
+    (tests/cost/test_plan.py::test_deepseek_v3_layout_fits states the numbers):
+    dense_swiglu      the dense layers' SwiGLU is treated as the MoE's: fp8 inputs, recomputed
+                      output.
+    fused_combine     the combine weight scales each expert's SwiGLU output before w2, so its
+                      gradient is (dL/d(w2 input)) . h and the experts keep no [T K, D] output
+                      rows (dsim.model keeps two such tensors).
+    Selective recomputation (RMSNorms and MLA's up-projections, sec. 3.2.3) is the `recompute`
+    argument, apart from the recipe. Under full recomputation a block keeps only its input, so the
+    recipe changes only the head and the routing state."""
+
+    fp8_cache: bool = False
+    swiglu_recompute: bool = False
+    dense_swiglu: bool = False
+    fused_combine: bool = False
+
+    def kept(self, item: Item) -> int:
+        """Bytes `item` costs under this recipe."""
+        if item.option and getattr(self, item.option):
+            return item.option_bytes
+        if self.fp8_cache and item.fp8_bytes is not None:
+            return item.fp8_bytes
+        return item.bytes
+
+
+PLAIN = ActivationRecipe()  # what autograd keeps for dsim.model as written
+# what the DeepSeek-V3 report states (sec. 3.3.3)
+DEEPSEEK_V3_REPORTED = ActivationRecipe(fp8_cache=True, swiglu_recompute=True)
+# ... and the two kernel assumptions that make its published layout fit
+DEEPSEEK_V3_RECIPE = ActivationRecipe(
+    fp8_cache=True, swiglu_recompute=True, dense_swiglu=True, fused_combine=True
+)
+
+
+def _check_recipe(recipe: ActivationRecipe | None) -> ActivationRecipe:
+    if recipe is None:
+        return PLAIN
+    if not isinstance(recipe, ActivationRecipe):
+        raise ValueError(
+            f"recipe must be a dsim.cost.memory.ActivationRecipe or None, got {recipe!r}"
+        )
+    return recipe
 
 
 def _check_recompute(recompute: str) -> None:
@@ -164,13 +130,16 @@ def _training_block(
     return block_graph(args, layer_id, batch, seq_len, 0, "train", **kwargs)
 
 
-def _kept_bytes(block: list[GraphOp], recompute: Recompute) -> int:
-    """Bytes the ops of one Block keep under a recomputation policy (see layer_activation_bytes)."""
+def _kept_bytes(
+    block: list[GraphOp], recompute: Recompute, recipe: ActivationRecipe = PLAIN
+) -> int:
+    """Bytes the ops of one Block keep under a recomputation policy (see layer_activation_bytes)
+    and an ActivationRecipe."""
     items = [i for op in block for i in op.saved]
     if recompute == "none":
-        return sum(i.bytes for i in items)
+        return sum(recipe.kept(i) for i in items)
     if recompute == "selective":
-        return sum(i.bytes for i in items if not i.selective_drops)
+        return sum(recipe.kept(i) for i in items if not i.selective_drops)
     # full: torch.utils.checkpoint keeps the block's input (what its first op, attn_norm, reads);
     # the model holds MoE.routing outside autograd.
     return block[0].reads["x"] + sum(i.bytes for i in items if i.outside_autograd)
@@ -206,6 +175,7 @@ def layer_activation_bytes(
     device: Device = "cuda",
     recompute: Recompute = "none",
     attn_kernel: str | None = None,
+    recipe: ActivationRecipe | None = None,
 ) -> int:
     """Bytes one Block keeps between forward and backward.
 
@@ -216,10 +186,13 @@ def layer_activation_bytes(
                      rest is kept.
         "full"       the block keeps only its input (torch.utils.checkpoint), plus what the model
                      holds outside autograd: MoE.routing's logits, scores, indices and weights.
+    recipe: an ActivationRecipe (fp8 caching, SwiGLU recomputation, ...); None keeps what
+        autograd keeps for dsim.model.
     """
     _check_recompute(recompute)
+    recipe = _check_recipe(recipe)
     ops = _training_block(args, layer_id, batch, seq_len, dtype, device, attn_kernel)
-    return _kept_bytes(ops, recompute)
+    return _kept_bytes(ops, recompute, recipe)
 
 
 def block_memory_delta(
@@ -256,18 +229,23 @@ def model_activation_bytes(
     layers: range | None = None,
     embedding: bool = True,
     head: bool = True,
+    recipe: ActivationRecipe | None = None,
 ) -> int:
     """Activations of a whole training step on one GPU: every block of `layers` (default all), the
     final norm, the logits (the step's output, kept for the loss; the loss's own float32 softmax is
-    not counted) and the MTP modules (`head=True` places them with the head)."""
+    not counted) and the MTP modules (`head=True` places them with the head), under `recipe`
+    (an ActivationRecipe; None: what autograd keeps)."""
     _check_pos("batch", batch)
     _check_pos("seq_len", seq_len)
     _check_recompute(recompute)
+    recipe = _check_recipe(recipe)
     layers = range(args.n_layers) if layers is None else layers
     # The blocks of one kind (dense or MoE) keep the same tensors: count one of each.
     kinds = {is_moe_layer(args, i): i for i in layers}
     per_kind = {
-        moe: layer_activation_bytes(args, i, batch, seq_len, dtype, device, recompute, attn_kernel)
+        moe: layer_activation_bytes(
+            args, i, batch, seq_len, dtype, device, recompute, attn_kernel, recipe
+        )
         for moe, i in kinds.items()
     }
     total = sum(per_kind[is_moe_layer(args, i)] for i in layers)
@@ -288,7 +266,9 @@ def model_activation_bytes(
     for op in graph.ops:
         blocks.setdefault(op.block, []).append(op)
     return total + sum(
-        _kept_bytes(ops, recompute) if name else sum(i.bytes for op in ops for i in op.saved)
+        _kept_bytes(ops, recompute, recipe)
+        if name
+        else sum(recipe.kept(i) for op in ops for i in op.saved)
         for name, ops in blocks.items()
     )
 
@@ -334,6 +314,7 @@ def memory(
     seq_len: int = 4096,
     dtype: str = "bf16",
     group_size: int | None = 128,
+    expert_dtype: str | None = None,
     grad_dtype: str = "fp32",
     master_dtype: str | None = "fp32",
     optimizer_dtype: str = "fp32",
@@ -349,6 +330,7 @@ def memory(
     kv_impl: Literal["naive", "absorb"] | None = None,
     microbatches_in_flight: int | None = None,
     prefill_chunk: int = 1,
+    recipe: ActivationRecipe | None = None,
 ) -> MemoryEstimate:
     """Bytes per GPU for training (Adam) or inference under a TP x PP x DP layout with EP inside DP.
 
@@ -364,13 +346,16 @@ def memory(
         zero 0: nothing sharded; 1: optimizer states (master + moments) over data-parallel
              replicas; 2: also gradients; 3: also weights. Non-expert weights have dp replicas,
              experts dp / ep.
+    Routed experts may be stored in their own `expert_dtype` (None: `dtype`; gpt-oss ships them in
+    mxfp4, the rest in bf16).
     Training keeps weights (`dtype`, quantised types with `group_size`), gradients (`grad_dtype`),
     fp32 master weights (`master_dtype`, None when the weights are the master copy) and Adam's two
     moments (`optimizer_dtype`; DeepSeek-V3 keeps them in bf16). `batch` is the micro-batch.
     Inference keeps weights, the KV cache of batch x seq_len tokens, and one block's activations for
     batch x prefill_chunk new tokens (the transient working set of a step; 1: a decode step; an
     upper bound, since without autograd a block frees most of them as it goes). Reports the stage
-    with the largest total.
+    with the largest total. `recipe`: how training keeps activations (ActivationRecipe; None:
+    what autograd keeps for dsim.model).
     """
     if not isinstance(args, ModelArgs):
         raise ValueError(f"args must be a dsim.config.ModelArgs, got {type(args).__name__}")
@@ -392,18 +377,22 @@ def memory(
         ("grad_dtype", grad_dtype),
         ("optimizer_dtype", optimizer_dtype),
         ("kv_dtype", kv_dtype),
+        ("expert_dtype", expert_dtype or dtype),
     ):
         _check_dtype(d, name)
     if master_dtype is not None:
         _check_dtype(master_dtype, "master_dtype")
     if pp > args.n_layers:
         raise ValueError(f"pp must be between 1 and n_layers={args.n_layers}, got {pp}")
+    if problem := tp_split_problem(args, tp):  # as the planner and the serving model refuse it
+        raise ValueError(problem)
     if dp % ep:
         raise ValueError(
             f"ep must divide dp={dp} (experts are parallel within data parallelism), got {ep}"
         )
     if args.n_routed_experts and args.n_routed_experts % ep:
         raise ValueError(f"ep must divide n_routed_experts={args.n_routed_experts}, got {ep}")
+    recipe = _check_recipe(recipe)
     in_flight = pp if microbatches_in_flight is None else microbatches_in_flight
     _check_pos("microbatches_in_flight", in_flight)
     _check_pos("prefill_chunk", prefill_chunk)
@@ -417,7 +406,9 @@ def memory(
         dense_n, expert_n = stage_params(counts, layers, first, last, tp, ep, args.tie_embeddings)
         n_local = dense_n + expert_n
         held = zero_params(zero, dense_n, expert_n, dp, ep)
-        weights = held["weights"] * wbytes
+        held_experts = zero_params(zero, 0, expert_n, dp, ep)["weights"]
+        ebytes = bytes_per_param(expert_dtype or dtype, group_size)
+        weights = (held["weights"] - held_experts) * wbytes + held_experts * ebytes
         grads = opt = acts = kv = 0.0
         if mode == "train":
             grads = held["gradients"] * _bits(grad_dtype) / 8
@@ -426,16 +417,22 @@ def memory(
             )
             opt = held["optimizer"] * state
             per_mb = model_activation_bytes(
-                args, batch, seq_len, act_dtype, device, recompute, layers=layers, head=last
+                args,
+                batch,
+                seq_len,
+                act_dtype,
+                device,
+                recompute,
+                layers=layers,
+                head=last,
+                recipe=recipe,
             )
             acts = per_mb * max(1, in_flight - s) / tp
         else:
             layer = max(layers, key=lambda i: is_moe_layer(args, i))
             acts = layer_activation_bytes(args, layer, batch, prefill_chunk, act_dtype, device) / tp
-            per_layer = (
-                kv_cache_bytes_per_token(args, kv_dtype, kv_impl, group_size) / args.n_layers
-            )
-            kv = per_layer * len(layers) * batch * seq_len / kv_tp_split(args, tp)
+            elements = kv_cache_elements(args, seq_len, layers, kv_impl)
+            kv = elements * bytes_per_param(kv_dtype, group_size) * batch / kv_tp_split(args, tp)
         est = MemoryEstimate(
             weights=weights,
             gradients=grads,

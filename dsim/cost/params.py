@@ -51,7 +51,9 @@ def attention_params(args: ModelArgs) -> dict[str, int]:
     MLA: the query is low rank (wq_a: D x q_lora_rank, q_norm, wq_b) or full (wq); keys and values
     share the latent wkv_a: D x (kv_lora_rank + qk_rope_head_dim), kv_norm, and its up-projection
     wkv_b: kv_lora_rank x H (qk_nope_head_dim + v_head_dim); wo: H v_head_dim x D.
-    GQA/MHA: wq: D x H head_size, wk and wv: D x kv_heads head_size, wo: H head_size x D.
+    GQA/MHA: wq: D x H head_size, wk and wv: D x kv_heads head_size, wo: H head_size x D, and
+    the other families' options: q/k/v and o biases, qk-norm weights, per-head attention sinks.
+    MLA with DeepSeek-V3.2's indexer adds its weights under "indexer.".
     """
     D, H = args.dim, args.n_heads
     if args.attn_type == "mla":
@@ -66,10 +68,39 @@ def attention_params(args: ModelArgs) -> dict[str, int]:
         p["kv_norm"] = args.kv_lora_rank
         p["wkv_b"] = args.kv_lora_rank * H * (args.qk_nope_head_dim + args.v_head_dim)
         p["wo"] = H * args.v_head_dim * D
+        p.update({f"indexer.{k}": v for k, v in indexer_params(args).items()})
         return p
     hd, kv = args.head_size, args.kv_heads
-    return {"wq": D * H * hd, "wk": D * kv * hd, "wv": D * kv * hd, "wo": H * hd * D}
+    qkv_bias = 1 if args.qkv_bias else 0  # Qwen2-MoE, GLM-4.5, gpt-oss (a bias per output)
+    p = {
+        "wq": (D + qkv_bias) * H * hd,
+        "wk": (D + qkv_bias) * kv * hd,
+        "wv": (D + qkv_bias) * kv * hd,
+        "wo": H * hd * D + (D if args.o_bias else 0),  # gpt-oss's o bias
+    }
+    if args.qk_norm != "none":  # per head (Qwen3, GLM-4.5) or over the projection (OLMoE)
+        per_head = args.qk_norm == "head"
+        p["q_norm"] = hd if per_head else H * hd
+        p["k_norm"] = hd if per_head else kv * hd
+    if args.attn_sink:  # gpt-oss: one logit per head
+        p["sink"] = H
+    return p
     # ANCHOR_END: attention_params
+
+
+def indexer_params(args: ModelArgs) -> dict[str, int]:
+    """DeepSeek-V3.2's lightning indexer: wq_b (q_lora_rank -> index_n_heads index_head_dim), wk
+    (D -> index_head_dim), k_norm (a LayerNorm with weight and bias) and weights_proj (D ->
+    index_n_heads); empty for dense attention."""
+    if not args.has_indexer:
+        return {}
+    Hi, Di, D = args.index_n_heads, args.index_head_dim, args.dim
+    return {
+        "wq_b": args.q_lora_rank * Hi * Di,
+        "wk": D * Di,
+        "k_norm": 2 * Di,
+        "weights_proj": D * Hi,
+    }
 
 
 def mlp_params(dim: int, inter_dim: int) -> dict[str, int]:
@@ -78,20 +109,22 @@ def mlp_params(dim: int, inter_dim: int) -> dict[str, int]:
 
 
 def expert_params(args: ModelArgs) -> int:
-    """One routed expert: w1[e], w3[e]: moe_inter_dim x D and w2[e]: D x moe_inter_dim."""
-    return 3 * args.dim * args.moe_inter_dim
+    """One routed expert: w1[e], w3[e]: moe_inter_dim x D and w2[e]: D x moe_inter_dim, and with
+    expert_bias (gpt-oss) b1[e], b3[e]: moe_inter_dim and b2[e]: D."""
+    bias = 2 * args.moe_inter_dim + args.dim if args.expert_bias else 0
+    return 3 * args.dim * args.moe_inter_dim + bias
 
 
 def moe_params(args: ModelArgs) -> dict[str, int]:
     """One MoE FFN: the gate (E x D), E stacked routed experts, the fused shared experts."""
-    p = {
-        "gate": args.n_routed_experts * args.dim,
-        "experts": args.n_routed_experts * expert_params(args),
-    }
+    E = args.n_routed_experts
+    p = {"gate": E * args.dim + (E if args.router_bias else 0), "experts": E * expert_params(args)}
     if args.n_shared_experts:
         p["shared_experts"] = sum(
             mlp_params(args.dim, args.n_shared_experts * args.moe_inter_dim).values()
         )
+    if args.shared_expert_gate:  # Qwen2-MoE: sigmoid(x w) scales the shared output, w: [1, D]
+        p["shared_gate"] = args.dim
     return p
 
 
@@ -127,6 +160,7 @@ def _component(name: str, layer_id: int, args: ModelArgs) -> Component:
         "ffn.gate": Component.GATE,
         "ffn.experts": Component.ROUTED_EXPERTS,
         "ffn.shared_experts": Component.SHARED_EXPERTS,
+        "ffn.shared_gate": Component.SHARED_EXPERTS,
     }[name]
 
 

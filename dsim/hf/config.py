@@ -1,198 +1,102 @@
-"""Hugging Face `config.json` to and from ModelArgs.
+"""Hugging Face `config.json` (and DeepSeek's native config) to and from ModelArgs.
 
-args_from_hf_config reads a config of the DeepSeek-V2/V3 or Mixtral families
-(ModelArgs.from_hf_config is its public entry point); hf_config writes the `DeepseekV3Config`
-keywords of a ModelArgs (MLA only), which the equivalence test with transformers builds its model
-from.
+args_from_hf_config reads a config of any family in dsim.hf.deepseek and dsim.hf.families
+(ModelArgs.from_hf_config is its public entry point): it loads the file safely (a regular file,
+bounded, UTF-8 JSON, every error naming the path), picks the reader by `model_type` (or recognises
+DeepSeek's native format by its keys), and refuses any key that no reader consumed and
+dsim.hf.keys.IGNORED does not list.
+hf_config writes the `DeepseekV3Config` keywords of a ModelArgs (MLA only), which the equivalence
+test with transformers builds its model from.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
 from dsim.config import ModelArgs
+from dsim.hf import deepseek, families
+from dsim.hf.keys import Keys
 
-# HF key -> ModelArgs field, for the DeepSeek-V2/V3 and Mixtral families.
-_HF_KEYS: dict[str, str] = {
-    "vocab_size": "vocab_size",
-    "hidden_size": "dim",
-    "intermediate_size": "inter_dim",
-    "moe_intermediate_size": "moe_inter_dim",
-    "num_hidden_layers": "n_layers",
-    "first_k_dense_replace": "n_dense_layers",
-    "num_attention_heads": "n_heads",
-    "num_key_value_heads": "n_kv_heads",
-    "n_routed_experts": "n_routed_experts",
-    "num_local_experts": "n_routed_experts",
-    "n_shared_experts": "n_shared_experts",
-    "num_experts_per_tok": "n_activated_experts",
-    "n_group": "n_expert_groups",
-    "topk_group": "n_limited_groups",
-    "scoring_func": "score_func",
-    "routed_scaling_factor": "route_scale",
-    "norm_topk_prob": "route_norm",
-    "q_lora_rank": "q_lora_rank",
-    "kv_lora_rank": "kv_lora_rank",
-    "qk_nope_head_dim": "qk_nope_head_dim",
-    "qk_rope_head_dim": "qk_rope_head_dim",
-    "v_head_dim": "v_head_dim",
-    "head_dim": "head_dim",
-    "max_position_embeddings": "max_seq_len",
-    "rope_theta": "rope_theta",
-    "num_nextn_predict_layers": "n_mtp_layers",
-    "tie_word_embeddings": "tie_embeddings",
-    "rms_norm_eps": "norm_eps",
-}
-# Keys that carry no architecture (training, tokens, serialization) and are ignored.
-_HF_IGNORED = {
-    "architectures",
-    "auto_map",
-    "model_type",
-    "torch_dtype",
-    "dtype",
-    "transformers_version",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-    "initializer_range",
-    "use_cache",
-    "attention_bias",
-    "attention_dropout",
-    "hidden_act",
-    "pretraining_tp",
-    "aux_loss_alpha",
-    "seq_aux",
-    "output_router_logits",
-    "router_aux_loss_coef",
-    "router_jitter_noise",
-    "sliding_window",
-    "quantization_config",
-    "ep_size",
-    "moe_layer_freq",
-    "topk_method",
-    "rope_scaling",
-    "rope_parameters",
-    "rope_interleave",
-    "_name_or_path",
-    "max_window_layers",
-    "use_sliding_window",
-    "id2label",
-    "label2id",
-    "return_dict",
-    "tokenizer_class",
-}
-_HF_FAMILIES = {"deepseek_v2", "deepseek_v3", "deepseek", "mixtral"}
+MAX_CONFIG_BYTES = 16 * 2**20  # a config.json is a few KiB; refuse to read a huge file
+
+
+def read_config_file(src: str | Path) -> dict[str, Any]:
+    """The JSON object of a config file (or of `config.json` inside a directory)."""
+    path = Path(src)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ValueError(f"cannot read config file {path}: {e.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"config file {path} is not a regular file")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"config file {path} is {info.st_size} bytes: over the 16 MiB limit")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not UTF-8 text (a binary file?)") from None
+    except OSError as e:
+        raise ValueError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON: nested too deeply") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def supported_families() -> list[str]:
+    return sorted(deepseek.DEEPSEEK_TYPES + families.GQA_TYPES + ("dbrx",))
 
 
 def args_from_hf_config(src: str | Path | dict[str, Any], **overrides: Any) -> ModelArgs:
-    """ModelArgs from a Hugging Face `config.json` of the DeepSeek-V2/V3 or Mixtral families: a path
-    to the file or to its directory, or the parsed dict. overrides replace fields afterwards.
-    Unknown keys, unsupported families and contradictions raise a ValueError naming them."""
-    if isinstance(src, dict):
-        cfg = dict(src)
-    else:
-        path = Path(src)
-        if path.is_dir():
-            path = path / "config.json"
-        try:
-            cfg = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}") from None
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
+    """ModelArgs from a Hugging Face `config.json` (a path to the file or to its directory, or the
+    parsed dict) of a family in `supported_families()`, or from DeepSeek's native
+    `inference/configs/*.json`. overrides replace fields afterwards. Missing or malformed keys,
+    unknown keys, unsupported values and families raise a ValueError naming them."""
+    cfg = dict(src) if isinstance(src, dict) else read_config_file(src)
+    where = "config.json" if isinstance(src, dict) else str(src)
+    k = Keys(cfg, where)
     family = cfg.get("model_type")
-    if family not in _HF_FAMILIES:
-        raise ValueError(
-            f"config.json model_type={family!r} is not supported: "
-            f"use one of {', '.join(sorted(_HF_FAMILIES))}"
-        )
-    unknown = sorted(k for k in cfg if k not in _HF_KEYS and k not in _HF_IGNORED)
-    if unknown:
-        raise ValueError(
-            f"config.json has unknown key(s) {', '.join(unknown)}: dsim reads "
-            f"{', '.join(sorted(_HF_KEYS))}"
-        )
-    if (
-        "n_routed_experts" in cfg
-        and "num_local_experts" in cfg
-        and cfg["n_routed_experts"] != cfg["num_local_experts"]
-    ):
-        raise ValueError(
-            f"config.json is contradictory: n_routed_experts={cfg['n_routed_experts']} but "
-            f"num_local_experts={cfg['num_local_experts']}"
-        )
-    fields: dict[str, Any] = {}
-    for key, value in cfg.items():
-        if key in _HF_KEYS and value is not None:
-            fields[_HF_KEYS[key]] = value
-    fields.setdefault("q_lora_rank", 0)  # HF writes null for a full-rank query projection
-    if family == "mixtral":
-        fields.update(
-            attn_type="gqa"
-            if fields.get("n_kv_heads", 0) not in (0, fields.get("n_heads"))
-            else "mha",
-            n_dense_layers=0,
-            moe_inter_dim=cfg.get("intermediate_size", 0),
-            inter_dim=0,
-            n_shared_experts=0,
-            score_func="softmax",
-            route_norm=True,
-            original_seq_len=fields.get("max_seq_len", 4096),
-        )
-        if fields["attn_type"] == "mha":
-            fields["n_kv_heads"] = 0
+    if deepseek.is_native(cfg):
+        fields, family = deepseek.read_native(k), "deepseek-native"
+    elif family in deepseek.DEEPSEEK_TYPES:
+        fields = deepseek.read_deepseek(k, family)
+    elif family in families.GQA_TYPES:
+        fields = families.read_gqa(k, family)
+    elif family == "dbrx":
+        fields = families.read_dbrx(k)
     else:
-        fields["attn_type"] = "mla" if fields.get("kv_lora_rank") else "mha"
-        if fields["attn_type"] == "mla":
-            fields.pop("head_dim", None)
-            kv = fields.pop("n_kv_heads", None)
-            if kv not in (None, fields.get("n_heads")):
-                raise ValueError(
-                    f"config.json is contradictory: MLA needs num_key_value_heads == "
-                    f"num_attention_heads, got {kv} and {fields.get('n_heads')}"
-                )
-        else:
-            fields.pop("n_kv_heads", None)
-        if cfg.get("topk_method") == "group_limited_greedy":
-            fields["group_score"] = "max"
-        if "route_norm" in fields and family == "deepseek_v3":
-            pass  # V3 writes norm_topk_prob explicitly; keep it
-        if cfg.get("moe_layer_freq", 1) != 1:
-            raise ValueError(
-                f"config.json moe_layer_freq={cfg['moe_layer_freq']} is not supported: "
-                "dsim places an MoE FFN in every layer after first_k_dense_replace"
-            )
-        rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-        if rope and rope.get("type", rope.get("rope_type")) == "yarn":
-            fields.update(
-                rope_factor=rope.get("factor", 40),
-                beta_fast=rope.get("beta_fast", 32),
-                beta_slow=rope.get("beta_slow", 1),
-                mscale=rope.get("mscale_all_dim") or rope.get("mscale", 1.0),
-                original_seq_len=rope.get("original_max_position_embeddings", 4096),
-            )
-            if "rope_theta" in rope:
-                fields["rope_theta"] = rope["rope_theta"]
-        else:
-            fields["original_seq_len"] = fields.get("max_seq_len", 4096)
-            if rope and "rope_theta" in rope:
-                fields["rope_theta"] = rope["rope_theta"]
-    if fields["attn_type"] != "mla" and not fields.get("head_dim"):
-        fields["head_dim"] = (
-            fields["dim"] // fields["n_heads"]
-        )  # HF's default when the key is absent
-    fields.setdefault("name", str(cfg.get("_name_or_path") or family))
+        raise ValueError(
+            f"{where}: model_type = {family!r} is not supported: use one of "
+            f"{', '.join(supported_families())}, or DeepSeek's native config (keys "
+            f"{', '.join(deepseek.NATIVE_KEYS)}, no model_type)"
+        )
+    k.finish()
+    name = cfg.get("_name_or_path")
+    fields["name"] = name if isinstance(name, str) and name else family
     fields.update(overrides)
     valid = {f.name for f in dataclasses.fields(ModelArgs)}
     bad = sorted(set(fields) - valid)
     if bad:
         raise ValueError(f"unknown ModelArgs field(s) {', '.join(bad)}")
-    return ModelArgs(**fields)
+    try:
+        return ModelArgs(**fields)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def hf_config(args: ModelArgs) -> dict:

@@ -22,12 +22,14 @@ Everything is re-exported here, so `from dsim.model import Transformer` is the o
 """
 
 from dsim.kernels import _grouped_mm_ok, _Permute, grouped_mm
-from dsim.model.attention import GQA, MLA, attention
+from dsim.model.attention import GQA, MLA, Indexer, attention, rotate_leading
 from dsim.model.layers import (
+    LayerNorm,
     RMSNorm,
     apply_rotary_emb,
     cache_buffer,
     causal_mask,
+    make_norm,
     precompute_freqs_cis,
 )
 from dsim.model.moe import MLP, Experts, Gate, MoE, Routing, capacity_mask
@@ -37,6 +39,8 @@ __all__ = [
     "Block",
     "Experts",
     "GQA",
+    "Indexer",
+    "LayerNorm",
     "Gate",
     "MLA",
     "MLP",
@@ -53,5 +57,7 @@ __all__ = [
     "capacity_mask",
     "causal_mask",
     "grouped_mm",
+    "make_norm",
     "precompute_freqs_cis",
+    "rotate_leading",
 ]

@@ -24,6 +24,25 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+class LayerNorm(nn.Module):
+    """Layer norm with a weight and no bias (DBRX): (x - mean(x)) / std(x) * weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.weight, None, self.eps)
+
+
+def make_norm(dim: int, args: ModelArgs) -> nn.Module:
+    """The block norm that args.norm_type names, of width dim."""
+    if args.norm_type == "layernorm":
+        return LayerNorm(dim, args.norm_eps)
+    return RMSNorm(dim, args.norm_eps)
+
+
 # ------------------------------------------------------------------------------------------
 # Rotary position embedding with YaRN
 # ------------------------------------------------------------------------------------------
@@ -45,11 +64,13 @@ def precompute_freqs_cis(args: ModelArgs) -> torch.Tensor:
                 / (2 * math.log(base))
             )
 
-        low = max(math.floor(correction_dim(args.beta_fast)), 0)
-        high = min(math.ceil(correction_dim(args.beta_slow)), dim - 1)
-        ramp = torch.clamp(
-            (torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low + 1e-3), 0, 1
-        )
+        low, high = correction_dim(args.beta_fast), correction_dim(args.beta_slow)
+        if args.rope_truncate:  # gpt-oss keeps the bounds fractional (truncate: false)
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001  # prevent a division by zero, as DeepSeek's linear_ramp_factor does
+        ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
         smooth = 1 - ramp
         freqs = freqs / args.rope_factor * (1 - smooth) + freqs * smooth
     angles = torch.outer(torch.arange(args.max_seq_len, dtype=torch.float32), freqs)
@@ -60,17 +81,22 @@ def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x0, x1), (x2, x3), ... of the last dim.
     x: [B, S, H, d], freqs: [S, d/2]."""
     dtype = x.dtype
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    # contiguous: a slice at an odd offset (an odd kv_lora_rank) cannot be viewed as complex
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
     xc = xc * freqs_cis.view(1, xc.size(1), 1, xc.size(-1))
     return torch.view_as_real(xc).flatten(3).to(dtype)
 
 
-def causal_mask(seqlen: int, start_pos: int, device: torch.device) -> torch.Tensor:
+def causal_mask(seqlen: int, start_pos: int, device: torch.device, window: int = 0) -> torch.Tensor:
     """Additive mask [S, start_pos + S]: query i (at position start_pos + i) sees keys
-    0..start_pos + i."""
-    return torch.full((seqlen, start_pos + seqlen), float("-inf"), device=device).triu_(
+    0..start_pos + i, or only the last `window` of them (itself included) when window > 0."""
+    mask = torch.full((seqlen, start_pos + seqlen), float("-inf"), device=device).triu_(
         start_pos + 1
     )
+    if window > 0:  # key j is too old when start_pos + i - j >= window
+        too_old = torch.ones_like(mask, dtype=torch.bool).tril_(start_pos - window)
+        mask = mask.masked_fill_(too_old, float("-inf"))
+    return mask
 
 
 def cache_buffer(

@@ -48,6 +48,10 @@ class Gate(nn.Module):
        best, mask the other groups' experts with -inf
     4. top-k over c picks the experts; the combine weights are gathered from s (never from c),
        renormalised if route_norm (sigmoid), times route_scale.
+
+    Softmax over all experts, top-k, then renormalising equals softmax over the top-k logits
+    (Mixtral, gpt-oss, DBRX), so one order serves every family. gpt-oss adds a learned bias to the
+    logits (`logit_bias`, when args.router_bias), which unlike `bias` enters the weights.
     """
 
     def __init__(self, args: ModelArgs):
@@ -58,10 +62,14 @@ class Gate(nn.Module):
         self.weight = nn.Parameter(torch.empty(args.n_routed_experts, args.dim))
         nn.init.normal_(self.weight, std=0.02)
         self.register_buffer("bias", torch.zeros(args.n_routed_experts, dtype=torch.float32))
+        self.logit_bias = (
+            nn.Parameter(torch.zeros(args.n_routed_experts)) if args.router_bias else None
+        )
 
     # ANCHOR: gate_forward
     def forward(self, x: torch.Tensor) -> Routing:
-        logits = F.linear(x.float(), self.weight.float())  # [T, E], fp32 as DeepSeek
+        logit_bias = None if self.logit_bias is None else self.logit_bias.float()
+        logits = F.linear(x.float(), self.weight.float(), logit_bias)  # [T, E], fp32 as DeepSeek
         scores = logits.softmax(dim=-1) if self.args.score_func == "softmax" else logits.sigmoid()
         choice = scores + self.bias
         if self.n_groups > 1:
@@ -86,20 +94,41 @@ class Experts(nn.Module):
     """E routed SwiGLU experts stored as stacked weights, so that a grouped GEMM can run them all.
 
     w1, w3: [E, I, D]   w2: [E, D, I]   (expert e computes w2[e] (silu(w1[e] x) * w3[e] x))
+    With bias (gpt-oss): b1, b3: [E, I] and b2: [E, D] added after each projection. With
+    swiglu_limit > 0 (gpt-oss) the activation is the clamped variant (see `act`).
     """
 
-    def __init__(self, n_experts: int, dim: int, inter_dim: int):
+    def __init__(
+        self, n_experts: int, dim: int, inter_dim: int, bias: bool = False, swiglu_limit: float = 0
+    ):
         super().__init__()
-        self.n_experts = n_experts
+        self.n_experts, self.swiglu_limit = n_experts, swiglu_limit
         self.w1 = nn.Parameter(torch.empty(n_experts, inter_dim, dim))
         self.w2 = nn.Parameter(torch.empty(n_experts, dim, inter_dim))
         self.w3 = nn.Parameter(torch.empty(n_experts, inter_dim, dim))
         for w in (self.w1, self.w2, self.w3):
             nn.init.normal_(w, std=w.shape[-1] ** -0.5)
+        self.b1 = nn.Parameter(torch.zeros(n_experts, inter_dim)) if bias else None
+        self.b2 = nn.Parameter(torch.zeros(n_experts, dim)) if bias else None
+        self.b3 = nn.Parameter(torch.zeros(n_experts, inter_dim)) if bias else None
+
+    def act(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up, or gpt-oss's clamped SwiGLU: gate <= limit, |up| <= limit,
+        (up + 1) * gate * sigmoid(1.702 * gate)."""
+        limit = self.swiglu_limit
+        if limit <= 0:
+            return F.silu(gate) * up
+        gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
+        return (up + 1) * gate * torch.sigmoid(1.702 * gate)
+
+    def _bias(self, b: torch.Tensor | None, e: int | torch.Tensor) -> torch.Tensor | None:
+        return None if b is None else b[e]
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e on its tokens x: [n, D] -> [n, D]."""
-        return F.linear(F.silu(F.linear(x, self.w1[e])) * F.linear(x, self.w3[e]), self.w2[e])
+        gate = F.linear(x, self.w1[e], self._bias(self.b1, e))
+        up = F.linear(x, self.w3[e], self._bias(self.b3, e))
+        return F.linear(self.act(gate, up), self.w2[e], self._bias(self.b2, e))
 
     def forward_loop(
         self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
@@ -131,11 +160,20 @@ class Experts(nn.Module):
         # tokens per expert [E]: a scatter-add, as torch.bincount syncs with the host on CUDA
         counts = flat.new_zeros(self.n_experts).scatter_add_(0, flat, torch.ones_like(flat))
         xs = _Permute.apply(x, order // K, inverse, K)  # [T*K, D] sorted by expert
-        h = F.silu(grouped_mm(xs, self.w1, counts)) * grouped_mm(xs, self.w3, counts)
-        ys = _Permute.apply(
-            grouped_mm(h, self.w2, counts), inverse, order, 1
-        )  # [T*K, D] in pair order
+        gate, up = grouped_mm(xs, self.w1, counts), grouped_mm(xs, self.w3, counts)  # [T*K, I]
+        down = grouped_mm(self.act(*self._add_bias(gate, up, flat[order])), self.w2, counts)
+        if self.b2 is not None:
+            down = down + self.b2[flat[order]]
+        ys = _Permute.apply(down, inverse, order, 1)  # [T*K, D] in pair order
         return (ys.view(T, K, -1) * weights.unsqueeze(-1)).sum(1)  # weighted sum over the K experts
+
+    def _add_bias(
+        self, gate: torch.Tensor, up: torch.Tensor, expert: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """gate and up projections of sorted rows plus their expert's bias (expert: [T*K])."""
+        if self.b1 is None:
+            return gate, up
+        return gate + self.b1[expert], up + self.b3[expert]
 
     def forward(
         self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, impl: str = "grouped"
@@ -148,18 +186,25 @@ class Experts(nn.Module):
 
 
 class MoE(nn.Module):
-    """DeepSeekMoE: shared experts that see every token plus routed experts picked by the gate."""
+    """DeepSeekMoE: shared experts that see every token plus routed experts picked by the gate.
+
+    With args.shared_expert_gate (Qwen2-MoE) the shared experts' output is scaled per token by
+    sigmoid(shared_gate(x)), shared_gate: [1, D].
+    """
 
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
         self.gate = Gate(args)
-        self.experts = Experts(args.n_routed_experts, args.dim, args.moe_inter_dim)
+        self.experts = Experts(
+            args.n_routed_experts, args.dim, args.moe_inter_dim, args.expert_bias, args.swiglu_limit
+        )
         self.shared_experts = (
             MLP(args.dim, args.n_shared_experts * args.moe_inter_dim)
             if args.n_shared_experts
             else None
         )
+        self.shared_gate = nn.Linear(args.dim, 1, bias=False) if args.shared_expert_gate else None
         self.routing: Routing | None = None
 
     # ANCHOR: moe_forward
@@ -180,7 +225,10 @@ class MoE(nn.Module):
         self.routing = routing
         y = self.experts(x, routing.indices, weights.type_as(x), self.args.expert_impl)
         if self.shared_experts is not None:
-            y = y + self.shared_experts(x)
+            shared = self.shared_experts(x)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(x)) * shared
+            y = y + shared
         return y.view(shape)
         # ANCHOR_END: moe_forward
 

@@ -6,20 +6,24 @@ import torch
 from torch import nn
 
 from dsim.config import ModelArgs
-from dsim.model.attention import GQA, MLA
-from dsim.model.layers import RMSNorm, precompute_freqs_cis
+from dsim.model.attention import GQA, MLA, Indexer
+from dsim.model.layers import make_norm, precompute_freqs_cis
 from dsim.model.moe import MLP, MoE
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + ffn(norm(x)).
+
+    Layers listed in args.window_layers attend within args.sliding_window tokens (an MTP block,
+    whose layer_id is n_layers or more, attends fully)."""
 
     def __init__(self, layer_id: int, args: ModelArgs):
         super().__init__()
-        self.attn = MLA(args) if args.attn_type == "mla" else GQA(args)
+        window = args.sliding_window if layer_id in args.window_layers else 0
+        self.attn = MLA(args) if args.attn_type == "mla" else GQA(args, window)
         self.ffn = MLP(args.dim, args.inter_dim) if layer_id < args.n_dense_layers else MoE(args)
-        self.attn_norm = RMSNorm(args.dim, args.norm_eps)
-        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attn_norm = make_norm(args.dim, args)
+        self.ffn_norm = make_norm(args.dim, args)
 
     def forward(
         self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False
@@ -39,11 +43,11 @@ class MTPModule(nn.Module):
 
     def __init__(self, layer_id: int, args: ModelArgs):
         super().__init__()
-        self.enorm = RMSNorm(args.dim, args.norm_eps)
-        self.hnorm = RMSNorm(args.dim, args.norm_eps)
+        self.enorm = make_norm(args.dim, args)
+        self.hnorm = make_norm(args.dim, args)
         self.eh_proj = nn.Linear(2 * args.dim, args.dim, bias=False)
         self.block = Block(layer_id, args)
-        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.norm = make_norm(args.dim, args)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
         """h: [B, S', D] previous depth's hidden states; emb: [B, S', D] embeddings of the tokens k
@@ -60,7 +64,7 @@ class Transformer(nn.Module):
         self.args = args
         self.embed = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(Block(i, args) for i in range(args.n_layers))
-        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.norm = make_norm(args.dim, args)
         self.head = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -78,7 +82,20 @@ class Transformer(nn.Module):
     def hidden(
         self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = False
     ) -> torch.Tensor:
-        """Last block's output, before the final norm: [B, S] token ids -> [B, S, D]."""
+        """Last block's output, before the final norm: [B, S] token ids -> [B, S, D].
+
+        tokens may have any integer dtype; uint8 (dsim's byte corpus) and the others are read as
+        int64 ids. Float and bool tensors, shapes other than [B, S] with B, S >= 1, a negative
+        start_pos, or start_pos > 0 without use_cache raise ValueError.
+        """
+        tokens = _check_tokens(tokens, "tokens")
+        if isinstance(start_pos, bool) or not isinstance(start_pos, int) or start_pos < 0:
+            raise ValueError(f"start_pos = {start_pos!r} is invalid: must be an integer >= 0")
+        if start_pos and not use_cache:
+            raise ValueError(
+                f"start_pos = {start_pos} needs use_cache=True: without the KV cache there are no "
+                "earlier positions to attend to"
+            )
         bsz, seqlen = tokens.shape
         if start_pos + seqlen > self.args.max_seq_len:
             raise ValueError(
@@ -123,7 +140,7 @@ class Transformer(nn.Module):
 
     def reset_cache(self) -> None:
         for m in self.modules():
-            if isinstance(m, (MLA, GQA)):
+            if isinstance(m, (MLA, GQA, Indexer)):
                 m.cache.clear()
 
     @torch.no_grad()
@@ -135,9 +152,24 @@ class Transformer(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Greedy (temperature 0) or sampled decoding with the KV cache.
-        prompt: [B, S] -> [B, S + n]."""
+        prompt: [B, S] -> [B, S + n] int64."""
+        prompt = _check_tokens(prompt, "prompt")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise ValueError(f"max_new_tokens = {max_new_tokens!r} must be an integer >= 0")
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        real = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        if not (real and 0 <= temperature < float("inf")):  # False for NaN
+            # a NaN or negative temperature used to decode greedily without a word
+            raise ValueError(
+                f"temperature = {temperature!r} is invalid: must be a finite number >= 0 "
+                "(0: greedy)"
+            )
+        if max_new_tokens and prompt.shape[1] + max_new_tokens - 1 > self.args.max_seq_len:
+            raise ValueError(
+                f"prompt length {prompt.shape[1]} + max_new_tokens {max_new_tokens} - 1 exceeds "
+                f"ModelArgs.max_seq_len={self.args.max_seq_len}"
+            )
         self.reset_cache()
         tokens, pos = prompt, 0
         step_in = prompt
@@ -145,10 +177,28 @@ class Transformer(nn.Module):
             logits = self(step_in, start_pos=pos, use_cache=True)[:, -1]
             pos += step_in.shape[1]
             if temperature > 0:
-                nxt = torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)
+                # shifted to max 0 and in float64: a tiny temperature gives one-hot, not NaN
+                z = (logits - logits.amax(-1, keepdim=True)).double() / temperature
+                nxt = torch.multinomial(z.softmax(-1), 1, generator=generator)
             else:
                 nxt = logits.argmax(-1, keepdim=True)
             tokens = torch.cat([tokens, nxt], dim=1)
             step_in = nxt
         self.reset_cache()
         return tokens
+
+
+def _check_tokens(tokens: torch.Tensor, what: str) -> torch.Tensor:
+    """Token ids as int64 [B, S] with B, S >= 1; any integer dtype is accepted (uint8 is what
+    dsim's byte corpus holds). Float or bool tensors and other shapes raise ValueError."""
+    if not isinstance(tokens, torch.Tensor):
+        raise ValueError(f"{what} must be a torch.Tensor of token ids, got {type(tokens).__name__}")
+    if tokens.dtype == torch.bool or tokens.is_floating_point() or tokens.is_complex():
+        raise ValueError(
+            f"{what} has dtype {tokens.dtype}: token ids must be integers (int64, int32, uint8...)"
+        )
+    if tokens.dim() != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 1:
+        raise ValueError(
+            f"{what} must be [batch, seq] with batch, seq >= 1, got shape {tuple(tokens.shape)}"
+        )
+    return tokens.long()

@@ -21,7 +21,8 @@ except (
         return args[0] if args and callable(args[0]) else (lambda f: f)
 
 
-from dsim.quant.checks import check_bits, check_float
+from dsim.quant.checks import check_bits, check_float, check_int
+from dsim.quant.convert import _check_module
 from dsim.quant.layers import QuantExperts, QuantLinear
 
 
@@ -90,6 +91,9 @@ def calibrate(
     check_bits(bits)
     if method not in ("absmax", "percentile", "mse", "kl"):
         raise ValueError(f"method = {method!r} is not supported: absmax, percentile, mse or kl")
+    check_int(max_samples, "max_samples", 1)
+    # KL needs at least one histogram bin per quantization level (TensorRT uses 2048 bins)
+    check_int(num_bins, "num_bins", 2 ** (bits - 1))
     a = x.detach().abs().float().flatten()
     if a.numel() == 0:
         raise ValueError("calibrate needs at least one sample")
@@ -122,6 +126,7 @@ def calibrate_model(
     and hidden activations of each QuantExperts), and sets act_scale = calibrate(...) / 127.
     Returns the thresholds by name. Until this runs, W8A8 scales activations per token on the fly.
     """
+    _check_module(model)
     layers = [
         (n, m)
         for n, m in model.named_modules()
@@ -141,11 +146,17 @@ def calibrate_model(
             m._observed = []
     was_training = model.training
     model.eval()
+    n_batches = 0
     try:
         for tokens in batches:
             model(tokens)
+            n_batches += 1
     finally:
         model.train(was_training)
+    if n_batches == 0:
+        for _, m in layers:
+            m._observed = None
+        raise ValueError("calibrate_model needs at least one batch of tokens: batches was empty")
     thresholds: dict[str, float] = {}
     for name, m in layers:
         observed, m._observed = m._observed, None

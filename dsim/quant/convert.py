@@ -38,7 +38,7 @@ def kind_of(name: str) -> str:
         return "norms"
     if "attn" in parts:
         return "attention"
-    if "ffn" in parts:
+    if "ffn" in parts[:-1]:
         after = parts[parts.index("ffn") + 1]
         if after == "gate":
             return "gate"
@@ -50,12 +50,18 @@ def kind_of(name: str) -> str:
     return "other"
 
 
+def _check_module(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"expected a torch.nn.Module (a Transformer), got {type(model).__name__}")
+
+
 def bytes_by_kind(model: nn.Module) -> dict[str, int]:
     """Bytes of everything a checkpoint of `model` holds (parameters and persistent buffers), by
     kind.
 
     Tied tensors count once; non-persistent buffers (RoPE tables) count as nothing.
     """
+    _check_module(model)
     out = {k: 0 for k in KINDS}
     seen: set[int] = set()
     for name, t in model.state_dict(keep_vars=True).items():
@@ -121,6 +127,7 @@ def _targets(model: nn.Module, layers: str) -> list[tuple[nn.Module, str, nn.Mod
     the gate and the norms stay in high precision, as in DeepSeek-V3 (paper, section 3.3.1).
     "attention": the attention projections. "experts": the routed experts only.
     """
+    _check_module(model)
     if layers not in LAYERS:
         raise ValueError(f"layers = {layers!r} is not supported: choose one of {', '.join(LAYERS)}")
     out = []

@@ -11,7 +11,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dsim.quant.checks import check_block, check_float, check_scale_fmt
+from dsim.quant.checks import (
+    FLOAT32_MAX,
+    check_block,
+    check_float,
+    check_int,
+    check_scale_fmt,
+)
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite E4M3 number: torch.finfo(torch.float8_e4m3fn).max
@@ -23,6 +29,12 @@ def _fp8_scale(amax: torch.Tensor, scale_fmt: str | None) -> torch.Tensor:
     s = amax.clamp(min=FP8_MIN_AMAX) / FP8_MAX
     if scale_fmt == "ue8m0":  # an 8-bit exponent-only scale: x/s stays <= 448
         s = torch.exp2(torch.ceil(torch.log2(s)))
+    if s.numel() and float(s.max()) * FP8_MAX > FLOAT32_MAX:  # only within 2x of float32's max
+        raise ValueError(
+            f"cannot quantize to FP8 with max|x| = {float(amax.max()):.4g}: its scale "
+            f"{float(s.max()):.4g} (scale_fmt={scale_fmt!r}) times 448 overflows float32 "
+            f"({FLOAT32_MAX:.4g}) on dequantization; rescale the tensor"
+        )
     return s
 
 
@@ -44,6 +56,8 @@ def act_quant(
     check_float(x, "activation")
     check_block(block_size)
     check_scale_fmt(scale_fmt)
+    if x.dim() == 0:
+        raise ValueError("act_quant needs activations [..., K] of at least 1 dimension, got 0")
     K = x.shape[-1]
     nb = math.ceil(K / block_size)
     tiles = F.pad(x.float(), (0, nb * block_size - K)).reshape(
@@ -87,8 +101,14 @@ def weight_dequant(x: torch.Tensor, s: torch.Tensor, block_size: int = 128) -> t
     """FP8 weight [..., N, K] and block scales [..., ceil(N/b), ceil(K/b)] -> default-dtype
     weight."""
     check_block(block_size)
+    if not isinstance(x, torch.Tensor) or not isinstance(s, torch.Tensor) or x.dim() < 2:
+        raise ValueError(
+            "weight_dequant needs a weight tensor [..., N, K] and its scales [..., N/b, K/b], got "
+            f"{getattr(x, 'shape', type(x).__name__)} and {getattr(s, 'shape', type(s).__name__)}"
+        )
     N, K = x.shape[-2:]
-    if s.shape[-2:] != (math.ceil(N / block_size), math.ceil(K / block_size)):
+    blocks = (*x.shape[:-2], math.ceil(N / block_size), math.ceil(K / block_size))
+    if tuple(s.shape) != blocks:
         raise ValueError(
             f"scale shape {tuple(s.shape)} does not match weight {tuple(x.shape)} in "
             f"{block_size}x{block_size} blocks"
@@ -111,10 +131,16 @@ def aligned_sum(
     Hopper's FP8 accumulation keeps "around 14 bits" (13 here plus the leading bit).
     terms: [..., n] -> [...].
     """
-    if not 1 <= mantissa_bits <= 23:
+    if (
+        isinstance(mantissa_bits, bool)
+        or not isinstance(mantissa_bits, int)
+        or not (1 <= mantissa_bits <= 23)
+    ):
         raise ValueError(f"mantissa_bits = {mantissa_bits} must be in 1..23")
     if rounding not in ("truncate", "nearest"):
         raise ValueError(f"rounding = {rounding!r} must be 'truncate' or 'nearest'")
+    if terms.dim() == 0 or terms.shape[-1] == 0:
+        raise ValueError(f"aligned_sum needs terms [..., n >= 1], got shape {tuple(terms.shape)}")
     top = terms.abs().amax(dim=-1, keepdim=True)
     ulp = torch.exp2(
         torch.floor(torch.log2(torch.where(top > 0, top, torch.ones_like(top)))) - mantissa_bits
@@ -167,7 +193,15 @@ def fp8_gemm(
     is applied at the end (what a per-tensor FP8 GEMM with cuBLAS "fast accumulation" does).
     """
     check_block(block_size)
+    check_block(acc_chunk, "acc_chunk")
+    if a.dim() < 1 or b.dim() != 2:
+        raise ValueError(
+            f"fp8_gemm needs a [..., K] and b [N, K], got shapes {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
     K, N = a.shape[-1], b.shape[0]
+    if K == 0:
+        raise ValueError("fp8_gemm needs K >= 1 (a [..., K] has K = 0)")
     if b.shape[-1] != K:
         raise ValueError(f"fp8_gemm: a has K={K} but b has K={b.shape[-1]} (b must be [N, K])")
     lead = a.shape[:-1]
@@ -224,6 +258,9 @@ def accumulation_error(
     flushed into fp32 every `promote_every` elements (promotion). Errors are
     ||C - C_ref||_F / ||C_ref||_F ("_rel") and max_ij |C - C_ref| / max_ij |C_ref| ("_max_rel").
     """
+    for name, value in (("K", K), ("M", M), ("N", N), ("chunk", chunk)):
+        check_int(value, name, 1)
+    check_block(promote_every, "promote_every")
     if dist not in ("normal", "abs_normal"):
         raise ValueError(f"dist = {dist!r} must be 'normal' or 'abs_normal'")
     gen = torch.Generator().manual_seed(seed)

@@ -17,7 +17,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from dsim.quant.checks import check_bits, check_block, check_float, check_scale_dtype
+from dsim.quant.checks import (
+    FLOAT32_MAX,
+    check_bits,
+    check_block,
+    check_float,
+    check_int,
+    check_scale_dtype,
+)
 from dsim.quant.fp8 import weight_dequant, weight_quant
 
 Granularity = Literal["tensor", "channel", "group"]
@@ -71,6 +78,13 @@ class QuantizedTensor:
 
     def select(self, e: int) -> QuantizedTensor:
         """Slice e of a stacked tensor (one routed expert of [E, N, K] weights)."""
+        if len(self.shape) < 2:
+            raise ValueError(f"select needs a stacked tensor [E, ...], this one is {self.shape}")
+        check_int(e, "select index e", 0)
+        if e >= self.shape[0]:
+            raise ValueError(
+                f"select index e = {e} is out of range: the tensor stacks {self.shape[0]}"
+            )
         per_tensor = self.scale.dim() == 0
         return QuantizedTensor(
             self.data[e],
@@ -96,10 +110,20 @@ def qrange(bits: int, symmetric: bool = True) -> tuple[int, int]:
     return (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
 
 
-def _to_groups(x: torch.Tensor, granularity: str, group_size: int, pad: bool) -> torch.Tensor:
-    """View x [..., K] as [..., G, g], the elements of each row of the result sharing one scale."""
+def _to_groups(
+    x: torch.Tensor, granularity: str, group_size: int, pad: bool | None = None
+) -> torch.Tensor:
+    """View x [..., K] as [..., G, g], the elements of each row of the result sharing one scale.
+
+    pad: zero-pad K up to a multiple of group_size (True), raise (False), or raise without
+    suggesting padding (None: the caller has no pad option to offer).
+    """
     if x.dim() == 0:
         raise ValueError("cannot quantize a 0-dimensional tensor: give it at least one dimension")
+    if x.numel() == 0:
+        raise ValueError(
+            f"cannot quantize an empty tensor of shape {tuple(x.shape)}: it has no range to scale"
+        )
     if granularity == "tensor":
         return x.reshape(1, -1)  # [1, numel]
     width = x.shape[-1]
@@ -111,13 +135,14 @@ def _to_groups(x: torch.Tensor, granularity: str, group_size: int, pad: bool) ->
         )
     check_block(group_size, "group_size")
     if width % group_size:
+        padded = math.ceil(width / group_size) * group_size
         if not pad:
+            hint = f" or pass pad=True to zero-pad it to {padded}" if pad is False else ""
             raise ValueError(
-                f"group_size = {group_size} does not divide the last dimension {width}: choose a "
-                f"divisor of {width} or pass pad=True to zero-pad it to "
-                f"{math.ceil(width / group_size) * group_size}"
+                f"group_size = {group_size} does not divide the last dimension {width}: "
+                f"choose a divisor of {width}{hint}"
             )
-        x = F.pad(x, (0, math.ceil(width / group_size) * group_size - width))
+        x = F.pad(x, (0, padded - width))
     return x.reshape(*x.shape[:-1], -1, group_size)  # [..., G, g]
 
 
@@ -131,7 +156,9 @@ def _int_qparams(
     asymmetric: s = (max(x, 0) - min(x, 0)) / (2^b - 1),  z = round(-min(x, 0) / s)
     s is rounded up to `scale_dtype` (the format the checkpoint stores) before it is used, so that
     dequantization from the stored scale is exact and max|x| / s never exceeds qmax. An all-zero
-    group gets s = 1.
+    group gets s = 1; a scale below the smallest normal number of `scale_dtype` is raised to it
+    (never zero). A range whose scale `scale_dtype` cannot hold (float16: max|x| > 65504 * qmax)
+    raises ValueError.
     """
     lo, hi = qrange(bits, symmetric)
     if symmetric:
@@ -140,6 +167,9 @@ def _int_qparams(
         mn = xg.amin(dim=-1, keepdim=True).clamp(max=0)
         mx = xg.amax(dim=-1, keepdim=True).clamp(min=0)
         scale = (mx - mn) / hi
+        # max - min can overflow float32 although both fit (+-3e38): take those in float64
+        wide = ((mx.double() - mn.double()) / hi).float()
+        scale = torch.where(torch.isinf(scale), wide, scale)
     scale = torch.where(
         scale > 0, scale.clamp(min=torch.finfo(scale_dtype).tiny), torch.ones_like(scale)
     )
@@ -147,10 +177,23 @@ def _int_qparams(
     stored = torch.where(
         stored.float() < scale, torch.nextafter(stored, torch.full_like(stored, math.inf)), stored
     )
+    if not bool(torch.isfinite(stored).all()):  # float16 tops out at 65504
+        limit = torch.finfo(scale_dtype).max * hi
+        raise ValueError(
+            f"cannot quantize to INT{bits} with {scale_dtype} scales: "
+            f"{'max|x|' if symmetric else 'max(x, 0) - min(x, 0)'} = "
+            f"{float((scale * hi).max()):.6g} exceeds {limit:.6g}, the largest range whose scale "
+            f"{scale_dtype} can store; use scale_dtype=torch.bfloat16 or torch.float32"
+        )
     scale = stored.float()
-    if symmetric:
-        return scale, None
-    zero = torch.clamp(torch.round(-mn / scale), lo, hi)
+    zero = None if symmetric else torch.clamp(torch.round(-mn / scale), lo, hi)
+    reach = hi if symmetric else torch.maximum(zero - lo, hi - zero)  # largest |code - zero|
+    if not bool(torch.isfinite(reach * scale).all()):  # |x| within ~1% of float32's maximum
+        raise ValueError(
+            f"cannot quantize to INT{bits}: the scale rounded up to {scale_dtype} makes the "
+            f"largest code dequantize beyond float32's maximum {FLOAT32_MAX:.4g} (max|x| = "
+            f"{float(xg.abs().max()):.4g}); rescale the tensor"
+        )
     return scale, zero
     # ANCHOR_END: int_qparams
 
@@ -173,9 +216,14 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     Element 2i goes to the low nibble of byte i and element 2i+1 to the high nibble. An odd K is
     padded with one zero code.
     """
-    codes = codes.to(torch.uint8)
-    if codes.numel() and int(codes.max()) > 15:
+    if codes.dim() == 0 or codes.is_floating_point() or codes.dtype == torch.bool:
+        raise ValueError(
+            f"pack_int4 needs integer codes [..., K], got {codes.dtype} of shape "
+            f"{tuple(codes.shape)}"
+        )
+    if codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) <= 15:
         raise ValueError("pack_int4 needs codes in 0..15")
+    codes = codes.to(torch.uint8)
     if codes.shape[-1] % 2:
         codes = F.pad(codes, (0, 1))
     return codes[..., 0::2] | (codes[..., 1::2] << 4)
@@ -183,6 +231,16 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
 
 def unpack_int4(packed: torch.Tensor, width: int) -> torch.Tensor:
     """Inverse of pack_int4: uint8 [..., ceil(K/2)] -> uint8 codes [..., width]."""
+    if packed.dtype != torch.uint8 or packed.dim() == 0:
+        raise ValueError(
+            "unpack_int4 needs uint8 bytes [..., ceil(K/2)] (pack_int4's output), got "
+            f"{packed.dtype} of shape {tuple(packed.shape)}"
+        )
+    check_int(width, "width", 0)
+    if width > 2 * packed.shape[-1]:
+        raise ValueError(
+            f"width = {width} is more codes than {packed.shape[-1]} bytes hold (two per byte)"
+        )
     both = torch.stack([packed & 0x0F, packed >> 4], dim=-1)  # [..., K/2, 2]
     return both.flatten(-2)[..., :width]
 
@@ -193,14 +251,15 @@ def quantize(
     granularity: Granularity = "channel",
     group_size: int = 128,
     symmetric: bool = True,
-    pad: bool = False,
+    pad: bool | None = False,
     scale_dtype: torch.dtype = torch.bfloat16,
 ) -> QuantizedTensor:
     """Quantize x [..., K] to INT8 or INT4 with absmax (symmetric) or min/max (asymmetric) scales.
 
     granularity: "tensor" (one scale), "channel" (one per row: per output channel of a weight
         [out, in]), "group" (one per `group_size` consecutive input channels: scales [out, in/g]).
-    pad: zero-pad K to a multiple of group_size instead of raising when it does not divide K.
+    pad: zero-pad K to a multiple of group_size instead of raising when it does not divide K
+        (None: raise without suggesting pad=True, for callers that do not offer it).
     scale_dtype: how scales are stored: bfloat16 (default, 2 bytes, what dsim.cost.weight_bytes
         counts for INT8/INT4), float16 (GPTQ/AWQ checkpoints) or float32.
     The arithmetic is fp32; dequantize(quantize(x)) == scale * (code - zero) exactly.
@@ -223,7 +282,7 @@ def quantize(
     if bits == 8:
         data = q.to(torch.int8) if symmetric else q.to(torch.uint8)
     else:  # INT4: codes 0..15
-        data = pack_int4(q + 8 if symmetric else q)  # symmetric: offset 8
+        data = pack_int4((q + 8 if symmetric else q).to(torch.uint8))  # symmetric: offset 8
     return QuantizedTensor(
         data,
         scale.to(scale_dtype),

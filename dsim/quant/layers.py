@@ -23,16 +23,18 @@ def quantize_weight(
     w8a8:  INT8 symmetric per output channel (an integer GEMM applies one weight scale per output
            column after accumulating, so finer weight scales would need FP8-style promotion).
     w4a16: INT4 symmetric per output channel (group_size=None) or per group of input channels.
-    fp8:   E4M3 in group_size x group_size blocks (DeepSeek-V3: 128).
+    fp8:   E4M3 in group_size x group_size blocks (None: DeepSeek-V3's 128).
     """
     if scheme == "w8a8":
         return quantize(w, 8, "channel")
     if scheme == "w4a16":
         return (
-            quantize(w, 4, "channel") if group_size is None else quantize(w, 4, "group", group_size)
+            quantize(w, 4, "channel")
+            if group_size is None
+            else quantize(w, 4, "group", group_size, pad=None)
         )
-    if scheme == "fp8":
-        return quantize_fp8(w, group_size or 128, scale_fmt)
+    if scheme == "fp8":  # group_size None: DeepSeek-V3's 128 x 128 blocks
+        return quantize_fp8(w, 128 if group_size is None else group_size, scale_fmt)
     raise ValueError(f"scheme = {scheme!r} is not supported: choose one of {', '.join(SCHEMES)}")
 
 

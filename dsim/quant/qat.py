@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from dsim.model import Experts
-from dsim.quant.checks import check_bits, check_float
+from dsim.quant.checks import check_bits, check_block, check_float
 from dsim.quant.convert import QuantReport, _targets, quantize_model
 from dsim.quant.integer import Granularity, _int_qparams, _int_round, _to_groups
 
@@ -33,7 +33,7 @@ def fake_quant(
     check_float(x)
     check_bits(bits)
     with torch.no_grad():
-        xg = _to_groups(x.float(), granularity, group_size, pad=False)
+        xg = _to_groups(x.float(), granularity, group_size)
         scale, zero = _int_qparams(xg, bits, symmetric, scale_dtype)
         q = _int_round(xg, scale, zero, bits)
         deq = ((q - zero) if zero is not None else q) * scale
@@ -47,6 +47,8 @@ class FakeQuant(nn.Module):
     def __init__(self, bits: int = 4, group_size: int | None = 128):
         super().__init__()
         check_bits(bits)
+        if group_size is not None:
+            check_block(group_size, "group_size")
         self.bits, self.group_size = bits, group_size
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:

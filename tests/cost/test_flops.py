@@ -5,6 +5,7 @@ exactly what they leave out."""
 import pytest
 import torch
 import torch.nn.functional as F
+from family_variants import FAMILY_VARIANTS
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -104,6 +105,7 @@ VARIANTS = {
     "full-rank-q": dict(q_lora_rank=0),
     "capacity-dropping": dict(capacity_factor=0.5),
 }
+VARIANTS.update(FAMILY_VARIANTS)  # the other families' options (issue 15)
 
 
 @pytest.mark.parametrize("mode", ["train", "decode"])

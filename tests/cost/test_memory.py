@@ -430,3 +430,114 @@ def test_bad_activation_input(kwargs, match):
         layer_activation_bytes(preset("deepseek-v3"), **call)
     with pytest.raises(ValueError, match="impl"):
         kv_cache_bytes_per_token(preset("deepseek-v3"), impl="latent")
+
+
+# ---------------------------------------------------------------------------------------------
+# The other families (issue 15): sliding windows, DeepSeek-V3.2's indexer cache, MXFP4 experts
+# ---------------------------------------------------------------------------------------------
+def _windowed():
+    from dsim.config import ModelArgs
+
+    return ModelArgs(
+        attn_type="gqa",
+        dim=64,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        n_layers=4,
+        n_dense_layers=1,
+        sliding_window=128,
+        window_layers=(0, 2),
+        max_seq_len=4096,
+    )
+
+
+def test_sliding_window_layers_cache_only_their_window():
+    from dsim.cost.memory import (
+        kv_cache_bytes_per_token,
+        kv_cache_elements,
+        kv_cache_layer_elements,
+    )
+
+    args = _windowed()
+    per_token = 2 * 2 * 16  # keys and values of 2 KV heads of 16
+    assert kv_cache_layer_elements(args, 0, 1000) == per_token * 128
+    assert kv_cache_layer_elements(args, 1, 1000) == per_token * 1000
+    assert kv_cache_layer_elements(args, 2, 100) == per_token * 100  # shorter than the window
+    assert kv_cache_elements(args, 1000) == per_token * (2 * 128 + 2 * 1000)
+    assert kv_cache_elements(args, 1000, range(2, 4)) == per_token * (128 + 1000)
+    assert kv_cache_bytes_per_token(args, "bf16", seq_len=1000) == 2 * per_token * 2256 / 1000
+    with pytest.raises(ValueError, match="seq_len is required"):
+        kv_cache_bytes_per_token(args)
+    est = memory(args, mode="inference", batch=3, seq_len=1000)
+    assert est.kv_cache == 3 * 2 * kv_cache_elements(args, 1000)
+
+
+def test_deepseek_v32_caches_the_indexer_key():
+    from dsim.config import preset
+    from dsim.cost.memory import kv_cache_elements_per_token
+
+    v3 = preset("deepseek-v3")
+    v32 = v3.replace(index_n_heads=64, index_head_dim=128, index_topk=2048)
+    assert kv_cache_elements_per_token(v3) == 61 * (512 + 64)
+    assert kv_cache_elements_per_token(v32) == 61 * (512 + 64 + 128)
+
+
+def test_mxfp4_experts_cost_their_real_size():
+    from dsim.config import preset, scaled_down
+    from dsim.cost import params
+    from dsim.cost.memory import bytes_per_param, weight_bytes
+
+    assert bytes_per_param("mxfp4") == bytes_per_param("mxfp4", 7) == 0.5 + 1 / 32
+    assert weight_bytes(65, "mxfp4") == 33 + 3  # 65 four-bit values, 3 started blocks of 32
+    args = scaled_down(preset("mixtral-8x7b"))
+    p = params(args)
+    routed = p.breakdown["routed_experts"]
+    est = memory(args, mode="inference", batch=1, seq_len=16, expert_dtype="mxfp4")
+    assert est.weights == (p.total - routed) * 2 + routed * (0.5 + 1 / 32)
+    with pytest.raises(ValueError, match="expert_dtype"):
+        memory(args, mode="inference", expert_dtype="fp5")
+
+
+# ---- activation recipes (DeepSeek-V3's fp8 caching and recomputation) ----
+def test_recipe_acts_on_tagged_tensors():
+    """Each recipe option changes exactly the tensors the graph tags for it: fp8 caching turns a
+    Linear input of n elements into n bytes plus a float32 scale per 128 (E5M6: 1.5 n), SwiGLU
+    recomputation keeps the MoE's SwiGLU inputs only, fused_combine drops the experts' output
+    rows."""
+    from dsim.cost.memory import DEEPSEEK_V3_RECIPE, ActivationRecipe
+
+    a = preset("deepseek-v3")
+    T, D, H, I = 4096, a.dim, a.n_heads, a.moe_inter_dim
+    N = T * a.n_activated_experts
+    plain = layer_activation_bytes(a, 3, 1, T, recompute="selective")
+    fp8 = ActivationRecipe(fp8_cache=True)
+    got = layer_activation_bytes(a, 3, 1, T, recompute="selective", recipe=fp8)
+    tiles = 4 / 128  # a float32 scale per 1 x 128 tile
+
+    def saved(n, per):  # bytes saved when n bf16 elements are cached at `per` bytes
+        return n * (2 - per - tiles)
+
+    wo_input = saved(T * H * a.v_head_dim, 1.5)  # E5M6
+    rows = saved(N * D, 1)  # the experts' gathered input rows
+    swiglu_in = saved(2 * N * I, 1) + saved(2 * T * I * a.n_shared_experts, 1)
+    products = saved(N * I, 1) + saved(T * I * a.n_shared_experts, 1)  # w2 inputs
+    assert plain - got == pytest.approx(wo_input + rows + swiglu_in + products, rel=1e-12)
+    both = ActivationRecipe(fp8_cache=True, swiglu_recompute=True)
+    got2 = layer_activation_bytes(a, 3, 1, T, recompute="selective", recipe=both)
+    silu_and_product = 2 * (N + T * a.n_shared_experts) * I
+    assert got - got2 == pytest.approx(silu_and_product * 2 - products, rel=1e-12)
+    combine = ActivationRecipe(fp8_cache=True, swiglu_recompute=True, fused_combine=True)
+    got3 = layer_activation_bytes(a, 3, 1, T, recompute="selective", recipe=combine)
+    assert got2 - got3 == 2 * N * D * 2 + N * 2  # output rows (+ combine weight), weighted rows
+    # full recomputation keeps the block input and the routing state, whatever the recipe
+    full = [
+        layer_activation_bytes(a, 3, 1, T, recompute="full", recipe=r)
+        for r in (None, DEEPSEEK_V3_RECIPE)
+    ]
+    assert full[0] == full[1]
+
+
+def test_recipe_checked():
+    with pytest.raises(ValueError, match="recipe must be"):
+        layer_activation_bytes(preset("tiny"), 0, 1, 8, recipe="deepseek-v3")

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+from family_variants import FAMILY_VARIANTS
 
 from dsim.config import PUBLISHED_PARAMS, preset, preset_names, scaled_down
 from dsim.cost import params
@@ -16,6 +17,7 @@ VARIANTS = {
     "gqa": dict(attn_type="gqa", head_dim=8, n_kv_heads=2),
     "mha": dict(attn_type="mha", head_dim=8, n_kv_heads=0),
     "mla-full-rank-q": dict(attn_type="mla", q_lora_rank=0),
+    **FAMILY_VARIANTS,  # the other families' options (issue 15)
 }
 
 
@@ -39,7 +41,7 @@ def component_of(name: str) -> str:
         return "gate"
     if ".ffn.experts." in name:
         return "routed_experts"
-    if ".ffn.shared_experts." in name:
+    if ".ffn.shared_experts." in name or ".ffn.shared_gate." in name:
         return "shared_experts"
     assert ".ffn.w" in name, name
     return "dense_ffn"
@@ -60,7 +62,7 @@ def test_equals_model_parameters(name, variant):
     named = dict(model.named_parameters())
     covered = set()
     for module, count in p.modules.items():
-        mine = [n for n in named if n.startswith(module + ".")]
+        mine = [n for n in named if n == module or n.startswith(module + ".")]
         assert sum(named[n].numel() for n in mine) == count, module
         covered.update(mine)
     assert covered == set(named)

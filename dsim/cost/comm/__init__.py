@@ -6,6 +6,8 @@ Analytical cost model of GPU communication, one concept per module:
     fit          fitting that model (or an alpha-beta line) to measured sweeps
     moe          MoE expert-parallel dispatch/combine: bytes over IB and NVLink, DeepEP time
     volumes      the collectives each parallelism strategy (TP, PP, DP/ZeRO) issues per step
+    crossval     the model fitted on some world sizes, validated on the others (not
+                 re-exported: `from dsim.cost.comm.crossval import ...`)
 
 Pipeline bubbles and the overlap of communication with compute are in dsim.cost.pipeline;
 their names are re-exported here, so `from dsim.cost import comm; comm.X` reaches every one.

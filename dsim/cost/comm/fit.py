@@ -110,6 +110,49 @@ def _best_floor(pred_log: np.ndarray, meas_log: np.ndarray) -> tuple[np.ndarray,
     return np.take_along_axis(loss, i, -1)[..., 0], np.take_along_axis(cands, i, -1)[..., 0]
 
 
+def _grid_search(
+    wire: dict[str, np.ndarray], steps: dict[str, np.ndarray], meas: dict[str, np.ndarray]
+) -> tuple[float, dict[str, tuple[float, float]]]:
+    """The search of calibrate_from_measurements on per-point arrays (one entry per measured
+    point of each kind): wire bytes, bulk-protocol steps and log seconds. Returns the chunk
+    overhead c and, per kind, (bus bandwidth, floor). Points of several world sizes may be pooled
+    (their steps differ): dsim.cost.comm.crossval fits one set of constants to them."""
+    kinds = list(wire)
+
+    def per_kind(k, c, bws):
+        """Loss and floor for each bandwidth in bws, chunk overhead c."""
+        pred = 2 * np.log(np.sqrt(wire[k][None, :] / bws[:, None]) + np.sqrt(steps[k] * c))
+        return _best_floor(pred, meas[k])
+
+    # coarse
+    coarse_c = np.exp(np.linspace(math.log(1e-8), math.log(1e-4), 93))
+    coarse_b = np.exp(np.linspace(math.log(1e8), math.log(1e13), 237))
+    best = None
+    for c in coarse_c:
+        total, bws = 0.0, {}
+        for k in kinds:
+            loss, _ = per_kind(k, c, coarse_b)
+            i = int(loss.argmin())
+            total += loss[i]
+            bws[k] = coarse_b[i]
+        if best is None or total < best[0]:
+            best = (total, c, bws)
+    _, c0, b0 = best
+    # fine, on 3-significant-digit values
+    fine_b = {k: _sig3_grid(b0[k] / 1.12, b0[k] * 1.12) for k in kinds}
+    best = None
+    for c in _sig3_grid(c0 / 1.2, c0 * 1.2):
+        total, fit = 0.0, {}
+        for k in kinds:
+            loss, floor = per_kind(k, c, fine_b[k])
+            i = int(loss.argmin())
+            total += loss[i]
+            fit[k] = (float(fine_b[k][i]), math.exp(floor[i]))
+        if best is None or total < best[0]:
+            best = (total, float(c), fit)
+    return best[1], best[2]
+
+
 @dataclass(frozen=True)
 class CommCalibration:
     """The collective model fitted to one measured sweep on n_ranks GPUs of one node.
@@ -217,41 +260,9 @@ def calibrate_from_measurements(
     n, gpu_name, pts = _points(records, n_ranks, gpu)
     kinds = list(pts)
     wire = {k: pts[k][0] * bus_bandwidth_factor(k, n) for k in kinds}
+    steps = {k: np.full(pts[k][0].shape, float(_bulk_steps(k, n))) for k in kinds}
     meas = {k: np.log(pts[k][1]) for k in kinds}
-    steps = {k: _bulk_steps(k, n) for k in kinds}
-
-    def per_kind(k, c, bws):
-        """Loss and floor for each bandwidth in bws, chunk overhead c."""
-        pred = 2 * np.log(np.sqrt(wire[k][None, :] / bws[:, None]) + math.sqrt(steps[k] * c))
-        return _best_floor(pred, meas[k])
-
-    # coarse
-    coarse_c = np.exp(np.linspace(math.log(1e-8), math.log(1e-4), 93))
-    coarse_b = np.exp(np.linspace(math.log(1e8), math.log(1e13), 237))
-    best = None
-    for c in coarse_c:
-        total, bws = 0.0, {}
-        for k in kinds:
-            loss, _ = per_kind(k, c, coarse_b)
-            i = int(loss.argmin())
-            total += loss[i]
-            bws[k] = coarse_b[i]
-        if best is None or total < best[0]:
-            best = (total, c, bws)
-    _, c0, b0 = best
-    # fine, on 3-significant-digit values
-    fine_b = {k: _sig3_grid(b0[k] / 1.12, b0[k] * 1.12) for k in kinds}
-    best = None
-    for c in _sig3_grid(c0 / 1.2, c0 * 1.2):
-        total, fit = 0.0, {}
-        for k in kinds:
-            loss, floor = per_kind(k, c, fine_b[k])
-            i = int(loss.argmin())
-            total += loss[i]
-            fit[k] = (fine_b[k][i], math.exp(floor[i]))
-        if best is None or total < best[0]:
-            best = (total, float(c), fit)
-    _, c, fit = best
+    c, fit = _grid_search(wire, steps, meas)
     launch = {k: _sig3(fit[k][1]) for k in kinds}
     bus_bw = {k: float(fit[k][0]) for k in kinds}
     cal = CommCalibration(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dsim.cost.graph.ops import (
+    E5M6_BITS,
     C,
     Ctx,
+    Flops,
     GraphOp,
     Item,
+    cached_bytes,
     elementwise,
     gemm,
     linear,
@@ -15,7 +18,13 @@ from dsim.cost.graph.ops import (
     matmul_flops,
     rms_norm,
 )
-from dsim.cost.graph.rules import attention_pairs
+from dsim.cost.graph.rules import attention_pairs, windowed_pairs
+
+
+def _e5m6(elements: int) -> int:
+    """Bytes of the wo input (the attention output) as DeepSeek-V3 caches it: E5M6 with tile
+    scales (dsim.cost.graph.ops.E5M6_BITS)."""
+    return cached_bytes(elements, E5M6_BITS)
 
 
 def _cache_write(c: Ctx, label: str, nbytes: int) -> list[GraphOp]:
@@ -24,9 +33,12 @@ def _cache_write(c: Ctx, label: str, nbytes: int) -> list[GraphOp]:
 
 
 def _pairs(c: Ctx) -> tuple[int, int]:
-    """(query, key) pairs over all heads: all of them, and those a causal mask keeps."""
+    """(query, key) pairs over all heads: all of them (what the counter charges, the mask
+    notwithstanding), and those the mask keeps: causal, and within the block's window (a sliding
+    window, or DeepSeek-V3.2's index_topk chosen keys)."""
     B, S, ctx, H = c.batch, c.seq_len, c.context, c.args.n_heads
-    return attention_pairs(B, S, ctx, False) * H, attention_pairs(B, S, ctx, True) * H
+    kept = windowed_pairs(B, S, ctx, c.window) if c.window else attention_pairs(B, S, ctx, True)
+    return attention_pairs(B, S, ctx, False) * H, kept * H
 
 
 def _sdpa(c: Ctx, qk: int, dv: int, kv_heads: int, saved: list[Item]) -> GraphOp:
@@ -61,6 +73,7 @@ def mla(c: Ctx) -> list[GraphOp]:
             rms_norm(c, f"{p}.q_norm", T, q_lora, T * q_lora * e, True, "attn.q_norm"),
             linear(c, f"{p}.wq_b", A, T, H * qk, q_lora),
         ]
+        ops += _indexer(c) if a.has_indexer else []
     else:
         ops = [linear(c, f"{p}.wq", A, T, H * qk, D)]
     # kv_norm's input is a slice of wkv_a's output, whose storage is R + dr wide.
@@ -70,14 +83,14 @@ def mla(c: Ctx) -> list[GraphOp]:
         elementwise(c, "rope (q_pe, k_pe)", p, C.ROPE, 24 * T * dr * (H + 1), 6),
     ]
     if a.attn_impl == "absorb":
-        wo_kept = [Item("attn.wo input", T * H * dv * e)]
+        wo_kept = [Item("attn.wo input", T * H * dv * e, fp8_bytes=_e5m6(T * H * dv))]
         return ops + _mla_absorbed(c) + [linear(c, f"{p}.wo", A, T, D, H * dv, saved=wo_kept)]
     if c.kernel == "fused":
         kept = [
             Item("attn.q (cat of q_nope, q_pe)", T * H * qk * e, True),
             Item("attn.k (cat of k_nope, k_pe)", T * H * qk * e, True),
             Item("attn.v (a slice: all of wkv_b's output stays)", T * H * (dn + dv) * e, True),
-            Item("attn.out (also the wo input)", T * H * dv * e),
+            Item("attn.out (also the wo input)", T * H * dv * e, fp8_bytes=_e5m6(T * H * dv)),
             Item("attn.logsumexp float32", c.batch * H * c.seq_len * 4),
         ]
         wo_kept = []
@@ -92,7 +105,7 @@ def mla(c: Ctx) -> list[GraphOp]:
             Item("attn.probs (math path)", c.batch * H * c.seq_len**2 * f, True),
             Item("attn.v for the batched matmul (math path)", v, True),
         ]
-        wo_kept = [Item("attn.wo input (copy)", T * H * dv * e)]
+        wo_kept = [Item("attn.wo input (copy)", T * H * dv * e, fp8_bytes=_e5m6(T * H * dv))]
     ops += [
         linear(c, f"{p}.wkv_b", A, T, H * (dn + dv), R),
         elementwise(c, "cat q, k (expand k_pe)", p, C.ATTN_CORE, 8 * T * H * qk, 2),
@@ -139,6 +152,67 @@ def _mla_absorbed(c: Ctx) -> list[GraphOp]:
     return [w_uk, *cache, scores, softmax, pv, w_uv]
 
 
+def _no_backward(op: GraphOp) -> GraphOp:
+    """The op with no backward FLOPs: nothing upstream of a non-differentiable choice gets a
+    gradient (the indexer's output is a top-k mask)."""
+    f = op.flops
+    flops = Flops(f.forward, 0, f.forward_causal, 0)
+    return GraphOp(
+        op.name, op.module, op.component, flops, op.reads, op.writes, (), op.time, op.block
+    )
+
+
+def _indexer(c: Ctx) -> list[GraphOp]:
+    """DeepSeek-V3.2's lightning indexer on the query latent [T, q_lora_rank] and x [T, D]:
+    index queries [T, Hi, Di] (wq_b), one key per token [T, Di] (wk, LayerNorm, RoPE on the first
+    qk_rope_head_dim dims), scores relu(q . k) [B, S, Hi, S_kv] for every (query, key) pair, the
+    head-weighted sum [B, S, S_kv] (weights_proj) and a top-index_topk. Only the choice leaves it,
+    so in dsim.model none of it is trained (DeepSeek trains it with a separate KL loss)."""
+    a, B, S, T, e, p = c.args, c.batch, c.seq_len, c.T, c.e, f"{c.block}.attn.indexer"
+    Hi, Di, D, skv = a.index_n_heads, a.index_head_dim, a.dim, c.context + c.seq_len
+    full, kept = attention_pairs(B, S, c.context, False), attention_pairs(B, S, c.context, True)
+    A, K = C.ATTN_PROJ, C.ATTN_CORE
+    k_cache = B * skv * Di * e
+    scores = matmul(
+        c,
+        [gemm("index scores q.k", S * Hi, skv, Di, B)],
+        p,
+        K,
+        {"index q": T * Hi * Di * e, "index k": k_cache},
+        {"scores": B * S * Hi * skv * e},
+        causal=2 * kept * Hi * Di,
+    )
+    weighted = matmul(
+        c,
+        [gemm("index weighted sum", skv, 1, Hi, T)],
+        p,
+        K,
+        {"scores": B * S * Hi * skv * e, "weights": T * Hi * e},
+        {"index": B * S * skv * e},
+        causal=2 * kept * Hi,
+    )
+    ops = [
+        linear(c, f"{p}.wq_b", A, T, Hi * Di, a.q_lora_rank),
+        linear(c, f"{p}.wk", A, T, Di, D),
+        elementwise(
+            c,
+            "index k LayerNorm, rope (q, k)",
+            p,
+            C.ROPE,
+            24 * T * a.qk_rope_head_dim * (Hi + 1) + 4 * T * Di * e,
+            4,
+        ),
+        *_cache_write(c, "write index key cache", 2 * T * Di * e),
+        scores,
+        elementwise(c, "index relu", p, K, 2 * B * S * Hi * skv * e),
+        linear(c, f"{p}.weights_proj", A, T, Hi, D),
+        weighted,
+        elementwise(c, "index mask, top-k, scatter", p, K, 3 * B * S * skv * 4, 3),
+    ]
+    assert full >= kept
+    return [_no_backward(op) if op.flops else op for op in ops]
+
+
 def gqa(c: Ctx) -> list[GraphOp]:
     """MHA/GQA: q [T, H hd], k and v [T, kv hd], RoPE on q and k, SDPA (keys and values shared by
     H / kv heads), wo [T, H hd] -> [T, D]."""
@@ -149,7 +223,7 @@ def gqa(c: Ctx) -> list[GraphOp]:
             Item("attn.q after RoPE", T * H * hd * e),
             Item("attn.k after RoPE", T * kvh * hd * e),
             Item("attn.v (wv output)", T * kvh * hd * e),
-            Item("attn.out (also the wo input)", T * H * hd * e),
+            Item("attn.out (also the wo input)", T * H * hd * e, fp8_bytes=_e5m6(T * H * hd)),
             Item("attn.logsumexp float32", c.batch * H * c.seq_len * 4),
         ]
         wo_kept = []
@@ -161,15 +235,65 @@ def gqa(c: Ctx) -> list[GraphOp]:
             Item("attn.probs (math path)", c.batch * H * c.seq_len**2 * f, True),
             Item("attn.v repeated to all heads (math path)", T * H * hd * f),
         ]
-        wo_kept = [Item("attn.wo input (copy)", T * H * hd * e)]
+        wo_kept = [Item("attn.wo input (copy)", T * H * hd * e, fp8_bytes=_e5m6(T * H * hd))]
     ops = [
         linear(c, f"{p}.wq", A, T, H * hd, D),
         linear(c, f"{p}.wk", A, T, kvh * hd, D),
         linear(c, f"{p}.wv", A, T, kvh * hd, D),
-        elementwise(c, "rope (q, k)", p, C.ROPE, 24 * T * hd * (H + kvh), 6),
     ]
+    if a.qk_norm == "head":  # Qwen3, GLM-4.5: over each head's hd numbers
+        ops += [
+            rms_norm(c, f"{p}.q_norm", T * H, hd, None, False, "attn.q_norm"),
+            rms_norm(c, f"{p}.k_norm", T * kvh, hd, None, False, "attn.k_norm"),
+        ]
+    elif a.qk_norm == "proj":  # OLMoE: over the whole projection
+        ops += [
+            rms_norm(c, f"{p}.q_norm", T, H * hd, None, False, "attn.q_norm"),
+            rms_norm(c, f"{p}.k_norm", T, kvh * hd, None, False, "attn.k_norm"),
+        ]
+    if a.clip_qkv:  # DBRX, OLMoE: q, k, v clamped
+        ops.append(elementwise(c, "clip q, k, v", p, A, 2 * T * (H + 2 * kvh) * hd * e, 3))
+    # RoPE on the first rope_dim dims of each head (partial rotary: a cat puts the rest back)
+    rope = 24 * T * a.rope_dim * (H + kvh) + (4 * T * (H + kvh) * hd * e if a.rope_dim < hd else 0)
+    ops.append(elementwise(c, "rope (q, k)", p, C.ROPE, rope, 6))
     ops += _cache_write(c, "write k, v cache", 8 * T * kvh * hd)
-    return ops + [
-        _sdpa(c, hd, hd, kvh, kept),
-        linear(c, f"{p}.wo", A, T, D, H * hd, saved=wo_kept),
+    core = _sink_attention(c) if a.attn_sink else [_sdpa(c, hd, hd, kvh, kept)]
+    return ops + core + [linear(c, f"{p}.wo", A, T, D, H * hd, saved=wo_kept)]
+
+
+def _sink_attention(c: Ctx) -> list[GraphOp]:
+    """Attention with gpt-oss's sinks, as dsim.model computes it (no fused kernel takes a sink):
+    keys and values repeated to all H heads, scores q k^T [B, H, S, S_kv] plus the mask, the
+    sink logit joined to each row, a float32 softmax, its key columns times v."""
+    a, B, S, T, H, e, p = c.args, c.batch, c.seq_len, c.T, c.args.n_heads, c.e, f"{c.block}.attn"
+    hd, kvh, skv, K = a.head_size, a.kv_heads, c.context + S, C.ATTN_CORE
+    kept = _pairs(c)[1]
+    kv = B * skv * H * hd * e  # k or v repeated to every head
+    scores = B * H * S * skv
+    repeat = [] if kvh == H else [elementwise(c, "repeat k, v to all heads", p, K, 4 * kv // 2, 2)]
+    qk = matmul(
+        c,
+        [gemm("scores q.k", S, skv, hd, B * H)],
+        p,
+        K,
+        {"q": T * H * hd * e, "k": kv},
+        {"scores": scores * e},
+        [Item("attn.q, k (math path)", T * H * hd * e + kv)],
+        causal=2 * kept * hd,
+    )
+    probs = [
+        Item("attn.probs float32 (with the sink column)", (scores + B * H * S) * 4, True),
+        Item("attn.probs cast to the activation dtype", scores * e, True),
+        Item("attn.v repeated to all heads", kv),
     ]
+    softmax = elementwise(c, "scale, mask, cat sink, softmax (fp32)", p, K, 22 * scores, 4, probs)
+    pv = matmul(
+        c,
+        [gemm("probs @ v", S, hd, skv, B * H)],
+        p,
+        K,
+        {"probs": scores * e, "v": kv},
+        {"out": T * H * hd * e},
+        causal=2 * kept * hd,
+    )
+    return [*repeat, qk, softmax, pv]

@@ -3,7 +3,38 @@
 from __future__ import annotations
 
 from dsim.cost.components import Component
-from dsim.cost.graph.ops import C, Ctx, GraphOp, Item, elementwise, linear, make_op, matmul_flops
+from dsim.cost.graph.ops import (
+    C,
+    Ctx,
+    GraphOp,
+    Item,
+    cached_bytes,
+    elementwise,
+    linear,
+    make_op,
+    matmul_flops,
+)
+
+
+def swiglu_items(item: str, rows: int, inter: int, e: int, in_moe: bool) -> list[Item]:
+    """What SwiGLU keeps on [rows, inter]: w1 x (for silu) and w3 x, silu(w1 x) (for the
+    product) and the product (w2's input). DeepSeek-V3 (sec. 3.3.3) caches the SwiGLU inputs of
+    the MoE in fp8 and recomputes its output in the backward ("swiglu_recompute"); the product is
+    a Linear input (fp8) everywhere. "dense_swiglu" treats a dense FFN's SwiGLU the same way."""
+    n = rows * inter
+    option = "swiglu_recompute" if in_moe else "dense_swiglu"
+    inputs = cached_bytes(2 * n)
+    return [
+        Item(
+            f"{item}: w1 x, w3 x",
+            2 * n * e,
+            fp8_bytes=inputs if in_moe else None,
+            option=option,
+            option_bytes=inputs,
+        ),
+        Item(f"{item}: silu(w1 x)", n * e, option=option),
+        Item(f"{item}: product", n * e, fp8_bytes=cached_bytes(n), option=option),
+    ]
 
 
 def swiglu(
@@ -13,7 +44,7 @@ def swiglu(
     silu(w1 x) and w3 x (for the product) and the product (for w2); its input is counted by
     whoever produced it."""
     T, D = c.T, c.args.dim
-    kept = [Item(f"{item}: w1 x, silu(w1 x), w3 x, product", 4 * T * inter * c.e)]
+    kept = swiglu_items(item, T, inter, c.e, comp != C.DENSE_FFN)
     return [
         linear(c, f"{module}.w1", comp, T, inter, D, label=f"{label}w1"),
         linear(c, f"{module}.w3", comp, T, inter, D, label=f"{label}w3"),
@@ -55,11 +86,12 @@ def _experts(c: Ctx) -> GraphOp:
     a, T, D, e = c.args, c.T, c.args.dim, c.e
     E, K, I = a.n_routed_experts, a.n_activated_experts, a.moe_inter_dim
     N = T * K
+    fused = "fused_combine"  # the combine weight applied inside the expert: no N x D rows kept
     kept = [
-        Item("experts: gathered input rows", N * D * e),
-        Item("experts: w1 x, silu(w1 x), w3 x, product", 4 * N * I * e),
-        Item("experts: output rows and combine weight", N * D * e + N * e),
-        Item("experts: weighted rows (kept by index_add_)", N * D * e),
+        Item("experts: gathered input rows", N * D * e, fp8_bytes=cached_bytes(N * D)),
+        *swiglu_items("experts", N, I, e, True),
+        Item("experts: output rows and combine weight", N * D * e + N * e, option=fused),
+        Item("experts: weighted rows (kept by index_add_)", N * D * e, option=fused),
         Item("experts: token/slot indices int64", N * 16),
     ]
     weights = min(E, N) * 3 * D * I * e  # the experts that get a row: at most min(E, N)
@@ -87,5 +119,11 @@ def moe(c: Ctx) -> list[GraphOp]:
         return [_gate(c), _experts(c)]
     inter, S = a.n_shared_experts * a.moe_inter_dim, C.SHARED_EXPERTS
     shared = swiglu(c, f"{p}.shared_experts", S, inter, "shared ", "shared_experts")
+    if a.shared_expert_gate:  # Qwen2-MoE: sigmoid(x w) [T, 1] scales the shared output
+        kept = [Item("shared gate: sigmoid output", c.T * c.e)]
+        shared += [
+            linear(c, f"{p}.shared_gate", S, c.T, 1, a.dim),
+            elementwise(c, "sigmoid(gate) * shared", p, S, 4 * c.T * a.dim * c.e, 2, kept),
+        ]
     add = elementwise(c, "routed + shared", p, S, 6 * c.T * a.dim)
     return [_gate(c), _experts(c), *shared, add]

@@ -16,6 +16,7 @@ from dsim.cost.graph.ops import (
     Item,
     PlanOp,
     StepGraph,
+    cached_bytes,
     elementwise,
     ew,
     gemm,
@@ -29,6 +30,7 @@ from dsim.cost.graph.rules import (
     Device,
     Mode,
     is_moe_layer,
+    layer_window,
     mtp_depths,
     mtp_layer_id,
     sdpa_kernel,
@@ -46,6 +48,7 @@ def _residual(c: Ctx) -> GraphOp:
 
 def _block(c: Ctx, layer_id: int) -> list[GraphOp]:
     """Block(layer_id): x + attn(attn_norm(x)), then x + ffn(ffn_norm(x)) (dense MLP or MoE)."""
+    c = replace(c, window=layer_window(c.args, layer_id))
     a, T, D, e, b = c.args, c.T, c.args.dim, c.e, c.block
     has_moe = is_moe_layer(a, layer_id)
     ops = [rms_norm(c, f"{b}.attn_norm", T, D, T * D * e, True, "attn_norm")]
@@ -54,7 +57,9 @@ def _block(c: Ctx, layer_id: int) -> list[GraphOp]:
     # Linear that reads it (dense MLP, shared experts) or, in fp32, by the gate; routed experts
     # only gather its rows.
     kept = not has_moe or a.n_shared_experts > 0 or e == 4
-    ops += [_residual(c), rms_norm(c, f"{b}.ffn_norm", T, D, T * D * e, kept, "ffn_norm")]
+    to_linear = not has_moe or a.n_shared_experts > 0  # else its output feeds the fp32 gate only
+    ffn_norm = rms_norm(c, f"{b}.ffn_norm", T, D, T * D * e, kept, "ffn_norm", to_linear)
+    ops += [_residual(c), ffn_norm]
     ops += moe(c) if has_moe else swiglu(c, f"{b}.ffn", C.DENSE_FFN, a.inter_dim, "", "ffn (dense)")
     return ops + [_residual(c)]
 
@@ -66,7 +71,7 @@ def _head(c: Ctx, norm: str, t: int) -> list[GraphOp]:
     logits = [Item(f"{c.label}logits (kept for the loss)", t * V * e)]
     reads, writes = {"x": t * D * e, "head": V * D * e}, {"logits": t * V * e}
     ops = [
-        rms_norm(c, norm, t, D, t * D * e, True),
+        rms_norm(c, norm, t, D, t * D * e, True, feeds_fp8=False),  # the head keeps bf16
         matmul(c, [gemm("head", t, V, D, None)], "head", C.HEAD, reads, writes, logits),
     ]
     if c.train:
@@ -88,7 +93,7 @@ def _mtp(c: Ctx, k: int, s: int) -> list[GraphOp]:
     m, D, e = f"mtp.{k - 1}", c.args.dim, c.e
     c = replace(c, seq_len=s, context=0, label=f"{m}.", charge=C.MTP)
     t = c.T
-    cat = [Item(f"{m}.cat (kept by eh_proj)", t * 2 * D * e)]
+    cat = [Item(f"{m}.cat (kept by eh_proj)", t * 2 * D * e, fp8_bytes=cached_bytes(2 * t * D))]
     reads, writes = {"cat": t * 2 * D * e, "eh_proj": 2 * D * D * e}, {"h": t * D * e}
     ops = [
         _embed(c, t),

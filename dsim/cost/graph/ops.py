@@ -9,8 +9,15 @@ from dataclasses import dataclass, field
 
 from dsim.config import ModelArgs
 from dsim.cost.components import Component
+from dsim.cost.dtypes import DTYPES
 
 C = Component
+
+# DeepSeek-V3's activation caching (report, sec. 3.3.3, "Low-Precision Activation"): inputs of
+# Linear operators are cached in fp8 with one float32 scale per 1 x 128 tile; the input of the
+# Linear after attention (also used by the attention backward) in the custom E5M6 format.
+CACHE_TILE = 128
+E5M6_BITS = 12  # 1 sign, 5 exponent, 6 mantissa bits
 
 
 @dataclass(frozen=True)
@@ -45,12 +52,30 @@ class Item:
     """One tensor autograd keeps (or a group of identical ones): a name saying where, its bytes,
     whether selective recomputation (DeepSeek-V3: RMSNorms and MLA up-projections, plus any
     materialised score matrix) drops it, and whether the model itself holds it outside autograd
-    (MoE.routing), so that even full recomputation keeps it."""
+    (MoE.routing), so that even full recomputation keeps it.
+
+    For the activation options of dsim.cost.memory.ActivationRecipe:
+    fp8_bytes: its bytes when cached the way DeepSeek-V3 caches a Linear operator's input (fp8, or
+        E5M6 for the Linear after attention, with tile scales); None when it is no Linear input or
+        DeepSeek-V3 keeps it in its original precision (embedding, output head, gate, norms and
+        attention).
+    option, option_bytes: a recipe option that changes it ("swiglu_recompute", "dense_swiglu"
+        or "fused_combine"; "" for none) and its bytes under that option (0: the
+        option recomputes it, or the kernels never keep it)."""
 
     name: str
     bytes: int
     selective_drops: bool = False
     outside_autograd: bool = False
+    fp8_bytes: int | None = None
+    option: str = ""
+    option_bytes: int = 0
+
+
+def cached_bytes(elements: int, bits: int = DTYPES["fp8"].bits) -> int:
+    """Bytes of `elements` activations cached in a `bits`-wide format with a float32 scale per
+    1 x CACHE_TILE tile (DeepSeek-V3's fine-grained quantisation)."""
+    return -(-elements * bits // 8) + -(-elements // CACHE_TILE) * DTYPES["fp8"].scale_bytes
 
 
 @dataclass(frozen=True)
@@ -104,6 +129,7 @@ class Ctx:
     block: str = ""  # module name of the Block the ops run in
     label: str = ""  # prefix of the time model's labels ("layers.3.", "mtp.0.")
     charge: Component | None = None  # every op charged to this component (MTP)
+    window: int = 0  # keys a query may see at most in this block (`rules.layer_window`)
 
     @property
     def train(self) -> bool:
@@ -180,7 +206,14 @@ def linear(
 
 
 def rms_norm(
-    c: Ctx, module: str, rows: int, width: int, input_bytes: int | None, kept: bool, item=None
+    c: Ctx,
+    module: str,
+    rows: int,
+    width: int,
+    input_bytes: int | None,
+    kept: bool,
+    item=None,
+    feeds_fp8: bool = True,
 ) -> GraphOp:
     """An RMSNorm over rows x width.
 
@@ -188,6 +221,7 @@ def rms_norm(
         when another op already keeps it, e.g. a slice of a tensor kept elsewhere).
     kept: whether the next op saves the output (a Linear does; a cat does not).
     item: the name its kept tensors go by (default: the module name).
+    feeds_fp8: whether the Linear that keeps the output runs in fp8 (not the output head).
     """
     label, item, e = module.rsplit(".", 1)[-1], item or module, c.e
     saved = []  # the input stays under selective recomputation: the norm is recomputed from it
@@ -202,7 +236,8 @@ def rms_norm(
         saved.append(Item(f"{item}.normalized_fp32", rows * width * 4, True))
     saved.append(Item(f"{item}.rstd", rows * 4, True))
     if kept:
-        saved.append(Item(f"{item}.output", rows * width * e, True))
+        fp8 = cached_bytes(rows * width) if feeds_fp8 else None
+        saved.append(Item(f"{item}.output", rows * width * e, True, fp8_bytes=fp8))
     io = dict(reads={"x": rows * width * e, "weight": width * e}, writes={"y": rows * width * e})
     time = [(label, "rmsnorm", dict(tokens=rows, dim=width))]
     return make_op(c, label, module, C.NORMS, time, saved=saved, **io)

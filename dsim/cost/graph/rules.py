@@ -46,6 +46,28 @@ def step_shape(mode: str, seq_len: int, context: int | None) -> tuple[int, int]:
     return seq_len, context or 0
 
 
+def layer_window(args: ModelArgs, layer_id: int) -> int:
+    """Keys a query of Block(layer_id) may attend to at most (0: all earlier ones): the sliding
+    window in `window_layers` (Mistral, gpt-oss), DeepSeek-V3.2's index_topk chosen keys in every
+    MLA layer. (An MTP block, layer_id n_layers, has no window but does have the indexer.)"""
+    if args.has_indexer:
+        return args.index_topk
+    return args.sliding_window if layer_id in args.window_layers else 0
+
+
+def windowed_pairs(batch: int, seq_len: int, context: int, window: int) -> int:
+    """Causal (query, key) pairs when each query sees at most its last `window` keys (itself
+    included): query at position p sees min(p + 1, window) keys, summed over p = context ..
+    context + seq_len - 1 (closed form, no loop)."""
+
+    def upto(n: int) -> int:  # sum of min(p + 1, window) for p < n
+        return (
+            n * (n + 1) // 2 if n <= window else window * (window + 1) // 2 + (n - window) * window
+        )
+
+    return batch * (upto(context + seq_len) - upto(context))
+
+
 def attention_pairs(batch: int, seq_len: int, context: int, causal: bool) -> int:
     """(query, key) pairs per head: all of them (S x (context + S)), or those a causal mask keeps.
 
@@ -68,11 +90,12 @@ def sdpa_kernel(args: ModelArgs, device: str = "cuda") -> AttnKernel:
 
     On a CPU the fused flash kernel needs equal query and value head sizes, so MLA-naive
     (d_qk = qk_nope + qk_rope != v_head_dim) runs the unfused math path; on a GPU the memory-
-    efficient / cuDNN kernels take any head sizes. (MLA-absorb never calls SDPA: it is "math".)
+    efficient / cuDNN kernels take any head sizes. (MLA-absorb never calls SDPA: it is "math"; nor
+    does attention with gpt-oss's sinks, which joins an extra logit to every softmax.)
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if args.attn_type != "mla":
-        return "fused"
+        return "math" if args.attn_sink else "fused"  # sinks: explicit matmuls and softmax
     unequal_on_cpu = device == "cpu" and args.qk_head_dim != args.v_head_dim
     return "math" if args.attn_impl == "absorb" or unequal_on_cpu else "fused"

@@ -33,6 +33,8 @@ The modules, in the order a search uses them:
     search       plan_training: evaluate, rank, report TrainingPlans
     serve        plan_serving, serving_curve
     deepseek_v3  DeepSeek-V3's published figures and their reproduction
+    public_runs  published training runs (dsim/data/public_runs.json) against the planner
+    ep_compare   the predictions for bench/ep_step_measure.py's layouts, against its JSON
 """
 
 from dsim.cost.plan.deepseek_v3 import (
@@ -66,6 +68,7 @@ from dsim.cost.plan.job import (
     parse_size,
 )
 from dsim.cost.plan.layouts import FIELDS, Layouts, enumerate_layouts
+from dsim.cost.plan.public_runs import GOODPUT, load_public_runs, public_runs_table
 from dsim.cost.plan.search import PlanResult, TrainingPlan, plan_training
 from dsim.cost.plan.serve import ServePlan, plan_serving, serving_curve
 
@@ -76,6 +79,7 @@ __all__ = [
     "EXPOSED_KINDS",
     "FIELDS",
     "FP8_COMPONENTS",
+    "GOODPUT",
     "MATMUL_DTYPES",
     "MAX_MICROBATCH_TOKENS",
     "MEMORY_KINDS",
@@ -96,10 +100,12 @@ __all__ = [
     "enumerate_layouts",
     "evaluate",
     "evaluate_layout",
+    "load_public_runs",
     "parse_size",
     "pipeline_bubble",
     "plan_serving",
     "plan_training",
+    "public_runs_table",
     "reproduce_deepseek_v3_serving",
     "reproduce_deepseek_v3_training",
     "serving_curve",

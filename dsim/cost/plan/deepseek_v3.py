@@ -13,6 +13,7 @@ from typing import Any
 
 from dsim.config import preset
 from dsim.cost import timing
+from dsim.cost.memory import ActivationRecipe
 from dsim.cost.plan.job import TrainingJob
 from dsim.cost.plan.search import plan_training
 from dsim.cost.plan.serve import plan_serving
@@ -28,6 +29,9 @@ DEEPSEEK_V3_TRAINING = dict(
         tp=1, pp=16, ep=64, dp=128, zero=1, schedule="dualpipe", dtype="fp8", recompute="selective"
     ),
     optimizer_dtype="bf16",  # AdamW moments in bf16; master weights and gradients in fp32
+    # fp8 activation caching and SwiGLU recomputation (sec. 3.3.3), plus two kernel assumptions
+    # the report does not state (dsim.cost.memory.DEEPSEEK_V3_RECIPE)
+    recipe="deepseek-v3",
     published_gpu_hours=2.664e6,
     published_gpu_hours_per_trillion=180e3,
     published_days_per_trillion=3.7,
@@ -59,12 +63,16 @@ def deepseek_v3_workload() -> dict[str, float]:
 
 
 def reproduce_deepseek_v3_training(
-    recompute: str | None = "selective", calibration: timing.Calibration | None = None
+    recompute: str | None = "selective",
+    calibration: timing.Calibration | None = None,
+    recipe: str | ActivationRecipe | None = None,
 ) -> dict[str, Any]:
     """DeepSeek-V3's pre-training with the layout the report states (PP16 DualPipe, EP64 over 8
-    nodes, ZeRO-1 DP128, no TP, fp8, selective recomputation); the micro-batch, which the report
-    does not give, is searched. Memory is reported, not required: see `fits`. Returns predicted and
-    published GPU-hours."""
+    nodes, ZeRO-1 DP128, no TP, fp8, selective recomputation) and its way of keeping activations
+    (`recipe`, default DEEPSEEK_V3_TRAINING["recipe"]: dsim.cost.memory.DEEPSEEK_V3_RECIPE; "plain"
+    for what autograd keeps for dsim.model); the micro-batch, which the report does not give, is
+    searched. Memory is reported, not required: see `fits`. Returns predicted and published
+    GPU-hours."""
     r = DEEPSEEK_V3_TRAINING
     job = TrainingJob(
         preset("deepseek-v3"),
@@ -76,6 +84,7 @@ def reproduce_deepseek_v3_training(
         optimizer_dtype=r["optimizer_dtype"],
         price_per_gpu_hour=r["price_per_gpu_hour"],
         calibration=calibration,
+        recipe=r["recipe"] if recipe is None else recipe,
     )
     layout = dict(r["layout"])
     if recompute is None:

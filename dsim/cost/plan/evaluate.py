@@ -24,8 +24,9 @@ How a step is timed (per micro-batch and pipeline stage, then composed):
                 micro-batch's compute where it can be.
     pipeline    step = m x tau + bubble, tau = the slowest stage's time per micro-batch (compute +
                 exposed communication); bubble from DualPipe's table (`pipeline_bubble`). DualPipe
-                places stages s and pp-1-s on one GPU (2x parameters, (pp+1) micro-batches of
-                activations), and needs an even pp and an even number of micro-batches >= 2 pp.
+                places stages s and pp-1-s on one GPU (2x parameters; activations of pp - s
+                micro-batches of stage s and s + 1 of stage pp-1-s, Tables.stage_columns), and
+                needs an even pp and an even number of micro-batches >= 2 pp.
     optimizer   Adam is one streaming pass over the local optimizer shard (an `elementwise` op of
                 the time model; its time is affine in the bytes, so it is evaluated as a + b x
                 bytes).
@@ -80,7 +81,10 @@ _DUALPIPE = SCHEDULES.index("dualpipe")
 
 def _codes(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct values, index of each row's value) of a column of small non-negative integers, in
-    O(n)."""
+    O(n) (sorted, np.unique, when the values are large: a micro-batch of 2^30 sequences)."""
+    if int(col.max()) > 4 * len(col) + 4096:
+        values, idx = np.unique(col, return_inverse=True)
+        return values, idx.reshape(col.shape)
     present = np.zeros(int(col.max()) + 1, dtype=bool)
     present[col] = True
     values = np.flatnonzero(present)
@@ -292,9 +296,7 @@ def _evaluate_rows(
     pp = L.pp[r]
     rc, dual = L.recompute[r], (L.schedule[r] == _DUALPIPE).astype(float)
     sel_rc, full = (rc == _SELECTIVE).astype(float), (rc == _FULL).astype(float)
-    nd, nm, last, inflight, s_nd, s_nm, s_first, s_last, blocks, moe_blocks = x["cols"].reshape(
-        10, width, n
-    )
+    nd, nm, last, s_nd, s_nm, s_first, s_last, blocks, moe_blocks = x["cols"].reshape(9, width, n)
 
     # ---- compute per micro-batch: forward F, backward B (with recomputation), weight gradients W
     # (s_* are the stage counts times the share a GPU runs per micro-batch: 1, or 1/2 for a DualPipe
@@ -343,19 +345,20 @@ def _evaluate_rows(
     j, tail = _first_max(dp_exposed + opt_t)
     out["step_time_s"][r] = m * tau_k + bubble + tail
     out["compute_s"][r] = m * (F_k + B_k) + opt_t.ravel()[j]
-    out["exposed_comm_s"][r] = m * (tau_k - F_k - B_k) + dp_exposed.ravel()[j]
     out["bubble_s"][r] = bubble
     ep_k = ep_comm.ravel()[k]  # exposed communication by kind
     out["exposed_tp_s"][r] = m * tp_comm.ravel()[k]
     out["exposed_ep_s"][r] = m * (dual * np.maximum(0.0, ep_k - F_k - B_k) + (1 - dual) * ep_k)
     out["exposed_pp_s"][r] = m * (1 - dual) * pp_comm
     out["exposed_dp_s"][r] = dp_exposed.ravel()[j]
+    # the sum of the kinds (= m (tau - F - B) + dp, without the cancellation that left -3.6e-15 s)
+    out["exposed_comm_s"][r] = sum(out[v][r] for v in EXPOSED_KINDS.values())
 
     # ---- memory per GPU by kind, on the fullest position ----
     sb = tabs.state_bytes
     kinds = {kind: sb[kind] * p for kind, p in held.items()}
     a = x["acts"]
-    kinds["activations"] = inflight * (nd * a[0] + nm * a[1] + last * a[2]) / tp
+    kinds["activations"] = (nd * a[0] + nm * a[1] + last * a[2]) / tp  # nd etc. x micro-batches
     s, total = _first_max(
         kinds["weights"] + kinds["gradients"] + kinds["optimizer"] + kinds["activations"]
     )

@@ -16,9 +16,14 @@ import numpy as np
 
 from dsim.config import ModelArgs
 from dsim.cost import timing
+from dsim.cost.checks import check_real
 from dsim.cost.components import Component
 from dsim.cost.hardware import GPU, get_gpu
-from dsim.cost.layout import ZERO_STAGES  # noqa: F401  (a choice of the layouts, re-exported)
+from dsim.cost.layout import (
+    ZERO_STAGES,  # noqa: F401  (a choice of the layouts, re-exported)
+    tp_split_problem,
+)
+from dsim.cost.memory import DEEPSEEK_V3_RECIPE, PLAIN, ActivationRecipe
 
 # ---------------------------------------------------------------------------------------------
 # Choices and general assumptions
@@ -28,9 +33,16 @@ SCHEDULES = ("1f1b", "dualpipe")
 MATMUL_DTYPES = ("bf16", "fp8")
 PHASES = ("prefill", "decode")
 
+# Activation recipes by name (dsim.cost.memory.ActivationRecipe), for TrainingJob and the CLI.
+ACTIVATION_RECIPES = {"plain": PLAIN, "deepseek-v3": DEEPSEEK_V3_RECIPE}
+
 RESERVED_BYTES = (
     4e9  # CUDA context, NCCL and cuBLAS workspaces, allocator fragmentation (a round figure)
 )
+# The largest job the planner takes: it searches the divisors of the GPU count, and counts
+# tokens in int64 arrays.
+MAX_GPUS = 1 << 20
+MAX_BATCH_TOKENS = 1 << 53
 MAX_MICROBATCH_TOKENS = 32768  # searched micro-batches: powers of two up to this many tokens
 PREFILL_TOKENS_PER_GPU = (
     16384  # serving: new prompt tokens one GPU takes per prefill step by default
@@ -45,11 +57,15 @@ FP8_COMPONENTS = (Component.ATTN_PROJ, Component.DENSE_FFN, Component.SHARED_EXP
 # Ops that selective recomputation runs again in the backward (DeepSeek-V3 sec. 3.2.3: every RMSNorm
 # and MLA's up-projections), by the labels of dsim.cost.timing.block_plan.
 SELECTIVE_LABELS = ("wq_b", "wkv_b", "cat q, k")
+# The matmuls among them (graph op names), whose forward FLOPs count as hardware FLOPs.
+RECOMPUTED_MATMULS = ("wq_b", "wkv_b")
 
 ASSUMPTIONS = {
     "compute": "op times from dsim.cost.timing (kernels of dsim.model's PyTorch implementation), "
-    "with the GPU's calibration: H100-SXM measurements; another GPU of the catalog borrows the "
-    "H100's efficiencies applied to its own datasheet peaks",
+    "with the GPU's calibration: H100-SXM and H200 measurements; A100 and H800 take the H100's "
+    "efficiencies with the tensor-core ones scaled to reproduce published runs on them "
+    "(dsim.cost.timing.calibration.RUN_SCALES); other GPUs borrow the H100's, applied to their "
+    "own datasheet peaks",
     "fp8": "fp8 GEMMs for attention projections, dense FFN and experts (DeepSeek-V3's recipe); the "
     "routed experts' grouped GEMMs are scaled by the fp8/bf16 time ratio of a batched GEMM of the "
     "same shape (the time model has no fp8 grouped GEMM), plus one quantisation pass per GEMM "
@@ -117,6 +133,8 @@ def shard_args(args: ModelArgs, tp: int) -> ModelArgs:
     )
     if args.attn_type == "gqa":
         change["n_kv_heads"] = args.kv_heads // tp
+    if args.attn_type != "mla":  # keep the head width (head_dim 0 means dim // n_heads)
+        change["head_dim"] = args.head_size
     return args.replace(**change)
 
 
@@ -127,16 +145,7 @@ def tp_problem(args: ModelArgs, tp: int, gpus_per_node: int) -> str | None:
             f"tp={tp} must divide the {gpus_per_node} GPUs of a node "
             "(tensor parallelism stays on NVLink)"
         )
-    for name, value in (
-        ("n_heads", args.n_heads),
-        ("inter_dim", args.inter_dim),
-        ("moe_inter_dim", args.moe_inter_dim),
-    ):
-        if value % tp:
-            return f"tp={tp} must divide {name}={value}"
-    if args.attn_type == "gqa" and args.kv_heads % tp:
-        return f"tp={tp} must divide n_kv_heads={args.kv_heads}"
-    return None
+    return tp_split_problem(args, tp)
 
 
 def node_limit(args: ModelArgs, ep_nodes: int) -> int | None:
@@ -158,6 +167,8 @@ class TrainingJob:
         converts a batch given in tokens).
     optimizer_dtype: Adam's moments ("fp32", or "bf16" as DeepSeek-V3 keeps them).
     calibration: the time model's efficiency constants (default: the GPU's committed calibration).
+    recipe: how activations are kept (dsim.cost.memory.ActivationRecipe, or a name of
+        ACTIVATION_RECIPES; default "plain": what autograd keeps for dsim.model).
     """
 
     args: ModelArgs
@@ -171,8 +182,18 @@ class TrainingJob:
     optimizer_dtype: str = "fp32"
     reserved_bytes: float = RESERVED_BYTES
     calibration: timing.Calibration | None = None
+    recipe: ActivationRecipe | str = "plain"
 
     def __post_init__(self) -> None:
+        if isinstance(self.recipe, str):
+            if self.recipe not in ACTIVATION_RECIPES:
+                raise ValueError(
+                    f"recipe must be one of {', '.join(ACTIVATION_RECIPES)} or an "
+                    f"ActivationRecipe, got {self.recipe!r}"
+                )
+            self.recipe = ACTIVATION_RECIPES[self.recipe]
+        elif not isinstance(self.recipe, ActivationRecipe):
+            raise ValueError(f"recipe must be an ActivationRecipe or a name, got {self.recipe!r}")
         if not isinstance(self.args, ModelArgs):
             raise ValueError(
                 f"args must be a dsim.config.ModelArgs, got {type(self.args).__name__}"
@@ -187,18 +208,19 @@ class TrainingJob:
                 f"n_gpus={self.n_gpus} must be a multiple of gpus_per_node={self.gpus_per_node} "
                 f"(whole nodes) or at most one node"
             )
-        if not (isinstance(self.tokens, (int, float)) and self.tokens > 0):
-            raise ValueError(f"tokens must be a positive number, got {self.tokens!r}")
-        if not (isinstance(self.price_per_gpu_hour, (int, float)) and self.price_per_gpu_hour >= 0):
+        check_real("tokens", self.tokens, 0.0, strict=True)
+        check_real("price_per_gpu_hour", self.price_per_gpu_hour)
+        if self.n_gpus > MAX_GPUS or self.batch_tokens > MAX_BATCH_TOKENS:
             raise ValueError(
-                f"price_per_gpu_hour must be a number >= 0, got {self.price_per_gpu_hour!r}"
+                f"n_gpus must be <= {MAX_GPUS:,} and global_batch x seq_len <= "
+                f"{MAX_BATCH_TOKENS:,} tokens, got n_gpus={self.n_gpus:,} and "
+                f"{self.global_batch:,} x {self.seq_len:,}"
             )
         if self.optimizer_dtype not in ("fp32", "bf16"):
             raise ValueError(
                 f"optimizer_dtype must be 'fp32' or 'bf16', got {self.optimizer_dtype!r}"
             )
-        if not self.reserved_bytes >= 0:
-            raise ValueError(f"reserved_bytes must be >= 0, got {self.reserved_bytes!r}")
+        check_real("reserved_bytes", self.reserved_bytes)
 
     @staticmethod
     def batch_from_tokens(batch_tokens: float, seq_len: int) -> int:

@@ -4,11 +4,25 @@
 (`dsim.cost.plan.evaluate`) and returns the fastest as `TrainingPlan`s, with the cost of the token
 budget and the count of layouts rejected, by reason.
 
-MFU: model FLOPs of a step / (step time x GPUs x dense bf16 peak). Model FLOPs are
-`flops(args, 1, seq_len).total_causal` per sequence: every matmul of the forward and the backward
-pass, MTP modules included, attention charged for the (query, key) pairs a causal mask keeps, and
-no recomputation. fp8 runs are measured against the bf16 peak too, so MFUs compare across
-precisions (DeepSeek-V3's would be half as large against the fp8 peak).
+MFU (`TrainingPlan.mfu`): model FLOPs of a step / (step time x GPUs x dense bf16 peak), Megatron's
+convention (Narayanan et al. 2021, appendix; Chowdhery et al. 2022, appendix B): every matmul of
+the forward pass and twice that for the backward, MTP modules included, attention charged for the
+(query, key) pairs a causal mask keeps, and nothing that a kernel or the layout runs again: neither
+FlashAttention's recomputation of QK^T in its backward nor activation recomputation. It is
+`flops(args, 1, seq_len, attn_kernel="math").total_causal` per sequence (the math convention
+charges the attention backward twice its forward, like every other matmul). fp8 runs are measured
+against the bf16 peak too, so MFUs compare across precisions (DeepSeek-V3's would be half as large
+against the fp8 peak).
+
+`TrainingPlan.mfu_conventions` shows the same step under the other conventions in use:
+    model      the MFU above.
+    hardware   FLOPs the GPUs execute: the fused attention backward's QK^T recomputation and the
+               layout's activation recomputation (selective: MLA's up-projections; full: every
+               block's forward) added (what "HFU" means in Korthikanti et al. 2022).
+    noncausal  model FLOPs with attention charged for the full S x S score matrix (PyTorch's
+               FlopCounterMode, and PaLM's 6N + 12 L H Q T formula).
+    six_nd     6 N per token, N = activated non-embedding parameters (Kaplan et al. 2020): no
+               attention core, no MTP.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ class TrainingPlan:
     memory_per_gpu_bytes: float
     memory: dict[str, float]  # weights, gradients, optimizer, activations, buffers (bytes)
     exposed: dict[str, float]  # exposed communication by kind: tensor, expert, pipeline, data (s)
+    mfu_conventions: dict[str, float]  # model, hardware, noncausal, six_nd (module docstring)
     fits: bool
     reason: str | None = None
 
@@ -93,8 +108,10 @@ class PlanResult:
             "rejected": self.rejected,
             "invalid": self.invalid,
             "plans": [p.to_dict() for p in self.plans],
-            "mfu_convention": "model FLOPs (causal attention, MTP included, no recomputation) "
-            "per step / (step time x GPUs x dense bf16 peak)",
+            "mfu_convention": "model FLOPs (causal attention, MTP included, no recomputation: "
+            "neither FlashAttention's backward QK^T nor activation recomputation) per step / "
+            "(step time x GPUs x dense bf16 peak); mfu_conventions adds hardware FLOPs (with "
+            "recomputation), non-causal attention and 6ND",
         }
 
 
@@ -105,6 +122,9 @@ def _plan_from(job: TrainingJob, L: Layouts, res: dict[str, np.ndarray], i: int)
     tps = job.batch_tokens / step
     seconds = job.tokens / tps
     reason = None if res["fits"][i] else REASONS[int(res["reason"][i])]
+    per_step = job.global_batch / (step * job.n_gpus * tabs.peak)  # MFU per FLOP of a sequence
+    conv = dict(tabs.flops_conventions)
+    conv["hardware"] += tabs.recompute_flops_per_seq[row["recompute"]]
     return TrainingPlan(
         tp=row["tp"],
         pp=row["pp"],
@@ -120,7 +140,7 @@ def _plan_from(job: TrainingJob, L: Layouts, res: dict[str, np.ndarray], i: int)
         compute_s=float(res["compute_s"][i]),
         exposed_comm_s=float(res["exposed_comm_s"][i]),
         bubble_s=float(res["bubble_s"][i]),
-        mfu=tabs.flops_per_seq * job.global_batch / (step * job.n_gpus * tabs.peak),
+        mfu=tabs.flops_per_seq * per_step,
         tokens_per_s=tps,
         days=seconds / 86400,
         gpu_hours=seconds * job.n_gpus / 3600,
@@ -128,6 +148,7 @@ def _plan_from(job: TrainingJob, L: Layouts, res: dict[str, np.ndarray], i: int)
         memory_per_gpu_bytes=float(res["memory_per_gpu_bytes"][i]),
         memory={k: float(res[k][i]) for k in MEMORY_KINDS},
         exposed={k: float(res[v][i]) for k, v in EXPOSED_KINDS.items()},
+        mfu_conventions={k: f * per_step for k, f in conv.items()},
         fits=bool(res["fits"][i]),
         reason=reason,
     )

@@ -4,6 +4,12 @@
 tensor-parallel, `tp`) and expert-parallel routed experts, the batch bounded by the KV cache:
 step time, tokens per second per GPU and per node, latency, cost per million tokens and memory per
 GPU. `serving_curve` evaluates a range of batches (throughput-versus-batch plots).
+
+Communication per block: with tensor-parallel attention (tp > 1), two all-reduces of the block's
+activations (after attention's wo and after the FFN's w2; [tokens, dim] in bf16 over the tp ranks
+of a node), never hidden; with expert parallelism, the dispatch and combine all-to-all of each MoE
+block, hidden behind compute only when two micro-batches alternate (DeepSeek's dual micro-batch
+overlap), which needs at least two sequences per attention rank.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 
 from dsim.config import ModelArgs
 from dsim.cost import timing
+from dsim.cost.checks import check_real
 from dsim.cost.components import Component
 from dsim.cost.graph import first_moe_layer, is_moe_layer
 from dsim.cost.hardware import GPU, get_gpu
@@ -60,6 +67,7 @@ class ServePlan:
     step_time_s: float
     compute_s: float
     exposed_comm_s: float
+    exposed: dict[str, float]  # exposed communication by kind: tensor (all-reduce), expert (a2a)
     tokens_per_s_per_gpu: float
     tokens_per_s_per_node: float
     latency_s: float
@@ -136,7 +144,7 @@ class Serving:
         self.dp = n_gpus // tp
         self.experts_per_gpu = experts // ep if args.is_moe else 0
         self.dtype, self.overlap, self.gpus_per_node = dtype, overlap, gpus_per_node
-        self.reserved_bytes = reserved_bytes
+        self.reserved_bytes = check_real("reserved_bytes", reserved_bytes)
         if phase == "decode":
             self.new, self.ctx = 1, context  # one new token after `context` cached ones
         else:
@@ -161,7 +169,9 @@ class Serving:
         self.weight_bytes = w
         kv_tokens = self.ctx + self.new
         self.kv_per_seq = (
-            kv_cache_bytes_per_token(args, kv_dtype) * kv_tokens / kv_tp_split(args, tp)
+            kv_cache_bytes_per_token(args, kv_dtype, seq_len=kv_tokens)
+            * kv_tokens
+            / kv_tp_split(args, tp)
         )
         layer = first_moe_layer(args) or 0  # the MoE block keeps the most activations
         self.act_per_seq = layer_activation_bytes(args, layer, 1, self.new, ACT_DTYPE, "cuda") / tp
@@ -175,18 +185,26 @@ class Serving:
                 f"{self.gpu.hbm_bytes / 1e9:.0f} GB"
             )
 
-    def step(self, batch: int) -> tuple[float, float, float]:
-        """(step seconds, compute seconds, exposed communication seconds) for `batch` sequences per
-        GPU."""
+    def tp_allreduce(self, tokens: int) -> float:
+        """One tensor-parallel all-reduce of `tokens` rows of activations (bf16) over the tp ranks
+        of a node (dsim.cost.comm.collective_time)."""
+        nbytes = tokens * self.args.dim * bytes_per_param(ACT_DTYPE)
+        return self.op_times.coll("all_reduce", nbytes, self.tp, self.gpus_per_node)
+
+    def step(self, batch: int) -> tuple[float, float, float, dict[str, float]]:
+        """(step seconds, compute seconds, exposed communication seconds, exposed seconds by kind:
+        tensor and expert) for `batch` sequences per attention rank."""
         a, op_times, tp = self.args, self.op_times, self.tp
         impl = "absorb" if self.phase == "decode" else "naive"  # DeepSeek: absorbed MLA to decode
         sa = shard_args(a.replace(attn_impl=impl) if a.attn_type == "mla" else a, tp)
         mode = self.phase
         tokens = batch * self.new
-        total = comp = exposed = 0.0
+        total = comp = exposed_ep = 0.0
+        # two micro-batches alternate only when there are two sequences to split them into
+        overlap = self.overlap and batch >= 2
         for i in range(a.n_layers):
             moe = a.is_moe and is_moe_layer(a, i)
-            key = ("serve-block", moe, batch)
+            key = ("serve-block", moe, batch, overlap)
             if key not in op_times._memo:
                 ops = [
                     p
@@ -210,10 +228,16 @@ class Serving:
                         self.dtype,
                         self.experts_per_gpu * self.ep,
                     )
-                hidden = min(a2a, c) if self.overlap else 0.0
+                hidden = min(a2a, c) if overlap else 0.0
                 op_times._memo[key] = (c, a2a - hidden)
             c, e = op_times._memo[key]
-            comp, exposed = comp + c, exposed + e
+            comp, exposed_ep = comp + c, exposed_ep + e
+        # tensor parallelism: two all-reduces per block (after wo and after w2), and the head's
+        # vocabulary-split logits gathered for the last position of each sequence
+        exposed_tp = 2 * a.n_layers * self.tp_allreduce(tokens)
+        if tp > 1:
+            logits = batch * a.vocab_size * bytes_per_param(ACT_DTYPE)
+            exposed_tp += op_times.coll("all_gather", logits, tp, self.gpus_per_node)
         # the last position's logits per sequence, and the embedding lookup
         ops = [
             PlanOp(
@@ -231,11 +255,13 @@ class Serving:
             ),
         ]
         comp += op_times.sum_ops(ops, self.dtype)[0]
+        exposed = exposed_tp + exposed_ep
         total = comp + exposed
-        return total, comp, exposed
+        return total, comp, exposed, dict(tensor=exposed_tp, expert=exposed_ep)
 
     def plan(self, batch: int, price_per_gpu_hour: float) -> ServePlan:
-        step, comp, exposed = self.step(batch)
+        check_real("price_per_gpu_hour", price_per_gpu_hour)
+        step, comp, exposed, by_kind = self.step(batch)
         per_step = batch * (
             1 if self.phase == "decode" else self.prompt
         )  # per attention rank (TP group)
@@ -261,6 +287,7 @@ class Serving:
             step_time_s=step,
             compute_s=comp,
             exposed_comm_s=exposed,
+            exposed=by_kind,
             tokens_per_s_per_gpu=tps,
             tokens_per_s_per_node=tps * self.gpus_per_node,
             latency_s=step,
@@ -305,7 +332,8 @@ def plan_serving(
         new tokens.
     overlap: two micro-batches alternate so that each MoE block's all-to-all hides behind the
         other's compute (DeepSeek's dual micro-batch overlap): exposed = max(0, a2a - compute) per
-        block.
+        block; with one sequence per attention rank there is nothing to alternate with, and the
+        all-to-all is exposed whole. Tensor-parallel all-reduces are never hidden.
     """
     s = Serving(
         args,
@@ -335,13 +363,16 @@ def plan_serving(
     elif latency_target is not None:
         if not latency_target > 0:
             raise ValueError(f"latency_target must be > 0 seconds, got {latency_target!r}")
-        if s.step(1)[0] > latency_target:
+        # the step time grows with the batch, except from 1 to 2 sequences, where the dual
+        # micro-batch overlap starts to hide the all-to-all
+        first = [b for b in (1, 2) if b <= s.max_batch and s.step(b)[0] <= latency_target]
+        if not first:
             raise ValueError(
                 f"latency_target={latency_target * 1e3:.1f} ms cannot be met: one sequence takes "
                 f"{s.step(1)[0] * 1e3:.1f} ms per step"
             )
-        lo, hi = 1, s.max_batch
-        while lo < hi:  # the step time grows with the batch
+        lo, hi = first[-1], s.max_batch
+        while lo < hi:
             mid = (lo + hi + 1) // 2
             if s.step(mid)[0] <= latency_target:
                 lo = mid

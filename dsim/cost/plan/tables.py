@@ -20,8 +20,8 @@ import numpy as np
 
 from dsim.cost import comm
 from dsim.cost.components import Component
-from dsim.cost.flops import flops
-from dsim.cost.graph import first_moe_layer, is_moe_layer, mtp_layer_id
+from dsim.cost.flops import flops, six_nd
+from dsim.cost.graph import first_moe_layer, is_moe_layer, mtp_layer_id, step_graph
 from dsim.cost.hardware import peak_flops
 from dsim.cost.layout import stage_layers, stage_params
 from dsim.cost.memory import bytes_per_param, layer_activation_bytes, model_activation_bytes
@@ -31,12 +31,18 @@ from dsim.cost.plan.job import (
     GRAD_COMM_BYTES,
     GRAD_DTYPE,
     MASTER_DTYPE,
+    RECOMPUTED_MATMULS,
     WEIGHT_DTYPE,
     TrainingJob,
     shard_args,
 )
 from dsim.cost.plan.times import OpTimes
 from dsim.cost.timing import PlanOp, block_plan, op_time, step_plan
+
+
+def model_graph_ops(args, seq_len: int):
+    """The ops of one sequence's training step (the op graph, math attention backward)."""
+    return step_graph(args, 1, seq_len, "train", attn_kernel="math").ops
 
 
 class Tables(OpTimes):
@@ -50,7 +56,24 @@ class Tables(OpTimes):
         self.moe_layer = first_moe_layer(a)  # None for a dense model
         self.layer_is_moe = [a.is_moe and is_moe_layer(a, i) for i in range(a.n_layers)]
         self.mtp_is_moe = is_moe_layer(a, mtp_layer_id(a))
-        self.flops_per_seq = float(flops(a, 1, job.seq_len, "train").total_causal)
+        # MFU conventions (dsim.cost.plan.search): FLOPs of one sequence's training step
+        S = job.seq_len
+        model = flops(a, 1, S, "train", attn_kernel="math")  # backward = 2 x forward everywhere
+        self.flops_per_seq = float(model.total_causal)  # the MFU numerator: model FLOPs
+        self.flops_conventions = dict(
+            model=self.flops_per_seq,
+            hardware=float(flops(a, 1, S, "train", attn_kernel="fused").total_causal),
+            noncausal=float(model.total),
+            six_nd=float(six_nd(a, S)),
+        )
+        # forward FLOPs that recomputation runs again, per sequence: selective = MLA's
+        # up-projections (the RMSNorms have no matmul), full = every block's forward
+        fwd = [(op, op.flops.forward_causal) for op in model_graph_ops(a, S) if op.flops]
+        self.recompute_flops_per_seq = dict(
+            none=0.0,
+            selective=float(sum(f for op, f in fwd if op.block and op.name in RECOMPUTED_MATMULS)),
+            full=float(sum(f for op, f in fwd if op.block)),
+        )
         self.peak = peak_flops(self.gpu, "bf16")
         # Adam: read the fp32 gradient, read + write master weights and both moments, write the bf16
         # weight.
@@ -88,18 +111,19 @@ class Tables(OpTimes):
 
         def build() -> tuple[float, float, float]:
             a, S = self.args, self.job.seq_len
+            r = self.job.recipe
             dense = (
-                layer_activation_bytes(a, 0, mb, S, ACT_DTYPE, "cuda", rc)
+                layer_activation_bytes(a, 0, mb, S, ACT_DTYPE, "cuda", rc, recipe=r)
                 if a.n_dense_layers
                 else 0
             )
             moe = (
-                layer_activation_bytes(a, self.moe_layer, mb, S, ACT_DTYPE, "cuda", rc)
+                layer_activation_bytes(a, self.moe_layer, mb, S, ACT_DTYPE, "cuda", rc, recipe=r)
                 if a.is_moe
                 else 0
             )
             head = model_activation_bytes(
-                a, mb, S, ACT_DTYPE, "cuda", rc, layers=range(0), head=True
+                a, mb, S, ACT_DTYPE, "cuda", rc, layers=range(0), head=True, recipe=r
             )
             return float(dense), float(moe), float(head)
 
@@ -115,7 +139,11 @@ class Tables(OpTimes):
             a, S = shard_args(self.args, tp), self.job.seq_len
             out = {"dense": np.zeros(4), "moe": np.zeros(4)}
             if a.n_dense_layers:
-                out["dense"] = self.sum_ops(block_plan(a, 0, mb, S, 0, "train"), dt)
+                ops = block_plan(a, 0, mb, S, 0, "train")
+                out["dense"] = self.sum_ops(ops, dt)
+                if self.job.recipe.dense_swiglu:  # the backward runs silu(w1 x) * w3 x again
+                    again = [p for p in ops if p.label.endswith("silu(h1) * h3")]
+                    out["dense"][1] += self.sum_ops(again, dt)[0]
             if a.is_moe:
                 out["moe"] = self.sum_ops(
                     [
@@ -153,9 +181,14 @@ class Tables(OpTimes):
         a = self.args
         if not a.is_moe:
             return np.zeros(4)
-        return self.expert_time(
-            mb * self.job.seq_len, a.n_routed_experts // ep, a.moe_inter_dim // tp, dt, True
-        )
+        tokens, inter = mb * self.job.seq_len, a.moe_inter_dim // tp
+        t = self.expert_time(tokens, a.n_routed_experts // ep, inter, dt, True)
+        if self.job.recipe.swiglu_recompute:  # the backward runs silu(w1 x) * w3 x again
+            rows = tokens * (a.n_activated_experts + a.n_shared_experts)
+            shape = dict(bytes=10 * rows * inter, kernels=2)  # as the graph's SwiGLU op
+            op = PlanOp(Component.ROUTED_EXPERTS, "swiglu recompute", "elementwise", shape)
+            t = t + np.array([0.0, self._op(op, "bf16", False), 0.0, 0.0])
+        return t
 
     # ---- communication ----
     def tp_allreduce(self, tp: int, mb: int) -> float:
@@ -204,18 +237,17 @@ class Tables(OpTimes):
     # ---- per pipeline position, padded to a common width (padding: zero counts) ----
     def padded_columns(self, pp: int, schedule: str, width: int) -> np.ndarray:
         """Rows of `width` positions (padding: zeros) for the evaluation: for memory the counts
-        n_dense, n_moe, last and inflight; for compute the counts times the share a GPU runs per
-        micro-batch (n_dense, n_moe, first, last), and the blocks and MoE blocks (MTP's included) it
-        runs."""
+        times the micro-batches kept (mem_dense, mem_moe, mem_last); for compute the counts times
+        the share a GPU runs per micro-batch (n_dense, n_moe, first, last), and the blocks and MoE
+        blocks (MTP's included) it runs."""
 
         def build() -> np.ndarray:
             c = self.stage_columns(pp, schedule)
             share, n_mtp = c["compute"], self.args.n_mtp_layers
             rows = (
-                c["n_dense"],
-                c["n_moe"],
-                c["last"],
-                c["inflight"],
+                c["mem_dense"],
+                c["mem_moe"],
+                c["mem_last"],
                 share * c["n_dense"],
                 share * c["n_moe"],
                 share * c["first"],
@@ -271,11 +303,15 @@ class Tables(OpTimes):
         1F1B: one column per distinct stage (numbers of dense and MoE layers, first, last); of
             stages alike, the earliest keeps the most micro-batches (pp - s), so it stands for all.
         DualPipe: one column per distinct pair (s, pp-1-s) held by one GPU; counts are the pair's
-            sums.
+            sums. Its activations (deepseek-ai/DualPipe, dualpipe.py: steps 1-4 run pp - s - 1
+            forwards of the shallow stage s and s + 1 of the deep stage pp-1-s before the first
+            backward of the former, and each later backward frees one) peak at pp - s micro-batches
+            of stage s and s + 1 of stage pp-1-s: pp + 1 in all, as the DualPipe table says. Of
+            pairs alike, the first and the last stand for all (the memory is linear in s).
         Returns the counts n_dense, n_moe, first, last; `compute`, the share of the counts a GPU
-        runs per micro-batch (1, or 1/2 for a DualPipe pair); `inflight`, micro-batches of
-        activations kept per unit of the counts (pp - s, or (pp + 1) / 2 for a pair); and `held`,
-        the stages of the GPU a column stands for ((s,) or (s, pp-1-s))."""
+        runs per micro-batch (1, or 1/2 for a DualPipe pair); `mem_dense`, `mem_moe`, `mem_last`,
+        the micro-batches of activations kept times the counts ((pp - s) x the stage's counts for
+        1F1B); and `held`, the stages of the GPU a column stands for ((s,) or (s, pp-1-s))."""
 
         def build() -> dict[str, np.ndarray]:
             stages = stage_layers(self.args.n_layers, pp)
@@ -283,25 +319,37 @@ class Tables(OpTimes):
             for s, layers in enumerate(stages):
                 nm = sum(self.layer_is_moe[i] for i in layers)
                 sig.append((len(layers) - nm, nm, int(s == 0), int(s == pp - 1)))
-            cols: dict[tuple, tuple[float, tuple[int, ...]]] = {}
+            cols: list[tuple[tuple[float, ...], tuple[float, ...], tuple[int, ...]]] = []
             if schedule == "1f1b":
+                seen: set = set()
                 for s, g in enumerate(sig):
-                    cols.setdefault(g, (max(1, pp - s), (s,)))
+                    if g not in seen:
+                        seen.add(g)
+                        inflight = max(1, pp - s)
+                        cols.append((g, tuple(inflight * x for x in g[:2] + g[3:]), (s,)))
                 share = 1.0
             else:
+                pairs: dict[tuple, list[int]] = {}
                 for s in range(pp // 2):
-                    g = tuple(x + y for x, y in zip(sig[s], sig[pp - 1 - s]))
-                    cols.setdefault(g, ((pp + 1) / 2, (s, pp - 1 - s)))
+                    pairs.setdefault((sig[s], sig[pp - 1 - s]), []).append(s)
+                for (lo, hi), ss in pairs.items():
+                    for s in sorted({ss[0], ss[-1]}):
+                        g = tuple(x + y for x, y in zip(lo, hi))
+                        mem = tuple((pp - s) * x + (s + 1) * y for x, y in zip(lo, hi))
+                        cols.append((g, mem[:2] + mem[3:], (s, pp - 1 - s)))
                 share = 0.5
-            arr = np.array(list(cols), dtype=float).reshape(-1, 4)
+            arr = np.array([c[0] for c in cols], dtype=float).reshape(-1, 4)
+            mem = np.array([c[1] for c in cols], dtype=float).reshape(-1, 3)
             return dict(
                 n_dense=arr[:, 0],
                 n_moe=arr[:, 1],
                 first=arr[:, 2],
                 last=arr[:, 3],
-                inflight=np.array([v[0] for v in cols.values()], dtype=float),
+                mem_dense=mem[:, 0],
+                mem_moe=mem[:, 1],
+                mem_last=mem[:, 2],
                 compute=np.full(len(cols), share),
-                held=[v[1] for v in cols.values()],
+                held=[c[2] for c in cols],
             )
 
         return self.memo(("stages", pp, schedule), build)
@@ -320,6 +368,7 @@ def tables(job: TrainingJob) -> Tables:
             job.gpus_per_node,
             job.optimizer_dtype,
             None if job.calibration is None else job.calibration.to_dict(),
+            job.recipe,
         ],
         sort_keys=True,
         default=str,

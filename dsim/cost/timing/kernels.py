@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -316,6 +315,9 @@ def _best_gemm(
 # ---------------------------------------------------------------------------------------------
 # Expert load under random routing
 # ---------------------------------------------------------------------------------------------
+MAX_MOE_TOKENS = 1 << 36  # tokens of one MoE layer call expert_load takes (its window ~ sqrt)
+
+
 @lru_cache(maxsize=8192)
 def expert_load(
     tokens: int, n_activated_experts: int, n_routed_experts: int, block: int
@@ -333,10 +335,12 @@ def expert_load(
         return E * math.ceil(tokens / block), float(E), float(tokens)
     mean, sd = tokens * p, math.sqrt(tokens * p * (1 - p))
     lo, hi = max(0, int(mean - 9 * sd) - 1), min(tokens, int(mean + 9 * sd) + 2)
-    n = np.arange(lo, hi + 1)
-    logc = math.lgamma(tokens + 1)
-    logpmf = np.array([logc - math.lgamma(i + 1) - math.lgamma(tokens - i + 1) for i in n])
-    pmf = np.exp(logpmf + n * math.log(p) + (tokens - n) * math.log1p(-p))
+    n = np.arange(lo, hi + 1, dtype=np.float64)
+    # log pmf(i + 1) - log pmf(i) = log((tokens - i) / (i + 1)) + log(p / (1 - p)): one cumulative
+    # sum over the +-9 sd window, normalised below (vectorised: the window grows as sqrt(tokens))
+    steps = np.log((tokens - n[:-1]) / (n[:-1] + 1)) + (math.log(p) - math.log1p(-p))
+    logpmf = np.concatenate(([0.0], np.cumsum(steps)))
+    pmf = np.exp(logpmf - logpmf.max())
     pmf /= pmf.sum()
     tiles = E * float(np.sum(pmf * np.ceil(n / block)))
     p_active = 1.0 - (1.0 - p) ** tokens
@@ -358,40 +362,63 @@ ATTN_BLOCKS = {
 }
 
 
-@lru_cache(maxsize=4096)
+# Most tokens a fused attention kernel is scheduled over: the time model lists the work of every
+# query block (forward) and key block (backward), so it bounds how many there may be (2^20 blocks
+# of 64 keys: 67M tokens, far past any model's context).
+MAX_ATTN_TOKENS = 1 << 26
+
+
 def attn_works(
     n_q: int, bm: int, bn: int, sq: int, skv: int, causal: bool, splits: int
-) -> tuple[int, ...]:
-    """Key blocks each query block visits (forward), per key split."""
+) -> np.ndarray:
+    """Key blocks each query block visits (forward), per key split: [n_q], non-decreasing."""
     full, past = math.ceil(skv / bn), skv - sq
     if not causal:
-        return (math.ceil(full / splits),) * n_q
-    return tuple(max(1, math.ceil(min(skv, past + (i + 1) * bm) / bn)) for i in range(n_q))
+        return np.full(n_q, math.ceil(full / splits), dtype=np.int64)
+    ends = np.minimum(skv, past + (np.arange(n_q, dtype=np.int64) + 1) * bm)
+    return np.maximum(1, -(-ends // bn))
 
 
-@lru_cache(maxsize=4096)
-def attn_works_bwd(n_k: int, bm: int, bn: int, sq: int, skv: int, causal: bool) -> tuple[int, ...]:
-    """Query blocks each key block visits (backward)."""
+def attn_works_bwd(n_k: int, bm: int, bn: int, sq: int, skv: int, causal: bool) -> np.ndarray:
+    """Query blocks each key block visits (backward): [n_k], non-increasing."""
     full, past = math.ceil(sq / bm), skv - sq
     if not causal:
-        return (full,) * n_k
-    return tuple(max(1, full - max(0, j * bn - past) // bm) for j in range(n_k))
+        return np.full(n_k, full, dtype=np.int64)
+    skipped = np.maximum(0, np.arange(n_k, dtype=np.int64) * bn - past) // bm
+    return np.maximum(1, full - skipped)
+
+
+def makespan(works: np.ndarray, copies: int, slots: int) -> tuple[float, int]:
+    """The compute makespan of `copies` copies of each block's work on `slots` SMs.
+
+    Returns (load of the busiest SM in work units, blocks it runs). The load is the larger of two
+    bounds that any schedule meets: the average, sum / slots, and the wave bound, for every work
+    level w, ceil(blocks of work >= w / slots) x w (some SM runs that many of them). Both grow
+    when any block's work grows or blocks are added, so the time model is monotone in the sequence
+    length, the batch and the heads (a greedy list schedule is not: Graham's anomaly). With
+    blocks of equal work (full attention, decoding) it is the exact ceil(blocks / slots) waves.
+    """
+    w = np.sort(works)[::-1].astype(np.float64)  # descending
+    at_least = copies * np.arange(1, len(w) + 1, dtype=np.float64)  # blocks with work >= w[i]
+    waves = float(np.max(np.ceil(at_least / slots) * w))
+    return max(copies * float(w.sum()) / slots, waves), math.ceil(copies * len(w) / slots)
 
 
 @lru_cache(maxsize=4096)
-def lpt(works: tuple[int, ...], copies: int, slots: int) -> tuple[float, int]:
-    """Longest-first list scheduling of `copies` copies of each work onto `slots` SMs.
-
-    Returns (load of the busiest SM, blocks it runs): the compute makespan in work units, and how
-    many per-block overheads it pays."""
-    loads, counts = np.zeros(slots), np.zeros(slots, dtype=np.int64)
-    for w, m in sorted(Counter(works).items(), reverse=True):
-        full, rem = divmod(copies * m, slots)
-        loads += full * w
-        counts += full
-        if rem:
-            idx = np.argpartition(loads, rem - 1)[:rem] if rem < slots else np.arange(slots)
-            loads[idx] += w
-            counts[idx] += 1
-    i = int(np.argmax(loads))
-    return float(loads[i]), int(counts[i])
+def attn_schedule(
+    n: int,
+    bm: int,
+    bn: int,
+    sq: int,
+    skv: int,
+    causal: bool,
+    splits: int,
+    copies: int,
+    slots: int,
+    backward: bool,
+) -> tuple[float, int]:
+    """makespan() of the forward (query blocks, `splits` key splits) or backward (key blocks)
+    kernel of fused attention."""
+    if backward:
+        return makespan(attn_works_bwd(n, bm, bn, sq, skv, causal), copies, slots)
+    return makespan(attn_works(n, bm, bn, sq, skv, causal, splits), copies, slots)

@@ -41,12 +41,12 @@ from dsim.cost.hardware import GPU, get_gpu, peak_flops
 from dsim.cost.timing.calibration import Calibration, attention_efficiency, gpu_calibration
 from dsim.cost.timing.kernels import (
     ATTN_BLOCKS,
+    MAX_ATTN_TOKENS,
+    MAX_MOE_TOKENS,
     Kernel,
     KernelModel,
-    attn_works,
-    attn_works_bwd,
+    attn_schedule,
     expert_load,
-    lpt,
 )
 from dsim.cost.timing.moe_kernels import gate_kernels, moe_kernels
 
@@ -163,23 +163,29 @@ def _attention_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
     per_sm = peak_flops(x.gpu, x.dtype) / x.sms
     # forward: one block per bm queries, looping over bn-key blocks (up to the diagonal if causal)
     n_q = math.ceil(sq / bm)
-    splits = 1
-    if sq <= 64 and not backward:  # decoding: split the keys to fill the SMs
-        splits = max(1, min(math.ceil(skv / bn) // 4, math.ceil(x.sms / (b * h * n_q))))
-    works = attn_works(n_q, bm, bn, sq, skv, causal, splits)
-    units, count = lpt(works, b * h * splits, x.sms)
-    t_c = (units + c.attn_fill * count) * 2.0 * bm * bn * (dqk + dv) / (per_sm * eff_f)
-    ctas = b * h * n_q * splits
-    t_m = (io + 4.0 * b * h * sq) / (x.bw * min(1.0, ctas * c.sm_bw / x.sms))
-    note = f"{backend}, {ctas} blocks" + (f", {splits} key splits" if splits > 1 else "")
-    ks = [Kernel(f"{name} forward", "attention", flops_f, io, c.launch_s + max(t_c, t_m), note)]
-    if splits > 1:
-        ks.append(x.mem("combine key splits", 4.0 * b * h * sq * dv * splits))
+
+    def forward(splits: int) -> list[Kernel]:
+        units, count = attn_schedule(
+            n_q, bm, bn, sq, skv, causal, splits, b * h * splits, x.sms, False
+        )
+        t_c = (units + c.attn_fill * count) * 2.0 * bm * bn * (dqk + dv) / (per_sm * eff_f)
+        ctas = b * h * n_q * splits
+        t_m = (io + 4.0 * b * h * sq) / (x.bw * min(1.0, ctas * c.sm_bw / x.sms))
+        note = f"{backend}, {ctas} blocks" + (f", {splits} key splits" if splits > 1 else "")
+        t = c.launch_s + max(t_c, t_m)
+        ks = [Kernel(f"{name} forward", "attention", flops_f, io, t, note)]
+        if splits > 1:
+            ks.append(x.mem("combine key splits", 4.0 * b * h * sq * dv * splits))
+        return ks
+
+    # decoding: the keys may be split to fill the SMs; the kernel takes the fastest split count
+    # (each count's time grows with the keys, so the fastest one's does too: monotone)
+    most = max(1, math.ceil(x.sms / (b * h * n_q))) if sq <= 64 and not backward else 1
+    ks = min((forward(s) for s in range(1, most + 1)), key=lambda k: sum(q.time_s for q in k))
     if backward:
         # backward: one block per bn_b keys, looping over the bm_b-query blocks that see them
         n_k = math.ceil(skv / bn_b)
-        works_b = attn_works_bwd(n_k, bm_b, bn_b, sq, skv, causal)
-        units_b, count_b = lpt(works_b, b * h, x.sms)
+        units_b, count_b = attn_schedule(n_k, bm_b, bn_b, sq, skv, causal, 1, b * h, x.sms, True)
         flops_b = 2.0 * b * h * pairs * (3 * dqk + 2 * dv)
         work_b = (units_b + c.attn_fill * count_b) * 2.0 * bm_b * bn_b  # FLOPs per head dim
         t_cb = work_b * (3 * dqk + 2 * dv) / (per_sm * eff_b)
@@ -352,6 +358,17 @@ def _check(
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     kv = full.get("kv_seq_len")
+    if op in ("moe_ffn", "gate") and full["tokens"] > MAX_MOE_TOKENS:
+        raise ValueError(
+            f"tokens must be <= {MAX_MOE_TOKENS:,} for the MoE time model (it sums the binomial "
+            f"load of an expert over a window that grows with the tokens), got {full['tokens']:,}"
+        )
+    for name in ("seq_len", "kv_seq_len") if op == "attention" else ():
+        if full[name] is not None and full[name] > MAX_ATTN_TOKENS:
+            raise ValueError(
+                f"{name} must be <= {MAX_ATTN_TOKENS:,} for the attention time model (it schedules "
+                f"every block of queries and keys), got {full[name]:,}"
+            )
     if op == "attention" and full["causal"] and kv is not None and kv < full["seq_len"]:
         raise ValueError(
             f"kv_seq_len must be >= seq_len for causal attention, got kv_seq_len={kv} and "

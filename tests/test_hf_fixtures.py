@@ -1,0 +1,113 @@
+"""Real published configs (tests/fixtures/hf_configs, sources in SOURCE.md): dsim reads each, and
+the parameter count of dsim.model built from it equals transformers' count for the same config,
+both models built on the meta device (no memory, no time)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from dsim.config import ModelArgs, preset
+from dsim.hf import hf_config
+from dsim.model import Transformer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
+HF_FIXTURES = ["gpt-oss-20b", "qwen3-30b-a3b", "mistral-7b-instruct-v0.1", "llama-2-7b-chat"]
+NATIVE_FIXTURES = [
+    "config_16B",
+    "config_236B",
+    "config_671B",
+    "config_v3.1",
+    "config_671B_v3.2",
+]
+
+
+def dsim_params(args: ModelArgs) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in Transformer(args).parameters())
+
+
+def hf_params(model_type: str, cfg: dict) -> int:
+    config = transformers.AutoConfig.for_model(model_type, **cfg)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", HF_FIXTURES)
+def test_published_config_params_equal_transformers(name):
+    cfg = json.loads((FIXTURES / f"{name}.json").read_text())
+    args = ModelArgs.from_hf_config(FIXTURES / f"{name}.json")
+    hf = dict(cfg)
+    model_type = hf.pop("model_type")
+    hf.pop("quantization_config", None)  # storage format: transformers would quantize on load
+    assert dsim_params(args) == hf_params(model_type, hf)
+
+
+@pytest.mark.parametrize("name", NATIVE_FIXTURES)
+def test_deepseek_native_config_params_equal_transformers(name):
+    """DeepSeek's inference/configs: read by their keys, counted against transformers' DeepSeek-V3
+    (V3.2: DeepSeek-V3.2) built from the same architecture."""
+    args = ModelArgs.from_hf_config(FIXTURES / f"deepseek-native-{name}.json")
+    cfg = hf_config(args)
+    model_type = "deepseek_v3"
+    if args.has_indexer:
+        model_type = "deepseek_v32"
+        cfg.update(
+            index_n_heads=args.index_n_heads,
+            index_head_dim=args.index_head_dim,
+            index_topk=args.index_topk,
+        )
+        cfg.pop("rope_interleave")
+    assert args.n_mtp_layers == 0  # DeepSeek's reference builds no MTP module
+    assert dsim_params(args) == hf_params(model_type, cfg)
+
+
+def test_native_v3_reads_like_the_hf_config():
+    """DeepSeek's config_671B.json and the V3 preset (from the HF config.json) are one model, up
+    to what the native format does not say (MTP depth; norm_eps is DeepSeek's 1e-6 either way), the
+    reference's own max_seq_len default, and route_norm left to DeepSeek's rule (None: renormalise
+    because score_func is sigmoid) where the preset states True."""
+    native = ModelArgs.from_hf_config(FIXTURES / "deepseek-native-config_671B.json")
+    v3 = preset("deepseek-v3")
+    assert native.route_norm is None and native.renormalize
+    same = dict(name=v3.name, n_mtp_layers=1, max_seq_len=v3.max_seq_len, route_norm=True)
+    assert native.replace(**same) == v3
+
+
+def test_llama3_rope_scaling_is_refused_by_name():
+    with pytest.raises(ValueError, match="rope_type = 'llama3' is not supported"):
+        ModelArgs.from_hf_config(FIXTURES / "llama-3.1-8b.json")
+
+
+@pytest.mark.parametrize("family", ["glm4_moe", "deepseek_v32"])
+def test_mtp_is_the_stated_difference(family):
+    """GLM-4.5 and DeepSeek-V3 publish num_nextn_predict_layers = 1; transformers builds no MTP
+    module, dsim does: the counts differ by exactly the MTP modules' parameters."""
+    from tests.test_hf_families import FAMILIES
+
+    cfg = {**FAMILIES[family], "num_nextn_predict_layers": 1}
+    args = ModelArgs.from_hf_config(cfg)
+    assert args.n_mtp_layers == 1
+    with torch.device("meta"):
+        mtp = sum(p.numel() for p in Transformer(args).mtp.parameters())
+    hf = dict(cfg)
+    model_type = hf.pop("model_type")
+    assert mtp > 0 and dsim_params(args) - hf_params(model_type, hf) == mtp
+
+
+def test_v3_and_mixtral_config_keys_count_like_transformers():
+    """The published DeepSeek-V3 and Mixtral-8x7B keys kept in tests/test_config.py: Mixtral
+    equal, V3 larger by exactly its MTP module (num_nextn_predict_layers = 1), which transformers
+    does not build."""
+    from tests.test_config import MIXTRAL_HF, V3_HF
+
+    for cfg in (MIXTRAL_HF, V3_HF):
+        args = ModelArgs.from_hf_config(cfg)
+        with torch.device("meta"):
+            mtp = sum(p.numel() for p in Transformer(args).mtp.parameters())
+        hf = {k: v for k, v in cfg.items() if k != "model_type"}
+        assert dsim_params(args) - hf_params(cfg["model_type"], hf) == mtp
+        assert (mtp > 0) == (cfg is V3_HF)
