@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: setup tour lint test test-cpu-matrix book slides clean
+.PHONY: setup tour lint test test-cpu-matrix notebooks book slides clean
 
 # Create the virtual environment and install dsim with its notebook and test extras.
 # torch==2.13.0 is pinned here (a CPU build is available locally); the package itself asks for torch>=2.4.
@@ -46,7 +46,17 @@ test: setup lint
 test-cpu-matrix: setup
 	PY=$(PY) scripts/check_cpu_kernels.sh
 
-# The book: executes the notebooks, converts them, builds chapters/ with mdBook into build/book.
+# The notebooks: notebooks/NN_topic.py (Jupytext percent source, paired in jupytext.toml) is
+# synced into notebooks/NN_topic.ipynb, which is executed in place where its source changed (one
+# at a time, OMP_NUM_THREADS=1; scripts/run_notebooks.py). Commit both files of a pair.
+# NOTEBOOKS=03_memory_and_kv_cache limits it to some; FORCE=1 re-executes unchanged ones.
+NOTEBOOKS ?=
+notebooks: setup
+	$(PY) scripts/run_notebooks.py $(NOTEBOOKS) $(if $(FORCE),--force)
+
+# The book: converts the committed notebook runs (make notebooks), builds chapters/ with mdBook
+# into build/book and checks every link, include and figure (scripts/build_book.py --execute
+# runs the notebooks afresh first).
 book: setup
 	$(PY) scripts/build_book.py
 

@@ -49,6 +49,7 @@ def main_moe_layers(model: Transformer) -> list[MoE]:
 # ------------------------------------------------------------------------------------------
 # Losses
 # ------------------------------------------------------------------------------------------
+# ANCHOR: sequence_balance_loss
 def sequence_balance_loss(
     routing: Routing,
     batch: int,
@@ -90,6 +91,7 @@ def sequence_balance_loss(
     f = chosen.sum(dim=1) * E / (K * seq)  # [B, E] (18), a count
     P = s.mean(dim=1)  # [B, E] (20)
     return alpha * (f * P).sum(dim=-1).mean()  # (17), mean over sequences
+    # ANCHOR_END: sequence_balance_loss
 
 
 def switch_loss(routing: Routing, alpha: float) -> torch.Tensor:
@@ -141,6 +143,7 @@ def aux_losses(model: Transformer, shape: tuple[int, int], cfg: BalanceConfig) -
 # The auxiliary-loss-free bias update
 # ------------------------------------------------------------------------------------------
 @torch.no_grad()
+# ANCHOR: update_bias
 def update_bias(model: Transformer, gamma: float) -> None:
     """Auxiliary-loss-free balancing (DeepSeek-V3 section 2.1.2), after each optimizer step.
 
@@ -158,6 +161,7 @@ def update_bias(model: Transformer, gamma: float) -> None:
             continue
         load = expert_counts(moe.routing.indices, moe.gate.bias.numel())
         moe.gate.bias += gamma * torch.sign(load.mean() - load)
+    # ANCHOR_END: update_bias
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 
+# ANCHOR: permute
 class _Permute(torch.autograd.Function):
     """out[i] = x[rows[i]], where each row of x appears k times in rows (out has k * len(x) rows)
     and `inverse` is the inverse permutation of the copies. The gradient of a gather is a
@@ -32,6 +33,7 @@ class _Permute(torch.autograd.Function):
         if ctx.k > 1:
             grad = grad.view(-1, ctx.k, grad.shape[-1]).sum(1)
         return grad, None, None, None
+        # ANCHOR_END: permute
 
 
 def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:

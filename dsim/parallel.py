@@ -48,6 +48,7 @@ from dsim.model import MLP, Experts, Gate, MoE, Transformer
 # a differentiable all-to-all with variable splits
 
 
+# ANCHOR: all_to_all
 class _AllToAll(torch.autograd.Function):
     """all_to_all_single whose backward is the same exchange with the splits swapped:
     the gradient of a row goes back to the rank that sent the row."""
@@ -68,6 +69,7 @@ class _AllToAll(torch.autograd.Function):
             grad_in, grad.contiguous(), ctx.in_splits, ctx.out_splits, group=ctx.group
         )
         return grad_in, None, None, None
+        # ANCHOR_END: all_to_all
 
 
 def all_to_all(
@@ -174,6 +176,7 @@ class EPMoE(nn.Module):
         ones = torch.ones(xr.shape[0], 1, dtype=xr.dtype, device=xr.device)
         return self.experts(xr, expert[:, None], ones, self.args.expert_impl)
 
+    # ANCHOR: epmoe_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.args.dim)  # [T, D]
@@ -210,6 +213,7 @@ class EPMoE(nn.Module):
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return y.view(shape)
+        # ANCHOR_END: epmoe_forward
 
 
 def all_reduce_grads(params: Sequence[nn.Parameter], group=None, average: bool = False) -> None:

@@ -339,6 +339,7 @@ def compute_losses(
 
     loss = main + lambda / D * sum_k mtp_k + balance losses (DeepSeek-V3 eq. 25 for the MTP part).
     """
+    # ANCHOR: mtp_loss
     h = model.hidden(x)  # [B, S, D]
     main = lm_loss(model.head(model.norm(h)), y)
     out = {"main": main, "mtp": torch.zeros(()), "aux": torch.zeros(())}
@@ -351,6 +352,7 @@ def compute_losses(
         ]
         out["mtp"] = torch.stack(mtp).mean()
         total = total + lam * out["mtp"]  # lambda / D * sum_k = lambda * mean_k
+    # ANCHOR_END: mtp_loss
     aux = balance.aux_losses(model, x.shape, cfg)
     out["aux"] = aux
     out["loss"] = total + aux
@@ -570,12 +572,14 @@ def mtp_acceptance(
         b = min(batch_size, windows - start)
         x, y = get_batch(data, b, context + 1, gen)  # x: [b, S+1], y: [b, S+1]
         ctx, true_next, true_after = x[:, :context], x[:, context], y[:, context]
+        # ANCHOR: mtp_draft
         a = model(ctx)[:, -1].argmax(-1)  # [b] main proposal
         ext = torch.cat([ctx, a[:, None]], dim=1)  # [b, S+1]
         h = model.hidden(ext)  # [b, S+1, D]
         verify = model.head(model.norm(h[:, -1])).argmax(-1)  # [b] main's token after a
         draft = model.mtp_logits(h, ext)[0][:, -1].argmax(-1)  # [b] depth-1 draft after a
         accepted += int((verify == draft).sum())
+        # ANCHOR_END: mtp_draft
         main_ok += int((a == true_next).sum())
         draft_ok += int((draft == true_after).sum())
         n += b

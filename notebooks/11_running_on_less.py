@@ -49,7 +49,7 @@ from dsim.cost.offload import (
     zipf_load,
 )
 from dsim.export import export_onnx, onnx_logits
-from dsim.lora import add_lora, add_qlora
+from dsim.lora import add_lora
 from dsim.model import Transformer
 from dsim.offload import offload_experts
 from dsim.quant import clone_model
@@ -173,7 +173,10 @@ for link in LINKS:
     ]
     ax.plot(caches, rate, "o-", label=link)
 ax.axhline(
-    decode_seconds(V3, "h200", "pcie5", 1.0)["tokens_per_s"], color="k", ls=":", label="all resident"
+    decode_seconds(V3, "h200", "pcie5", 1.0)["tokens_per_s"],
+    color="k",
+    ls=":",
+    label="all resident",
 )
 ax.set(xlabel="experts cached per layer (of 256)", ylabel="decode tokens/s (batch 1)", yscale="log")
 ax.legend(fontsize=8)
@@ -209,7 +212,9 @@ for c in (8, 16, 128, 224):
 
 # %% tags=["anchor:claim"]
 claim = offload_claim_1p5t()
-print(f"total {claim['total_params'] / 1e12:.2f}T parameters, {claim['params_per_expert'] / 1e9:.0f}B per expert")
+print(
+    f"total {claim['total_params'] / 1e12:.2f}T parameters, {claim['params_per_expert'] / 1e9:.0f}B per expert"
+)
 for r in claim["rows"]:
     print(
         f"cache {r['cache_size']:2d}: device {r['device_bytes'] / GB:6.0f} GB "
@@ -238,11 +243,17 @@ wrapped = add_lora(lora, rank=8)
 with torch.no_grad():
     print("LoRA with B = 0 gives the base logits exactly:", torch.equal(lora(tokens), before))
 trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
-print(f"adapted modules: {len(wrapped)}; trainable {trainable:,} of {sum(p.numel() for p in lora.parameters()):,}")
-print(f"the cost model counts {sum(adapter_params(preset('tiny'), 8).values()):,} adapter parameters")
+print(
+    f"adapted modules: {len(wrapped)}; trainable {trainable:,} of {sum(p.numel() for p in lora.parameters()):,}"
+)
+print(
+    f"the cost model counts {sum(adapter_params(preset('tiny'), 8).values()):,} adapter parameters"
+)
 for name, a in (("DeepSeek-V2-Lite", LITE), ("DeepSeek-V3", V3)):
     n = sum(adapter_params(a, 16).values())
-    print(f"{name}, rank 16: {n / 1e9:.2f}B adapter parameters = {n / params(a).total:.2%} of the model")
+    print(
+        f"{name}, rank 16: {n / 1e9:.2f}B adapter parameters = {n / params(a).total:.2%} of the model"
+    )
 
 # %% [markdown]
 # On the tiny model a rank of 8 is a large fraction (its widths are 64 and 32); on DeepSeek-V3, rank 16 on
@@ -282,7 +293,9 @@ for r in finetune_run["rows"]:
 
 # %% tags=["anchor:gpus"]
 plans = {m: gpus_to_finetune(V3, "h200", m, rank=16) for m in ("full", "lora", "qlora")}
-print(f"{'method':7s}{'H200s':>6s}  layout{'':23s}per GPU, GB: weights adapters grads optim acts deq")
+print(
+    f"{'method':7s}{'H200s':>6s}  layout{'':23s}per GPU, GB: weights adapters grads optim acts deq"
+)
 for m, p in plans.items():
     g = p.memory.gib()
     lay = " ".join(f"{k}={v}" for k, v in p.layout.items())
@@ -335,8 +348,14 @@ with tempfile.TemporaryDirectory() as tmp:
 with torch.no_grad():
     torch_logits = base(tokens).numpy()
 print(f"ONNX file: {size / 1e6:.2f} MB")
-print("onnxruntime logits equal PyTorch's within 1e-4:", bool(np.abs(ort_logits - torch_logits).max() < 1e-4))
-print("same next-byte choice everywhere:", bool((ort_logits.argmax(-1) == torch_logits.argmax(-1)).all()))
+print(
+    "onnxruntime logits equal PyTorch's within 1e-4:",
+    bool(np.abs(ort_logits - torch_logits).max() < 1e-4),
+)
+print(
+    "same next-byte choice everywhere:",
+    bool((ort_logits.argmax(-1) == torch_logits.argmax(-1)).all()),
+)
 
 # %% [markdown]
 # ## Takeaway
@@ -365,7 +384,9 @@ print(f"{n / 1e9:.2f}B parameters x (2 + 4 + 4 + 8) bytes = {n * 18 / GB:.0f} GB
 # %% tags=["anchor:answers"]
 for m in ("lora", "qlora"):
     p = gpus_to_finetune(V3, "h100", m, rank=16)
-    print(f"{m}: {p.n_gpus} H100s ({p.memory.total / GB:.0f} of {p.capacity / GB:.0f} GB used per GPU)")
+    print(
+        f"{m}: {p.n_gpus} H100s ({p.memory.total / GB:.0f} of {p.capacity / GB:.0f} GB used per GPU)"
+    )
 
 # %% [markdown] tags=["anchor:answers"]
 # **Q3.** DeepSeek-V2-Lite (64 experts, top-6) on an H100 over PCIe 5: how many experts per layer must be
@@ -378,7 +399,9 @@ for skew in (0.0, 1.0):
     c = next(
         c
         for c in range(1, 65)
-        if decode_seconds(LITE, "h100", "pcie5", lru_hit_rate(load, c, 6), load=load)["tokens_per_s"]
+        if decode_seconds(LITE, "h100", "pcie5", lru_hit_rate(load, c, 6), load=load)[
+            "tokens_per_s"
+        ]
         >= full_speed / 2
     )
     print(f"skew {skew}: {c} of 64 experts per layer (hit rate {lru_hit_rate(load, c, 6):.3f})")

@@ -5,10 +5,11 @@ Steps
   1. Vendor MathJax 3 (``npm pack mathjax@3``) into chapters/vendor/mathjax/
      (gitignored): es5/tex-svg.js plus the TeX extensions that its autoloader
      fetches on demand (\\boldsymbol, \\cancel, ...), so the book works offline.
-  2. Execute every notebooks/NN_topic.ipynb (nbclient; a temp copy of
-     notebooks/ is the working directory, the committed notebook is never
-     written) and convert it to markdown with figure files in
-     chapters/generated/NN_topic/ (gitignored).
+  2. Convert every committed notebooks/NN_topic.ipynb (the run that `make notebooks` made of
+     its Jupytext source NN_topic.py, checked by nbval; a pair out of sync fails the build) to
+     markdown with figure files in chapters/generated/NN_topic/ (gitignored). With --execute the
+     notebooks are executed first (nbclient; a temp copy of notebooks/ is the working
+     directory, the committed notebook is never written).
   3. ``mdbook build`` (book.toml at the repo root; output in build/book).
   4. Check the result: every href/src/url() in the built site resolves to a
      file (and, for links inside chapter text, to an existing #fragment), no
@@ -32,6 +33,11 @@ Notebook cell tags understood by the conversion
   remove-output            only the code is shown
   anchor:NAME              see above
 
+Figures: every image output is numbered "Figure N.k" (N: the chapter, k: its order in the
+chapter, which may include the notebook's cells in another order) and rendered as
+<figure id="figure-N-k"> with the caption and alt text that
+dsim.viz.show attached to it (a figure drawn otherwise gets a stand-in and a warning).
+
 Math in notebooks: markdown cells use Jupyter's $...$ and $$...$$; they are
 rewritten to the book's conventions (escaped \\( \\) inline, and a
 <div class="math">\\[ ... \\]</div> block for display math). IPython
@@ -40,9 +46,10 @@ widget outputs are rendered statically: their controls' initial values are
 listed and the outputs captured for those values are shown.
 
 Usage
-  .venv/bin/python scripts/build_book.py                  # full build
+  .venv/bin/python scripts/build_book.py                  # full build from the committed runs
+  .venv/bin/python scripts/build_book.py --execute        # execute the notebooks first
   .venv/bin/python scripts/build_book.py --skip-notebooks # reuse chapters/generated
-  .venv/bin/python scripts/build_book.py --notebook 01_tour --jobs 1
+  .venv/bin/python scripts/build_book.py --execute --notebook 01_tour --jobs 1
   --jobs N      notebooks at a time (default and maximum: the cores this process may use)
   --timeout S   seconds one cell may run (default 240)
   --deadline S  seconds the whole build may take (default 900): past it the build fails and
@@ -307,12 +314,45 @@ def static_widget_outputs(model_id: str, state: dict) -> list:
     )
     outs = [nbformat.v4.new_output("display_data", data={"text/markdown": note})]
     for o in captured:
-        outs.append(nbformat.from_dict(o))
+        o = nbformat.from_dict(o)
+        if "image/png" in o.get("data", {}):  # a preview of the control's output: not numbered
+            o.setdefault("metadata", {})["dsim_widget"] = True
+        outs.append(o)
     return outs
 
 
-def prepare_for_book(nb) -> list[str]:
-    """Mutate an executed notebook into what the book shows. Returns warnings."""
+def number_figures(cells, chapter: str) -> list[str]:
+    """Number every image output "chapter.k" in notebook order and give it an alt text and a
+    caption: those that dsim.viz.show attached (output metadata "dsim"), else a stand-in and a
+    warning. The book template renders each as a <figure> with a <figcaption>."""
+    warnings, k = [], 0
+    for cell in cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if "image/png" not in out.get("data", {}):
+                continue
+            if out.get("metadata", {}).get("dsim_widget"):  # a widget's preview: no number
+                meta = dict(out.metadata.get("dsim", {}))
+                meta.setdefault("caption", "The output of the interactive cell above.")
+                meta.setdefault("alt", "the interactive cell's output for its initial values")
+                meta.update(number=None, id=None)
+                out.metadata["dsim"] = meta
+                continue
+            k += 1
+            number = f"{chapter}.{k}"
+            meta = dict(out.setdefault("metadata", {}).get("dsim", {}))
+            if not meta.get("caption"):
+                warnings.append(f"figure {number} has no caption (draw it with dsim.viz.show)")
+            meta.setdefault("caption", "")
+            meta.setdefault("alt", f"Figure {number}")
+            meta.update(number=number, id=f"figure-{number.replace('.', '-')}")
+            out.metadata["dsim"] = meta
+    return warnings
+
+
+def prepare_for_book(nb, chapter: str = "0") -> list[str]:
+    """Mutate an executed notebook into what the book shows. Returns warnings.
+
+    chapter: the number figures are numbered under ("4" gives Figure 4.1, 4.2, ...)."""
     import nbformat
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
@@ -359,6 +399,7 @@ def prepare_for_book(nb) -> list[str]:
                     raise BuildError(f"bad anchor tag {tag!r}: use letters, digits, _ and -")
                 anchors.setdefault(name, []).append(len(cells))
         cells.append(cell)
+    warnings += number_figures(cells, chapter)
     # Wrap tagged cell ranges in mdBook anchors (ANCHOR / ANCHOR_END comments).
     inserts: list[tuple[int, int, str]] = []
     for name, idx in anchors.items():
@@ -381,7 +422,68 @@ BOOK_TEMPLATE = r"""{%- extends 'markdown/index.md.j2' -%}
 {{ output.data['text/plain'] | trim('\n') }}
 ```
 {% endblock data_text %}
+{% block data_png %}
+{%- set d = output.metadata.dsim -%}
+{%- set w = output.metadata.get('image/png', {}).get('width') %}
+
+<figure class="dsim-figure"{% if d.id %} id="{{ d.id }}"{% endif %}>
+<img src="{{ output.metadata.filenames['image/png'] | path2url }}" alt="{{ d.alt | e }}"
+{%- if w %} width="{{ w }}"{% endif %}>
+<figcaption>{% if d.number %}<a href="#{{ d.id }}"><strong>Figure {{ d.number }}.</strong></a>
+{% endif %}{{ d.caption | e }}</figcaption>
+</figure>
+
+{% endblock data_png %}
 """
+
+
+def chapter_number(stem: str) -> str:
+    """The chapter number that a notebook's figures are numbered under (04_x.ipynb: "4")."""
+    m = re.match(r"(\d+)_", stem)
+    if not m:
+        raise BuildError(f"notebook {stem}: its name must start with the chapter number (NN_)")
+    return str(int(m.group(1)))
+
+
+def convert_committed(root: Path, src_dir: Path, only: list[str]) -> list[dict]:
+    """Convert the committed (executed) notebooks without running them: their outputs are what
+    `make notebooks` produced and nbval checks. A notebook whose Jupytext source has changed since
+    its run fails the build (run `make notebooks`)."""
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location(
+        "run_notebooks", REPO / "scripts/run_notebooks.py"
+    )
+    run_nb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_nb)
+    run_nb.NOTEBOOKS = root / "notebooks"
+    notebooks = sorted((root / "notebooks").glob("*.ipynb"))
+    if only:
+        wanted = {Path(o).stem for o in only}
+        notebooks = [p for p in notebooks if p.stem in wanted]
+    stale = [
+        m for m in run_nb.stale_pairs([p.stem for p in notebooks]) if "has no Jupytext" not in m
+    ]
+    if stale:
+        raise BuildError("notebook outputs are out of date:\n  " + "\n  ".join(stale))
+    results = []
+    for path in notebooks:
+        t0 = time.time()
+        nb = nbformat.read(path, as_version=4)
+        warnings = prepare_for_book(nb, chapter_number(path.stem))
+        out_dir = src_dir / "generated" / path.stem
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+        md, figures = notebook_to_markdown(nb, path.stem, src_dir)
+        (out_dir / f"{path.stem}.md").write_text(md)
+        results.append({"stem": path.stem, "figures": figures, "warnings": warnings})
+        log(f"  {path.stem}: converted in {time.time() - t0:.1f}s, {len(figures)} figure(s)")
+        for w in warnings:
+            log(f"  WARNING {path.stem}: {w}")
+    return results
 
 
 def notebook_to_markdown(nb, stem: str, src_dir: Path) -> tuple[str, list[str]]:
@@ -574,7 +676,7 @@ def run_notebook(
     executed_dir = root_p / "build" / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, executed_dir / nb_path.name)  # for inspection; never the committed file
-    warnings = prepare_for_book(nb)
+    warnings = prepare_for_book(nb, chapter_number(stem))
     slow = max(client.cell_times, key=lambda c: c[1], default=(None, 0.0, 0.0))
     waited = [(i, lag) for i, _, lag in client.cell_times if lag > REPLY_LAG_WARN_S]
     warnings += [
@@ -874,6 +976,66 @@ def check_site(book: Path) -> list[str]:
     return problems
 
 
+_FIGURE_REF_RE = re.compile(r"(?<=figure-)(\d+)-(\d+)\b|(?<=Figure )(\d+)\.(\d+)(?=\.)")
+
+
+def renumber_figures(src_dir: Path, stem: str) -> None:
+    """Number a notebook's figures in the order its chapter shows them.
+
+    The conversion numbers figures in notebook order; a chapter may include the tagged cells in
+    another order (its prose decides). Figures the chapter includes get 1, 2, ... in the order of
+    the includes, the others follow in notebook order. Idempotent."""
+    page = src_dir / "generated" / stem / f"{stem}.md"
+    chapter = src_dir / f"{stem}.md"
+    if not page.is_file() or not chapter.is_file():
+        return
+    md = page.read_text()
+    regions = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"<!-- ANCHOR: ([\w-]+) -->(.*?)<!-- ANCHOR_END: \1 -->", md, re.S)
+    }
+    order: list[int] = []
+    wanted = (
+        rf"\{{\{{#include\s+generated/{re.escape(stem)}/{re.escape(stem)}\.md:([\w-]+)\s*\}}\}}"
+    )
+    for name in re.findall(wanted, chapter.read_text()):
+        for m in re.finditer(r'id="figure-\d+-(\d+)"', regions.get(name, "")):
+            if int(m.group(1)) not in order:
+                order.append(int(m.group(1)))
+    for m in re.finditer(r'id="figure-\d+-(\d+)"', md):
+        if int(m.group(1)) not in order:
+            order.append(int(m.group(1)))
+    new = {old: i + 1 for i, old in enumerate(order)}
+
+    def sub(m: re.Match) -> str:
+        if m.group(1) is not None:
+            return f"{m.group(1)}-{new.get(int(m.group(2)), int(m.group(2)))}"
+        return f"{m.group(3)}.{new.get(int(m.group(4)), int(m.group(4)))}"
+
+    page.write_text(_FIGURE_REF_RE.sub(sub, md))
+
+
+_INCLUDE_RE = re.compile(r"\{\{#include\s+([^}:\s]+)(?::([\w-]+))?\s*\}\}")
+
+
+def check_anchors(src_dir: Path) -> list[str]:
+    """Every {{#include FILE:NAME}} in a chapter names a file and an mdBook anchor that exist
+    (mdBook includes nothing, silently, for an anchor it does not find). FILE is a generated
+    notebook page (anchor: a cell tag anchor:NAME) or a source file (anchor: ANCHOR comments)."""
+    problems = []
+    for chapter in sorted(src_dir.glob("*.md")):
+        text = re.sub(r"<!--.*?-->", "", chapter.read_text(errors="replace"), flags=re.S)
+        for m in _INCLUDE_RE.finditer(text):
+            target, name = (src_dir / m.group(1)).resolve(), m.group(2)
+            if not target.is_file():
+                problems.append(f"{chapter.name}: {{{{#include {m.group(1)}}}}}: no such file")
+            elif name and not re.search(
+                rf"ANCHOR:\s*{re.escape(name)}\b", target.read_text(errors="replace")
+            ):
+                problems.append(f"{chapter.name}: no anchor {name!r} in {m.group(1)}")
+    return problems
+
+
 def check_includes(src_dir: Path, results: list[dict]) -> list[str]:
     """Warn about notebooks whose generated page no chapter includes."""
     text = "\n".join(p.read_text(errors="replace") for p in src_dir.glob("*.md"))
@@ -901,6 +1063,11 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-notebooks",
         action="store_true",
         help="do not execute notebooks; reuse chapters/generated/",
+    )
+    ap.add_argument(
+        "--execute",
+        action="store_true",
+        help="execute the notebooks (in a temp copy) instead of converting their committed runs",
     )
     ap.add_argument(
         "--notebook",
@@ -952,12 +1119,20 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         if args.skip_notebooks:
             log("skipping notebook execution (--skip-notebooks); using chapters/generated/")
-        else:
+        elif args.execute:
             results = build_notebooks(
                 root, src_dir, args.notebook, args.jobs, args.timeout, deadline=t0 + args.deadline
             )
+        else:
+            log("converting the committed notebooks (their runs from `make notebooks`)")
+            results = convert_committed(root, src_dir, args.notebook)
+        for r in results:
+            renumber_figures(src_dir, r["stem"])
         for w in check_includes(src_dir, results):
             log(f"WARNING: {w}")
+        missing = check_anchors(src_dir)
+        if missing:
+            raise BuildError("includes that mdBook would leave empty:\n  " + "\n  ".join(missing))
         log("mdbook build")
         run_mdbook(root, build_dir)
         problems = list(dict.fromkeys(check_site(build_dir)))  # mdBook repeats each <img> once

@@ -3,7 +3,10 @@
 (a) Builds the book (scripts/build_book.py), serves build/book on 127.0.0.1 and opens every
     chapter listed in chapters/SUMMARY.md: math is typeset (an <svg> inside <mjx-container>, no
     TeX error, no raw \\( or \\[ left in the text), every <img> loads, no request fails, and the
-    "next chapter" link leads to the next chapter.
+    "next chapter" link leads to the next chapter. At 1280 and 800 px: nothing is wider than the
+    text column (code blocks and tables scroll inside themselves), every figure is loaded, visible,
+    numbered "Figure N.k", captioned, described (alt) and rendered at twice its displayed size,
+    the answer blocks open and close; at 1280 px no chapter page is taller than MAX_PAGE_PX.
 (b) Starts JupyterLab on a temp copy of notebooks/, opens notebooks/01_tour.ipynb, runs all
     cells from the Run menu, moves the IntSlider described "top-k" with the keyboard and checks
     that the output next to it changes.
@@ -46,9 +49,9 @@ ROOT = Path(os.environ.get("DSIM_BOOK_ROOT", REPO)).resolve()
 CHROMIUM = Path(os.environ.get("DSIM_CHROMIUM", "/usr/bin/chromium"))  # Debian's chromium
 SHOTS = REPO / "artifacts" / "screenshots"
 WAIT_MS = 120_000  # upper bound for any single wait in the browser
-# The book build (about 100 s on 2 cores) runs in the first chapter test's setup. pytest-timeout
-# counts setup, so these tests get the build's deadline plus a margin instead of the suite's
-# per-test timeout.
+# The book build (seconds: it converts the committed notebook runs) runs in the first test's
+# setup. pytest-timeout counts setup, so these tests get the build's deadline plus a margin
+# instead of the suite's per-test timeout.
 BUILD_DEADLINE_S = 600
 
 pytestmark = [
@@ -174,11 +177,13 @@ def book_page(browser, book_url):
     page.set_default_timeout(WAIT_MS)
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    # A request the page itself abandons (net::ERR_ABORTED: the favicon of a page that a click
+    # leaves before it finished loading) is not a failure; a missing file is an HTTP 404 below.
     page.on(
         "requestfailed",
         lambda r: (
             problems.append(f"request failed: {r.url} ({r.failure})")
-            if r.url.startswith(book_url)
+            if r.url.startswith(book_url) and "ERR_ABORTED" not in (r.failure or "")
             else None
         ),
     )
@@ -250,6 +255,163 @@ def test_chapter_renders(book_page, book_url, built_book, chapter):
     assert not broken, f"{chapter}: images that did not load: {broken}"
     _shot(page, f"book_{Path(chapter).stem}.png")
     assert not page.problems, f"{chapter}: " + "; ".join(page.problems)
+
+
+# The book's layout at a desktop and a narrow width: nothing wider than the text column (code blocks
+# and tables scroll inside themselves), figures loaded, visible, numbered, captioned, described and
+# rendered at twice their displayed size; answer blocks fold; chapter pages of bounded height.
+WIDTHS = (1280, 800)
+MAX_PAGE_PX = 12_000  # a chapter page's height at 1280 px (issue 18: "about 12,000 px")
+# Chapters whose notebook does not draw its figures with dsim.viz.show yet (09 and 11 were written
+# before dsim.viz): their figures are checked for loading and alt text only. Remove a chapter from
+# this set when its notebook moves to dsim.viz.
+UNCAPTIONED = {"09_checking_the_claims.html", "11_running_on_less.html"}
+# Chapters 01-08 end with problems whose computed answers fold.
+WITH_ANSWERS = [c for c in CHAPTERS if re.match(r"0[1-8]_", c)]
+
+OVERFLOW_JS = """() => {
+  const main = document.querySelector('main');
+  const limit = main.getBoundingClientRect().right + 1;
+  const scroller = e => {
+    for (let p = e.parentElement; p && p !== main; p = p.parentElement) {
+      const o = getComputedStyle(p).overflowX;
+      if (o === 'auto' || o === 'scroll' || o === 'hidden') return true;
+    }
+    return false;
+  };
+  const wide = [];
+  main.querySelectorAll(
+    'p, li, table, pre, figure, img, h1, h2, h3, blockquote, details, div.math, mjx-container'
+  ).forEach(e => {
+    if (scroller(e)) return;
+    const r = e.getBoundingClientRect();
+    if (r.width && r.right > limit)
+      wide.push(e.tagName.toLowerCase() + ' right edge ' + Math.round(r.right) + ' > '
+        + Math.round(limit) + ': '
+        + (e.textContent || e.getAttribute('src') || '').trim().slice(0, 60));
+  });
+  const doc = document.documentElement;
+  return {page: doc.scrollWidth - doc.clientWidth, wide};
+}"""
+
+FIGURES_JS = """() => Array.from(document.querySelectorAll('main figure.dsim-figure')).map(f => {
+  const img = f.querySelector('img'), cap = f.querySelector('figcaption');
+  const r = img.getBoundingClientRect(), s = getComputedStyle(img);
+  return {src: img.getAttribute('src'), id: f.id, complete: img.complete,
+          natural: img.naturalWidth, w: r.width, h: r.height,
+          visible: s.visibility !== 'hidden' && s.display !== 'none' && r.width > 0 && r.height > 0,
+          alt: img.getAttribute('alt') || '', caption: cap ? cap.textContent.trim() : ''};
+})"""
+
+
+@pytest.fixture(params=WIDTHS, ids=lambda w: f"{w}px")
+def sized_page(request, browser, book_url):
+    """A page of the book at one of WIDTHS; records failed requests and page errors."""
+    context = browser.new_context(viewport={"width": request.param, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on(
+        "requestfailed",
+        lambda r: (
+            problems.append(f"request failed: {r.url} ({r.failure})")
+            if r.url.startswith(book_url) and "ERR_ABORTED" not in (r.failure or "")
+            else None
+        ),
+    )
+    page.problems = problems
+    page.width = request.param
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def _open(page, url: str) -> None:
+    page.goto(url, wait_until="load")
+    _wait_for_mathjax(page)
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_nothing_wider_than_the_column(sized_page, book_url, chapter):
+    page = sized_page
+    _open(page, f"{book_url}/{chapter}")
+    r = page.evaluate(OVERFLOW_JS)
+    assert r["page"] <= 1, (
+        f"{chapter} at {page.width} px: the page scrolls sideways by {r['page']} px"
+    )
+    assert not r["wide"], f"{chapter} at {page.width} px: wider than the column: {r['wide'][:5]}"
+    # Code blocks scroll inside themselves: a block wider than its box must be scrollable.
+    stuck = page.evaluate(
+        """() => Array.from(document.querySelectorAll('main pre')).filter(p =>
+             p.scrollWidth > p.clientWidth + 1 && !['auto', 'scroll'].includes(
+               getComputedStyle(p).overflowX) && !['auto', 'scroll'].includes(
+               getComputedStyle(p.querySelector('code') || p).overflowX)).length"""
+    )
+    assert stuck == 0, f"{chapter}: {stuck} code block(s) cut off instead of scrolling"
+    assert not page.problems, "; ".join(page.problems)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_figures_loaded_numbered_captioned(sized_page, book_url, chapter):
+    page = sized_page
+    _open(page, f"{book_url}/{chapter}")
+    figures = page.evaluate(FIGURES_JS)
+    if re.match(r"0[1-8]_", chapter):
+        assert figures, f"{chapter}: no figure"
+    numbers = []
+    for f in figures:
+        where = f"{chapter} at {page.width} px, {f['src']}"
+        assert f["complete"] and f["natural"] > 0, f"{where}: did not load"
+        assert f["visible"], f"{where}: not visible ({f['w']} x {f['h']})"
+        assert f["alt"].strip(), f"{where}: no alt text"
+        if chapter in UNCAPTIONED:
+            continue
+        # Crisp: rendered at (at least about) twice the width it is displayed at.
+        assert f["natural"] >= 1.9 * f["w"], f"{where}: {f['natural']} px shown at {f['w']:.0f}"
+        m = re.match(r"Figure (\d+)\.(\d+)\.\s+\S", f["caption"])
+        if f["id"]:  # a numbered figure (a widget's preview has no number)
+            assert m, f"{where}: caption {f['caption'][:60]!r} is not 'Figure N.k. ...'"
+            assert int(m.group(1)) == int(chapter[:2]), f"{where}: numbered in another chapter"
+            numbers.append(int(m.group(2)))
+        else:
+            assert f["caption"], f"{where}: no caption"
+    assert numbers == sorted(set(numbers)), f"{chapter}: figure numbers out of order: {numbers}"
+
+
+@pytest.mark.parametrize("chapter", WITH_ANSWERS)
+def test_answer_blocks_open_and_close(sized_page, book_url, chapter):
+    page = sized_page
+    _open(page, f"{book_url}/{chapter}")
+    blocks = page.locator("main details.answer")
+    assert blocks.count() >= 1, f"{chapter}: no folded answers after the problems"
+    for i in range(blocks.count()):
+        block = blocks.nth(i)
+        body = block.locator(":scope > :not(summary)").first
+        assert block.get_attribute("open") is None, f"{chapter}: answers shown before a click"
+        assert not body.is_visible(), f"{chapter}: the folded answers are visible"
+        block.locator("summary").click()
+        assert block.get_attribute("open") is not None and body.is_visible(), (
+            f"{chapter}: the answers did not open"
+        )
+        assert "Answer" in body.inner_text() or body.inner_text().strip(), f"{chapter}: empty"
+        block.locator("summary").click()
+        assert block.get_attribute("open") is None and not body.is_visible(), (
+            f"{chapter}: the answers did not close"
+        )
+
+
+@pytest.mark.parametrize("chapter", WITH_ANSWERS)
+def test_chapter_page_height(book_page, book_url, chapter):
+    page = book_page
+    _open(page, f"{book_url}/{chapter}")
+    height = page.evaluate("() => document.documentElement.scrollHeight")
+    print(f"{chapter}: {height} px at 1280 px")
+    assert height <= MAX_PAGE_PX, (
+        f"{chapter} is {height} px tall at 1280 px (at most {MAX_PAGE_PX})"
+    )
 
 
 @pytest.mark.parametrize("index", range(len(CHAPTERS)), ids=CHAPTERS)

@@ -44,6 +44,7 @@ COMPONENTS = (
 # ---------------------------------------------------------------------------------------------
 # One function per module: weight name -> element count, as the model names them.
 # ---------------------------------------------------------------------------------------------
+# ANCHOR: attention_params
 def attention_params(args: ModelArgs) -> dict[str, int]:
     """Weights of one attention module (`MLA` or `GQA`), keyed by the model's attribute names.
 
@@ -84,6 +85,7 @@ def attention_params(args: ModelArgs) -> dict[str, int]:
     if args.attn_sink:  # gpt-oss: one logit per head
         p["sink"] = H
     return p
+    # ANCHOR_END: attention_params
 
 
 def indexer_params(args: ModelArgs) -> dict[str, int]:

@@ -66,6 +66,7 @@ class Gate(nn.Module):
             nn.Parameter(torch.zeros(args.n_routed_experts)) if args.router_bias else None
         )
 
+    # ANCHOR: gate_forward
     def forward(self, x: torch.Tensor) -> Routing:
         logit_bias = None if self.logit_bias is None else self.logit_bias.float()
         logits = F.linear(x.float(), self.weight.float(), logit_bias)  # [T, E], fp32 as DeepSeek
@@ -86,6 +87,7 @@ class Gate(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True)
         weights = weights * self.args.route_scale
         return Routing(scores=scores, indices=indices, weights=weights, logits=logits)
+        # ANCHOR_END: gate_forward
 
 
 class Experts(nn.Module):
@@ -205,6 +207,7 @@ class MoE(nn.Module):
         self.shared_gate = nn.Linear(args.dim, 1, bias=False) if args.shared_expert_gate else None
         self.routing: Routing | None = None
 
+    # ANCHOR: moe_forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.args.dim)  # [T, D]
@@ -227,6 +230,7 @@ class MoE(nn.Module):
                 shared = torch.sigmoid(self.shared_gate(x)) * shared
             y = y + shared
         return y.view(shape)
+        # ANCHOR_END: moe_forward
 
 
 def capacity_mask(

@@ -43,6 +43,7 @@ def _to_fp8(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 
+# ANCHOR: act_quant
 def act_quant(
     x: torch.Tensor, block_size: int = 128, scale_fmt: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +66,7 @@ def act_quant(
     s = _fp8_scale(tiles.abs().amax(dim=-1, keepdim=True), scale_fmt)  # [..., K/b, 1]
     y = _to_fp8(tiles / s).reshape(*x.shape[:-1], nb * block_size)[..., :K]
     return y.contiguous(), s.squeeze(-1)
+    # ANCHOR_END: act_quant
 
 
 def weight_quant(

@@ -146,6 +146,7 @@ def _to_groups(
     return x.reshape(*x.shape[:-1], -1, group_size)  # [..., G, g]
 
 
+# ANCHOR: int_qparams
 def _int_qparams(
     xg: torch.Tensor, bits: int, symmetric: bool, scale_dtype: torch.dtype = torch.bfloat16
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -194,6 +195,7 @@ def _int_qparams(
             f"{float(xg.abs().max()):.4g}); rescale the tensor"
         )
     return scale, zero
+    # ANCHOR_END: int_qparams
 
 
 def _int_round(

@@ -38,6 +38,7 @@ def quantize_weight(
     raise ValueError(f"scheme = {scheme!r} is not supported: choose one of {', '.join(SCHEMES)}")
 
 
+# ANCHOR: linear_w8a8
 def _linear_w8a8(
     x: torch.Tensor, w: QuantizedTensor, act_scale: torch.Tensor | None
 ) -> torch.Tensor:
@@ -57,6 +58,7 @@ def _linear_w8a8(
     q_x = torch.clamp(torch.round(xf / s_x), -127, 127)
     acc = q_x.double() @ w.data.double().T  # [..., N] exact integers
     return (acc.float() * s_x * w.scale.float().reshape(-1)).to(x.dtype)
+    # ANCHOR_END: linear_w8a8
 
 
 def quant_linear(

@@ -309,6 +309,7 @@ def _evaluate_rows(
     last_f = hd[0] + n_mtp * (blk[0] + eh[0] + hd[0])
     last_b = hd[1] - hd[0] + n_mtp * (blk[1] - blk[0] + rec_b + eh[1] - eh[0] + hd[1] - hd[0])
     last_w = hd[2] + n_mtp * (blk[2] + eh[2] + hd[2])
+    # ANCHOR: stage_time
     F = s_nd * d[0] + s_nm * moe[0] + s_first * emb[0] + s_last * last_f
     B = (
         s_nd * (d[1] - d[0] + rec_d)
@@ -332,6 +333,7 @@ def _evaluate_rows(
         + s_last.ravel()[k] * last_w
     )
     bubble = pipeline_bubble(dual, pp, tau_k, B_k, W_k)
+    # ANCHOR_END: stage_time
 
     # ---- parameters each GPU keeps of each state (ZeRO), data-parallel collectives, optimizer ----
     params_ = x["params"].reshape(2, width, n)

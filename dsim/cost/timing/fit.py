@@ -22,6 +22,7 @@ from dsim.cost.timing.ops import op_time, roofline_time
 # Stages: (name, op kinds whose calibration records fit them, constants fitted, bounds).
 # Each stage fits only its own constants, with those of the earlier stages fixed.
 _ATTN_KEYS = tuple(Calibration().attn_eff)
+# ANCHOR: fit_stages
 FIT_STAGES: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, float, float], ...]], ...] = (
     (
         "memory",
@@ -78,6 +79,7 @@ FIT_STAGES: tuple[tuple[str, tuple[str, ...], tuple[tuple[str, float, float], ..
     ),
     ("moe_ffn", ("moe_ffn",), ()),  # no constant of its own: a check of the composition
 )
+# ANCHOR_END: fit_stages
 
 
 def fit_constants() -> tuple[str, ...]:

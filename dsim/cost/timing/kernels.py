@@ -271,6 +271,7 @@ def _tile_eff(bm: int, bn: int, ai0: float, ref: float) -> float:
     return (ai / (ai + ai0)) / (ref / (ref + ai0))
 
 
+# ANCHOR: best_gemm
 def _best_gemm(
     m: int,
     n: int,
@@ -308,6 +309,7 @@ def _best_gemm(
                 split_note = f", split-K {split}" if split > 1 else ""
                 note = f"tile {bm}x{bn}{split_note}, {waves} wave(s)"
     return best, note
+    # ANCHOR_END: best_gemm
 
 
 # ---------------------------------------------------------------------------------------------
