@@ -278,6 +278,12 @@ viz.show(
     "KV cache per token of each preset (bf16, all layers): MLA caches a latent, GQA and MHA cache full keys and values.",
 )
 
+# %% tags=["anchor:mla-diagram", "remove-input"]
+from dsim.diagrams import mla_dataflow
+
+fig = mla_dataflow(preset("deepseek-v3"))
+viz.show(fig, fig.get_label(), alt=fig.get_label())  # the diagram says what it draws
+
 # %% [markdown]
 # ## 5. The arithmetic behind DeepSeek-V2's 93.3%
 #

@@ -571,6 +571,12 @@ viz.show(
     "Dispatch time of one MoE layer against the expert-parallel size, with tokens sent to any node or to at most 4 nodes.",
 )
 
+# %% tags=["anchor:ep-diagram", "remove-input"]
+from dsim.diagrams import ep_all_to_all
+
+fig = ep_all_to_all(preset("deepseek-v3"), ep=64)
+viz.show(fig, fig.get_label(), alt=fig.get_label())  # the diagram says what it draws
+
 # %% [markdown]
 # ## Why DeepSeek limits each token to 4 nodes
 #
@@ -678,6 +684,12 @@ ax.set(
 ax.legend()
 ax.grid(alpha=0.3)
 viz.show(fig, "Pipeline bubble of 1F1B and DualPipe against the number of micro-batches per step.")
+
+# %% tags=["anchor:pipeline-diagram", "remove-input"]
+from dsim.diagrams import pipeline_schedule
+
+fig = pipeline_schedule(pp=8, n_microbatches=20)
+viz.show(fig, fig.get_label(), alt=fig.get_label())  # the diagram says what it draws
 
 # %% [markdown]
 # ## What overlap hides
