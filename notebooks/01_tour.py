@@ -61,6 +61,12 @@ for ch, idx, w in list(zip(text.decode(), routing.indices.tolist(), routing.weig
 load = torch.bincount(routing.indices.flatten(), minlength=args.n_routed_experts)
 print("assignments per expert:", load.tolist())
 
+# %% tags=["anchor:dispatch-diagram", "remove-input"]
+from dsim.diagrams import moe_dispatch
+
+fig = moe_dispatch()
+viz.show(fig, fig.get_label(), alt=fig.get_label())  # the diagram says what it draws
+
 # %% [markdown]
 # ## Training on real text
 #

@@ -421,12 +421,6 @@ display(
     )
 )
 
-# %% tags=["anchor:dispatch-diagram", "remove-input"]
-from dsim.diagrams import moe_dispatch
-
-fig = moe_dispatch()
-viz.show(fig, fig.get_label(), alt=fig.get_label())  # the diagram says what it draws
-
 # %% [markdown]
 # ## 6. Group-limited routing
 #

@@ -108,6 +108,37 @@ def strip_ansi(text: str) -> str:
 # --------------------------------------------------------------------------
 
 
+def npm_tarball(spec: str, env_var: str, what: str, tmp: str, error: type | None = None) -> Path:
+    """The npm package `spec` ("mathjax@3") as a .tgz: the file $env_var names, or `npm pack`
+    into tmp. The book (MathJax) and the slides (reveal.js) vendor their scripts this way."""
+    error = error or BuildError
+    tarball = os.environ.get(env_var)
+    if tarball:
+        tgz = Path(tarball)
+        if not tgz.is_file():
+            raise error(f"{env_var}={tarball} does not exist")
+        return tgz
+    npm = shutil.which("npm")
+    if npm is None:
+        raise error(
+            f"npm is not installed: it is needed once to vendor {what} (`npm pack {spec}`); "
+            f"install Node.js/npm or set {env_var} to a downloaded .tgz of {spec}"
+        )
+    log(f"{what}: npm pack {spec}")
+    proc = subprocess.run(
+        [npm, "pack", spec, "--pack-destination", tmp, "--silent"],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+    )
+    tgzs = sorted(Path(tmp).glob(f"{spec.rsplit('@', 1)[0]}-*.tgz"))
+    if proc.returncode != 0 or not tgzs:
+        raise error(
+            f"`npm pack {spec}` failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return tgzs[0]
+
+
 def vendor_mathjax(src_dir: Path, refresh: bool = False) -> None:
     dest = src_dir / "vendor" / "mathjax"
     stamp = dest / "VERSION"
@@ -116,33 +147,7 @@ def vendor_mathjax(src_dir: Path, refresh: bool = False) -> None:
         log(f"MathJax: using vendored {version} in {dest.relative_to(src_dir.parent)}")
         return
     with tempfile.TemporaryDirectory(prefix="dsim-mathjax-") as tmp:
-        tarball = os.environ.get("DSIM_MATHJAX_TARBALL")
-        if tarball:
-            tgz = Path(tarball)
-            if not tgz.is_file():
-                raise BuildError(f"DSIM_MATHJAX_TARBALL={tarball} does not exist")
-        else:
-            npm = shutil.which("npm")
-            if npm is None:
-                raise BuildError(
-                    "npm is not installed: it is needed once to vendor MathJax "
-                    f"(`npm pack {MATHJAX_SPEC}`); install Node.js/npm or set "
-                    "DSIM_MATHJAX_TARBALL to a downloaded mathjax-3.x.tgz"
-                )
-            log(f"MathJax: npm pack {MATHJAX_SPEC}")
-            proc = subprocess.run(
-                [npm, "pack", MATHJAX_SPEC, "--pack-destination", tmp, "--silent"],
-                capture_output=True,
-                text=True,
-                cwd=tmp,
-            )
-            tgzs = sorted(Path(tmp).glob("mathjax-*.tgz"))
-            if proc.returncode != 0 or not tgzs:
-                raise BuildError(
-                    f"`npm pack {MATHJAX_SPEC}` failed (exit {proc.returncode}):\n"
-                    f"{proc.stdout}\n{proc.stderr}"
-                )
-            tgz = tgzs[0]
+        tgz = npm_tarball(MATHJAX_SPEC, "DSIM_MATHJAX_TARBALL", "MathJax", tmp)
         stage = Path(tmp) / "stage"
         stage.mkdir()
         version = "?"

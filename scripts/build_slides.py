@@ -44,10 +44,8 @@ import argparse
 import html
 import importlib.util
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -93,32 +91,9 @@ def vendor_reveal(out: Path) -> str:
         log(f"reveal.js: using vendored {version}")
         return version
     with tempfile.TemporaryDirectory(prefix="dsim-reveal-") as tmp:
-        tarball = os.environ.get("DSIM_REVEAL_TARBALL")
-        if tarball:
-            tgz = Path(tarball)
-            if not tgz.is_file():
-                raise SlidesError(f"DSIM_REVEAL_TARBALL={tarball} does not exist")
-        else:
-            npm = shutil.which("npm")
-            if npm is None:
-                raise SlidesError(
-                    f"npm is not installed: it is needed once to vendor reveal.js (`npm pack "
-                    f"{REVEAL_SPEC}`); install Node.js/npm or set DSIM_REVEAL_TARBALL"
-                )
-            log(f"reveal.js: npm pack {REVEAL_SPEC}")
-            proc = subprocess.run(
-                [npm, "pack", REVEAL_SPEC, "--pack-destination", tmp, "--silent"],
-                capture_output=True,
-                text=True,
-                cwd=tmp,
-            )
-            tgzs = sorted(Path(tmp).glob("reveal.js-*.tgz"))
-            if proc.returncode != 0 or not tgzs:
-                raise SlidesError(
-                    f"`npm pack {REVEAL_SPEC}` failed (exit {proc.returncode}):\n"
-                    f"{proc.stdout}\n{proc.stderr}"
-                )
-            tgz = tgzs[0]
+        tgz = _build_book().npm_tarball(
+            REVEAL_SPEC, "DSIM_REVEAL_TARBALL", "reveal.js", tmp, SlidesError
+        )
         stage = Path(tmp) / "stage"
         version = "?"
         wanted = re.compile(r"^package/((?:dist|plugin)/.+|LICENSE|package\.json)$")
