@@ -82,8 +82,7 @@ _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def _check_data(data: torch.Tensor, seq_len: int, vocab_size: int | None = None) -> None:
-    """Token data: a 1-D integer tensor (float data would be truncated to ids: 0.7 -> 0) longer
-    than seq_len + 1, its ids below vocab_size when given (a scan: Trainer does it once)."""
+    """Token ids: 1-D, integer (floats truncate), > seq_len + 1 long, < vocab_size if given."""
     if not isinstance(data, torch.Tensor) or data.dim() != 1 or data.dtype not in _INT_DTYPES:
         got = f"{data.dtype} {tuple(data.shape)}" if torch.is_tensor(data) else type(data).__name__
         raise ValueError(f"data must be a 1-D tensor of integer token ids (uint8 bytes), got {got}")

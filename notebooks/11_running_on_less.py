@@ -347,7 +347,7 @@ with tempfile.TemporaryDirectory() as tmp:
     size = path.stat().st_size
 with torch.no_grad():
     torch_logits = base(tokens).numpy()
-print(f"ONNX file: {size / 1e6:.2f} MB")
+print(f"ONNX file: {size / 1e6:.1f} MB")  # its last bytes vary with the exporter's run
 print(
     "onnxruntime logits equal PyTorch's within 1e-4:",
     bool(np.abs(ort_logits - torch_logits).max() < 1e-4),

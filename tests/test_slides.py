@@ -71,20 +71,6 @@ def slides() -> Path:
     return SLIDES
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
-        )
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 def _expected(stem: str) -> dict[str, int]:
     """What the deck must show, from the notebook by the build's own rules."""
     import nbformat
