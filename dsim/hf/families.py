@@ -346,6 +346,9 @@ def read_dbrx(k: Keys) -> dict[str, Any]:
         raise ValueError(f"{ffn.where}: ffn_act_fn = {act!r} is not supported: use silu")
     ffn.ignore("moe_jitter_eps", "moe_loss_weight", "uniform_expert_assignment")
     attn.ignore("attn_pdrop")
+    for block in (attn, ffn):  # PretrainedConfig's default in a sub-config: not the model's
+        if block.has("tie_word_embeddings"):
+            block.ignore("tie_word_embeddings")
     theta = attn.number("rope_theta") if attn.has("rope_theta") else None
     f.update(_rope(k, f["max_seq_len"], theta))
     attn.finish()

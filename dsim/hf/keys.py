@@ -35,6 +35,23 @@ IGNORED: frozenset[str] = frozenset(
         "return_dict",
         "tokenizer_class",
         "use_bfloat16",
+        # transformers' PretrainedConfig attributes that `to_dict()` writes into every config and
+        # sub-config (DBRX's attn_config and ffn_config among them): outputs and generation
+        # defaults, never the architecture
+        "output_hidden_states",
+        "output_attentions",
+        "chunk_size_feed_forward",
+        "is_encoder_decoder",
+        "problem_type",
+        "max_length",
+        "min_length",
+        "do_sample",
+        "num_beams",
+        "temperature",
+        "top_k",
+        "top_p",
+        "repetition_penalty",
+        "length_penalty",
         # special tokens
         "bos_token_id",
         "eos_token_id",
@@ -58,6 +75,7 @@ IGNORED: frozenset[str] = frozenset(
         "pretraining_tp",  # Llama: split matmuls, same result
         "ep_size",  # DeepSeek: expert parallelism of the original code
         "quantization_config",  # storage format of the weights (FP8 blocks, MXFP4), not the math
+        "quantization",  # MLX's storage format (group size, bits), likewise
         "scale_fmt",  # DeepSeek native: FP8 scale rounding of the reference kernels
     }
 )
