@@ -1,0 +1,409 @@
+"""The serving simulator: requests through a scheduler, step by step, on units of GPUs.
+
+A *pool* is a set of identical *units* (a deployment unit: e.g. DeepSeek's decode unit of 144
+H800s, expert-parallel over all of them), each of `ranks` attention ranks (data-parallel
+attention: one GPU, or one tensor-parallel group). A unit runs steps back to back while it has
+work; all of its ranks take part in every step (the experts' all-to-all synchronises them), so a
+step lasts as long as its busiest rank's step (`StepTimer` of that rank's `StepShape`).
+
+The scheduler, per rank, every step (continuous batching):
+1. admit waiting sequences to the running batch while the batch is below `max_batch` and the KV
+   cache has room for them;
+2. decode every running sequence once: 1 token, plus the accepted MTP draft tokens (each of
+   `mtp_draft_tokens` drafts is accepted with probability `mtp_acceptance` if all earlier ones
+   were; the step verifies 1 + drafts tokens per sequence);
+3. prefill (chunked): up to `chunk_tokens` new prompt tokens, minus the decode tokens of a
+   colocated rank, taken from the head of the rank's prefill queue. A prompt's first chunk looks
+   its prefix up in the prefix cache; hit tokens are not recomputed (they are attended to). The
+   step that ends a prompt gives its first output token.
+A sequence whose KV cache no longer fits is preempted (newest first) and recomputed: it goes back
+to prefill with its prompt and the tokens generated so far.
+
+Pools are colocated (one pool does both) or disaggregated (a prefill pool hands finished prompts,
+with their first token, to a decode pool, after `kv_transfer_s`). Arriving work goes to the least
+loaded rank of the pool (queued prefill tokens; running and waiting sequences).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dsim.serving.prefix_cache import PrefixCache
+from dsim.serving.step_cost import StepShape, StepTimer
+from dsim.serving.workload import Request
+
+ROLES = ("both", "prefill", "decode")
+
+
+@dataclass
+class Pool:
+    """`units` units of `ranks` attention ranks, `gpus` GPUs per unit, in one role."""
+
+    role: str
+    units: int
+    ranks: int
+    gpus: int
+    step_time: StepTimer
+    kv_capacity_tokens: float  # per rank
+    max_batch: int = 256  # running sequences per rank
+    chunk_tokens: int = 8192  # prefill tokens per rank per step
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        for name in ("units", "ranks", "gpus", "max_batch", "chunk_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 20:
+                raise ValueError(f"{name} must be an integer in [1, {1 << 20}], got {v!r}")
+        if not self.kv_capacity_tokens >= 1:
+            raise ValueError(f"kv_capacity_tokens must be >= 1, got {self.kv_capacity_tokens!r}")
+
+
+@dataclass
+class Trace:
+    """What happened: per request, per step, and the system's occupancy over time."""
+
+    arrival: np.ndarray
+    admitted: np.ndarray  # prefill start (last one, after a preemption)
+    first_token: np.ndarray
+    finish: np.ndarray
+    prompt: np.ndarray
+    output: np.ndarray
+    hit_tokens: np.ndarray
+    preemptions: np.ndarray
+    steps: dict[str, list] = field(default_factory=dict)  # per pool role: (start, end, tokens...)
+    occupancy: list[tuple[float, int]] = field(default_factory=list)  # (time, requests in system)
+    prefix_hit_rate: float = 0.0
+    pools: tuple = ()
+
+
+class _Unit:
+    def __init__(self, pool: Pool, index: int):
+        self.pool, self.index = pool, index
+        r = pool.ranks
+        self.prefill_q: list[deque] = [
+            deque() for _ in range(r)
+        ]  # [req, left, done, total, started]
+        self.wait_q: list[deque] = [deque() for _ in range(r)]  # [req, ctx, left] items
+        self.queued_tokens = np.zeros(r)
+        self.run_req = np.zeros(0, dtype=np.int64)
+        self.run_rank = np.zeros(0, dtype=np.int64)
+        self.run_ctx = np.zeros(0, dtype=np.int64)
+        self.run_left = np.zeros(0, dtype=np.int64)
+        self.busy_until = -math.inf
+        self.stepping = False
+
+    def load(self) -> np.ndarray:
+        """Per rank: how busy it is, for routing (prefill tokens queued, sequences held)."""
+        seqs = np.bincount(self.run_rank, minlength=self.pool.ranks).astype(float)
+        seqs += np.array([len(q) for q in self.wait_q])
+        return (
+            self.queued_tokens + 1e6 * seqs
+            if self.pool.role == "decode"
+            else (self.queued_tokens + seqs)
+        )
+
+    def has_work(self) -> bool:
+        return bool(len(self.run_req)) or any(self.prefill_q) or any(self.wait_q)
+
+    def in_system(self) -> int:
+        return (
+            len(self.run_req)
+            + sum(len(q) for q in self.prefill_q)
+            + sum(len(q) for q in self.wait_q)
+        )
+
+
+class Simulator:
+    """Runs requests through pools (see the module docstring). One seeded RNG draws the MTP
+    acceptances, so a run is reproducible."""
+
+    def __init__(
+        self,
+        pools: list[Pool],
+        *,
+        mtp_draft_tokens: int = 0,
+        mtp_acceptance: float = 0.0,
+        prefix_cache: PrefixCache | None = None,
+        kv_transfer_s: float = 0.0,
+        seed: int = 0,
+    ):
+        roles = sorted(p.role for p in pools)
+        if roles not in (["both"], ["decode", "prefill"]):
+            raise ValueError(
+                "pools must be one colocated pool (role 'both') or a 'prefill' and a 'decode' pool"
+            )
+        if isinstance(mtp_draft_tokens, bool) or mtp_draft_tokens not in range(0, 9):
+            raise ValueError(
+                f"mtp_draft_tokens must be an integer in [0, 8], got {mtp_draft_tokens!r}"
+            )
+        if not (0 <= mtp_acceptance <= 1):
+            raise ValueError(f"mtp_acceptance must be in [0, 1], got {mtp_acceptance!r}")
+        if not (0 <= kv_transfer_s < math.inf):
+            raise ValueError(f"kv_transfer_s must be a finite number >= 0, got {kv_transfer_s!r}")
+        self.pools = {p.role: p for p in pools}
+        self.mtp_k, self.mtp_p = mtp_draft_tokens, mtp_acceptance
+        self.cache = prefix_cache
+        self.kv_transfer_s = kv_transfer_s
+        self.rng = np.random.default_rng(seed)
+
+    # -- routing ---------------------------------------------------------------------------------
+    def _route(self, units: list[_Unit]) -> tuple[_Unit, int]:
+        best, best_load = None, math.inf
+        for u in units:
+            load = u.load()
+            r = int(np.argmin(load))
+            if load[r] < best_load:
+                best, best_load = (u, r), load[r]
+        return best
+
+    def _to_prefill(self, i: int, tokens: int, now: float) -> _Unit:
+        units = self.units["prefill"] if "prefill" in self.units else self.units["both"]
+        u, r = self._route(units)
+        u.prefill_q[r].append([i, tokens, 0, tokens, False])  # req, left, done, total, started
+        u.queued_tokens[r] += tokens
+        return u
+
+    def _to_decode(self, i: int, ctx: int, left: int) -> _Unit:
+        u, r = self._route(self.units["decode"])
+        u.wait_q[r].append([i, ctx, left])
+        return u
+
+    # -- one step of one unit --------------------------------------------------------------------
+    def _step(self, u: _Unit, now: float) -> float:
+        pool, R = u.pool, u.pool.ranks
+        cap = pool.kv_capacity_tokens
+        decodes = pool.role in ("both", "decode")
+        # 1. admit waiting sequences
+        if decodes and any(u.wait_q):
+            counts = np.bincount(u.run_rank, minlength=R)
+            kv = np.bincount(u.run_rank, weights=u.run_ctx, minlength=R)
+            add_req, add_rank, add_ctx, add_left = [], [], [], []
+            for r in range(R):
+                q = u.wait_q[r]
+                while q and counts[r] < pool.max_batch and kv[r] + q[0][1] + 1 + self.mtp_k <= cap:
+                    i, ctx, left = q.popleft()
+                    add_req.append(i), add_rank.append(r), add_ctx.append(ctx)
+                    add_left.append(left)
+                    counts[r] += 1
+                    kv[r] += ctx
+            if add_req:
+                u.run_req = np.concatenate([u.run_req, add_req])
+                u.run_rank = np.concatenate([u.run_rank, add_rank])
+                u.run_ctx = np.concatenate([u.run_ctx, add_ctx])
+                u.run_left = np.concatenate([u.run_left, add_left])
+        # 2. shapes: decode part per rank
+        tpseq = 1 + self.mtp_k
+        n_dec = np.bincount(u.run_rank, minlength=R)
+        ctx_sum = np.bincount(u.run_rank, weights=u.run_ctx, minlength=R)
+        # 3. prefill chunks per rank
+        done_prefill: list[tuple[int, int]] = []  # (rank, request) whose prompt ends this step
+        pre_seqs = np.zeros(R, dtype=np.int64)
+        pre_tok = np.zeros(R, dtype=np.int64)
+        pre_ctx = np.zeros(R)
+        if pool.role in ("both", "prefill"):
+            for r in range(R):
+                q = u.prefill_q[r]
+                budget = pool.chunk_tokens - (n_dec[r] * tpseq if decodes else 0)
+                for item in q:
+                    if budget <= 0:
+                        break
+                    i, left, done, total, started = item
+                    if not started:
+                        item[4] = True
+                        self.admitted[i] = now
+                        if self.cache is not None:
+                            req = self.requests[i]
+                            hit = self.cache.lookup(req.prefix_id, req.prefix_tokens, total)
+                            hit = min(hit, total - 1)  # the last prompt token is always computed
+                            self.hit[i] += hit
+                            item[1], item[2] = left, done = total - hit, hit
+                            u.queued_tokens[r] -= hit
+                    take = min(left, budget)
+                    pre_seqs[r] += 1
+                    pre_tok[r] += take
+                    pre_ctx[r] += done
+                    item[1] -= take
+                    item[2] += take
+                    u.queued_tokens[r] -= take
+                    budget -= take
+                    if item[1] == 0:
+                        done_prefill.append((r, i))
+        # 4. the step's time: the busiest rank's
+        times = {}
+        for r in range(R):
+            if n_dec[r] == 0 and pre_tok[r] == 0:
+                continue
+            shape = StepShape(
+                int(n_dec[r]),
+                tpseq,
+                int(round(ctx_sum[r] / n_dec[r])) if n_dec[r] else 0,
+                int(pre_seqs[r]),
+                int(pre_tok[r]),
+                int(round(pre_ctx[r] / pre_seqs[r])) if pre_seqs[r] else 0,
+            )
+            if shape not in times:
+                times[shape] = pool.step_time(shape)
+        if not times:
+            return now
+        dt = max(times.values())
+        end = now + dt
+        # 5. decode: tokens out, finishes
+        out_tokens = 0
+        if len(u.run_req):
+            emit = np.ones(len(u.run_req), dtype=np.int64)
+            if self.mtp_k and self.mtp_p > 0:
+                ok = self.rng.random((len(u.run_req), self.mtp_k)) < self.mtp_p
+                emit += np.cumprod(ok, axis=1).sum(axis=1)
+            emit = np.minimum(emit, u.run_left)
+            out_tokens = int(emit.sum())
+            u.run_left = u.run_left - emit
+            u.run_ctx = u.run_ctx + emit
+            fin = u.run_left <= 0
+            if fin.any():
+                self.finish[u.run_req[fin]] = end
+                self.n_done += int(fin.sum())
+                heapq.heappush(self.leaving, (end, int(fin.sum())))
+                keep = ~fin
+                u.run_req, u.run_rank = u.run_req[keep], u.run_rank[keep]
+                u.run_ctx, u.run_left = u.run_ctx[keep], u.run_left[keep]
+            self._preempt(u, end)
+        # 6. prefills that ended: first token, then decode
+        in_tokens = int(pre_tok.sum())
+        for r, i in done_prefill:
+            q = u.prefill_q[r]
+            item = q.popleft() if q and q[0][0] == i else _remove(q, i)
+            req = self.requests[i]
+            if self.cache is not None:
+                self.cache.insert(req.prefix_id, req.prefix_tokens)
+            left = int(self.left_after_prefill[i])
+            if self.first[i] < 0:
+                self.first[i] = end
+                left = req.output_tokens - 1
+            if left <= 0:
+                self.finish[i] = end
+                self.n_done += 1
+                heapq.heappush(self.leaving, (end, 1))
+            elif pool.role == "both":
+                u.wait_q[r].append([i, item[3], left])
+            else:
+                self.pending_decode.append((end + self.kv_transfer_s, i, item[3], left))
+        self.steps[pool.role].append((now, end, in_tokens, out_tokens, len(u.run_req)))
+        return end
+
+    def _preempt(self, u: _Unit, now: float) -> None:
+        """Sequences whose KV cache no longer fits go back to prefill, newest first."""
+        cap = u.pool.kv_capacity_tokens
+        kv = np.bincount(u.run_rank, weights=u.run_ctx, minlength=u.pool.ranks)
+        over = np.nonzero(kv > cap)[0]
+        if not len(over):
+            return
+        drop = np.zeros(len(u.run_req), dtype=bool)
+        for r in over:
+            idx = np.nonzero(u.run_rank == r)[0][::-1]  # newest admitted last in the arrays
+            excess = kv[r] - cap
+            for j in idx:
+                if excess <= 0:
+                    break
+                drop[j] = True
+                excess -= u.run_ctx[j]
+        for j in np.nonzero(drop)[0]:
+            i = int(u.run_req[j])
+            self.preempted[i] += 1
+            self.left_after_prefill[i] = int(u.run_left[j])
+            self._to_prefill(i, int(u.run_ctx[j]), now)
+        keep = ~drop
+        u.run_req, u.run_rank = u.run_req[keep], u.run_rank[keep]
+        u.run_ctx, u.run_left = u.run_ctx[keep], u.run_left[keep]
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self, requests: list[Request], progress: bool = False) -> Trace:
+        """Simulate until every request has finished."""
+        if not requests:
+            raise ValueError("no requests to simulate")
+        reqs = sorted(requests, key=lambda r: r.arrival_s)
+        n = len(reqs)
+        self.requests = reqs
+        self.admitted = np.full(n, -1.0)
+        self.first = np.full(n, -1.0)
+        self.finish = np.full(n, -1.0)
+        self.hit = np.zeros(n, dtype=np.int64)
+        self.preempted = np.zeros(n, dtype=np.int64)
+        self.left_after_prefill = np.zeros(n, dtype=np.int64)
+        self.n_done = 0
+        self.pending_decode: list[tuple[float, int, int, int]] = []
+        self.leaving: list[tuple[float, int]] = []  # (finish time, requests): done, not yet gone
+        self.units = {role: [_Unit(p, k) for k in range(p.units)] for role, p in self.pools.items()}
+        self.steps = {role: [] for role in self.pools}
+        occupancy: list[tuple[float, int]] = []
+        all_units = [u for us in self.units.values() for u in us]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, unit="req", desc="serving", leave=False)
+        nxt = 0  # next arrival
+        heap: list[tuple[float, int]] = []  # (time a unit is free, unit index in all_units)
+        now = 0.0
+        while self.n_done < n:
+            # the next event: an arrival, a hand-over to decode, or a unit becoming free
+            t_arr = reqs[nxt].arrival_s if nxt < n else math.inf
+            self.pending_decode.sort()
+            t_pd = self.pending_decode[0][0] if self.pending_decode else math.inf
+            t_unit = heap[0][0] if heap else math.inf
+            now = min(t_arr, t_pd, t_unit)
+            if now == math.inf:
+                raise RuntimeError("the simulation stalled: work is left but nothing can run")
+            while nxt < n and reqs[nxt].arrival_s <= now:
+                self._to_prefill(nxt, reqs[nxt].prompt_tokens, now)
+                self.left_after_prefill[nxt] = reqs[nxt].output_tokens - 1
+                nxt += 1
+            while self.pending_decode and self.pending_decode[0][0] <= now:
+                _, i, ctx, left = self.pending_decode.pop(0)
+                self._to_decode(i, ctx, left)
+            while heap and heap[0][0] <= now:
+                heapq.heappop(heap)
+            while self.leaving and self.leaving[0][0] <= now:
+                heapq.heappop(self.leaving)
+            held = sum(u.in_system() for u in all_units) + len(self.pending_decode)
+            occupancy.append((now, held + sum(c for _, c in self.leaving)))
+            busy = {k for _, k in heap}
+            for k, u in enumerate(all_units):
+                if k in busy or not u.has_work():
+                    continue
+                end = self._step(u, now)
+                if end > now:
+                    heapq.heappush(heap, (end, k))
+            if bar is not None:
+                bar.n = self.n_done
+                bar.refresh()
+        if bar is not None:
+            bar.close()
+        occupancy.append((float(self.finish.max()), 0))
+        return Trace(
+            arrival=np.array([r.arrival_s for r in reqs]),
+            admitted=self.admitted,
+            first_token=self.first,
+            finish=self.finish,
+            prompt=np.array([r.prompt_tokens for r in reqs]),
+            output=np.array([r.output_tokens for r in reqs]),
+            hit_tokens=self.hit,
+            preemptions=self.preempted,
+            steps=self.steps,
+            occupancy=occupancy,
+            prefix_hit_rate=self.cache.hit_rate if self.cache is not None else 0.0,
+            pools=tuple(self.pools.values()),
+        )
+
+
+def _remove(q: deque, i: int):
+    for item in q:
+        if item[0] == i:
+            q.remove(item)
+            return item
+    raise KeyError(i)
