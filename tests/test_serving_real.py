@@ -239,10 +239,11 @@ def test_serve_trace_tokens_equal_greedy_generation_alone(served):
 
 def test_serve_trace_to_dict_round_trips(served):
     run = served[2][None]
-    d = json.loads(json.dumps(run.to_dict()))
-    assert set(d) == {"requests", "iterations"}
-    back = RealRun.from_dict(d)
-    assert back.requests == run.requests and back.iterations == run.iterations
+    for columns in (False, True):
+        d = json.loads(json.dumps(run.to_dict(columns)))
+        assert set(d) == {"requests", "iterations"}
+        back = RealRun.from_dict(d)
+        assert back.requests == run.requests and back.iterations == run.iterations
     summary = run.summary()
     assert summary["requests"] == 16 and summary["ttft_p50_s"] <= summary["ttft_p90_s"]
 

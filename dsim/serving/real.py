@@ -35,7 +35,7 @@ import heapq
 import math
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -101,18 +101,29 @@ class RealRun:
     iterations: list[StepRecord]
     output_ids: dict[int, list[int]] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, columns: bool = False) -> dict[str, Any]:
+        """{"requests": [record, ...], "iterations": [record, ...]} with each record a dict; with
+        columns, each list as one dict of columns instead ({"id": [...], ...}), a third of the
+        size in JSON."""
+        out = {
             "requests": [asdict(r) for r in self.requests],
             "iterations": [asdict(s) for s in self.iterations],
         }
+        if columns:
+            return {k: _columns(v, t) for (k, v), t in zip(out.items(), _RECORDS)}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RealRun:
-        return cls(
-            [RequestRecord(**r) for r in d["requests"]],
-            [StepRecord(**s) for s in d["iterations"]],
-        )
+        """The run from to_dict's output, in rows or columns."""
+        lists = []
+        for key, kind in zip(("requests", "iterations"), _RECORDS):
+            value = d[key]
+            if isinstance(value, dict):  # columns
+                n = len(next(iter(value.values()), []))
+                value = [{f: value[f][i] for f in value} for i in range(n)]
+            lists.append([kind(**r) for r in value])
+        return cls(*lists)
 
     def summary(self) -> dict[str, float]:
         """Counts and the p50 / p90 of TTFT, TPOT (requests of 2+ output tokens) and end-to-end
@@ -134,6 +145,13 @@ class RealRun:
             for q in (50, 90):
                 out[f"{name}_p{q}_s"] = float(np.percentile(values, q)) if values else math.nan
         return out
+
+
+_RECORDS = (RequestRecord, StepRecord)
+
+
+def _columns(rows: list[dict[str, Any]], kind: type) -> dict[str, list]:
+    return {f.name: [r[f.name] for r in rows] for f in fields(kind)}
 
 
 @dataclass
@@ -215,15 +233,13 @@ def serve_trace(
                 first = seq.prefilled
                 n = seq.request.prompt_tokens - first
                 n = n if chunk_tokens is None else min(n, chunk_tokens)
-                slot = torch.tensor([seq.slot])
-                chunk = seq.prompt[None, first : first + n]  # [1, n]
-                h = model.hidden(chunk, start_pos=first, use_cache=True, slots=slot)  # [1, n, D]
                 seq.prefilled += n
                 complete = seq.prefilled == seq.request.prompt_tokens
-                if complete:  # the first output token, from the last position's logits
-                    nxt = model.head(model.norm(h[0, -1])).argmax()
-                    last[seq.slot] = nxt
-                    emitted.append(([seq.request.id], nxt.view(1)))
+                chunk = seq.prompt[None, first : first + n]  # [1, n]
+                nxt = prefill_step(model, chunk, seq.slot, first, complete)
+                if nxt is not None:
+                    last[seq.slot] = nxt[0]
+                    emitted.append(([seq.request.id], nxt))
                 end = clock()
                 steps.append(
                     StepRecord(
@@ -253,13 +269,8 @@ def serve_trace(
                 seqs = [running[s] for s in slots]
                 positions = [s.request.prompt_tokens + s.generated - 1 for s in seqs]
                 n_running = len(running) + (prefilling is not None)
-                rows = torch.tensor(slots)  # on the host: the model checks them there
-                at = rows.to(device)
-                tokens = last[at][:, None]  # [B, 1] each sequence's newest token
-                logits = model(
-                    tokens, use_cache=True, slots=rows, positions=torch.tensor(positions)
-                )  # [B, 1, V]
-                nxt = logits[:, -1].argmax(-1)  # [B]
+                at = torch.tensor(slots, device=device)
+                nxt = decode_step(model, last[at][:, None], slots, positions)  # [B]
                 last[at] = nxt
                 emitted.append(([s.request.id for s in seqs], nxt))
                 end = clock()
@@ -289,6 +300,30 @@ def serve_trace(
         for i, token in zip(ids, new.tolist()):
             output_ids[i].append(token)
     return RealRun(sorted(done, key=lambda r: r.id), steps, output_ids)
+
+
+def prefill_step(
+    model: Transformer, chunk: torch.Tensor, slot: int, start_pos: int, first_token: bool
+) -> torch.Tensor | None:
+    """One prefill step of one request in cache row `slot`: chunk [1, n] prompt ids at positions
+    start_pos..start_pos+n-1. When the chunk ends the prompt (first_token), the greedy first
+    output token [1] from the last position's logits (the head runs on that position only), else
+    None."""
+    h = model.hidden(chunk, start_pos=start_pos, use_cache=True, slots=torch.tensor([slot]))
+    if not first_token:
+        return None
+    return model.head(model.norm(h[:, -1])).argmax(-1)  # [1]
+
+
+def decode_step(
+    model: Transformer, tokens: torch.Tensor, slots: list[int], positions: list[int]
+) -> torch.Tensor:
+    """One batched decode step: tokens [B, 1] (each sequence's newest token) at positions[b] of
+    cache row slots[b] -> the greedy next token ids [B]."""
+    logits = model(
+        tokens, use_cache=True, slots=torch.tensor(slots), positions=torch.tensor(positions)
+    )  # [B, 1, V]; slots and positions stay on the host, where the model checks them
+    return logits[:, -1].argmax(-1)
 
 
 def _check(
