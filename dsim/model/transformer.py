@@ -115,12 +115,10 @@ class Transformer(nn.Module):
             )
         bsz, seqlen = tokens.shape
         if slots is not None or positions is not None:
-            slots, positions = _check_rows(
+            slots, positions, start_pos = _check_rows(
                 slots, positions, tokens, start_pos, use_cache, self.args
             )
-        if positions is not None:  # layers read the cache up to the longest row
-            start_pos = int(positions.max())
-        elif start_pos + seqlen > self.args.max_seq_len:
+        if positions is None and start_pos + seqlen > self.args.max_seq_len:
             raise ValueError(
                 f"start_pos + sequence length = {start_pos + seqlen} exceeds "
                 f"ModelArgs.max_seq_len={self.args.max_seq_len}"
@@ -244,8 +242,10 @@ def _check_rows(
     start_pos: int,
     use_cache: bool,
     args: ModelArgs,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """slots and positions as int64 on the tokens' device, or ValueError naming what is wrong.
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """(slots, positions, start_pos) for the layers, or ValueError naming what is wrong: slots
+    and positions as int64 on the tokens' device; start_pos unchanged, or with positions their
+    maximum (the layers read the cache up to the longest row).
 
     slots [B]: distinct cache rows in [0, max_batch_size), with use_cache. positions [B]: with
     slots, for one-token steps (tokens [B, 1]) with start_pos 0; each in [0, max_seq_len).
@@ -283,10 +283,11 @@ def _check_rows(
                 "position is in positions"
             )
         positions = positions.long()
-        if int(positions.min()) < 0 or int(positions.max()) >= args.max_seq_len:
+        start_pos = int(positions.max())
+        if int(positions.min()) < 0 or start_pos >= args.max_seq_len:
             raise ValueError(
                 f"positions must be in [0, ModelArgs.max_seq_len={args.max_seq_len}), got "
                 f"{positions.tolist()}"
             )
         positions = positions.to(tokens.device)
-    return slots.to(tokens.device), positions
+    return slots.to(tokens.device), positions, start_pos
