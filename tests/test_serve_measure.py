@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dsim.serving.real import RealRun
 
@@ -38,7 +39,15 @@ def check_run(data: dict) -> None:
         assert summary[key] == data["summary"][key]
 
 
-def test_tiny_cpu_run_writes_the_json(tmp_path):
+@pytest.fixture
+def keep_threads():
+    """bench.main sets torch to one thread on a CPU; the other tests get theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_cpu_run_writes_the_json(tmp_path, keep_threads):
     out = tmp_path / "serve.json"
     data = bench.main([*TINY, "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(data))
