@@ -265,12 +265,17 @@ def test_serve_trace_refuses_bad_input():
     bad = [
         ([], "empty"),
         ([Request(0, 0.0, 4, 2), Request(0, 1.0, 4, 2)], "distinct"),
-        ([Request(0, -1.0, 4, 2)], "arrival_s"),
-        ([Request(0, 0.0, 0, 2)], "prompt_tokens"),
-        ([Request(0, 0.0, 4, 0)], "output_tokens"),
         ([Request(0, 0.0, 200, 58)], r"257 exceeds ModelArgs.max_seq_len=256"),
-        ([Request(0, 0.0, 4, 2, prefix_id=1, prefix_tokens=5)], "prefix_tokens"),
     ]
     for requests, match in bad:
         with pytest.raises(ValueError, match=match):
             serve_trace(model, requests, max_batch=2, device="cpu")
+    # a request that cannot exist is refused when it is made
+    for kw, match in (
+        (dict(arrival_s=-1.0), "arrival_s"),
+        (dict(prompt_tokens=0), "prompt_tokens"),
+        (dict(output_tokens=0), "output_tokens"),
+        (dict(prefix_id=1, prefix_tokens=5), "prefix_tokens"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            Request(**{**dict(id=0, arrival_s=0.0, prompt_tokens=4, output_tokens=2), **kw})
