@@ -202,6 +202,12 @@ class Simulator:
         tpseq = 1 + self.mtp_k
         run_decode = decodes and len(u.run_req) > 0
         run_prefill = pool.role in ("both", "prefill") and any(u.prefill_q)
+        if run_prefill and pool.role == "both":  # a prompt can go on only with a slot for it
+            held = np.bincount(u.run_rank, minlength=R)
+            run_prefill = any(
+                q and (q[0][4] or held[r] + len(u.wait_q[r]) < pool.max_batch)
+                for r, q in enumerate(u.prefill_q)
+            )
         if pool.role == "both" and not pool.mixed_steps:
             # alternate: a prefill step when a prompt waits and the last step was not one
             run_prefill = run_prefill and (not u.last_prefill or not run_decode)

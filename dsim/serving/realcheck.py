@@ -1,0 +1,109 @@
+"""The simulator against a real serving loop: the same trace, the same policy, step times fitted
+on other measurements.
+
+bench/serve_measure.py runs `dsim.serving.real.serve_trace` (dsim.model serving a Poisson trace in
+real time) and, separately, times isolated steps: decodes at several batches and contexts,
+prefills at several prompt lengths (the *fit set*). Here a `LinearStepCost` is fitted to the fit
+set only, the simulator runs the same trace with the loop's policy (one colocated rank,
+`max_batch` slots, a step is either one prompt's prefill or a decode of every running sequence,
+alternately: `Pool(mixed_steps=False)`), and its latencies are compared with the loop's: the
+loop's own iterations were never seen by the fit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsim.serving.engine import Pool, Simulator, Trace
+from dsim.serving.real import RealRun
+from dsim.serving.step_cost import LinearStepCost, StepShape
+from dsim.serving.workload import Request
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "serve_real_cpu.json"
+COMPARED = ("ttft", "tpot", "e2e")
+
+
+def fit_step_cost(fit: dict[str, list[dict]]) -> LinearStepCost:
+    """A LinearStepCost fitted to the isolated steps of a serve_measure run."""
+    shapes, seconds = [], []
+    for d in fit["decode"]:
+        shapes.append(StepShape(decode_seqs=d["batch"], decode_context=d["context"]))
+        seconds.append(d["median_s"])
+    for p in fit["prefill"]:
+        shapes.append(StepShape(prefill_seqs=1, prefill_tokens=p["prompt_tokens"]))
+        seconds.append(p["median_s"])
+    return LinearStepCost.fit(shapes, seconds)
+
+
+def simulate_measured(data: dict[str, Any]) -> Trace:
+    """The simulator on a serve_measure run's trace, with the loop's policy and fitted steps."""
+    opts = data["options"]
+    step = fit_step_cost(data["fit"])
+    reqs = [Request(**r) for r in data["trace"]]
+    longest = max(r.prompt_tokens + r.output_tokens for r in reqs)
+    pool = Pool(
+        "both", 1, 1, 1, step, kv_capacity_tokens=longest * opts["max_batch"],
+        max_batch=opts["max_batch"], chunk_tokens=opts["chunk_tokens"] or max(
+            r.prompt_tokens for r in reqs), mixed_steps=False,
+    )  # fmt: skip
+    return Simulator([pool]).run(reqs)
+
+
+def _latencies(arrival, first, finish, output) -> dict[str, np.ndarray]:
+    multi = output > 1
+    return dict(
+        ttft=first - arrival,
+        tpot=(finish[multi] - first[multi]) / (output[multi] - 1),
+        e2e=finish - arrival,
+    )
+
+
+def compare_measured(data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Measured and simulated p50 / p90 of TTFT, TPOT and end-to-end latency, their relative
+    errors, and the fitted step model's error on the loop's own steps."""
+    data = load_measured() if data is None else data
+    run = RealRun.from_dict(data["run"])
+    by_id = sorted(run.requests, key=lambda r: r.id)
+    real = _latencies(
+        *(np.array([getattr(r, f) for r in by_id]) for f in
+          ("arrival_s", "first_token_s", "finish_s", "output_tokens"))
+    )  # fmt: skip
+    tr = simulate_measured(data)
+    sim = _latencies(tr.arrival, tr.first_token, tr.finish, tr.output)
+    out: dict[str, Any] = {}
+    for k in COMPARED:
+        for q in (50, 90):
+            m, s = float(np.percentile(real[k], q)), float(np.percentile(sim[k], q))
+            out[f"{k}_p{q}"] = dict(measured_s=m, simulated_s=s, error=s / m - 1)
+    makespan = max(r.finish_s for r in run.requests)
+    out["makespan"] = dict(
+        measured_s=makespan, simulated_s=float(tr.finish.max()),
+        error=float(tr.finish.max()) / makespan - 1,
+    )  # fmt: skip
+    # the fitted step model on the loop's own steps (never fitted on)
+    step = fit_step_cost(data["fit"])
+    errs = {"decode": [], "prefill": []}
+    for it in run.iterations:
+        if it.kind == "decode":
+            shape = StepShape(
+                decode_seqs=it.n_decode,
+                decode_context=round(it.decode_context_tokens / max(1, it.n_decode)),
+            )
+        else:
+            shape = StepShape(prefill_seqs=1, prefill_tokens=it.prefill_tokens,
+                              prefill_context=it.prefill_context_tokens)  # fmt: skip
+        errs[it.kind].append(step(shape) / it.duration_s - 1)
+    out["step_error_median"] = {k: float(np.median(v)) for k, v in errs.items() if v}
+    out["step_error_p90_abs"] = {
+        k: float(np.percentile(np.abs(v), 90)) for k, v in errs.items() if v
+    }
+    out["steps"] = {k: len(v) for k, v in errs.items()}
+    return out
+
+
+def load_measured(path: str | Path = DATA) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
