@@ -7,7 +7,11 @@ prefills at several prompt lengths (the *fit set*). Here a `LinearStepCost` is f
 set only, the simulator runs the same trace with the loop's policy (one colocated rank,
 `max_batch` slots, a step is either one prompt's prefill or a decode of every running sequence,
 alternately: `Pool(mixed_steps=False)`), and its latencies are compared with the loop's: the
-loop's own iterations were never seen by the fit.
+loop's own iterations were never seen by the fit. On a GPU run, `timer="time-model"` takes the
+step times from dsim's time model instead (nothing fitted to the run at all).
+
+For a GPU session: `python3 bench/serve_measure.py --device cuda --out $OUT/serve_h200.json`,
+then `compare_measured(load_measured(path), timer="time-model", gpu="H200")`.
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from dsim.config import ModelArgs
 from dsim.serving.engine import Pool, Simulator, Trace
 from dsim.serving.real import RealRun
-from dsim.serving.step_cost import LinearStepCost, StepShape
+from dsim.serving.step_cost import LinearStepCost, StepCost, StepShape
 from dsim.serving.workload import Request
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "serve_real_cpu.json"
 COMPARED = ("ttft", "tpot", "e2e")
+TIMERS = ("fit", "time-model")
 
 
 def fit_step_cost(fit: dict[str, list[dict]]) -> LinearStepCost:
@@ -39,10 +45,20 @@ def fit_step_cost(fit: dict[str, list[dict]]) -> LinearStepCost:
     return LinearStepCost.fit(shapes, seconds)
 
 
-def simulate_measured(data: dict[str, Any]) -> Trace:
-    """The simulator on a serve_measure run's trace, with the loop's policy and fitted steps."""
+def time_model_step_cost(data: dict[str, Any], gpu: str = "H200") -> StepCost:
+    """dsim's time model for the run's model on one GPU, in bf16 as the loop runs it (a GPU run
+    only: the time model knows GPUs, not CPUs)."""
+    args = ModelArgs(**data["model_args"])
+    return StepCost(args, gpu, n_gpus=1, ep=1, dtype="bf16", overlap=False)
+
+
+def simulate_measured(data: dict[str, Any], timer: str = "fit", gpu: str = "H200") -> Trace:
+    """The simulator on a serve_measure run's trace, with the loop's policy; step times fitted on
+    the isolated steps (timer "fit") or from dsim's time model ("time-model", for GPU runs)."""
+    if timer not in TIMERS:
+        raise ValueError(f"timer must be one of {', '.join(TIMERS)}, got {timer!r}")
     opts = data["options"]
-    step = fit_step_cost(data["fit"])
+    step = fit_step_cost(data["fit"]) if timer == "fit" else time_model_step_cost(data, gpu)
     reqs = [Request(**r) for r in data["trace"]]
     longest = max(r.prompt_tokens + r.output_tokens for r in reqs)
     pool = Pool(
@@ -62,9 +78,11 @@ def _latencies(arrival, first, finish, output) -> dict[str, np.ndarray]:
     )
 
 
-def compare_measured(data: dict[str, Any] | None = None) -> dict[str, Any]:
+def compare_measured(
+    data: dict[str, Any] | None = None, timer: str = "fit", gpu: str = "H200"
+) -> dict[str, Any]:
     """Measured and simulated p50 / p90 of TTFT, TPOT and end-to-end latency, their relative
-    errors, and the fitted step model's error on the loop's own steps."""
+    errors, and the step model's error on the loop's own steps."""
     data = load_measured() if data is None else data
     run = RealRun.from_dict(data["run"])
     by_id = sorted(run.requests, key=lambda r: r.id)
@@ -72,7 +90,7 @@ def compare_measured(data: dict[str, Any] | None = None) -> dict[str, Any]:
         *(np.array([getattr(r, f) for r in by_id]) for f in
           ("arrival_s", "first_token_s", "finish_s", "output_tokens"))
     )  # fmt: skip
-    tr = simulate_measured(data)
+    tr = simulate_measured(data, timer, gpu)
     sim = _latencies(tr.arrival, tr.first_token, tr.finish, tr.output)
     out: dict[str, Any] = {}
     for k in COMPARED:
@@ -84,8 +102,8 @@ def compare_measured(data: dict[str, Any] | None = None) -> dict[str, Any]:
         measured_s=makespan, simulated_s=float(tr.finish.max()),
         error=float(tr.finish.max()) / makespan - 1,
     )  # fmt: skip
-    # the fitted step model on the loop's own steps (never fitted on)
-    step = fit_step_cost(data["fit"])
+    # the step model on the loop's own steps (never fitted on)
+    step = fit_step_cost(data["fit"]) if timer == "fit" else time_model_step_cost(data, gpu)
     errs = {"decode": [], "prefill": []}
     for it in run.iterations:
         if it.kind == "decode":
