@@ -38,6 +38,7 @@ from dsim.cli.args import (
 from dsim.cli.costs import cmd_flops, cmd_memory, cmd_params
 from dsim.cli.output import human, table
 from dsim.cli.plan import cmd_plan, cmd_serve
+from dsim.cli.simulate import add_options as add_simulation_options
 from dsim.cli.tour import cmd_tour
 
 __all__ = ["build_parser", "human", "main", "table"]
@@ -271,10 +272,10 @@ def _add_cost_commands(sub) -> None:
     p.add_argument(
         "--gpus",
         type=whole(1, MAX_GPUS, suffix=True),
-        default=16,
+        default=None,
         help="GPUs of one deployment unit (default 16: two nodes of 8)",
     )
-    p.add_argument("--phase", choices=("prefill", "decode"), default="decode")
+    p.add_argument("--phase", choices=("prefill", "decode"), default=None, help="default decode")
     p.add_argument(
         "--ep",
         type=whole(1, MAX_GPUS),
@@ -309,8 +310,8 @@ def _add_cost_commands(sub) -> None:
     p.add_argument(
         "--cache-hit",
         type=real(0.0, 1.0),
-        default=0.0,
-        help="prefill: fraction of the prompt already cached, in [0, 1)",
+        default=None,
+        help="prefill: fraction of the prompt already cached, in [0, 1) (default 0)",
     )
     p.add_argument(
         "--redundant-experts",
@@ -338,6 +339,7 @@ def _add_cost_commands(sub) -> None:
     )
     p.add_argument("--price", type=real(0.0, 1e6), default=2.0, help="$ per GPU-hour (default 2)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_simulation_options(p)
     p.set_defaults(func=cmd_serve)
 
 

@@ -412,8 +412,7 @@ class Simulator:
                 if end > now:
                     heapq.heappush(heap, (end, k))
             if bar is not None:
-                bar.n = self.n_done
-                bar.refresh()
+                bar.update(self.n_done - bar.n)  # redraws at most every mininterval
         if bar is not None:
             bar.close()
         occupancy.append((float(self.finish.max()), 0))
