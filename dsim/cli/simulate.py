@@ -368,7 +368,8 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
         ["per user", f"{rep.tokens_per_s_per_user:.1f} tokens/s while decoding"],
         ["utilisation", util],
         ["cost", f"${rep.cost_per_million_output_tokens:.3f} per million output tokens at "
-         f"${ns.price:g}/GPU-hour"],
+         f"${ns.price:g}/GPU-hour" if math.isfinite(rep.cost_per_million_output_tokens)
+         else "no output token in the steady-state window (more requests)"],
         ["prefix cache", f"{rep.prefix_hit_rate:.1%} of prompt tokens hit"
          if ns.prefix_cache_tokens is not None else "none"],
         ["preemptions", f"{rep.preemptions:,}"],
