@@ -9,6 +9,8 @@
                               the fastest training layouts of a cluster: time, MFU, memory, cost
     dsim serve  --model NAME --gpu H800 --gpus 144 --phase decode
                               prefill or decode capacity of a deployment, per GPU and per node
+    dsim serve  --model NAME --gpu H800 --disaggregate 32:144 --rate 100 (or --trace FILE)
+                              requests through a deployment: latency percentiles, throughput, cost
 
 --model takes a preset name or a path to a Hugging Face config.json; sizes take K/M/B/T suffixes
 (--tokens 14.8T); GB means 10^9 bytes.
@@ -255,17 +257,22 @@ def _add_cost_commands(sub) -> None:
 
     p = sub.add_parser(
         "serve",
-        help="prefill or decode capacity of a deployment",
+        help="prefill or decode capacity of a deployment, or requests through it",
         formatter_class=RAW,
         description="Throughput per GPU and per node, latency, cost per million tokens and the "
         "KV-cache bound on the batch of a deployment with data-parallel attention and "
-        "expert-parallel experts.",
+        "expert-parallel experts; with --rate or --trace, a request-level simulation of it "
+        "(dsim.serving).",
         epilog="examples:\n"
         "  dsim serve --model deepseek-v3 --gpu h800 --gpus 144 --phase decode "
         "--redundant-experts 32 --context 4989\n"
         "  dsim serve --model deepseek-v3 --gpu h800 --gpus 32 --phase prefill "
         "--redundant-experts 32 --prompt 4383 --cache-hit 0.563\n"
-        "  dsim serve --model deepseek-v3 --gpu h200 --gpus 16 --latency-ms 50",
+        "  dsim serve --model deepseek-v3 --gpu h200 --gpus 16 --latency-ms 50\n"
+        "  dsim serve --model deepseek-v3 --gpu h800 --disaggregate 32:144 "
+        "--redundant-experts 32 --rate 100 --mtp-acceptance 0.85\n"
+        "  dsim serve --model deepseek-v3 --gpu h800 --gpus 16 --trace requests.csv "
+        "--prefix-cache-tokens inf",
     )
     p.add_argument("--model", default="deepseek-v3", help=MODEL_HELP)
     p.add_argument("--gpu", default="H800", help="GPU type (h100, h800, h200, a100, ...)")
