@@ -200,14 +200,15 @@ def refuse_without_source(ns: argparse.Namespace) -> None:
 
 def _refuse(ns: argparse.Namespace) -> None:
     """Options that mean nothing for this run: an error, not silently ignored."""
-    opt = _opt
     for name in PLAN_ONLY:
         if getattr(ns, name) is not None:
-            raise UsageError(f"{opt(name)} is an option of the steady-state plan, not of --rate")
+            raise UsageError(
+                f"{_opt(name)} is an option of the steady-state plan, not of --rate or --trace"
+            )
     if ns.trace is not None:
         for name in RATE_ONLY:
             if getattr(ns, name) is not None:
-                raise UsageError(f"{opt(name)} applies to --rate, not to --trace")
+                raise UsageError(f"{_opt(name)} applies to --rate, not to --trace")
     if ns.disaggregate is not None and ns.gpus is not None:
         raise UsageError("--disaggregate P:D sets the GPUs of both units: drop --gpus")
     if ns.kv_transfer_ms is not None and ns.disaggregate is None:
