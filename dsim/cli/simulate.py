@@ -362,7 +362,11 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
         )
     ]
     print(table(rows, ["ms", "p50", "p90", "p99", "mean"]))
-    util = ", ".join(f"{role} {u:.0%}" for role, u in rep.utilisation.items())
+    util = ", ".join(
+        f"{role} {u:.0%}"
+        + ("" if role == "prefill" else f" (mean batch {rep.batch_per_rank[role]:.3g} per rank)")
+        for role, u in rep.utilisation.items()
+    )
     rows = [
         ["throughput per node", f"{rep.output_tokens_per_s_per_node:,.0f} output tokens/s, "
          f"{rep.input_tokens_per_s_per_node:,.0f} input tokens/s (cache hits included)"],
