@@ -9,6 +9,8 @@
                               the fastest training layouts of a cluster: time, MFU, memory, cost
     dsim serve  --model NAME --gpu H800 --gpus 144 --phase decode
                               prefill or decode capacity of a deployment, per GPU and per node
+    dsim serve  --model NAME --gpu H800 --disaggregate 32:144 --rate 100 (or --trace FILE)
+                              requests through a deployment: latency percentiles, throughput, cost
 
 --model takes a preset name or a path to a Hugging Face config.json; sizes take K/M/B/T suffixes
 (--tokens 14.8T); GB means 10^9 bytes.
@@ -38,6 +40,7 @@ from dsim.cli.args import (
 from dsim.cli.costs import cmd_flops, cmd_memory, cmd_params
 from dsim.cli.output import human, table
 from dsim.cli.plan import cmd_plan, cmd_serve
+from dsim.cli.simulate import add_options as add_simulation_options
 from dsim.cli.tour import cmd_tour
 
 __all__ = ["build_parser", "human", "main", "table"]
@@ -254,27 +257,32 @@ def _add_cost_commands(sub) -> None:
 
     p = sub.add_parser(
         "serve",
-        help="prefill or decode capacity of a deployment",
+        help="prefill or decode capacity of a deployment, or requests through it",
         formatter_class=RAW,
         description="Throughput per GPU and per node, latency, cost per million tokens and the "
         "KV-cache bound on the batch of a deployment with data-parallel attention and "
-        "expert-parallel experts.",
+        "expert-parallel experts; with --rate or --trace, a request-level simulation of it "
+        "(dsim.serving).",
         epilog="examples:\n"
         "  dsim serve --model deepseek-v3 --gpu h800 --gpus 144 --phase decode "
         "--redundant-experts 32 --context 4989\n"
         "  dsim serve --model deepseek-v3 --gpu h800 --gpus 32 --phase prefill "
         "--redundant-experts 32 --prompt 4383 --cache-hit 0.563\n"
-        "  dsim serve --model deepseek-v3 --gpu h200 --gpus 16 --latency-ms 50",
+        "  dsim serve --model deepseek-v3 --gpu h200 --gpus 16 --latency-ms 50\n"
+        "  dsim serve --model deepseek-v3 --gpu h800 --disaggregate 32:144 "
+        "--redundant-experts 32 --rate 100 --mtp-acceptance 0.85\n"
+        "  dsim serve --model deepseek-v3 --gpu h800 --gpus 16 --trace requests.csv "
+        "--prefix-cache-tokens inf",
     )
     p.add_argument("--model", default="deepseek-v3", help=MODEL_HELP)
     p.add_argument("--gpu", default="H800", help="GPU type (h100, h800, h200, a100, ...)")
     p.add_argument(
         "--gpus",
         type=whole(1, MAX_GPUS, suffix=True),
-        default=16,
+        default=None,
         help="GPUs of one deployment unit (default 16: two nodes of 8)",
     )
-    p.add_argument("--phase", choices=("prefill", "decode"), default="decode")
+    p.add_argument("--phase", choices=("prefill", "decode"), default=None, help="default decode")
     p.add_argument(
         "--ep",
         type=whole(1, MAX_GPUS),
@@ -309,8 +317,8 @@ def _add_cost_commands(sub) -> None:
     p.add_argument(
         "--cache-hit",
         type=real(0.0, 1.0),
-        default=0.0,
-        help="prefill: fraction of the prompt already cached, in [0, 1)",
+        default=None,
+        help="prefill: fraction of the prompt already cached, in [0, 1) (default 0)",
     )
     p.add_argument(
         "--redundant-experts",
@@ -338,6 +346,7 @@ def _add_cost_commands(sub) -> None:
     )
     p.add_argument("--price", type=real(0.0, 1e6), default=2.0, help="$ per GPU-hour (default 2)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_simulation_options(p)
     p.set_defaults(func=cmd_serve)
 
 

@@ -140,8 +140,15 @@ def cmd_plan(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
+    from dsim.cli.simulate import cmd_simulate, refuse_without_source
     from dsim.cost.plan import plan_serving
 
+    if ns.rate is not None or ns.trace is not None:
+        return cmd_simulate(ns)
+    refuse_without_source(ns)
+    ns.gpus = 16 if ns.gpus is None else ns.gpus
+    ns.phase = ns.phase or "decode"
+    ns.cache_hit = 0.0 if ns.cache_hit is None else ns.cache_hit
     args = load_model(ns.model)
     if ns.phase == "decode":
         context = min(4096, args.max_seq_len - 1) if ns.context is None else ns.context

@@ -237,8 +237,9 @@ class Simulator:
                         self.admitted[i] = now
                         if self.cache is not None:
                             req = self.requests[i]
-                            hit = self.cache.lookup(req.prefix_id, req.prefix_tokens, total)
-                            hit = min(hit, total - 1)  # the last prompt token is always computed
+                            # the last prompt token is always computed (it gives the next one)
+                            reusable = min(req.prefix_tokens, total - 1)
+                            hit = self.cache.lookup(req.prefix_id, reusable, total)
                             self.hit[i] += hit
                             item[1], item[2] = left, done = total - hit, hit
                             u.queued_tokens[r] -= hit
@@ -349,6 +350,16 @@ class Simulator:
             raise ValueError("no requests to simulate")
         reqs = sorted(requests, key=lambda r: r.arrival_s)
         n = len(reqs)
+        holder = self.pools.get("decode", self.pools.get("both"))
+        for r in reqs:  # a sequence that no rank's KV cache holds would never finish
+            need = r.prompt_tokens + r.output_tokens + self.mtp_k
+            if need > holder.kv_capacity_tokens:
+                raise ValueError(
+                    f"request {r.id}: prompt_tokens={r.prompt_tokens} + output_tokens="
+                    f"{r.output_tokens}" + (f" + {self.mtp_k} MTP draft" if self.mtp_k else "")
+                    + f" = {need} tokens is more than one rank's KV cache of the "
+                    f"{holder.role} pool holds ({holder.kv_capacity_tokens:.0f} tokens)"
+                )
         self.requests = reqs
         self.admitted = np.full(n, -1.0)
         self.first = np.full(n, -1.0)
@@ -401,8 +412,7 @@ class Simulator:
                 if end > now:
                     heapq.heappush(heap, (end, k))
             if bar is not None:
-                bar.n = self.n_done
-                bar.refresh()
+                bar.update(self.n_done - bar.n)  # redraws at most every mininterval
         if bar is not None:
             bar.close()
         occupancy.append((float(self.finish.max()), 0))
