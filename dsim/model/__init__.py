@@ -28,9 +28,11 @@ from dsim.model.layers import (
     RMSNorm,
     apply_rotary_emb,
     cache_buffer,
+    cache_update,
     causal_mask,
     make_norm,
     precompute_freqs_cis,
+    ragged_causal_mask,
 )
 from dsim.model.moe import MLP, Experts, Gate, MoE, Routing, capacity_mask
 from dsim.model.transformer import Block, MTPModule, Transformer
@@ -54,10 +56,12 @@ __all__ = [
     "apply_rotary_emb",
     "attention",
     "cache_buffer",
+    "cache_update",
     "capacity_mask",
     "causal_mask",
     "grouped_mm",
     "make_norm",
     "precompute_freqs_cis",
+    "ragged_causal_mask",
     "rotate_leading",
 ]

@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsim.config import ModelArgs
-from dsim.model.layers import RMSNorm, apply_rotary_emb, cache_buffer, causal_mask
+from dsim.model.layers import (
+    RMSNorm,
+    apply_rotary_emb,
+    cache_update,
+    causal_mask,
+    ragged_causal_mask,
+)
 
 
 class MLA(nn.Module):
@@ -49,10 +55,18 @@ class MLA(nn.Module):
         self.cache: dict[str, torch.Tensor] = {}
 
     def forward(
-        self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False
+        self,
+        x: torch.Tensor,
+        start_pos: int,
+        freqs_cis: torch.Tensor,
+        use_cache: bool = False,
+        slots: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """x: [B, S, D] -> [B, S, D]. slots [B]: the cache rows of the batch rows (default: row b
+        in cache row b); positions [B]: each row's position in a one-token step (S == 1), with
+        start_pos their maximum (see `cache_update`)."""
         bsz, seqlen, _ = x.shape  # x: [B, S, D]
-        end_pos = start_pos + seqlen
         sparse = None  # DeepSeek-V3.2: additive mask [B, S, T], 0 at the index_topk chosen keys
         if self.q_lora_rank == 0:
             q = self.wq(x)
@@ -60,7 +74,9 @@ class MLA(nn.Module):
             q_latent = self.q_norm(self.wq_a(x))  # [B, S, q_lora_rank]
             q = self.wq_b(q_latent)
             if self.indexer is not None:
-                sparse = self.indexer(x, q_latent, start_pos, freqs_cis, use_cache)
+                sparse = self.indexer(
+                    x, q_latent, start_pos, freqs_cis, use_cache, slots, positions
+                )
         q = q.view(bsz, seqlen, self.n_heads, self.qk_head_dim)  # [B, S, H, dqk]
         q_nope, q_pe = torch.split(q, [self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
         q_pe = apply_rotary_emb(q_pe, freqs_cis)
@@ -75,11 +91,11 @@ class MLA(nn.Module):
             k_nope, v = torch.split(kv, [self.qk_nope_head_dim, self.v_head_dim], dim=-1)
             k = torch.cat([k_nope, k_pe.expand(-1, -1, self.n_heads, -1)], dim=-1)  # [B, S, H, dqk]
             if use_cache:
-                k_cache = cache_buffer(self, "k", bsz, self.n_heads, self.qk_head_dim, like=k)
-                v_cache = cache_buffer(self, "v", bsz, self.n_heads, self.v_head_dim, like=v)
-                k_cache[:bsz, start_pos:end_pos], v_cache[:bsz, start_pos:end_pos] = k, v
-                k, v = k_cache[:bsz, :end_pos], v_cache[:bsz, :end_pos]
-            out = attention(q, k, v, self.softmax_scale, start_pos, mask=sparse)  # [B, S, H, dv]
+                k = cache_update(self, "k", k, start_pos, slots, positions)
+                v = cache_update(self, "v", v, start_pos, slots, positions)
+            out = attention(
+                q, k, v, self.softmax_scale, start_pos, mask=sparse, positions=positions
+            )  # [B, S, H, dv]
         else:
             # Absorb W_UK into the query: q_nope . (c W_UK_h) = (q_nope W_UK_h^T) . c
             wkv_b = self.wkv_b.weight.view(self.n_heads, -1, self.kv_lora_rank)  # [H, dn+dv, R]
@@ -88,15 +104,15 @@ class MLA(nn.Module):
             )  # [B, S, H, R]
             k_pe = k_pe.squeeze(2)
             if use_cache:
-                kv_cache = cache_buffer(self, "kv", bsz, self.kv_lora_rank, like=kv)
-                pe_cache = cache_buffer(self, "pe", bsz, self.qk_rope_head_dim, like=k_pe)
-                kv_cache[:bsz, start_pos:end_pos], pe_cache[:bsz, start_pos:end_pos] = kv, k_pe
-                kv, k_pe = kv_cache[:bsz, :end_pos], pe_cache[:bsz, :end_pos]
+                kv = cache_update(self, "kv", kv, start_pos, slots, positions)
+                k_pe = cache_update(self, "pe", k_pe, start_pos, slots, positions)
             scores = (
                 torch.einsum("bshc,btc->bsht", q_nope, kv)
                 + torch.einsum("bshr,btr->bsht", q_pe, k_pe)
             ) * self.softmax_scale  # [B, S, H, T]
-            if seqlen > 1:
+            if positions is not None:  # rows at different positions: [B, 1, 1, T]
+                scores = scores + ragged_causal_mask(positions, kv.shape[1]).unsqueeze(2)
+            elif seqlen > 1:
                 scores = scores + causal_mask(seqlen, start_pos, x.device)[None, :, None, :]
             if sparse is not None:
                 scores = scores + sparse.unsqueeze(2)
@@ -140,22 +156,25 @@ class Indexer(nn.Module):
         start_pos: int,
         freqs_cis: torch.Tensor,
         use_cache: bool = False,
+        slots: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: [B, S, D], q_latent: [B, S, q_lora_rank] -> additive mask [B, S, T] (T = start_pos
-        + S): 0 at the chosen keys, -inf elsewhere."""
+        + S): 0 at the chosen keys, -inf elsewhere. slots, positions: as in MLA.forward."""
         bsz, seqlen, _ = x.shape
         q = self.wq_b(q_latent).view(bsz, seqlen, self.n_heads, self.head_dim)
         q = rotate_leading(q, freqs_cis, self.rope_dim)  # [B, S, Hi, Di]
         k = rotate_leading(self.k_norm(self.wk(x)).unsqueeze(2), freqs_cis, self.rope_dim)
         k = k.squeeze(2)  # [B, S, Di]
         if use_cache:
-            k_cache = cache_buffer(self, "k", bsz, self.head_dim, like=k)
-            k_cache[:bsz, start_pos : start_pos + seqlen] = k
-            k = k_cache[:bsz, : start_pos + seqlen]
+            k = cache_update(self, "k", k, start_pos, slots, positions)
         scores = F.relu(torch.einsum("bshd,btd->bsht", q, k) * self.head_dim**-0.5)
         weights = self.weights_proj(x) * self.n_heads**-0.5  # [B, S, Hi]
         index = torch.einsum("bsht,bsh->bst", scores, weights)  # [B, S, T]
-        index = index + causal_mask(seqlen, start_pos, x.device)
+        if positions is None:
+            index = index + causal_mask(seqlen, start_pos, x.device)
+        else:
+            index = index + ragged_causal_mask(positions, index.shape[-1])
         chosen = index.topk(min(self.topk, index.shape[-1]), dim=-1).indices
         # Future keys may fill the top-k of early queries; the causal mask removes them later.
         return torch.full_like(index, float("-inf")).scatter_(-1, chosen, 0.0)
@@ -192,8 +211,15 @@ class GQA(nn.Module):
         self.cache: dict[str, torch.Tensor] = {}
 
     def forward(
-        self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False
+        self,
+        x: torch.Tensor,
+        start_pos: int,
+        freqs_cis: torch.Tensor,
+        use_cache: bool = False,
+        slots: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """x: [B, S, D] -> [B, S, D]; slots, positions: as in MLA.forward."""
         bsz, seqlen, _ = x.shape
         q, k, v = self.wq(x), self.wk(x), self.wv(x)  # [B, S, H*hd], [B, S, Hkv*hd] x 2
         if self.args.qk_norm == "proj":
@@ -209,15 +235,17 @@ class GQA(nn.Module):
         rope_dim = self.args.rope_dim
         q, k = rotate_leading(q, freqs_cis, rope_dim), rotate_leading(k, freqs_cis, rope_dim)
         if use_cache:
-            k_cache = cache_buffer(self, "k", bsz, self.n_kv_heads, self.head_dim, like=k)
-            v_cache = cache_buffer(self, "v", bsz, self.n_kv_heads, self.head_dim, like=v)
-            (
-                k_cache[:bsz, start_pos : start_pos + seqlen],
-                v_cache[:bsz, start_pos : start_pos + seqlen],
-            ) = k, v
-            k, v = k_cache[:bsz, : start_pos + seqlen], v_cache[:bsz, : start_pos + seqlen]
+            k = cache_update(self, "k", k, start_pos, slots, positions)
+            v = cache_update(self, "v", v, start_pos, slots, positions)
         out = attention(
-            q, k, v, self.softmax_scale, start_pos, window=self.window, sink=self.sink
+            q,
+            k,
+            v,
+            self.softmax_scale,
+            start_pos,
+            window=self.window,
+            sink=self.sink,
+            positions=positions,
         )  # [B, S, H, hd]
         return self.wo(out.flatten(2))
 
@@ -240,22 +268,28 @@ def attention(
     window: int = 0,
     sink: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal scaled-dot-product attention. q: [B, S, H, d], k/v: [B, T, Hkv, d] -> [B, S, H, dv].
 
     window > 0 limits each query to its last `window` keys; sink: [H] logits that join every
     softmax without a value (gpt-oss); mask: an extra additive mask [B, S, T] (DeepSeek-V3.2's
-    chosen keys). Uses PyTorch's fused kernel (`F.scaled_dot_product_attention`, which handles
+    chosen keys); positions [B]: row b's one query (S == 1) is at positions[b] rather than at
+    start_pos. Uses PyTorch's fused kernel (`F.scaled_dot_product_attention`, which handles
     GQA's shared heads) unless there is a sink.
     """
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, S, d]
     gqa = k.shape[1] != q.shape[1]
-    if sink is None and window == 0 and mask is None and start_pos == 0:
+    plain = sink is None and window == 0 and mask is None and positions is None
+    if plain and start_pos == 0:
         out = F.scaled_dot_product_attention(
             q, k, v, is_causal=q.shape[2] > 1, scale=scale, enable_gqa=gqa
         )
         return out.transpose(1, 2)
-    full = causal_mask(q.shape[2], start_pos, q.device, window).to(q.dtype)  # [S, T]
+    if positions is None:
+        full = causal_mask(q.shape[2], start_pos, q.device, window).to(q.dtype)  # [S, T]
+    else:
+        full = ragged_causal_mask(positions, k.shape[2], window).unsqueeze(1).to(q.dtype)
     if mask is not None:
         full = full + mask.unsqueeze(1).to(q.dtype)  # [B, 1, S, T]
     if sink is None:

@@ -1,5 +1,5 @@
 """Building blocks shared by attention and the blocks: RMSNorm, RoPE with YaRN, the
-causal mask and the KV-cache buffer."""
+causal masks and the KV-cache buffer."""
 
 from __future__ import annotations
 
@@ -95,11 +95,11 @@ def llama3_scaled(freqs: torch.Tensor, args: ModelArgs) -> torch.Tensor:
 
 def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs (x0, x1), (x2, x3), ... of the last dim.
-    x: [B, S, H, d], freqs: [S, d/2]."""
+    x: [B, S, H, d], freqs: [S, d/2] (shared by the rows) or [B, S, d/2] (a position per row)."""
     dtype = x.dtype
     # contiguous: a slice at an odd offset (an odd kv_lora_rank) cannot be viewed as complex
     xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
-    xc = xc * freqs_cis.view(1, xc.size(1), 1, xc.size(-1))
+    xc = xc * freqs_cis.view(-1, xc.size(1), 1, xc.size(-1))
     return torch.view_as_real(xc).flatten(3).to(dtype)
 
 
@@ -113,6 +113,19 @@ def causal_mask(seqlen: int, start_pos: int, device: torch.device, window: int =
         too_old = torch.ones_like(mask, dtype=torch.bool).tril_(start_pos - window)
         mask = mask.masked_fill_(too_old, float("-inf"))
     return mask
+
+
+def ragged_causal_mask(positions: torch.Tensor, length: int, window: int = 0) -> torch.Tensor:
+    """Additive mask [B, 1, length] for one query per row, row b's at position positions[b]: it
+    sees keys 0..positions[b], or only the last `window` of them when window > 0. The keys past a
+    row's own position (up to the batch's longest) are other requests' stale cache entries."""
+    keys = torch.arange(length, device=positions.device)  # [T]
+    pos = positions[:, None]  # [B, 1]
+    hidden = keys > pos
+    if window > 0:
+        hidden |= pos - keys >= window
+    mask = torch.zeros(hidden.shape, device=positions.device).masked_fill_(hidden, float("-inf"))
+    return mask.unsqueeze(1)
 
 
 def cache_buffer(
@@ -132,3 +145,30 @@ def cache_buffer(
         )
         module.cache[name] = buf
     return buf
+
+
+def cache_update(
+    module: nn.Module,
+    name: str,
+    new: torch.Tensor,
+    start_pos: int,
+    slots: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Write new [B, S, *shape] into the module's cache `name` and return the cached entries the
+    queries attend to, [B, T, *shape].
+
+    Row b is kept in cache row b, or in row slots[b] (a serving loop gives each request a slot);
+    at positions start_pos..start_pos+S-1 (T = start_pos + S), or, for a one-token step of rows at
+    different positions, at positions[b], with start_pos = max(positions) (T = start_pos + 1).
+    """
+    bsz, seqlen = new.shape[:2]
+    buf = cache_buffer(module, name, bsz, *new.shape[2:], like=new)
+    if slots is None:
+        buf[:bsz, start_pos : start_pos + seqlen] = new
+        return buf[:bsz, : start_pos + seqlen]
+    if positions is None:
+        buf[slots, start_pos : start_pos + seqlen] = new
+        return buf[slots, : start_pos + seqlen]
+    buf[slots, positions] = new[:, 0]
+    return buf[slots, : start_pos + 1]

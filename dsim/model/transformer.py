@@ -26,9 +26,15 @@ class Block(nn.Module):
         self.ffn_norm = make_norm(args.dim, args)
 
     def forward(
-        self, x: torch.Tensor, start_pos: int, freqs_cis: torch.Tensor, use_cache: bool = False
+        self,
+        x: torch.Tensor,
+        start_pos: int,
+        freqs_cis: torch.Tensor,
+        use_cache: bool = False,
+        slots: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), start_pos, freqs_cis, use_cache)
+        x = x + self.attn(self.attn_norm(x), start_pos, freqs_cis, use_cache, slots, positions)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -80,13 +86,24 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, std=p.shape[1] ** -0.5)
 
     def hidden(
-        self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = False
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        use_cache: bool = False,
+        slots: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Last block's output, before the final norm: [B, S] token ids -> [B, S, D].
 
         tokens may have any integer dtype; uint8 (dsim's byte corpus) and the others are read as
         int64 ids. Float and bool tensors, shapes other than [B, S] with B, S >= 1, a negative
         start_pos, or start_pos > 0 without use_cache raise ValueError.
+
+        A serving loop keeps each request in its own cache row (slot), at its own position:
+        slots [B] (distinct, in [0, max_batch_size), with use_cache) names the cache row of each
+        batch row (a prefill of one request: slots of size 1, start_pos 0 or its cached length);
+        positions [B] (with slots, S == 1 and start_pos 0) gives each row's position, for one
+        decode step of requests at different positions. See `_check_rows`.
         """
         tokens = _check_tokens(tokens, "tokens")
         if isinstance(start_pos, bool) or not isinstance(start_pos, int) or start_pos < 0:
@@ -97,7 +114,11 @@ class Transformer(nn.Module):
                 "earlier positions to attend to"
             )
         bsz, seqlen = tokens.shape
-        if start_pos + seqlen > self.args.max_seq_len:
+        if slots is not None or positions is not None:
+            slots, positions, start_pos = _check_rows(
+                slots, positions, tokens, start_pos, use_cache, self.args
+            )
+        if positions is None and start_pos + seqlen > self.args.max_seq_len:
             raise ValueError(
                 f"start_pos + sequence length = {start_pos + seqlen} exceeds "
                 f"ModelArgs.max_seq_len={self.args.max_seq_len}"
@@ -106,19 +127,29 @@ class Transformer(nn.Module):
             raise ValueError(f"token ids must be in [0, vocab_size={self.args.vocab_size})")
         if self.freqs_cis.device != tokens.device:
             self.freqs_cis = self.freqs_cis.to(tokens.device)
-        freqs_cis = self.freqs_cis[start_pos : start_pos + seqlen]
+        if positions is None:
+            freqs_cis = self.freqs_cis[start_pos : start_pos + seqlen]  # [S, rope_dim/2]
+        else:
+            freqs_cis = self.freqs_cis[positions].unsqueeze(1)  # [B, 1, rope_dim/2]
         h = self.embed(tokens)
         for layer in self.layers:
-            h = layer(h, start_pos, freqs_cis, use_cache)
+            h = layer(h, start_pos, freqs_cis, use_cache, slots, positions)
         return h
 
     def forward(
-        self, tokens: torch.Tensor, start_pos: int = 0, use_cache: bool = False
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        use_cache: bool = False,
+        slots: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for every position: [B, S] -> [B, S, V]. With use_cache, keys/values (or MLA
         latents) of positions start_pos.. are kept, so a later call can decode from
-        start_pos + S."""
-        return self.head(self.norm(self.hidden(tokens, start_pos, use_cache)))
+        start_pos + S. slots and positions: per-request cache rows and positions (see hidden):
+        model(next_tokens [B, 1], use_cache=True, slots=slots, positions=positions) is one
+        decode step of B requests of different lengths."""
+        return self.head(self.norm(self.hidden(tokens, start_pos, use_cache, slots, positions)))
 
     def mtp_logits(self, h: torch.Tensor, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Logits of each MTP depth k = 1..D from the main hidden states h [B, S, D] and
@@ -202,3 +233,61 @@ def _check_tokens(tokens: torch.Tensor, what: str) -> torch.Tensor:
             f"{what} must be [batch, seq] with batch, seq >= 1, got shape {tuple(tokens.shape)}"
         )
     return tokens.long()
+
+
+def _check_rows(
+    slots: torch.Tensor | None,
+    positions: torch.Tensor | None,
+    tokens: torch.Tensor,
+    start_pos: int,
+    use_cache: bool,
+    args: ModelArgs,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """(slots, positions, start_pos) for the layers, or ValueError naming what is wrong: slots
+    and positions as int64 on the tokens' device; start_pos unchanged, or with positions their
+    maximum (the layers read the cache up to the longest row).
+
+    slots [B]: distinct cache rows in [0, max_batch_size), with use_cache. positions [B]: with
+    slots, for one-token steps (tokens [B, 1]) with start_pos 0; each in [0, max_seq_len).
+    """
+    bsz, seqlen = tokens.shape
+    if slots is None:
+        raise ValueError("positions need slots: the cache rows the positions are in")
+    if not use_cache:
+        raise ValueError("slots need use_cache=True: a slot is a row of the KV cache")
+    rows = {"slots": slots} if positions is None else {"slots": slots, "positions": positions}
+    for what, t in rows.items():
+        if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.dtype == torch.bool:
+            raise ValueError(f"{what} must be an integer torch.Tensor of shape [{bsz}]")
+        if tuple(t.shape) != (bsz,):
+            raise ValueError(
+                f"{what} has shape {tuple(t.shape)}: must be [batch] = [{bsz}], one per row"
+            )
+    slots = slots.long()
+    if int(slots.min()) < 0 or int(slots.max()) >= args.max_batch_size:
+        raise ValueError(
+            f"slots must be in [0, ModelArgs.max_batch_size={args.max_batch_size}), got "
+            f"{slots.tolist()}"
+        )
+    if len(set(slots.tolist())) != bsz:
+        raise ValueError(f"slots must be distinct, got {slots.tolist()}")
+    if positions is not None:
+        if seqlen != 1:
+            raise ValueError(
+                f"positions are for one-token decode steps: tokens must be [batch, 1], got "
+                f"sequence length {seqlen}"
+            )
+        if start_pos != 0:
+            raise ValueError(
+                f"start_pos = {start_pos} with positions: leave start_pos at 0, each row's "
+                "position is in positions"
+            )
+        positions = positions.long()
+        start_pos = int(positions.max())
+        if int(positions.min()) < 0 or start_pos >= args.max_seq_len:
+            raise ValueError(
+                f"positions must be in [0, ModelArgs.max_seq_len={args.max_seq_len}), got "
+                f"{positions.tolist()}"
+            )
+        positions = positions.to(tokens.device)
+    return slots.to(tokens.device), positions, start_pos

@@ -52,6 +52,8 @@ class Pool:
     kv_capacity_tokens: float  # per rank
     max_batch: int = 256  # running sequences per rank
     chunk_tokens: int = 8192  # prefill tokens per rank per step
+    mixed_steps: bool = True  # colocated: prefill chunks ride along with decode in one step;
+    # False: a step is either a prefill (of the first waiting prompt) or a decode, alternately
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -95,8 +97,7 @@ class _Unit:
         self.run_rank = np.zeros(0, dtype=np.int64)
         self.run_ctx = np.zeros(0, dtype=np.int64)
         self.run_left = np.zeros(0, dtype=np.int64)
-        self.busy_until = -math.inf
-        self.stepping = False
+        self.last_prefill = False  # the unit's last step was a prefill (mixed_steps=False)
 
     def load(self) -> np.ndarray:
         """Per rank: how busy it is, for routing (prefill tokens queued, sequences held)."""
@@ -197,24 +198,35 @@ class Simulator:
                 u.run_rank = np.concatenate([u.run_rank, add_rank])
                 u.run_ctx = np.concatenate([u.run_ctx, add_ctx])
                 u.run_left = np.concatenate([u.run_left, add_left])
-        # 2. shapes: decode part per rank
+        # 2. what this step runs: decode and/or prefill
         tpseq = 1 + self.mtp_k
-        n_dec = np.bincount(u.run_rank, minlength=R)
+        run_decode = decodes and len(u.run_req) > 0
+        run_prefill = pool.role in ("both", "prefill") and any(u.prefill_q)
+        if pool.role == "both" and not pool.mixed_steps:
+            # alternate: a prefill step when a prompt waits and the last step was not one
+            run_prefill = run_prefill and (not u.last_prefill or not run_decode)
+            run_decode = run_decode and not run_prefill
+            u.last_prefill = run_prefill
+        n_dec = np.bincount(u.run_rank, minlength=R) if run_decode else np.zeros(R, np.int64)
         ctx_sum = np.bincount(u.run_rank, weights=u.run_ctx, minlength=R)
         # 3. prefill chunks per rank
         done_prefill: list[tuple[int, int]] = []  # (rank, request) whose prompt ends this step
         pre_seqs = np.zeros(R, dtype=np.int64)
         pre_tok = np.zeros(R, dtype=np.int64)
         pre_ctx = np.zeros(R)
-        if pool.role in ("both", "prefill"):
+        if run_prefill:
+            held = np.bincount(u.run_rank, minlength=R)  # colocated: sequences holding a slot
             for r in range(R):
                 q = u.prefill_q[r]
-                budget = pool.chunk_tokens - (n_dec[r] * tpseq if decodes else 0)
+                budget = pool.chunk_tokens - n_dec[r] * tpseq
+                slots = pool.max_batch - held[r] - len(u.wait_q[r])
                 for item in q:
                     if budget <= 0:
                         break
                     i, left, done, total, started = item
                     if not started:
+                        if pool.role == "both" and slots <= 0:
+                            break  # no slot for another sequence: the prompt waits
                         item[4] = True
                         self.admitted[i] = now
                         if self.cache is not None:
@@ -224,6 +236,7 @@ class Simulator:
                             self.hit[i] += hit
                             item[1], item[2] = left, done = total - hit, hit
                             u.queued_tokens[r] -= hit
+                    slots -= 1
                     take = min(left, budget)
                     pre_seqs[r] += 1
                     pre_tok[r] += take
@@ -234,6 +247,8 @@ class Simulator:
                     budget -= take
                     if item[1] == 0:
                         done_prefill.append((r, i))
+                    if not pool.mixed_steps and pool.role == "both":
+                        break  # one prompt per prefill step
         # ANCHOR: step_time
         # 4. the step's time: the busiest rank's
         times = {}
@@ -257,7 +272,7 @@ class Simulator:
         # ANCHOR_END: step_time
         # 5. decode: tokens out, finishes
         out_tokens = 0
-        if len(u.run_req):
+        if run_decode:
             # ANCHOR: mtp_accept
             emit = np.ones(len(u.run_req), dtype=np.int64)
             if self.mtp_k and self.mtp_p > 0:

@@ -38,6 +38,7 @@ class ServingReport:
     input_tokens_per_s_per_node: float  # prompt tokens (cache hits included) of the prefill pool
     output_tokens_per_s_per_node: float  # of the decode pool (or the colocated pool)
     utilisation: dict[str, float]  # per pool role: fraction of the window its units were busy
+    batch_per_rank: dict[str, float]  # per pool role: mean running sequences per rank, by time
     cost_per_million_output_tokens: float
     prefix_hit_rate: float
     preemptions: int
@@ -69,12 +70,16 @@ def summarize(
         t1 = float(trace.finish.max())
     span = t1 - t0
     pools = {p.role: p for p in trace.pools}
-    util, tokens_in, tokens_out = {}, 0.0, 0.0
+    util, batch, tokens_in, tokens_out = {}, {}, 0.0, 0.0
     for role, steps in trace.steps.items():
         s = np.array(steps, dtype=float).reshape(-1, 5)  # start, end, in, out, running
         inside = (s[:, 1] >= t0) & (s[:, 1] <= t1)
         busy = np.clip(np.minimum(s[:, 1], t1) - np.maximum(s[:, 0], t0), 0, None).sum()
         util[role] = float(busy / (span * pools[role].units)) if span > 0 else float("nan")
+        dur = s[inside, 1] - s[inside, 0]
+        batch[role] = (
+            float((s[inside, 4] * dur).sum() / dur.sum() / pools[role].ranks) if dur.sum() else 0.0
+        )
         tokens_in += s[inside, 2].sum()
         tokens_out += s[inside, 3].sum()
     # decode-side first tokens come from prefill steps: count every output token once
@@ -101,6 +106,7 @@ def summarize(
         input_tokens_per_s_per_node=float(prompt_in / span / nodes(pre)) if span > 0 else 0.0,
         output_tokens_per_s_per_node=float(tokens_out / span / nodes(dec)) if span > 0 else 0.0,
         utilisation=util,
+        batch_per_rank=batch,
         cost_per_million_output_tokens=float(
             price_per_gpu_hour * gpus * span / 3600 / tokens_out * 1e6
         )
