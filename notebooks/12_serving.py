@@ -19,7 +19,6 @@
 
 # %% tags=["anchor:setup"]
 # %matplotlib inline
-import importlib.util
 import math
 
 import numpy as np
@@ -280,33 +279,29 @@ answer(
 # DeepSeek published one day of its V3/R1 inference system (open-source week, day 6): prefill
 # units of 4 nodes and decode units of 18 nodes of H800s, a prefix cache on disk that 56.3 % of
 # input tokens hit, 73.7K input tokens/s per prefill node and 14.8K output tokens/s per decode
-# node, averaged over the day. `dsim.serving.day6` reproduces that table with this simulator; the
-# cell below shows its committed run (`dsim/data/serve_day6.json`).
+# node, averaged over the day. `dsim.serving.day6` reproduces the two throughputs with this
+# simulator: it runs a prefill unit and a decode unit, each kept full with requests of the day's
+# mean shape, for their capacities; the day's tokens at those capacities need some number of
+# nodes, and the published average of 226.75 nodes gives the share of capacity the deployment ran
+# at. The simulated day averages are the capacities times that share, for three spreads of request
+# lengths (the coefficient of variation of a lognormal). The table is the committed run,
+# `dsim/data/serve_day6.json` (`python -m dsim.serving.day6` makes it).
 
 # %% tags=["anchor:day6"]
-if importlib.util.find_spec("dsim.serving.day6") is None:
-    print("The day-6 reproduction (dsim/serving/day6.py) is not in this build yet.")
-else:
-    from dsim.serving.day6 import load_day6
+from dsim.serving.day6 import load_day6
 
-    day6 = load_day6()
-    pub, pred = day6["published"], day6["predicted"]
-    viz.table(
-        [
-            [
-                "prefill, input tokens/s per node",
-                pub["prefill_tokens_per_s_per_node"],
-                pred["prefill_tokens_per_s_per_node"],
-            ],
-            [
-                "decode, output tokens/s per node",
-                pub["decode_tokens_per_s_per_node"],
-                pred["decode_tokens_per_s_per_node"],
-            ],
-        ],  # fmt: skip
-        ["", "published", "simulated"],
-        fmt={"published": "{:,.0f}", "simulated": "{:,.0f}"},
-    )
+day6 = load_day6()  # one reproduction per spread of request lengths (lognormal cv)
+runs = {key.split("=")[1]: run for key, run in day6.items()}
+pub = runs["1"]["published"]
+rows = [
+    ["prefill: input tokens/s per node", f"{pub['prefill_tokens_per_s_per_node']:,.0f}"]
+    + [f"{r['predicted']['prefill_tokens_per_s_per_node']:,.0f}" for r in runs.values()],
+    ["decode: output tokens/s per node", f"{pub['decode_tokens_per_s_per_node']:,.0f}"]
+    + [f"{r['predicted']['decode_tokens_per_s_per_node']:,.0f}" for r in runs.values()],
+    ["load of the nodes (share of capacity)", "not published"]
+    + [f"{r['utilisation']:.2f}" for r in runs.values()],
+]
+viz.table(rows, ["day average", "published"] + [f"simulated, cv {cv}" for cv in runs])
 
 # %% [markdown]
 # ## Answers
