@@ -246,7 +246,7 @@ MAX_PAGE_PX = 12_000  # a chapter page's height at 1280 px (issue 18: "about 12,
 # this set when its notebook moves to dsim.viz.
 UNCAPTIONED = {"09_checking_the_claims.html", "11_running_on_less.html"}
 # Chapters 01-08 end with problems whose computed answers fold.
-WITH_ANSWERS = [c for c in CHAPTERS if re.match(r"(0[1-8]|1[01])_", c)]
+WITH_ANSWERS = [c for c in CHAPTERS if re.match(r"(0[1-8]|1[012])_", c)]
 
 OVERFLOW_JS = """() => {
   const main = document.querySelector('main');

@@ -256,6 +256,7 @@ class Simulator:
                         done_prefill.append((r, i))
                     if not pool.mixed_steps and pool.role == "both":
                         break  # one prompt per prefill step
+        # ANCHOR: step_time
         # 4. the step's time: the busiest rank's
         times = {}
         for r in range(R):
@@ -275,14 +276,17 @@ class Simulator:
             return now
         dt = max(times.values())
         end = now + dt
+        # ANCHOR_END: step_time
         # 5. decode: tokens out, finishes
         out_tokens = 0
         if run_decode:
+            # ANCHOR: mtp_accept
             emit = np.ones(len(u.run_req), dtype=np.int64)
             if self.mtp_k and self.mtp_p > 0:
                 ok = self.rng.random((len(u.run_req), self.mtp_k)) < self.mtp_p
                 emit += np.cumprod(ok, axis=1).sum(axis=1)
             emit = np.minimum(emit, u.run_left)
+            # ANCHOR_END: mtp_accept
             out_tokens = int(emit.sum())
             u.run_left = u.run_left - emit
             u.run_ctx = u.run_ctx + emit
