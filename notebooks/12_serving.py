@@ -292,16 +292,45 @@ from dsim.serving.day6 import load_day6
 
 day6 = load_day6()  # one reproduction per spread of request lengths (lognormal cv)
 runs = {key.split("=")[1]: run for key, run in day6.items()}
-pub = runs["1"]["published"]
+pub = runs["0"]["published"]
+lo, hi = pub["tokens_per_s_per_user"]
+
+
+def _row(name, published, values):
+    return [name, published] + values
+
+
 rows = [
-    ["prefill: input tokens/s per node", f"{pub['prefill_tokens_per_s_per_node']:,.0f}"]
-    + [f"{r['predicted']['prefill_tokens_per_s_per_node']:,.0f}" for r in runs.values()],
-    ["decode: output tokens/s per node", f"{pub['decode_tokens_per_s_per_node']:,.0f}"]
-    + [f"{r['predicted']['decode_tokens_per_s_per_node']:,.0f}" for r in runs.values()],
-    ["load of the nodes (share of capacity)", "not published"]
-    + [f"{r['utilisation']:.2f}" for r in runs.values()],
-]
-viz.table(rows, ["day average", "published"] + [f"simulated, cv {cv}" for cv in runs])
+    _row("prefill capacity, input tokens/s per node", "",
+         [f"{r['prefill']['tokens_per_s_per_node']:,.0f}" for r in runs.values()]),
+    _row("decode capacity, output tokens/s per node", "",
+         [f"{r['decode']['tokens_per_s_per_node']:,.0f}" for r in runs.values()]),
+    _row("nodes the day's tokens need at capacity", f"{pub['average_nodes']:g} deployed",
+         [f"{sum(r['nodes_at_capacity'].values()):.0f}" for r in runs.values()]),
+    _row("share of capacity used (u)", "not published",
+         [f"{r['utilisation']:.2f}" for r in runs.values()]),
+    _row("prefill day average, input tokens/s per node",
+         f"{pub['prefill_tokens_per_s_per_node']:,.0f}",
+         [f"{r['predicted']['prefill_tokens_per_s_per_node']:,.0f} "
+          f"({r['error']['prefill']:+.0%})" for r in runs.values()]),
+    _row("decode day average, output tokens/s per node",
+         f"{pub['decode_tokens_per_s_per_node']:,.0f}",
+         [f"{r['predicted']['decode_tokens_per_s_per_node']:,.0f} "
+          f"({r['error']['decode']:+.0%})" for r in runs.values()]),
+    _row("decode: sequences per GPU", "",
+         [f"{r['decode']['sequences_per_gpu']:.0f}" for r in runs.values()]),
+    _row("decode: output tokens/s per user", f"{lo}-{hi}",
+         [f"{r['decode']['tokens_per_s_per_user']:.1f}" for r in runs.values()]),
+]  # fmt: skip
+viz.table(rows, ["DeepSeek-V3 on H800, 24 h", "published"] + [f"cv {cv}" for cv in runs])
+base = runs["0"]
+answer(
+    6,
+    f"with equal request lengths, u = {base['utilisation']:.2f}: prefill "
+    f"{base['error']['prefill']:+.1%}, decode {base['error']['decode']:+.1%}; at capacity the "
+    f"units would serve {base['error']['prefill_capacity']:+.0%} and "
+    f"{base['error']['decode_capacity']:+.0%} more than the day averages",
+)
 
 # %% [markdown]
 # ## Answers

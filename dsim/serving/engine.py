@@ -360,7 +360,8 @@ class Simulator:
             if need > holder.kv_capacity_tokens:
                 raise ValueError(
                     f"request {r.id}: prompt_tokens={r.prompt_tokens} + output_tokens="
-                    f"{r.output_tokens}" + (f" + {self.mtp_k} MTP draft" if self.mtp_k else "")
+                    f"{r.output_tokens}"
+                    + (f" + {self.mtp_k} MTP draft" if self.mtp_k else "")
                     + f" = {need} tokens is more than one rank's KV cache of the "
                     f"{holder.role} pool holds ({holder.kv_capacity_tokens:.0f} tokens)"
                 )
