@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import platform
 import statistics
@@ -302,14 +303,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     serve_trace(model, warm, max_batch=opts.max_batch, chunk_tokens=opts.chunk_tokens,
                 device=device, seed=opts.seed)  # fmt: skip
     print(f"serving {len(trace)} requests over {trace[-1].arrival_s:.1f} s ...", flush=True)
-    run = serve_trace(
-        model,
-        trace,
-        max_batch=opts.max_batch,
-        chunk_tokens=opts.chunk_tokens,
-        device=device,
-        seed=opts.seed,
-    )
+    # Python's cyclic garbage collector can stop the loop for tens of milliseconds at a random
+    # step (a latency server tunes it the same way): collect once, then keep it off while serving
+    gc.collect()
+    gc.disable()
+    try:
+        run = serve_trace(
+            model,
+            trace,
+            max_batch=opts.max_batch,
+            chunk_tokens=opts.chunk_tokens,
+            device=device,
+            seed=opts.seed,
+        )
+    finally:
+        gc.enable()
     summary = run.summary()
     fit = fit_set(model, opts, device)
     data = dict(
