@@ -30,7 +30,6 @@ Assumptions (each one a parameter of `reproduce_day6`):
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from dsim.serving.engine import Pool, Simulator
 from dsim.serving.metrics import summarize
 from dsim.serving.prefix_cache import PrefixCache
 from dsim.serving.step_cost import StepCost
-from dsim.serving.workload import Request
+from dsim.serving.workload import Request, lognormal_lengths
 
 LENGTH_CVS = (0.0, 0.5, 1.0)  # the base case, then two spreads of request lengths
 DATA = Path(__file__).resolve().parents[1] / "data" / "serve_day6.json"
@@ -66,12 +65,8 @@ def day6_requests(
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / rate, n))
 
-    def lengths(mean: float) -> np.ndarray:
-        if length_cv == 0:
-            return np.full(n, max(1, round(mean)))
-        s2 = math.log1p(length_cv**2)
-        x = rng.lognormal(math.log(mean) - s2 / 2, math.sqrt(s2), n)
-        return np.clip(np.rint(x), 2, 131072).astype(np.int64)
+    def lengths(mean: float) -> np.ndarray:  # at least 2 tokens, at most the 128K context
+        return np.clip(lognormal_lengths(rng, mean, length_cv, n, "length"), 2, 131072)
 
     prompts = lengths(w["prompt"])
     outputs = lengths(w["output"]) if output_tokens is None else np.full(n, output_tokens)

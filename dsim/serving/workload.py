@@ -64,7 +64,9 @@ class Request:
             raise ValueError(f"{where}: prefix_tokens={p} needs a prefix_id")
 
 
-def _lengths(rng: np.random.Generator, mean: float, cv: float, n: int, name: str) -> np.ndarray:
+def lognormal_lengths(
+    rng: np.random.Generator, mean: float, cv: float, n: int, name: str
+) -> np.ndarray:
     """n integer lengths >= 1 with the given mean: fixed (cv = 0) or lognormal with coefficient of
     variation cv (a long right tail, as prompt and output lengths have)."""
     if not (math.isfinite(mean) and 1 <= mean <= MAX_TOKENS):
@@ -106,8 +108,8 @@ def poisson_requests(
         raise ValueError(f"n_prefixes must be an integer >= 0, got {n_prefixes!r}")
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / rate, n))
-    prompts = _lengths(rng, prompt_tokens, prompt_cv, n, "prompt_tokens")
-    outputs = _lengths(rng, output_tokens, output_cv, n, "output_tokens")
+    prompts = lognormal_lengths(rng, prompt_tokens, prompt_cv, n, "prompt_tokens")
+    outputs = lognormal_lengths(rng, output_tokens, output_cv, n, "output_tokens")
     ids = rng.integers(0, n_prefixes, n) if n_prefixes else None
     out = []
     for i in range(n):
