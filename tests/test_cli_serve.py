@@ -192,6 +192,14 @@ RATE = (*TINY, "--rate", "10", "--requests", "20", *SMALL)
         (("serve", "--model", "tiny", "--requests", "10"), "--requests needs --rate or --trace"),
         (("serve", "--model", "tiny", "--mtp-acceptance", "0.5"), "needs --rate or --trace"),
         (("serve", "--model", "tiny", "--quiet"), "--quiet needs --rate or --trace"),
+        ((*TINY, "--rate", "1,x"), "argument --rate"),
+        ((*TINY, "--rate", "1,-2"), "argument --rate"),
+        ((*TINY, "--rate", "2,2"), "has a rate twice"),
+        ((*TINY, "--rate", ",".join(str(i) for i in range(1, 40))), "1 to 32 rates"),
+        ((*RATE, "--plot", "x.png"), "--plot needs two or more --rate values"),
+        ((*TINY, "--rate", "1,2", "--plot", "x.txt"), "must end in .png, .svg, .pdf"),
+        ((*TINY, "--rate", "1,2", "--plot", "/no/such/folder/x.png"), "does not exist"),
+        (("serve", "--model", "tiny", "--plot", "x.png"), "--plot needs --rate or --trace"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(capsys, argv, message):
@@ -236,3 +244,21 @@ def test_request_larger_than_the_kv_cache_is_one_line(capsys, tmp_path):
     )  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and out == "", err
     assert "request 1" in err and "160000 tokens" in err and "KV cache" in err
+
+
+def test_a_list_of_rates_sweeps_the_load(capsys, tmp_path):
+    fig = tmp_path / "load.png"
+    argv = (*TINY, "--rate", "5,400", "--requests", "150", *SMALL, "--plot", str(fig))
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    reps = json.loads(out)
+    assert [r["rate"] for r in reps] == [5, 400]
+    for r in reps:
+        assert FIELDS <= set(r)
+        assert r["littles_law"]["L"] == pytest.approx(r["littles_law"]["lambda_W"], rel=1e-6)
+    # far more load queues the prompts and fills the batches
+    assert reps[1]["ttft_s"]["p90"] > reps[0]["ttft_s"]["p90"]
+    assert reps[1]["batch_per_rank"]["both"] > reps[0]["batch_per_rank"]["both"]
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    code, out, err = run(capsys, *argv[:-2])
+    assert code == 0 and "latency against load" in out and len(out.splitlines()) == 5

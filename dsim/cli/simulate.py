@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 from dsim.cli.args import MAX_GPUS, UsageError, load_model, real, whole
 from dsim.cli.output import human, print_json, table
@@ -55,6 +56,25 @@ def cache_size(text: str) -> float:
 
 cache_size.__name__ = "tokens"
 
+MAX_RATES = 32
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def rates(text: str) -> tuple[float, ...]:
+    """argparse type for --rate: one arrival rate, or a comma-separated list of them (a sweep of
+    the load), each a finite number of requests per second > 0."""
+    parse = real(0.0, 1e9, strict=True)
+    parts = [t.strip() for t in text.split(",")]
+    if not 1 <= len(parts) <= MAX_RATES:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_RATES} rates, got {len(parts)}")
+    values = tuple(parse(t) for t in parts)
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"has a rate twice: {text!r}")
+    return values
+
+
+rates.__name__ = "R[,R...]"
+
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """The options of the request-level simulation, on the serve parser."""
@@ -66,9 +86,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
     src = g.add_mutually_exclusive_group()
     src.add_argument(
         "--rate",
-        type=real(0.0, 1e9, strict=True),
+        type=rates,
         default=None,
-        help="Poisson arrivals, requests per second",
+        help="Poisson arrivals, requests per second; a comma-separated list sweeps the load "
+        "(one line per rate; --plot draws latency against load)",
     )
     src.add_argument(
         "--trace",
@@ -174,6 +195,13 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="decode attention as dsim.model runs it (three kernels) or as one fused kernel "
         "(FlashMLA)",
     )
+    g.add_argument(
+        "--plot",
+        default=None,
+        metavar="FILE",
+        help="with several --rate values: TTFT and TPOT (p50, p90) against the arrival rate, "
+        f"written to FILE ({', '.join(PLOT_SUFFIXES)})",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -181,7 +209,7 @@ PLAN_ONLY = ("batch", "context", "prompt", "cache_hit", "latency_ms", "phase")
 RATE_ONLY = ("requests", "prompt_tokens", "output_tokens", "length_cv", "shared_prefix", "prefixes")
 SIMULATION = RATE_ONLY + (
     "seed", "disaggregate", "kv_transfer_ms", "mtp_acceptance", "mtp_draft_tokens",
-    "prefix_cache_tokens", "max_batch", "chunk_tokens", "decode_attention",
+    "prefix_cache_tokens", "max_batch", "chunk_tokens", "decode_attention", "plot",
 )  # fmt: skip
 
 
@@ -217,10 +245,22 @@ def _refuse(ns: argparse.Namespace) -> None:
         raise UsageError("--mtp-draft-tokens needs --mtp-acceptance")
     if ns.prefixes is not None and ns.shared_prefix is None:
         raise UsageError("--prefixes needs --shared-prefix")
+    if ns.plot is not None:
+        if ns.rate is None or len(ns.rate) < 2:
+            raise UsageError("--plot needs two or more --rate values (a sweep of the load)")
+        path = Path(ns.plot)
+        if path.suffix.lower() not in PLOT_SUFFIXES:
+            raise UsageError(f"--plot {ns.plot}: the file must end in {', '.join(PLOT_SUFFIXES)}")
+        if not path.resolve().parent.is_dir():
+            raise UsageError(f"--plot {ns.plot}: the folder {path.parent} does not exist")
+        if path.is_dir():
+            raise UsageError(f"--plot {ns.plot} is a folder")
 
 
-def _requests(ns: argparse.Namespace, args: ModelArgs) -> tuple[list, str]:
-    """The requests and a few words on where they come from."""
+def _requests(
+    ns: argparse.Namespace, args: ModelArgs, rate: float | None = None
+) -> tuple[list, str]:
+    """The requests (at `rate`, with --rate) and a few words on where they come from."""
     from dsim.serving import poisson_requests, read_trace
 
     if ns.trace is not None:
@@ -233,7 +273,7 @@ def _requests(ns: argparse.Namespace, args: ModelArgs) -> tuple[list, str]:
     output = ns.output_tokens or min(256, args.max_seq_len // 4)
     cv = ns.length_cv or 0.0
     reqs = poisson_requests(
-        ns.rate,
+        rate,
         ns.requests or 2000,
         prompt,
         output,
@@ -243,7 +283,7 @@ def _requests(ns: argparse.Namespace, args: ModelArgs) -> tuple[list, str]:
         n_prefixes=(ns.prefixes or 1) if ns.shared_prefix else 0,
         seed=ns.seed,
     )
-    return reqs, f"Poisson at {ns.rate:g}/s, prompts of {prompt}, outputs of {output}" + (
+    return reqs, f"Poisson at {rate:g}/s, prompts of {prompt}, outputs of {output}" + (
         f" (lognormal, cv {cv:g})" if cv else ""
     )
 
@@ -307,23 +347,9 @@ def _clean(x):
     return x
 
 
-def cmd_simulate(ns: argparse.Namespace) -> int:
+def _simulate(ns, pools, reqs, mtp: int):
     from dsim.serving import PrefixCache, Simulator, summarize
 
-    _refuse(ns)
-    ns.seed = ns.seed or 0
-    ns.max_batch = ns.max_batch or 256
-    ns.chunk_tokens = ns.chunk_tokens or 8192
-    ns.decode_attention = ns.decode_attention or "dsim"
-    args = load_model(ns.model)
-    reqs, source = _requests(ns, args)
-    _check_lengths(reqs, args, ns.trace)
-    mtp = 0 if ns.mtp_acceptance is None else (ns.mtp_draft_tokens or 1)
-    if ns.disaggregate is None:
-        gpus = DEFAULT_GPUS if ns.gpus is None else ns.gpus
-        pools = [_pool(ns, args, "both", gpus, mtp)]
-    else:
-        pools = [_pool(ns, args, r, g, mtp) for r, g in zip(("prefill", "decode"), ns.disaggregate)]
     sim = Simulator(
         [p for p, _ in pools],
         mtp_draft_tokens=mtp,
@@ -335,7 +361,84 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
         seed=ns.seed,
     )
     trace = sim.run(reqs, progress=not ns.quiet and sys.stderr.isatty())
-    rep = summarize(trace, price_per_gpu_hour=ns.price)
+    return summarize(trace, price_per_gpu_hour=ns.price)
+
+
+def _sweep(ns, args: ModelArgs, pools, mtp: int) -> int:
+    """One run per --rate value: a line each, and --plot's figure."""
+    reps = []
+    for rate in ns.rate:
+        reqs, _ = _requests(ns, args, rate)
+        _check_lengths(reqs, args, None)
+        reps.append(_simulate(ns, pools, reqs, mtp))
+    if ns.plot is not None:
+        _plot(ns, args, pools, reps)
+    if ns.json:
+        print_json(_clean([dict(rate=r, **rep.to_dict()) for r, rep in zip(ns.rate, reps)]))
+        return 0
+    rows = [
+        [f"{rate:g}", _ms(rep.ttft_s["p50"]), _ms(rep.ttft_s["p90"]), _ms(rep.tpot_s["p50"]),
+         _ms(rep.tpot_s["p90"]), _ms(rep.e2e_s["p50"]),
+         f"{rep.output_tokens_per_s_per_node:,.0f}", f"{rep.preemptions:,}"]
+        for rate, rep in zip(ns.rate, reps)
+    ]  # fmt: skip
+    print(f"{args.name}: latency against load ({len(reqs):,} requests per rate; times in ms)")
+    header = ["requests/s", "TTFT p50", "TTFT p90", "TPOT p50", "TPOT p90", "E2E p50",
+              "output tok/s/node", "preemptions"]  # fmt: skip
+    print(table(rows, header))
+    if ns.plot is not None:
+        print(f"figure: {ns.plot}")
+    return 0
+
+
+def _plot(ns, args: ModelArgs, pools, reps) -> None:
+    """TTFT and TPOT, p50 and p90, against the arrival rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    for ax, key, name in zip(axes, ("ttft_s", "tpot_s"), ("time to first token", "time per "
+                                                            "output token")):  # fmt: skip
+        for q, style in (("p50", "-o"), ("p90", "--s")):
+            ax.plot(ns.rate, [getattr(r, key)[q] * 1e3 for r in reps], style, label=q)
+        ax.set_xlabel("arrival rate (requests/s)")
+        ax.set_ylabel(f"{name} (ms)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    where = " + ".join(
+        f"{p.role if p.role != 'both' else 'colocated'} {p.gpus} x {c.serving.gpu.name}"
+        for p, c in pools
+    )
+    fig.suptitle(f"{args.name} on {where}: latency against load")
+    try:
+        fig.savefig(ns.plot, dpi=150)
+    except OSError as e:
+        raise UsageError(f"--plot {ns.plot}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
+
+
+def cmd_simulate(ns: argparse.Namespace) -> int:
+    _refuse(ns)
+    ns.seed = ns.seed or 0
+    ns.max_batch = ns.max_batch or 256
+    ns.chunk_tokens = ns.chunk_tokens or 8192
+    ns.decode_attention = ns.decode_attention or "dsim"
+    args = load_model(ns.model)
+    mtp = 0 if ns.mtp_acceptance is None else (ns.mtp_draft_tokens or 1)
+    if ns.disaggregate is None:
+        gpus = DEFAULT_GPUS if ns.gpus is None else ns.gpus
+        pools = [_pool(ns, args, "both", gpus, mtp)]
+    else:
+        pools = [_pool(ns, args, r, g, mtp) for r, g in zip(("prefill", "decode"), ns.disaggregate)]
+    if ns.rate is not None and len(ns.rate) > 1:
+        return _sweep(ns, args, pools, mtp)
+    reqs, source = _requests(ns, args, ns.rate[0] if ns.rate else None)
+    _check_lengths(reqs, args, ns.trace)
+    rep = _simulate(ns, pools, reqs, mtp)
     if ns.json:
         print_json(_clean(rep.to_dict()))
         return 0
