@@ -272,7 +272,9 @@ def _add_cost_commands(sub) -> None:
         "  dsim serve --model deepseek-v3 --gpu h800 --disaggregate 32:144 "
         "--redundant-experts 32 --rate 100 --mtp-acceptance 0.85\n"
         "  dsim serve --model deepseek-v3 --gpu h800 --gpus 16 --trace requests.csv "
-        "--prefix-cache-tokens inf",
+        "--prefix-cache-tokens inf\n"
+        "  dsim serve --model deepseek-v3 --gpu h200 --gpus 8 --rate 1,2,4,8,12 "
+        "--plot latency.png",
     )
     p.add_argument("--model", default="deepseek-v3", help=MODEL_HELP)
     p.add_argument("--gpu", default="H800", help="GPU type (h100, h800, h200, a100, ...)")
