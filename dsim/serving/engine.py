@@ -88,10 +88,10 @@ class _Unit:
     def __init__(self, pool: Pool, index: int):
         self.pool, self.index = pool, index
         r = pool.ranks
-        self.prefill_q: list[deque] = [
-            deque() for _ in range(r)
-        ]  # [req, left, done, total, started]
-        self.wait_q: list[deque] = [deque() for _ in range(r)]  # [req, ctx, left] items
+        # per rank: prompts to prefill, [request, tokens left, tokens done, total, started], and
+        # sequences waiting to decode, [request, cached tokens, output tokens left]
+        self.prefill_q: list[deque] = [deque() for _ in range(r)]
+        self.wait_q: list[deque] = [deque() for _ in range(r)]
         self.queued_tokens = np.zeros(r)
         self.run_req = np.zeros(0, dtype=np.int64)
         self.run_rank = np.zeros(0, dtype=np.int64)
