@@ -71,7 +71,7 @@ class Trace:
     """What happened: per request, per step, and the system's occupancy over time."""
 
     arrival: np.ndarray
-    admitted: np.ndarray  # prefill start (last one, after a preemption)
+    admitted: np.ndarray  # start of the first prefill (a preempted request's recompute is later)
     first_token: np.ndarray
     finish: np.ndarray
     prompt: np.ndarray
@@ -234,7 +234,8 @@ class Simulator:
                         if pool.role == "both" and slots <= 0:
                             break  # no slot for another sequence: the prompt waits
                         item[4] = True
-                        self.admitted[i] = now
+                        if self.admitted[i] < 0:  # the first admission (not a recompute)
+                            self.admitted[i] = now
                         if self.cache is not None:
                             req = self.requests[i]
                             # the last prompt token is always computed (it gives the next one)
@@ -420,6 +421,11 @@ class Simulator:
                 bar.update(self.n_done - bar.n)  # redraws at most every mininterval
         if bar is not None:
             bar.close()
+        # requests whose last step was under way when the loop ended leave at its end
+        held = occupancy[-1][1]
+        for t, c in sorted(self.leaving):
+            held -= c
+            occupancy.append((t, held))
         occupancy.append((float(self.finish.max()), 0))
         return Trace(
             arrival=np.array([r.arrival_s for r in reqs]),
