@@ -20,6 +20,7 @@ from dsim.serving import (
     PrefixCache,
     Request,
     Simulator,
+    read_trace,
     summarize,
 )
 
@@ -112,3 +113,35 @@ def test_every_request_is_served_in_order_within_the_limits(data):
     rep = summarize(tr)
     assert rep.littles_law["L"] == pytest.approx(rep.littles_law["lambda_W"], rel=1e-6)
     assert 0 <= rep.prefix_hit_rate < 1
+
+
+@settings(**SETTINGS)
+@given(
+    text=st.one_of(
+        st.text(max_size=300),
+        st.lists(
+            st.lists(
+                st.one_of(st.integers(-5, 10**9), st.floats(allow_nan=True), st.text(max_size=5)),
+                min_size=1,
+                max_size=6,
+            ),
+            max_size=5,
+        ).map(
+            lambda rows: (
+                "arrival_s,prompt_tokens,output_tokens,prefix_id,prefix_tokens\n"
+                + "\n".join(",".join(map(str, r)) for r in rows)
+            )
+        ),
+    ),
+    suffix=st.sampled_from([".csv", ".jsonl"]),
+)
+def test_any_trace_file_reads_or_is_refused_by_name(tmp_path_factory, text, suffix):
+    path = tmp_path_factory.mktemp("trace") / f"t{suffix}"
+    path.write_text(text, encoding="utf-8")
+    try:
+        reqs = read_trace(path)
+    except ValueError as e:
+        assert str(path) in str(e)  # the message names the file (and the line where it can)
+        return
+    assert reqs and all(isinstance(r, Request) for r in reqs)
+    assert [r.arrival_s for r in reqs] == sorted(r.arrival_s for r in reqs)

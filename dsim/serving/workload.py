@@ -172,9 +172,12 @@ def read_trace(path: str | Path) -> list[Request]:
         raise ValueError(f"trace {p} must end in .csv or .jsonl")
     out = []
     for where, r in rows:
+        if None in r:  # csv.DictReader keeps a row's extra fields under None
+            raise ValueError(f"{where}: more fields than the header has columns")
         unknown = set(r) - set(TRACE_COLUMNS)
         if unknown:
-            raise ValueError(f"{where}: unknown column(s) {', '.join(sorted(unknown))}")
+            names = ", ".join(sorted(repr(k) for k in unknown))
+            raise ValueError(f"{where}: unknown column(s) {names}")
         out.append(
             (
                 _field(r, "arrival_s", where, float),
