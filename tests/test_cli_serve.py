@@ -200,6 +200,9 @@ RATE = (*TINY, "--rate", "10", "--requests", "20", *SMALL)
         ((*TINY, "--rate", "1,2", "--plot", "x.txt"), "must end in .png, .svg, .pdf"),
         ((*TINY, "--rate", "1,2", "--plot", "/no/such/folder/x.png"), "does not exist"),
         (("serve", "--model", "tiny", "--plot", "x.png"), "--plot needs --rate or --trace"),
+        ((*RATE, "--slo-ttft-ms", "0"), "argument --slo-ttft-ms"),
+        ((*RATE, "--slo-tpot-ms", "nan"), "argument --slo-tpot-ms"),
+        (("serve", "--model", "tiny", "--slo-ttft-ms", "5"), "needs --rate or --trace"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(capsys, argv, message):
@@ -262,3 +265,14 @@ def test_a_list_of_rates_sweeps_the_load(capsys, tmp_path):
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, out, err = run(capsys, *argv[:-2])
     assert code == 0 and "latency against load" in out and len(out.splitlines()) == 5
+
+
+def test_latency_targets_report_the_share_met(capsys):
+    common = (*TINY, "--rate", "50", "--requests", "200", *SMALL)
+    assert report(capsys, *common)["slo_attainment"] is None
+    loose = report(capsys, *common, "--slo-ttft-ms", "1e6", "--slo-tpot-ms", "1e6")
+    assert loose["slo_attainment"] == 1.0
+    tight = report(capsys, *common, "--slo-ttft-ms", "1e-6")
+    assert tight["slo_attainment"] == 0.0
+    some = report(capsys, *common, "--slo-tpot-ms", "1e-6")  # one-token requests have no TPOT
+    assert some["slo_attainment"] == 0.0

@@ -340,3 +340,17 @@ def test_linear_step_cost_fit_recovers_known_coefficients():
         assert getattr(fit, name) == pytest.approx(getattr(true, name), rel=1e-3), name
     with pytest.raises(ValueError, match="at least 5"):
         LinearStepCost.fit(shapes[:3], [1.0, 1.0, 1.0])
+
+
+def test_slo_attainment_counts_requests_within_both_targets():
+    # one rank, a batch of one, 10 ms steps, requests far apart: TTFT is one step (10 ms), TPOT
+    # one step per token
+    reqs = [Request(i, float(i), 10, 1 + i % 3) for i in range(30)]
+    pool = Pool("both", 1, 1, 1, ConstantStepCost(0.01), 1e6, max_batch=1, chunk_tokens=64)
+    tr = Simulator([pool]).run(reqs)
+    assert summarize(tr, slo_ttft_s=0.0101).slo_attainment == 1.0
+    assert summarize(tr, slo_ttft_s=0.0099).slo_attainment == 0.0
+    # a TPOT target below one step: only the one-token requests (a third) meet it
+    assert summarize(tr, slo_tpot_s=0.005).slo_attainment == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="slo_tpot_s"):
+        summarize(tr, slo_tpot_s=0)

@@ -202,6 +202,19 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="with several --rate values: TTFT and TPOT (p50, p90) against the arrival rate, "
         f"written to FILE ({', '.join(PLOT_SUFFIXES)})",
     )
+    g.add_argument(
+        "--slo-ttft-ms",
+        type=real(0.0, 1e9, strict=True),
+        default=None,
+        help="a time-to-first-token target: the share of requests that meet it (and "
+        "--slo-tpot-ms) is reported",
+    )
+    g.add_argument(
+        "--slo-tpot-ms",
+        type=real(0.0, 1e9, strict=True),
+        default=None,
+        help="a time-per-output-token target (see --slo-ttft-ms)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -210,6 +223,7 @@ RATE_ONLY = ("requests", "prompt_tokens", "output_tokens", "length_cv", "shared_
 SIMULATION = RATE_ONLY + (
     "seed", "disaggregate", "kv_transfer_ms", "mtp_acceptance", "mtp_draft_tokens",
     "prefix_cache_tokens", "max_batch", "chunk_tokens", "decode_attention", "plot",
+    "slo_ttft_ms", "slo_tpot_ms",
 )  # fmt: skip
 
 
@@ -361,7 +375,12 @@ def _simulate(ns, pools, reqs, mtp: int):
         seed=ns.seed,
     )
     trace = sim.run(reqs, progress=not ns.quiet and sys.stderr.isatty())
-    return summarize(trace, price_per_gpu_hour=ns.price)
+    return summarize(
+        trace,
+        price_per_gpu_hour=ns.price,
+        slo_ttft_s=None if ns.slo_ttft_ms is None else ns.slo_ttft_ms / 1e3,
+        slo_tpot_s=None if ns.slo_tpot_ms is None else ns.slo_tpot_ms / 1e3,
+    )
 
 
 def _sweep(ns, args: ModelArgs, pools, mtp: int) -> int:
@@ -380,11 +399,14 @@ def _sweep(ns, args: ModelArgs, pools, mtp: int) -> int:
         [f"{rate:g}", _ms(rep.ttft_s["p50"]), _ms(rep.ttft_s["p90"]), _ms(rep.tpot_s["p50"]),
          _ms(rep.tpot_s["p90"]), _ms(rep.e2e_s["p50"]),
          f"{rep.output_tokens_per_s_per_node:,.0f}", f"{rep.preemptions:,}"]
+        + ([] if rep.slo_attainment is None else [f"{rep.slo_attainment:.1%}"])
         for rate, rep in zip(ns.rate, reps)
     ]  # fmt: skip
     print(f"{args.name}: latency against load ({len(reqs):,} requests per rate; times in ms)")
     header = ["requests/s", "TTFT p50", "TTFT p90", "TPOT p50", "TPOT p90", "E2E p50",
               "output tok/s/node", "preemptions"]  # fmt: skip
+    if reps[0].slo_attainment is not None:
+        header.append("SLO met")
     print(table(rows, header))
     if ns.plot is not None:
         print(f"figure: {ns.plot}")
@@ -419,6 +441,13 @@ def _plot(ns, args: ModelArgs, pools, reps) -> None:
         raise UsageError(f"--plot {ns.plot}: {e.strerror or e}") from None
     finally:
         plt.close(fig)
+
+
+def _slo(ns, rep) -> str:
+    """The targets and the share of requests that met them."""
+    parts = [f"TTFT <= {ns.slo_ttft_ms:g} ms" if ns.slo_ttft_ms is not None else None,
+             f"TPOT <= {ns.slo_tpot_ms:g} ms" if ns.slo_tpot_ms is not None else None]  # fmt: skip
+    return f"{rep.slo_attainment:.1%} of requests met {' and '.join(p for p in parts if p)}"
 
 
 def cmd_simulate(ns: argparse.Namespace) -> int:
@@ -481,6 +510,7 @@ def cmd_simulate(ns: argparse.Namespace) -> int:
         ["prefix cache", f"{rep.prefix_hit_rate:.1%} of prompt tokens hit"
          if ns.prefix_cache_tokens is not None else "none"],
         ["preemptions", f"{rep.preemptions:,}"],
+        *([] if rep.slo_attainment is None else [["latency targets", _slo(ns, rep)]]),
         ["requests in system", f"{rep.littles_law['L']:.3g} (Little's law: lambda x W = "
          f"{rep.littles_law['lambda_W']:.3g})"],
     ]  # fmt: skip

@@ -43,6 +43,7 @@ class ServingReport:
     prefix_hit_rate: float
     preemptions: int
     littles_law: dict[str, float]  # L (time-average requests in system) and lambda * W
+    slo_attainment: float | None = None  # share of requests within both latency targets, if given
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -53,10 +54,17 @@ def summarize(
     price_per_gpu_hour: float = 2.0,
     gpus_per_node: int = 8,
     warmup: float = 0.1,
+    slo_ttft_s: float | None = None,
+    slo_tpot_s: float | None = None,
 ) -> ServingReport:
-    """The report of a finished run (see the module docstring)."""
+    """The report of a finished run (see the module docstring). With latency targets
+    (`slo_ttft_s`, `slo_tpot_s`, either or both), `slo_attainment` is the share of requests that
+    met them (a one-token request has no TPOT to miss)."""
     if not 0 <= warmup < 1:
         raise ValueError(f"warmup must be a fraction in [0, 1), got {warmup!r}")
+    for name, v in (("slo_ttft_s", slo_ttft_s), ("slo_tpot_s", slo_tpot_s)):
+        if v is not None and not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+            raise ValueError(f"{name} must be a finite number of seconds > 0, got {v!r}")
     n = len(trace.arrival)
     ttft = trace.first_token - trace.arrival
     multi = trace.output > 1
@@ -96,6 +104,14 @@ def summarize(
     dur = occ[-1, 0] - occ[0, 0]
     L = float((occ[:-1, 1] * np.diff(occ[:, 0])).sum() / dur) if dur > 0 else float("nan")
     lam_w = float(n / dur * e2e.mean()) if dur > 0 else float("nan")
+    met = None
+    if slo_ttft_s is not None or slo_tpot_s is not None:
+        ok = np.ones(n, dtype=bool)
+        if slo_ttft_s is not None:
+            ok &= ttft <= slo_ttft_s
+        if slo_tpot_s is not None:
+            ok[multi] &= tpot <= slo_tpot_s
+        met = float(ok.mean())
     return ServingReport(
         requests=n,
         window_s=(t0, t1),
@@ -115,4 +131,5 @@ def summarize(
         prefix_hit_rate=trace.prefix_hit_rate,
         preemptions=int(trace.preemptions.sum()),
         littles_law=dict(L=L, lambda_W=lam_w),
+        slo_attainment=met,
     )
