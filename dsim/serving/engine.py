@@ -177,88 +177,21 @@ class Simulator:
 
     # -- one step of one unit --------------------------------------------------------------------
     def _step(self, u: _Unit, now: float) -> float:
-        pool, R = u.pool, u.pool.ranks
-        cap = pool.kv_capacity_tokens
-        decodes = pool.role in ("both", "decode")
-        # 1. admit waiting sequences
-        if decodes and any(u.wait_q):
-            counts = np.bincount(u.run_rank, minlength=R)
-            kv = np.bincount(u.run_rank, weights=u.run_ctx, minlength=R)
-            add_req, add_rank, add_ctx, add_left = [], [], [], []
-            for r in range(R):
-                q = u.wait_q[r]
-                while q and counts[r] < pool.max_batch and kv[r] + q[0][1] + 1 + self.mtp_k <= cap:
-                    i, ctx, left = q.popleft()
-                    add_req.append(i), add_rank.append(r), add_ctx.append(ctx)
-                    add_left.append(left)
-                    counts[r] += 1
-                    kv[r] += ctx
-            if add_req:
-                u.run_req = np.concatenate([u.run_req, add_req])
-                u.run_rank = np.concatenate([u.run_rank, add_rank])
-                u.run_ctx = np.concatenate([u.run_ctx, add_ctx])
-                u.run_left = np.concatenate([u.run_left, add_left])
-        # 2. what this step runs: decode and/or prefill
+        """Run one step of unit u from `now`; returns its end (now when it has nothing to run)."""
+        pool = u.pool
+        if pool.role in ("both", "decode"):
+            self._admit(u)
+        run_decode, run_prefill = self._what_runs(u)
         tpseq = 1 + self.mtp_k
-        run_decode = decodes and len(u.run_req) > 0
-        run_prefill = pool.role in ("both", "prefill") and any(u.prefill_q)
-        if run_prefill and pool.role == "both":  # a prompt can go on only with a slot for it
-            held = np.bincount(u.run_rank, minlength=R)
-            run_prefill = any(
-                q and (q[0][4] or held[r] + len(u.wait_q[r]) < pool.max_batch)
-                for r, q in enumerate(u.prefill_q)
-            )
-        if pool.role == "both" and not pool.mixed_steps:
-            # alternate: a prefill step when a prompt waits and the last step was not one
-            run_prefill = run_prefill and (not u.last_prefill or not run_decode)
-            run_decode = run_decode and not run_prefill
-            u.last_prefill = run_prefill
+        R = pool.ranks
         n_dec = np.bincount(u.run_rank, minlength=R) if run_decode else np.zeros(R, np.int64)
         ctx_sum = np.bincount(u.run_rank, weights=u.run_ctx, minlength=R)
-        # 3. prefill chunks per rank
-        done_prefill: list[tuple[int, int]] = []  # (rank, request) whose prompt ends this step
-        pre_seqs = np.zeros(R, dtype=np.int64)
-        pre_tok = np.zeros(R, dtype=np.int64)
-        pre_ctx = np.zeros(R)
-        if run_prefill:
-            held = np.bincount(u.run_rank, minlength=R)  # colocated: sequences holding a slot
-            for r in range(R):
-                q = u.prefill_q[r]
-                budget = pool.chunk_tokens - n_dec[r] * tpseq
-                slots = pool.max_batch - held[r] - len(u.wait_q[r])
-                for item in q:
-                    if budget <= 0:
-                        break
-                    i, left, done, total, started = item
-                    if not started:
-                        if pool.role == "both" and slots <= 0:
-                            break  # no slot for another sequence: the prompt waits
-                        item[4] = True
-                        if self.admitted[i] < 0:  # the first admission (not a recompute)
-                            self.admitted[i] = now
-                        if self.cache is not None:
-                            req = self.requests[i]
-                            # the last prompt token is always computed (it gives the next one)
-                            reusable = min(req.prefix_tokens, total - 1)
-                            hit = self.cache.lookup(req.prefix_id, reusable, total)
-                            self.hit[i] += hit
-                            item[1], item[2] = left, done = total - hit, hit
-                            u.queued_tokens[r] -= hit
-                    slots -= 1
-                    take = min(left, budget)
-                    pre_seqs[r] += 1
-                    pre_tok[r] += take
-                    pre_ctx[r] += done
-                    item[1] -= take
-                    item[2] += take
-                    u.queued_tokens[r] -= take
-                    budget -= take
-                    if item[1] == 0:
-                        done_prefill.append((r, i))
-                    if not pool.mixed_steps and pool.role == "both":
-                        break  # one prompt per prefill step
+        pre_seqs, pre_tok, pre_ctx = np.zeros(R, np.int64), np.zeros(R, np.int64), np.zeros(R)
+        done_prefill = (
+            self._chunks(u, now, n_dec, pre_seqs, pre_tok, pre_ctx) if run_prefill else []
+        )
         # ANCHOR: step_time
-        # 4. the step's time: the busiest rank's
+        # the step's time: the busiest rank's
         times = {}
         for r in range(R):
             if n_dec[r] == 0 and pre_tok[r] == 0:
@@ -275,34 +208,135 @@ class Simulator:
                 times[shape] = pool.step_time(shape)
         if not times:
             return now
-        dt = max(times.values())
-        end = now + dt
+        end = now + max(times.values())
         # ANCHOR_END: step_time
-        # 5. decode: tokens out, finishes
-        out_tokens = 0
-        if run_decode:
-            # ANCHOR: mtp_accept
-            emit = np.ones(len(u.run_req), dtype=np.int64)
-            if self.mtp_k and self.mtp_p > 0:
-                ok = self.rng.random((len(u.run_req), self.mtp_k)) < self.mtp_p
-                emit += np.cumprod(ok, axis=1).sum(axis=1)
-            emit = np.minimum(emit, u.run_left)
-            # ANCHOR_END: mtp_accept
-            out_tokens = int(emit.sum())
-            u.run_left = u.run_left - emit
-            u.run_ctx = u.run_ctx + emit
-            fin = u.run_left <= 0
-            if fin.any():
-                self.finish[u.run_req[fin]] = end
-                self.n_done += int(fin.sum())
-                heapq.heappush(self.leaving, (end, int(fin.sum())))
-                keep = ~fin
-                u.run_req, u.run_rank = u.run_req[keep], u.run_rank[keep]
-                u.run_ctx, u.run_left = u.run_ctx[keep], u.run_left[keep]
-            self._preempt(u, end)
-        # 6. prefills that ended: first token, then decode
-        in_tokens = int(pre_tok.sum())
-        for r, i in done_prefill:
+        out_tokens = self._decode(u, end) if run_decode else 0
+        self._end_prefills(u, end, done_prefill)
+        self.steps[pool.role].append((now, end, int(pre_tok.sum()), out_tokens, len(u.run_req)))
+        return end
+
+    def _admit(self, u: _Unit) -> None:
+        """Waiting sequences join each rank's running batch while it has a place and KV room."""
+        pool, R = u.pool, u.pool.ranks
+        if not any(u.wait_q):
+            return
+        counts = np.bincount(u.run_rank, minlength=R)
+        kv = np.bincount(u.run_rank, weights=u.run_ctx, minlength=R)
+        add = []  # (request, rank, cached tokens, tokens left)
+        for r in range(R):
+            q = u.wait_q[r]
+            while (
+                q
+                and counts[r] < pool.max_batch
+                and kv[r] + q[0][1] + 1 + self.mtp_k <= pool.kv_capacity_tokens
+            ):
+                i, ctx, left = q.popleft()
+                add.append((i, r, ctx, left))
+                counts[r] += 1
+                kv[r] += ctx
+        if add:
+            req, rank, ctx, left = (np.array(c, dtype=np.int64) for c in zip(*add))
+            u.run_req = np.concatenate([u.run_req, req])
+            u.run_rank = np.concatenate([u.run_rank, rank])
+            u.run_ctx = np.concatenate([u.run_ctx, ctx])
+            u.run_left = np.concatenate([u.run_left, left])
+
+    def _what_runs(self, u: _Unit) -> tuple[bool, bool]:
+        """(decode, prefill): whether this step decodes the running batch and prefills prompts."""
+        pool = u.pool
+        run_decode = pool.role in ("both", "decode") and len(u.run_req) > 0
+        run_prefill = pool.role in ("both", "prefill") and any(u.prefill_q)
+        if run_prefill and pool.role == "both":  # a prompt can go on only with a slot for it
+            held = np.bincount(u.run_rank, minlength=pool.ranks)
+            run_prefill = any(
+                q and (q[0][4] or held[r] + len(u.wait_q[r]) < pool.max_batch)
+                for r, q in enumerate(u.prefill_q)
+            )
+        if pool.role == "both" and not pool.mixed_steps:
+            # alternate: a prefill step when a prompt waits and the last step was not one
+            run_prefill = run_prefill and (not u.last_prefill or not run_decode)
+            run_decode = run_decode and not run_prefill
+            u.last_prefill = run_prefill
+        return run_decode, run_prefill
+
+    def _chunks(
+        self,
+        u: _Unit,
+        now: float,
+        n_dec: np.ndarray,
+        pre_seqs: np.ndarray,
+        pre_tok: np.ndarray,
+        pre_ctx: np.ndarray,
+    ) -> list[tuple[int, int]]:
+        """Each rank's prompt chunks for this step, from the head of its queue, within the token
+        budget (chunk_tokens less the decode tokens); fills pre_seqs, pre_tok and pre_ctx (cached
+        tokens ahead of the chunks) per rank. Returns (rank, request) of the prompts that end."""
+        pool = u.pool
+        done: list[tuple[int, int]] = []
+        held = np.bincount(u.run_rank, minlength=pool.ranks)  # colocated: sequences with a slot
+        for r in range(pool.ranks):
+            budget = pool.chunk_tokens - n_dec[r] * (1 + self.mtp_k)
+            slots = pool.max_batch - held[r] - len(u.wait_q[r])
+            for item in u.prefill_q[r]:
+                if budget <= 0:
+                    break
+                i, left, done_tokens, total, started = item
+                if not started:
+                    if pool.role == "both" and slots <= 0:
+                        break  # no slot for another sequence: the prompt waits
+                    item[4] = True
+                    if self.admitted[i] < 0:  # the first admission (not a recompute)
+                        self.admitted[i] = now
+                    if self.cache is not None:
+                        req = self.requests[i]
+                        # the last prompt token is always computed (it gives the next one)
+                        reusable = min(req.prefix_tokens, total - 1)
+                        hit = self.cache.lookup(req.prefix_id, reusable, total)
+                        self.hit[i] += hit
+                        item[1], item[2] = left, done_tokens = total - hit, hit
+                        u.queued_tokens[r] -= hit
+                slots -= 1
+                take = min(left, budget)
+                pre_seqs[r] += 1
+                pre_tok[r] += take
+                pre_ctx[r] += done_tokens
+                item[1] -= take
+                item[2] += take
+                u.queued_tokens[r] -= take
+                budget -= take
+                if item[1] == 0:
+                    done.append((r, i))
+                if not pool.mixed_steps and pool.role == "both":
+                    break  # one prompt per prefill step
+        return done
+
+    def _decode(self, u: _Unit, end: float) -> int:
+        """Every running sequence gets its tokens (MTP: plus accepted drafts); the finished ones
+        leave, and a full KV cache preempts. Returns the tokens made."""
+        # ANCHOR: mtp_accept
+        emit = np.ones(len(u.run_req), dtype=np.int64)
+        if self.mtp_k and self.mtp_p > 0:
+            ok = self.rng.random((len(u.run_req), self.mtp_k)) < self.mtp_p
+            emit += np.cumprod(ok, axis=1).sum(axis=1)
+        emit = np.minimum(emit, u.run_left)
+        # ANCHOR_END: mtp_accept
+        u.run_left = u.run_left - emit
+        u.run_ctx = u.run_ctx + emit
+        fin = u.run_left <= 0
+        if fin.any():
+            self.finish[u.run_req[fin]] = end
+            self.n_done += int(fin.sum())
+            heapq.heappush(self.leaving, (end, int(fin.sum())))
+            keep = ~fin
+            u.run_req, u.run_rank = u.run_req[keep], u.run_rank[keep]
+            u.run_ctx, u.run_left = u.run_ctx[keep], u.run_left[keep]
+        self._preempt(u, end)
+        return int(emit.sum())
+
+    def _end_prefills(self, u: _Unit, end: float, done: list[tuple[int, int]]) -> None:
+        """Prompts whose last chunk ran: the first token, then on to decode (this unit's queue, or
+        the decode pool after the KV transfer)."""
+        for r, i in done:
             q = u.prefill_q[r]
             item = q.popleft() if q and q[0][0] == i else _remove(q, i)
             req = self.requests[i]
@@ -316,12 +350,10 @@ class Simulator:
                 self.finish[i] = end
                 self.n_done += 1
                 heapq.heappush(self.leaving, (end, 1))
-            elif pool.role == "both":
+            elif u.pool.role == "both":
                 u.wait_q[r].append([i, item[3], left])
             else:
                 self.pending_decode.append((end + self.kv_transfer_s, i, item[3], left))
-        self.steps[pool.role].append((now, end, in_tokens, out_tokens, len(u.run_req)))
-        return end
 
     def _preempt(self, u: _Unit, now: float) -> None:
         """Sequences whose KV cache no longer fits go back to prefill, newest first."""
