@@ -322,7 +322,7 @@ print(
 from dsim.serving.day6 import load_day6
 
 day6 = load_day6()  # one reproduction per spread of request lengths (lognormal cv)
-runs = {key.split("=")[1]: run for key, run in day6.items()}
+runs = {key.split("=")[1].replace(",", ", "): run for key, run in day6.items()}
 pub = runs["0"]["published"]
 lo, hi = pub["tokens_per_s_per_user"]
 

@@ -354,3 +354,22 @@ def test_slo_attainment_counts_requests_within_both_targets():
     assert summarize(tr, slo_tpot_s=0.005).slo_attainment == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="slo_tpot_s"):
         summarize(tr, slo_tpot_s=0)
+
+
+def test_balanced_prefill_chunks_keep_long_contexts_from_stalling_the_unit():
+    """Four ranks step together; a rank whose chunk attends to a long context would hold the
+    others up. Balanced, it takes fewer tokens and the same prompts finish sooner."""
+    step = LinearStepCost(1e-3, 0.0, 0.0, 1e-6, 1e-9)  # attention pairs are what cost
+    reqs = poisson_requests(1000.0, 300, 3000, 1, prompt_cv=1.5, seed=3)
+    ends = {}
+    for balance in (False, True):
+        pools = [
+            Pool("prefill", 1, 4, 4, step, 1e9, chunk_tokens=2048, balance_prefill=balance),
+            Pool("decode", 1, 1, 1, step, 1e9),
+        ]
+        tr = Simulator(pools).run(reqs)
+        steps = np.array(tr.steps["prefill"])
+        assert steps[:, 2].max() <= 4 * 2048  # never more than the ranks' budgets
+        littles_law(tr)
+        ends[balance] = tr.finish.max()
+    assert ends[True] < 0.9 * ends[False]

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from dsim.serving.day6 import DAY6, LENGTH_CVS, decode_capacity, load_day6, prefill_capacity
+from dsim.serving.day6 import DAY6, VARIANTS, decode_capacity, load_day6, prefill_capacity
 
 REL = 1e-6
 
@@ -16,7 +16,10 @@ def day6():
 
 
 def test_table_has_every_variant(day6):
-    assert list(day6) == [f"length_cv={cv:g}" for cv in LENGTH_CVS]
+    assert list(day6) == [key for key, _, _ in VARIANTS]
+    for key, cv, balance in VARIANTS:
+        assert day6[key]["assumptions"]["length_cv"] == cv
+        assert day6[key]["assumptions"]["balance_prefill"] is balance
 
 
 def test_arithmetic(day6):
@@ -55,3 +58,12 @@ def test_decode_capacity_reproduces(day6):
     # a user sees 1 + 0.875 tokens per step at the unit's step time
     assert got["tokens_per_s_per_user"] == pytest.approx(1.875 / got["mean_step_s"], rel=0.1)
     assert math.isfinite(got["sequences_per_gpu"])
+
+
+def test_the_prefill_balancer_keeps_long_prompts_from_idling_the_unit(day6):
+    """Without it, every step of a unit waits for its GPU with the longest-context chunk."""
+    bal, unbal = day6["length_cv=1"], day6["length_cv=1,unbalanced"]
+    assert bal["prefill"]["tokens_per_s_per_node"] > 1.5 * unbal["prefill"]["tokens_per_s_per_node"]
+    for key in ("length_cv=0", "length_cv=0.5", "length_cv=1"):
+        assert abs(day6[key]["error"]["prefill"]) < 0.15
+        assert abs(day6[key]["error"]["decode"]) < 0.15

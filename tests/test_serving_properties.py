@@ -69,6 +69,7 @@ def systems(draw, reqs):
             max_batch=draw(st.integers(1, 8)),
             chunk_tokens=draw(st.integers(16, 512)),
             mixed_steps=draw(st.booleans()),
+            balance_prefill=draw(st.booleans()),
         )
 
     pools = [pool("both")] if draw(st.booleans()) else [pool("prefill"), pool("decode")]

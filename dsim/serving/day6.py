@@ -24,7 +24,10 @@ Assumptions (each one a parameter of `reproduce_day6`):
 - decode attention runs as one fused pass over the cache (FlashMLA), not dsim.model's kernels;
 - MTP with one draft token accepted with probability 0.875 (the V3 report: 85-90 %);
 - experts balanced across GPUs (EPLB), two micro-batches overlapping the all-to-all;
-- fp8 matmuls, bf16 KV cache, 4 GB per GPU reserved; prefill chunks of 16K tokens per GPU.
+- fp8 matmuls, bf16 KV cache, 4 GB per GPU reserved; prefill chunks of 16K tokens per GPU;
+- prefill chunks balanced across the unit's GPUs (`Pool.balance_prefill`: a GPU whose chunk
+  attends to a longer context takes fewer tokens, so that no GPU's step outlasts the median),
+  as DeepSeek's prefill load balancer aims to balance core-attention work; one variant without.
 """
 
 from __future__ import annotations
@@ -43,7 +46,14 @@ from dsim.serving.prefix_cache import PrefixCache
 from dsim.serving.step_cost import StepCost
 from dsim.serving.workload import Request, lognormal_lengths
 
-LENGTH_CVS = (0.0, 0.5, 1.0)  # the base case, then two spreads of request lengths
+# the base case, two spreads of request lengths, and the widest spread without the prefill
+# balancer: (key, length_cv, balance_prefill)
+VARIANTS = (
+    ("length_cv=0", 0.0, True),
+    ("length_cv=0.5", 0.5, True),
+    ("length_cv=1", 1.0, True),
+    ("length_cv=1,unbalanced", 1.0, False),
+)
 DATA = Path(__file__).resolve().parents[1] / "data" / "serve_day6.json"
 DAY6 = dict(
     DEEPSEEK_V3_SERVING,
@@ -95,7 +105,13 @@ def _warm_cache(reqs: list[Request]) -> PrefixCache:
     return cache
 
 
-def prefill_capacity(n: int = 20000, length_cv: float = 0.0, seed: int = 0, progress=False):
+def prefill_capacity(
+    n: int = 20000,
+    length_cv: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+    balance_prefill: bool = True,
+) -> dict[str, Any]:
     """Input tokens/s per node of one prefill unit kept full (requests arrive faster than it
     serves; each wants one token, so the decode side is idle)."""
     pre, dec = _units("flashmla")
@@ -104,7 +120,16 @@ def prefill_capacity(n: int = 20000, length_cv: float = 0.0, seed: int = 0, prog
     guess = 130e3 * nodes / deepseek_v3_workload()["prompt"]  # requests/s: above capacity
     reqs = day6_requests(2 * guess, n, length_cv, seed, output_tokens=1)
     pools = [
-        Pool("prefill", 1, 32, 32, pre, pre.kv_capacity_tokens, chunk_tokens=16384),
+        Pool(
+            "prefill",
+            1,
+            32,
+            32,
+            pre,
+            pre.kv_capacity_tokens,
+            chunk_tokens=16384,
+            balance_prefill=balance_prefill,
+        ),
         Pool("decode", 1, 144, 144, dec, dec.kv_capacity_tokens),
     ]
     trace = Simulator(pools, prefix_cache=_warm_cache(reqs), seed=seed).run(reqs, progress)
@@ -133,6 +158,7 @@ def decode_capacity(
     decode_attention: str = "flashmla",
     seed: int = 0,
     progress: bool = False,
+    balance_prefill: bool = True,
 ) -> dict[str, Any]:
     """Output tokens/s per node of one decode unit kept full (more requests arrive than it
     serves; each rank's batch is bounded by its KV cache), and what a user then sees."""
@@ -144,7 +170,16 @@ def decode_capacity(
     rate = 1.3 * per_rank * r["decode"]["n_gpus"] * 25 / w["output"]
     reqs = day6_requests(rate, n, length_cv, seed)
     pools = [
-        Pool("prefill", 8, 32, 32, pre, pre.kv_capacity_tokens, chunk_tokens=16384),
+        Pool(
+            "prefill",
+            8,
+            32,
+            32,
+            pre,
+            pre.kv_capacity_tokens,
+            chunk_tokens=16384,
+            balance_prefill=balance_prefill,
+        ),
         Pool("decode", 1, 144, 144, dec, dec.kv_capacity_tokens, max_batch=512),
     ]
     sim = Simulator(pools, mtp_draft_tokens=1, mtp_acceptance=mtp_acceptance,
@@ -180,12 +215,15 @@ def reproduce_day6(
     mtp_acceptance: float = 0.875,
     seed: int = 0,
     progress: bool = False,
+    balance_prefill: bool = True,
 ) -> dict[str, Any]:
     """The day-6 table: capacities, the utilisation the node count implies, predicted and
     published day averages (see the module docstring)."""
     r = DAY6
-    pre = prefill_capacity(n_prefill, length_cv, seed, progress)
-    dec = decode_capacity(n_decode, length_cv, mtp_acceptance, "flashmla", seed, progress)
+    pre = prefill_capacity(n_prefill, length_cv, seed, progress, balance_prefill)
+    dec = decode_capacity(
+        n_decode, length_cv, mtp_acceptance, "flashmla", seed, progress, balance_prefill
+    )
     input_rate = r["input_tokens"] / r["day_s"]
     output_rate = r["output_tokens"] / r["day_s"]
     nodes_prefill = input_rate / pre["tokens_per_s_per_node"]
@@ -196,6 +234,7 @@ def reproduce_day6(
     out = dict(
         assumptions=dict(
             length_cv=length_cv,
+            balance_prefill=balance_prefill,
             mtp_draft_tokens=1,
             mtp_acceptance=mtp_acceptance,
             decode_attention="flashmla",
@@ -246,10 +285,10 @@ if __name__ == "__main__":
     p.add_argument("--prefill-requests", type=int, default=20000)
     ns = p.parse_args()
     res = {
-        f"length_cv={cv:g}": reproduce_day6(
-            ns.prefill_requests, ns.decode_requests, cv, progress=True
+        key: reproduce_day6(
+            ns.prefill_requests, ns.decode_requests, cv, progress=True, balance_prefill=bal
         )
-        for cv in LENGTH_CVS
+        for key, cv, bal in VARIANTS
     }
     Path(ns.out).write_text(json.dumps(res, indent=1) + "\n")
     for k, v in res.items():

@@ -13,7 +13,8 @@ The scheduler, per rank, every step (continuous batching):
    `mtp_draft_tokens` drafts is accepted with probability `mtp_acceptance` if all earlier ones
    were; the step verifies 1 + drafts tokens per sequence);
 3. prefill (chunked): up to `chunk_tokens` new prompt tokens, minus the decode tokens of a
-   colocated rank, taken from the head of the rank's prefill queue. A prompt's first chunk looks
+   colocated rank (with `balance_prefill`, fewer on a rank whose chunk would outlast the median
+   rank's step), taken from the head of the rank's prefill queue. A prompt's first chunk looks
    its prefix up in the prefix cache; hit tokens are not recomputed (they are attended to). The
    step that ends a prompt gives its first output token.
 A sequence whose KV cache no longer fits is preempted (newest first) and recomputed: it goes back
@@ -54,6 +55,9 @@ class Pool:
     chunk_tokens: int = 8192  # prefill tokens per rank per step
     mixed_steps: bool = True  # colocated: prefill chunks ride along with decode in one step;
     # False: a step is either a prefill (of the first waiting prompt) or a decode, alternately
+    balance_prefill: bool = False  # size each rank's prompt chunk so that no rank's step outlasts
+    # the median rank's (a core-attention balancer: ranks that attend to long contexts take fewer
+    # tokens); False: every rank fills its chunk_tokens
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -187,9 +191,12 @@ class Simulator:
         n_dec = np.bincount(u.run_rank, minlength=R) if run_decode else np.zeros(R, np.int64)
         ctx_sum = np.bincount(u.run_rank, weights=u.run_ctx, minlength=R)
         pre_seqs, pre_tok, pre_ctx = np.zeros(R, np.int64), np.zeros(R, np.int64), np.zeros(R)
-        done_prefill = (
-            self._chunks(u, now, n_dec, pre_seqs, pre_tok, pre_ctx) if run_prefill else []
-        )
+        done_prefill = []
+        if run_prefill:
+            budgets = pool.chunk_tokens - n_dec * tpseq
+            if pool.balance_prefill:
+                budgets = self._balanced_budgets(u, n_dec, ctx_sum, budgets)
+            done_prefill = self._chunks(u, now, budgets, pre_seqs, pre_tok, pre_ctx)
         # ANCHOR: step_time
         # the step's time: the busiest rank's
         times = {}
@@ -259,23 +266,86 @@ class Simulator:
             u.last_prefill = run_prefill
         return run_decode, run_prefill
 
+    def _plan(self, u: _Unit, r: int, budget: int, slots: int) -> tuple[int, int, int]:
+        """(prompts, tokens, cached tokens ahead of them) that rank r's chunk would take with this
+        budget; changes nothing (the dry run of `_chunks`)."""
+        seqs = tokens = ahead = 0
+        for i, left, done, total, started in u.prefill_q[r]:
+            if budget <= 0:
+                break
+            if not started:
+                if u.pool.role == "both" and slots <= 0:
+                    break
+                if self.cache is not None:
+                    req = self.requests[i]
+                    done = self.cache.peek(req.prefix_id, min(req.prefix_tokens, total - 1))
+                    left = total - done
+            slots -= 1
+            take = min(left, budget)
+            seqs, tokens, ahead, budget = seqs + 1, tokens + take, ahead + done, budget - take
+        return seqs, tokens, ahead
+
+    def _balanced_budgets(
+        self, u: _Unit, n_dec: np.ndarray, ctx_sum: np.ndarray, budgets: np.ndarray
+    ) -> np.ndarray:
+        """Per-rank prefill budgets such that no rank's step is longer than the median rank's:
+        a rank whose chunk would be slower (it attends to a longer context) takes fewer tokens,
+        found by bisection on its budget (down to 1/16 of it)."""
+        pool, tpseq = u.pool, 1 + self.mtp_k
+        held = np.bincount(u.run_rank, minlength=pool.ranks)
+        slots = pool.max_batch - held - np.array([len(q) for q in u.wait_q])
+
+        def time(r: int, budget: int) -> float:
+            seqs, tokens, ahead = self._plan(u, r, budget, int(slots[r]))
+            if not tokens and not n_dec[r]:
+                return 0.0
+            shape = StepShape(
+                int(n_dec[r]),
+                tpseq,
+                int(round(ctx_sum[r] / n_dec[r])) if n_dec[r] else 0,
+                seqs,
+                tokens,
+                int(round(ahead / seqs)) if seqs else 0,
+            )
+            return pool.step_time(shape)
+
+        full = {r: time(r, int(budgets[r])) for r in range(pool.ranks) if u.prefill_q[r]}
+        active = [t for t in full.values() if t > 0]
+        if len(active) < 2:
+            return budgets
+        target = float(np.median(active))
+        out = budgets.copy()
+        for r, t in full.items():
+            if t <= target * (1 + 1e-9):
+                continue
+            lo, hi = max(1, int(budgets[r]) // 16), int(budgets[r])
+            if time(r, lo) > target:
+                out[r] = lo
+                continue
+            while hi - lo > max(1, lo // 32):  # about 3 % apart
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if time(r, mid) <= target else (lo, mid)
+            out[r] = lo
+        return out
+
     def _chunks(
         self,
         u: _Unit,
         now: float,
-        n_dec: np.ndarray,
+        budgets: np.ndarray,
         pre_seqs: np.ndarray,
         pre_tok: np.ndarray,
         pre_ctx: np.ndarray,
     ) -> list[tuple[int, int]]:
-        """Each rank's prompt chunks for this step, from the head of its queue, within the token
-        budget (chunk_tokens less the decode tokens); fills pre_seqs, pre_tok and pre_ctx (cached
-        tokens ahead of the chunks) per rank. Returns (rank, request) of the prompts that end."""
+        """Each rank's prompt chunks for this step, from the head of its queue, within its token
+        budget (chunk_tokens less the decode tokens, or less when balanced); fills pre_seqs,
+        pre_tok and pre_ctx (cached tokens ahead of the chunks) per rank. Returns (rank, request)
+        of the prompts that end."""
         pool = u.pool
         done: list[tuple[int, int]] = []
         held = np.bincount(u.run_rank, minlength=pool.ranks)  # colocated: sequences with a slot
         for r in range(pool.ranks):
-            budget = pool.chunk_tokens - n_dec[r] * (1 + self.mtp_k)
+            budget = int(budgets[r])
             slots = pool.max_batch - held[r] - len(u.wait_q[r])
             for item in u.prefill_q[r]:
                 if budget <= 0:

@@ -34,6 +34,12 @@ class PrefixCache:
         self.hit_tokens += hit
         return hit
 
+    def peek(self, prefix_id: int | None, prefix_tokens: int) -> int:
+        """Cached tokens a lookup would find, without counting it or touching the LRU order."""
+        if prefix_id is None or prefix_tokens == 0:
+            return 0
+        return min(prefix_tokens, self.entries.get(prefix_id, 0))
+
     def insert(self, prefix_id: int | None, prefix_tokens: int) -> None:
         """Keep a prefix after its prefill, evicting the least recently used to make room."""
         if prefix_id is None or prefix_tokens == 0 or prefix_tokens > self.capacity:
