@@ -2,6 +2,7 @@
 the parameter count of dsim.model built from it equals transformers' count for the same config,
 both models built on the meta device (no memory, no time)."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -51,7 +52,9 @@ TRANSFORMERS_TYPE = {"kimi_k2": "deepseek_v3"}
 
 def hf_params(model_type: str, cfg: dict) -> int:
     model_type = TRANSFORMERS_TYPE.get(model_type, model_type)
-    config = transformers.AutoConfig.for_model(model_type, **cfg)
+    # a deep copy: transformers 5 rewrites nested dicts in place (it puts rope_theta into
+    # rope_scaling), which would change the shared test configs for the tests that run later
+    config = transformers.AutoConfig.for_model(model_type, **copy.deepcopy(cfg))
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
     return sum(p.numel() for p in model.parameters())
