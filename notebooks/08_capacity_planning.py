@@ -29,7 +29,7 @@ from IPython.display import display
 from dsim.cli import human, table
 from dsim.config import preset
 from dsim.cost.flops import flops
-from dsim.cost.hardware import get_gpu, peak_flops
+from dsim.cost.hardware import peak_flops
 from dsim.cost.plan import (
     ASSUMPTIONS,
     DEEPSEEK_V3_SERVING,
@@ -567,11 +567,10 @@ answer(
 # The attention core of `dsim.model`'s absorbed MLA runs three kernels (scores, a float32 softmax that
 # writes the whole score matrix, and the weighted sum), where DeepSeek's FlashMLA fuses them into one
 # pass over the cache; the time model prices the kernels dsim runs. The last line is not a prediction
-# but a bound that locates the gap: the step if the attention core cost only one read of the cache at
+# but a bound that locates the gap: the step if the attention core cost only one pass over the cache at
 # the calibrated HBM bandwidth.
 
 # %% tags=["anchor:serving-memory", "remove-input"]
-from dsim.cost.memory import kv_cache_bytes_per_token
 from dsim.cost.plan import FP8_COMPONENTS
 from dsim.cost.timing import block_plan, op_time
 
@@ -587,18 +586,15 @@ for comp, t in sorted(by.items(), key=lambda kv: -kv[1]):
     print(
         f"{comp:16s} {t * 1e3:6.3f} ms  {t / total:5.1%}   (one block, routed experts not included)"
     )
-cache_read = (
-    kv_cache_bytes_per_token(V3)
-    / V3.n_layers
-    * (d.context + 1)
-    * d.batch
-    / (get_gpu("H800").hbm_bw * gpu_calibration("H800").bw_eff)
-)
-floor_step = d.step_time_s - V3.n_layers * (by["attn_core"] - cache_read)
+# the same step with the attention core as one fused pass over the cache (dsim.serving.StepCost's
+# FlashMLA option: max(FLOPs, cache bytes) at the calibrated rates, one launch)
+from dsim.serving import StepCost, StepShape
+
+fused = StepCost(V3, "H800", 144, 144, redundant_experts=32, decode_attention="flashmla")
+floor_step = fused(StepShape(decode_seqs=d.batch, decode_context=d.context))
 print(
-    f"whole step {d.step_time_s * 1e3:.0f} ms; with the attention core at one cache read per block "
-    f"({cache_read * 1e3:.2f} ms instead of {by['attn_core'] * 1e3:.2f} ms): {floor_step * 1e3:.0f} ms, "
-    f"{d.batch / floor_step * 8:,.0f} output tokens/s per node"
+    f"whole step {d.step_time_s * 1e3:.0f} ms; with the attention core as one pass over the cache "
+    f"(FlashMLA): {floor_step * 1e3:.0f} ms, {d.batch / floor_step * 8:,.0f} output tokens/s per node"
 )
 
 # %% [markdown]

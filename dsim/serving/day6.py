@@ -97,6 +97,18 @@ def _units(decode_attention: str) -> tuple[StepCost, StepCost]:
     return pre, dec
 
 
+def _pools(pre: StepCost, dec: StepCost, prefill_units: int, balance_prefill: bool) -> list[Pool]:
+    """The published layout: `prefill_units` prefill units of 32 GPUs (one attention rank each,
+    chunks of 16K tokens) and one decode unit of 144 GPUs."""
+    r = DAY6
+    n_pre, n_dec = r["prefill"]["n_gpus"], r["decode"]["n_gpus"]
+    return [
+        Pool("prefill", prefill_units, n_pre, n_pre, pre, pre.kv_capacity_tokens,
+             chunk_tokens=16384, balance_prefill=balance_prefill),
+        Pool("decode", 1, n_dec, n_dec, dec, dec.kv_capacity_tokens, max_batch=512),
+    ]  # fmt: skip
+
+
 def _warm_cache(reqs: list[Request]) -> PrefixCache:
     cache = PrefixCache()
     for q in reqs:
@@ -119,19 +131,7 @@ def prefill_capacity(
     nodes = r["prefill"]["n_gpus"] / r["gpus_per_node"]
     guess = 130e3 * nodes / deepseek_v3_workload()["prompt"]  # requests/s: above capacity
     reqs = day6_requests(2 * guess, n, length_cv, seed, output_tokens=1)
-    pools = [
-        Pool(
-            "prefill",
-            1,
-            32,
-            32,
-            pre,
-            pre.kv_capacity_tokens,
-            chunk_tokens=16384,
-            balance_prefill=balance_prefill,
-        ),
-        Pool("decode", 1, 144, 144, dec, dec.kv_capacity_tokens),
-    ]
+    pools = _pools(pre, dec, 1, balance_prefill)
     trace = Simulator(pools, prefix_cache=_warm_cache(reqs), seed=seed).run(reqs, progress)
     steps = np.array(trace.steps["prefill"], dtype=float)
     # the unit is full while requests keep arriving (twice as fast as it serves): new tokens
@@ -169,19 +169,7 @@ def decode_capacity(
     per_rank = dec.kv_capacity_tokens / r["kv_length_per_output_token"]
     rate = 1.3 * per_rank * r["decode"]["n_gpus"] * 25 / w["output"]
     reqs = day6_requests(rate, n, length_cv, seed)
-    pools = [
-        Pool(
-            "prefill",
-            8,
-            32,
-            32,
-            pre,
-            pre.kv_capacity_tokens,
-            chunk_tokens=16384,
-            balance_prefill=balance_prefill,
-        ),
-        Pool("decode", 1, 144, 144, dec, dec.kv_capacity_tokens, max_batch=512),
-    ]
+    pools = _pools(pre, dec, 8, balance_prefill)
     sim = Simulator(pools, mtp_draft_tokens=1, mtp_acceptance=mtp_acceptance,
                     prefix_cache=_warm_cache(reqs), seed=seed)  # fmt: skip
     trace = sim.run(reqs, progress)

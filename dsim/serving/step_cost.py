@@ -37,7 +37,7 @@ from dsim.cost.graph import is_moe_layer
 from dsim.cost.graph.rules import layer_window
 from dsim.cost.kv_cache import kv_cache_bytes_per_token
 from dsim.cost.layout import kv_tp_split
-from dsim.cost.memory import bytes_per_param, layer_activation_bytes
+from dsim.cost.memory import layer_activation_bytes
 from dsim.cost.plan.job import ACT_DTYPE, RESERVED_BYTES, shard_args
 from dsim.cost.plan.serve import Serving
 from dsim.cost.timing import PlanOp, block_plan
@@ -239,39 +239,15 @@ class StepCost:
         return [o for o in ops if o.op != "moe_ffn"], extra
 
     def _time(self, shape: StepShape) -> float:
-        a, s, tp = self.args, self.serving, self.tp
-        op_times = s.op_times
-        tokens = shape.tokens
+        s = self.serving
         seqs = shape.decode_seqs + shape.prefill_seqs
-        overlap = s.overlap and seqs >= 2
+        overlap = s.overlap and seqs >= 2  # two micro-batches need two sequences
         total = 0.0
         for (moe, _), (layer, count) in self.kinds.items():
             ops, extra = self._block_ops(layer, shape)
-            c = op_times.sum_ops(ops, self.dtype)[0] + extra
-            a2a = 0.0
-            if moe:
-                local = -(-tokens // tp)
-                c += op_times.expert_time(
-                    local, s.experts_per_gpu, a.moe_inter_dim, self.dtype, False
-                )[0]
-                a2a = op_times.a2a(
-                    local, s.ep, max(1, self.gpus_per_node // tp), self.dtype,
-                    s.experts_per_gpu * s.ep,
-                )  # fmt: skip
-            total += count * (c + a2a - (min(a2a, c) if overlap else 0.0))
-        total += 2 * a.n_layers * s.tp_allreduce(tokens)
+            total += count * sum(s.block_time(ops, shape.tokens, moe, overlap, extra))
         rows = shape.decode_seqs * shape.decode_tokens + shape.prefill_seqs  # logits wanted
-        if tp > 1:
-            logits = rows * a.vocab_size * bytes_per_param(ACT_DTYPE)
-            total += op_times.coll("all_gather", logits, tp, self.gpus_per_node)
-        ends = [
-            PlanOp(Component.EMBEDDING, "embed", "gather_rows",
-                   dict(rows=tokens, width=a.dim, dst_rows=a.vocab_size)),
-            PlanOp(Component.NORMS, "norm", "rmsnorm", dict(tokens=rows, dim=a.dim)),
-            PlanOp(Component.HEAD, "head", "gemm",
-                   dict(m=rows, n=-(-a.vocab_size // tp), k=a.dim, batch=1)),
-        ]  # fmt: skip
-        return total + op_times.sum_ops(ends, self.dtype)[0]
+        return total + sum(s.ends_time(shape.tokens, rows))
 
     def __call__(self, shape: StepShape) -> float:
         if shape.tokens < 1:

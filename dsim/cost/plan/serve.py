@@ -191,54 +191,40 @@ class Serving:
         nbytes = tokens * self.args.dim * bytes_per_param(ACT_DTYPE)
         return self.op_times.coll("all_reduce", nbytes, self.tp, self.gpus_per_node)
 
-    def step(self, batch: int) -> tuple[float, float, float, dict[str, float]]:
-        """(step seconds, compute seconds, exposed communication seconds, exposed seconds by kind:
-        tensor and expert) for `batch` sequences per attention rank."""
+    def block_time(
+        self, ops: list[PlanOp], tokens: int, moe: bool, overlap: bool, extra: float = 0.0
+    ) -> tuple[float, float]:
+        """(compute seconds, exposed all-to-all seconds) of one block: its non-expert `ops` (plus
+        `extra` seconds), and for an MoE block the routed experts over `tokens` tokens of an
+        attention rank (every GPU's experts get, balanced, the top-k copies of 1/tp of them) and
+        their dispatch/combine, hidden behind the compute when two micro-batches alternate."""
         a, op_times, tp = self.args, self.op_times, self.tp
-        impl = "absorb" if self.phase == "decode" else "naive"  # DeepSeek: absorbed MLA to decode
-        sa = shard_args(a.replace(attn_impl=impl) if a.attn_type == "mla" else a, tp)
-        mode = self.phase
-        tokens = batch * self.new
-        total = comp = exposed_ep = 0.0
-        # two micro-batches alternate only when there are two sequences to split them into
-        overlap = self.overlap and batch >= 2
-        for i in range(a.n_layers):
-            moe = a.is_moe and is_moe_layer(a, i)
-            key = ("serve-block", moe, batch, overlap)
-            if key not in op_times._memo:
-                ops = [
-                    p
-                    for p in block_plan(
-                        sa, first_moe_layer(a) if moe else 0, batch, self.new, self.ctx, mode
-                    )
-                    if p.op != "moe_ffn"
-                ]
-                c = op_times.sum_ops(ops, self.dtype)[0]
-                a2a = 0.0
-                if moe:
-                    # every GPU's experts get, balanced, the top-k copies of 1/tp of a TP group's
-                    # tokens
-                    c += op_times.expert_time(
-                        -(-tokens // tp), self.experts_per_gpu, a.moe_inter_dim, self.dtype, False
-                    )[0]
-                    a2a = op_times.a2a(
-                        -(-tokens // tp),
-                        self.ep,
-                        max(1, self.gpus_per_node // tp),
-                        self.dtype,
-                        self.experts_per_gpu * self.ep,
-                    )
-                hidden = min(a2a, c) if overlap else 0.0
-                op_times._memo[key] = (c, a2a - hidden)
-            c, e = op_times._memo[key]
-            comp, exposed_ep = comp + c, exposed_ep + e
-        # tensor parallelism: two all-reduces per block (after wo and after w2), and the head's
-        # vocabulary-split logits gathered for the last position of each sequence
-        exposed_tp = 2 * a.n_layers * self.tp_allreduce(tokens)
+        c = op_times.sum_ops(ops, self.dtype)[0] + extra
+        a2a = 0.0
+        if moe:
+            local = -(-tokens // tp)
+            c += op_times.expert_time(
+                local, self.experts_per_gpu, a.moe_inter_dim, self.dtype, False
+            )[0]
+            a2a = op_times.a2a(
+                local,
+                self.ep,
+                max(1, self.gpus_per_node // tp),
+                self.dtype,
+                self.experts_per_gpu * self.ep,
+            )
+        return c, a2a - (min(a2a, c) if overlap else 0.0)
+
+    def ends_time(self, tokens: int, rows: int) -> tuple[float, float]:
+        """(compute seconds, exposed tensor-parallel seconds) outside the blocks for a step of
+        `tokens` tokens that wants `rows` rows of logits: the embedding lookup, the final norm and
+        the head; with tensor parallelism, two all-reduces per block (after wo and after w2) and
+        the vocabulary-split logits gathered."""
+        a, op_times, tp = self.args, self.op_times, self.tp
+        exposed = 2 * a.n_layers * self.tp_allreduce(tokens)
         if tp > 1:
-            logits = batch * a.vocab_size * bytes_per_param(ACT_DTYPE)
-            exposed_tp += op_times.coll("all_gather", logits, tp, self.gpus_per_node)
-        # the last position's logits per sequence, and the embedding lookup
+            logits = rows * a.vocab_size * bytes_per_param(ACT_DTYPE)
+            exposed += op_times.coll("all_gather", logits, tp, self.gpus_per_node)
         ops = [
             PlanOp(
                 Component.EMBEDDING,
@@ -246,18 +232,41 @@ class Serving:
                 "gather_rows",
                 dict(rows=tokens, width=a.dim, dst_rows=a.vocab_size),
             ),
-            PlanOp(Component.NORMS, "norm", "rmsnorm", dict(tokens=batch, dim=a.dim)),
+            PlanOp(Component.NORMS, "norm", "rmsnorm", dict(tokens=rows, dim=a.dim)),
             PlanOp(
                 Component.HEAD,
                 "head",
                 "gemm",
-                dict(m=batch, n=-(-a.vocab_size // tp), k=a.dim, batch=1),
+                dict(m=rows, n=-(-a.vocab_size // tp), k=a.dim, batch=1),
             ),
         ]
-        comp += op_times.sum_ops(ops, self.dtype)[0]
+        return op_times.sum_ops(ops, self.dtype)[0], exposed
+
+    def step(self, batch: int) -> tuple[float, float, float, dict[str, float]]:
+        """(step seconds, compute seconds, exposed communication seconds, exposed seconds by kind:
+        tensor and expert) for `batch` sequences per attention rank."""
+        a, op_times, tp = self.args, self.op_times, self.tp
+        impl = "absorb" if self.phase == "decode" else "naive"  # DeepSeek: absorbed MLA to decode
+        sa = shard_args(a.replace(attn_impl=impl) if a.attn_type == "mla" else a, tp)
+        tokens = batch * self.new
+        comp = exposed_ep = 0.0
+        # two micro-batches alternate only when there are two sequences to split them into
+        overlap = self.overlap and batch >= 2
+        for i in range(a.n_layers):
+            moe = a.is_moe and is_moe_layer(a, i)
+            key = ("serve-block", moe, batch, overlap)
+            if key not in op_times._memo:
+                layer = first_moe_layer(a) if moe else 0
+                ops = block_plan(sa, layer, batch, self.new, self.ctx, self.phase)
+                ops = [p for p in ops if p.op != "moe_ffn"]
+                op_times._memo[key] = self.block_time(ops, tokens, moe, overlap)
+            c, e = op_times._memo[key]
+            comp, exposed_ep = comp + c, exposed_ep + e
+        # the last position's logits per sequence
+        ends, exposed_tp = self.ends_time(tokens, batch)
+        comp += ends
         exposed = exposed_tp + exposed_ep
-        total = comp + exposed
-        return total, comp, exposed, dict(tensor=exposed_tp, expert=exposed_ep)
+        return comp + exposed, comp, exposed, dict(tensor=exposed_tp, expert=exposed_ep)
 
     def plan(self, batch: int, price_per_gpu_hour: float) -> ServePlan:
         check_real("price_per_gpu_hour", price_per_gpu_hour)
