@@ -45,6 +45,7 @@ ZOO = {
     "gpt-oss-120b": ("gpt-oss-120b", "mxfp4"),
     "gpt-oss-20b": ("gpt-oss-20b", "mxfp4"),
     "Mixtral-8x7B": ("mixtral-8x7b-v0.1", "bf16"),
+    "DBRX": ("dbrx-instruct", "bf16"),
     "Llama-3.1-70B (dense)": ("llama-3.1-70b-instruct", "bf16"),
     "Mistral-7B (dense)": ("mistral-7b-instruct-v0.1", "bf16"),
 }
@@ -223,6 +224,7 @@ rows = [
     ],
     ["V3's expert width", "moe_inter_dim / dim", f"{zoo['DeepSeek-V3'].expert_width:.2f}"],
     ["Mixtral's expert width", "moe_inter_dim / dim", f"{zoo['Mixtral-8x7B'].expert_width:.2f}"],
+    ["DBRX's expert width", "moe_inter_dim / dim", f"{zoo['DBRX'].expert_width:.2f}"],
 ]
 viz.table(rows, ["choice", "what it changes", "value"])
 answer(

@@ -11,6 +11,7 @@ from dsim.config import ModelArgs
 from dsim.hf.keys import IGNORED
 from tests.test_config import MIXTRAL_HF, V3_HF
 from tests.test_hf_families import FAMILIES
+from tests.test_hf_fixtures import FIXTURES
 
 
 def without(cfg: dict, key: str) -> dict:
@@ -125,51 +126,12 @@ def test_partial_rotary_with_yarn_is_refused():
 
 
 def test_dbrx_sub_configs_as_transformers_serializes_them():
-    """A DBRX config re-saved by transformers (as MLX's dbrx-instruct-4bit copy is) repeats
-    PretrainedConfig's output and generation defaults inside attn_config and ffn_config, and MLX
-    adds its storage key `quantization`: none of them is architecture, so the config reads, with
-    DBRX-Instruct's published sizes."""
-    generic = dict(
-        return_dict=True,
-        output_hidden_states=False,
-        torch_dtype=None,
-        tie_word_embeddings=True,
-        max_length=20,
-        temperature=1.0,
-        top_k=50,
-        top_p=1.0,
-        id2label={"0": "LABEL_0", "1": "LABEL_1"},
-        model_type="",
-    )
-    cfg = {
-        "architectures": ["DbrxForCausalLM"],
-        "model_type": "dbrx",
-        "d_model": 6144,
-        "n_heads": 48,
-        "n_layers": 40,
-        "max_seq_len": 32768,
-        "vocab_size": 100352,
-        "tie_word_embeddings": False,
-        "quantization": {"group_size": 64, "bits": 4},
-        "attn_config": {
-            **generic,
-            "attn_pdrop": 0,
-            "clip_qkv": 8,
-            "kv_n_heads": 8,
-            "rope_theta": 500000,
-        },
-        "ffn_config": {
-            **generic,
-            "ffn_act_fn": {"name": "silu"},
-            "ffn_hidden_size": 10752,
-            "moe_num_experts": 16,
-            "moe_top_k": 4,
-            "moe_jitter_eps": 0,
-            "moe_loss_weight": 0.05,
-            "moe_normalize_expert_weights": 1,
-            "uniform_expert_assignment": False,
-        },
-    }
+    """DBRX-Instruct's config as MLX's dbrx-instruct-4bit publishes it (re-saved by transformers)
+    repeats PretrainedConfig's output and generation defaults inside attn_config and ffn_config,
+    and MLX adds its storage key `quantization`: none of them is architecture, so the config
+    reads, with DBRX-Instruct's published sizes, and the sub-configs stay strict."""
+    cfg = json.loads((FIXTURES / "dbrx-instruct.json").read_text())
+    assert cfg["attn_config"]["top_k"] == 50 and "quantization" in cfg  # the clutter is there
     args = ModelArgs.from_hf_config(cfg)
     assert (args.dim, args.n_heads, args.kv_heads, args.n_layers) == (6144, 48, 8, 40)
     assert (args.n_routed_experts, args.n_activated_experts, args.moe_inter_dim) == (16, 4, 10752)

@@ -28,6 +28,7 @@ HF_FIXTURES = [
     "qwen3-235b-a22b",
     "kimi-k2-instruct",
     "olmoe-1b-7b-0125-instruct",
+    "dbrx-instruct",
 ]
 # published with num_nextn_predict_layers >= 1: dsim builds the MTP modules, transformers does not
 MTP_FIXTURES = ["deepseek-v3", "deepseek-r1", "deepseek-v3.2", "glm-4.5-air"]
@@ -60,14 +61,25 @@ def hf_params(model_type: str, cfg: dict) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def for_transformers(cfg: dict) -> tuple[str, dict]:
+    """The model type and the keys to build a published config in transformers, without its
+    storage format (transformers would quantize on load; MLX's `quantization` it does not know)."""
+    hf = copy.deepcopy(cfg)
+    model_type = hf.pop("model_type")
+    hf.pop("quantization_config", None)
+    hf.pop("quantization", None)
+    ffn = hf.get("ffn_config", {})
+    if isinstance(ffn.get("moe_normalize_expert_weights"), int):
+        # DBRX: transformers 4.39 wrote the integer 1; transformers 5 validates a float
+        ffn["moe_normalize_expert_weights"] = float(ffn["moe_normalize_expert_weights"])
+    return model_type, hf
+
+
 @pytest.mark.parametrize("name", HF_FIXTURES)
 def test_published_config_params_equal_transformers(name):
     cfg = json.loads((FIXTURES / f"{name}.json").read_text())
     args = ModelArgs.from_hf_config(FIXTURES / f"{name}.json")
-    hf = dict(cfg)
-    model_type = hf.pop("model_type")
-    hf.pop("quantization_config", None)  # storage format: transformers would quantize on load
-    assert dsim_params(args) == hf_params(model_type, hf)
+    assert dsim_params(args) == hf_params(*for_transformers(cfg))
 
 
 @pytest.mark.parametrize("name", MTP_FIXTURES)
@@ -79,10 +91,7 @@ def test_published_config_params_differ_by_exactly_the_mtp_modules(name):
     assert args.n_mtp_layers == cfg["num_nextn_predict_layers"] >= 1
     with torch.device("meta"):
         mtp = sum(p.numel() for p in Transformer(args).mtp.parameters())
-    hf = dict(cfg)
-    model_type = hf.pop("model_type")
-    hf.pop("quantization_config", None)  # storage format: transformers would quantize on load
-    assert mtp > 0 and dsim_params(args) - hf_params(model_type, hf) == mtp
+    assert mtp > 0 and dsim_params(args) - hf_params(*for_transformers(cfg)) == mtp
 
 
 @pytest.mark.parametrize("name", NATIVE_FIXTURES)
