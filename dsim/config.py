@@ -252,6 +252,18 @@ class ModelArgs:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
+    def first_layers(self, n_layers: int, **changes: Any) -> ModelArgs:
+        """The model cut to its first n_layers blocks (a part of a step to cost or measure): the
+        dense layers and the sliding-window layers among them stay as they were."""
+        window = tuple(i for i in self.window_layers if i < n_layers)
+        return self.replace(
+            n_layers=n_layers,
+            n_dense_layers=min(self.n_dense_layers, n_layers),
+            window_layers=window,
+            sliding_window=self.sliding_window if window else 0,
+            **changes,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

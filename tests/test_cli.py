@@ -687,3 +687,23 @@ def test_decode_attention_time_is_monotone_in_the_context():
             for kv in range(400, 2400, 9)
         ]  # fmt: skip
         assert all(b >= a for a, b in zip(times, times[1:]))
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "dsim" / "data" / "hf_configs"
+
+
+@pytest.mark.parametrize("name", ["gpt-oss-20b", "mistral-7b-instruct-v0.1"])
+def test_plan_takes_sliding_window_models(name, capsys):
+    """The planner costs the embedding and head on a one-block copy of the model; a model whose
+    sliding-window layers lie past that block (gpt-oss, Mistral) once failed validation there."""
+    cfg = str(CONFIGS / f"{name}.json")
+    assert main(["plan", "--model", cfg, "--gpu", "H800", "--gpus", "64", "--tokens", "1T"]) == 0
+    assert "MFU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["llama-2-7b-chat", "olmoe-1b-7b-0125-instruct"])
+def test_flops_decode_default_fits_a_4k_model(name, capsys):
+    """Decode's default cache (4096 tokens, capped) leaves room for the new token in a model whose
+    max_seq_len is 4096, instead of refusing the command's own default."""
+    assert main(["flops", "--model", str(CONFIGS / f"{name}.json"), "--mode", "decode"]) == 0
+    assert "after 4095 cached" in capsys.readouterr().out

@@ -214,3 +214,12 @@ def test_fields_are_validated_on_assignment_and_left_unchanged():
     assert dataclasses.replace(args, dim=32).dim == 32
     with pytest.raises(ValueError, match="ModelArgs.dim"):
         dataclasses.replace(args, dim=-1)
+
+
+def test_first_layers_keeps_the_windows_and_dense_layers_it_cuts_to():
+    oss = ModelArgs(n_layers=4, sliding_window=8, window_layers=(1, 3), n_dense_layers=0)
+    assert oss.first_layers(3).window_layers == (1,)
+    one = oss.first_layers(1)  # layer 0 is full attention: no window is left
+    assert (one.n_layers, one.window_layers, one.sliding_window) == (1, (), 0)
+    v3 = preset("deepseek-v3").first_layers(2, n_mtp_layers=0)
+    assert (v3.n_layers, v3.n_dense_layers, v3.n_mtp_layers) == (2, 2, 0)

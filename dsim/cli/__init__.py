@@ -116,7 +116,7 @@ def _add_cost_commands(sub) -> None:
         type=size_int,
         default=None,
         help="tokens per sequence (decode: cached tokens; default 4096, or the model's "
-        "max_seq_len if shorter)",
+        "max_seq_len if shorter, less one in decode for the new token)",
     )
     p.add_argument("--batch", type=size_int, default=1, help="sequences (default 1)")
     p.add_argument(

@@ -77,6 +77,8 @@ def cmd_flops(ns: argparse.Namespace) -> int:
 
     args = load_model(ns.model)
     seq_len = default_length(args, ns.seq_len)
+    if ns.mode == "decode" and ns.seq_len is None and ns.context is None:
+        seq_len = min(seq_len, args.max_seq_len - 1)  # the cache and the new token fit
     if ns.mode == "decode":
         cached = seq_len if ns.context is None else ns.context
         check_length(args, "--seq-len" if ns.context is None else "--context", cached + 1)

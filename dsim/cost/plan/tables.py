@@ -153,7 +153,7 @@ class Tables(OpTimes):
                     ],
                     dt,
                 )
-            one = a.replace(n_layers=1, n_dense_layers=min(a.n_dense_layers, 1), n_mtp_layers=0)
+            one = a.first_layers(1, n_mtp_layers=0)
             extras = [
                 p for p in step_plan(one, mb, S, "train") if not p.label.startswith("layers.")
             ]
