@@ -373,3 +373,30 @@ def test_balanced_prefill_chunks_keep_long_contexts_from_stalling_the_unit():
         littles_law(tr)
         ends[balance] = tr.finish.max()
     assert ends[True] < 0.9 * ends[False]
+
+
+def test_a_sliding_window_model_is_served_with_a_cache_that_never_overcommits():
+    """gpt-oss keeps only the last 128 tokens in half its layers. The simulator counts cache in
+    tokens, so it prices each token as a sequence within the window does (every layer keeps it):
+    the capacity of the same model without windows."""
+    from pathlib import Path
+
+    from dsim.config import ModelArgs
+
+    cfg = Path(__file__).resolve().parents[1] / "dsim" / "data" / "hf_configs" / "gpt-oss-20b.json"
+    oss = ModelArgs.from_hf_config(cfg)
+    full = oss.replace(sliding_window=0, window_layers=())
+    windowed, unwindowed = (StepCost(a, "H800", 16, max_step_tokens=4096) for a in (oss, full))
+    assert windowed.kv_capacity_tokens == unwindowed.kv_capacity_tokens > 0
+    # a fused kernel over the cache reads only a window layer's window (dsim.model masks a full
+    # cache, so its default decode attention reads every key)
+    long = StepShape(decode_seqs=8, decode_context=8192)
+    assert windowed(long) == unwindowed(long)
+    fused = [
+        StepCost(a, "H800", 16, decode_attention="flashmla", max_step_tokens=4096)
+        for a in (oss, full)
+    ]
+    assert fused[0](long) < fused[1](long)
+    pool = Pool("both", 1, 16, 16, windowed, windowed.kv_capacity_tokens, 64, 4096)
+    trace = Simulator([pool]).run(poisson_requests(5.0, 40, 512, 32, seed=0))
+    assert littles_law(trace).requests == 40

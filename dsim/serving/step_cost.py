@@ -171,7 +171,12 @@ class StepCost:
         self.gpu, self.n_gpus, self.gpus_per_node = s.gpu, n_gpus, gpus_per_node
         self.decode_attention = decode_attention
         self.max_step_tokens = max_step_tokens
-        self.kv_bytes_per_token = kv_cache_bytes_per_token(args, kv_dtype) / kv_tp_split(args, tp)
+        # a sliding-window layer keeps at most its window: the bytes of a token are the most while
+        # a sequence is within the window (every layer keeps every token), so counting every token
+        # at that price never overcommits the cache of longer sequences (which need less)
+        within = dict(seq_len=args.sliding_window) if args.sliding_window else {}
+        per_token = kv_cache_bytes_per_token(args, kv_dtype, **within)
+        self.kv_bytes_per_token = per_token / kv_tp_split(args, tp)
         layer = next((i for i in range(args.n_layers) if is_moe_layer(args, i)), 0)
         acts = layer_activation_bytes(args, layer, 1, max_step_tokens, ACT_DTYPE, "cuda") / tp
         free = s.gpu.hbm_bytes - reserved_bytes - s.weight_bytes - acts
@@ -199,12 +204,10 @@ class StepCost:
         """One fused kernel over the cache (FlashMLA-like): seconds per block."""
         a, cal = self.dec_args, self.serving.op_times.cal
         keys = min(ctx + q_tokens, window) if window else ctx + q_tokens
-        if a.attn_type == "mla":
-            width = (
-                2 * a.kv_lora_rank + a.qk_rope_head_dim
-            )  # scores over c_kv and k_pe, then p@c_kv
-        else:
-            width = a.head_dim_qk + a.v_head_dim
+        if a.attn_type == "mla":  # scores over c_kv and k_pe, then p @ c_kv
+            width = 2 * a.kv_lora_rank + a.qk_rope_head_dim
+        else:  # scores q.k, then p @ v, each head_size wide
+            width = 2 * a.head_size
         flops = 2.0 * seqs * q_tokens * a.n_heads * keys * width
         cache = self.kv_bytes_per_token / self.args.n_layers * keys * seqs
         compute = flops / (self.gpu.bf16_flops * cal.mma_eff)
