@@ -8,7 +8,8 @@ One run measures two disjoint grids of shapes:
 Op kinds (what each record times is defined precisely in dsim/cost/timing/ops.py's docstring):
   gemm          y[m,n] = x[m,k] @ w[k,n] (F.linear), bf16 (and fp32 for the router)
   moe_ffn       dsim.model.MoE without shared experts: gate + permute + 3 grouped GEMMs + unpermute
-  attention     F.scaled_dot_product_attention (backend recorded), MHA 128/128 and MLA 192/128 dims
+  attention     F.scaled_dot_product_attention (backend recorded), MHA 128/128 and MLA 192/128 dims,
+                and GQA (enable_gqa, kv_heads < n_heads; validation only)
   rmsnorm, elementwise, gate   memory-bound ops
   grouped_gemm, sort, gather_rows, index_select_rows, index_add_rows   pieces of the MoE layer
                 (calibration only) so that each efficiency is fitted where it is isolated.
@@ -219,6 +220,17 @@ def full_grid() -> list[dict]:
                         ),
                     )
                 )
+
+    # GQA (enable_gqa): keys and values of kv_heads heads, each shared by a group of query heads.
+    # Validation only (the fit never sees them): they check the time model's reading of GQA.
+    gqa = dict(qk_head_dim=128, v_head_dim=128)
+    for b, s, h, hk in ((16, 8192, 32, 8), (64, 4096, 64, 4), (4, 32768, 64, 8)):  # decode
+        shape = dict(batch=b, seq_len=1, kv_seq_len=s, n_heads=h, kv_heads=hk, causal=False)
+        cases.append(case("attention", V, {**shape, **gqa}))
+    for b, s, h, hk in ((2, 4096, 32, 8), (1, 8192, 64, 4)):  # prefill and training
+        for bwd in (False, True):
+            shape = dict(batch=b, seq_len=s, n_heads=h, kv_heads=hk, causal=True)
+            cases.append(case("attention", V, {**shape, **gqa}, bwd))
 
     # Memory-bound ops.
     for t in (1, 32, 256, 4096, 16384, 65536):
@@ -581,18 +593,18 @@ def build(c: dict, device: torch.device):
         fn = lambda: torch.argsort(keys, stable=True)  # noqa: E731
     elif op == "attention":
         b, sq, h, qk, v = s["batch"], s["seq_len"], s["n_heads"], s["qk_head_dim"], s["v_head_dim"]
-        skv = s.get("kv_seq_len", sq)
+        skv, hk = s.get("kv_seq_len") or sq, s.get("kv_heads") or h
         leaves = [
             _randn(b, sq, h, qk, device=device, grad=bwd),
-            _randn(b, skv, h, qk, device=device, grad=bwd),
-            _randn(b, skv, h, v, device=device, grad=bwd),
+            _randn(b, skv, hk, qk, device=device, grad=bwd),
+            _randn(b, skv, hk, v, device=device, grad=bwd),
         ]
         q, k, vv = (
             t.transpose(1, 2) for t in leaves
         )  # [B, H, S, d] views, as dsim.model.attention
-        causal = s["causal"]
-        fwd = lambda: F.scaled_dot_product_attention(q, k, vv, is_causal=causal)  # noqa: E731
-        extra["backend"] = sdpa_backend(q, k, vv, causal)
+        causal, gqa = s["causal"], {"enable_gqa": True} if hk != h else {}
+        fwd = lambda: F.scaled_dot_product_attention(q, k, vv, is_causal=causal, **gqa)  # noqa: E731
+        extra["backend"] = sdpa_backend(q, k, vv, causal, **gqa)
         fn = fwd
         if bwd:
             fn, setup = _backward_fn(fwd, leaves)
@@ -657,13 +669,16 @@ def build(c: dict, device: torch.device):
     return fn, setup, extra
 
 
-def sdpa_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> str:
+def sdpa_backend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, enable_gqa: bool = False
+) -> str:
     """The backend F.scaled_dot_product_attention picks for these inputs (flash,
     efficient, cudnn, math)."""
     try:
         from torch.nn.attention import SDPBackend
 
-        choice = torch._fused_sdp_choice(q, k, v, None, 0.0, causal)
+        gqa = {"enable_gqa": True} if enable_gqa else {}
+        choice = torch._fused_sdp_choice(q, k, v, None, 0.0, causal, **gqa)
         return SDPBackend(choice).name.lower()
     except Exception as e:  # private API; keep the measurement going
         return f"unknown ({type(e).__name__})"

@@ -710,3 +710,21 @@ def test_every_op_runs_with_its_required_arguments():
     for op, (required, _) in OPS.items():
         t = op_time(op, **{a: example[a] for a in required})
         assert math.isfinite(t) and t > 0, op
+
+
+def test_gqa_reads_keys_and_values_once_per_kv_head():
+    """attention(kv_heads=...): K and V are [batch, kv_heads, kv_seq_len, d], so decoding (memory
+    bound) reads fewer bytes than with a KV head per query head; kv_heads = n_heads is MHA, and a
+    kv_heads that does not divide n_heads is refused by name."""
+    shape = dict(batch=16, seq_len=1, kv_seq_len=8192, n_heads=32, qk_head_dim=128, v_head_dim=128)
+    mha = op_time("attention", causal=False, **shape)
+    assert op_time("attention", causal=False, kv_heads=32, **shape) == mha
+    assert op_time("attention", causal=False, kv_heads=8, **shape) < mha
+    with pytest.raises(ValueError, match="kv_heads must divide n_heads"):
+        op_time("attention", causal=False, kv_heads=5, **shape)
+    # the graph hands a GQA model's kv_heads to the time model (Mixtral: 32 query, 8 KV heads)
+    mistral = preset("mixtral-8x7b")
+    (sdpa,) = [op for op in step_plan(mistral, 4, 1, "decode", 4096) if op.label.endswith("sdpa")][
+        :1
+    ]
+    assert sdpa.shape["kv_heads"] == mistral.kv_heads == 8 < mistral.n_heads

@@ -42,7 +42,8 @@ def _pairs(c: Ctx) -> tuple[int, int]:
 
 
 def _sdpa(c: Ctx, qk: int, dv: int, kv_heads: int, saved: list[Item]) -> GraphOp:
-    """F.scaled_dot_product_attention on q [B, H, S, qk], k [B, H, S_kv, qk], v [B, H, S_kv, dv].
+    """F.scaled_dot_product_attention on q [B, H, S, qk], k [B, kv_heads, S_kv, qk], v [B, kv_heads,
+    S_kv, dv] (GQA: enable_gqa).
 
     Forward 2 (qk + dv) per (query, key) pair and head; the fused kernels' backward recomputes
     QK^T: 2 (3 qk + 2 dv) per pair, the math path's is twice the forward."""
@@ -56,6 +57,8 @@ def _sdpa(c: Ctx, qk: int, dv: int, kv_heads: int, saved: list[Item]) -> GraphOp
     shape = dict(
         batch=B, seq_len=S, kv_seq_len=skv, n_heads=H, qk_head_dim=qk, v_head_dim=dv, causal=S > 1
     )
+    if kv_heads != H:  # GQA: enable_gqa, keys and values of kv_heads heads
+        shape["kv_heads"] = kv_heads
     time = [("sdpa", "attention", shape)]
     return make_op(c, "sdpa", f"{c.block}.attn", C.ATTN_CORE, time, flops=f, saved=saved, **io)
 

@@ -15,9 +15,13 @@ What each op times (exactly what bench/timing_measure.py measures), `op_time(op,
                              Routing is random (each token's top-k experts uniformly spread), so an
                              expert gets Binomial(T, K/E) rows. backward: forward and backward to
                              the input, the gate and the expert weights.
-  attention(batch, seq_len, n_heads, qk_head_dim, v_head_dim, causal[, kv_seq_len])
+  attention(batch, seq_len, n_heads, qk_head_dim, v_head_dim, causal[, kv_seq_len, kv_heads])
                              F.scaled_dot_product_attention on [batch, n_heads, seq_len, d]
-                             (kv_seq_len keys, default seq_len; decode: seq_len=1).
+                             (kv_seq_len keys, default seq_len; decode: seq_len=1); with
+                             kv_heads < n_heads (GQA, enable_gqa) keys and values are
+                             [batch, kv_heads, kv_seq_len, d] and read once per KV head (not
+                             yet measured: the committed rows are MHA and MLA; the GQA
+                             validation rows of bench/timing_measure.py will check it).
   rmsnorm(tokens, dim)       F.rms_norm.
   elementwise(bytes[, kernels, kind, numel])   memory-bound kernels moving `bytes` in total (read
                              + written); kind (ELEMENTWISE_KINDS) says which PyTorch kernel.
@@ -59,7 +63,7 @@ OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     ),
     "attention": (
         ("batch", "seq_len", "n_heads", "qk_head_dim", "v_head_dim", "causal"),
-        {"kv_seq_len": None},
+        {"kv_seq_len": None, "kv_heads": None},
     ),
     "rmsnorm": (("tokens", "dim"), {}),
     # kind: see ELEMENTWISE_KINDS
@@ -135,11 +139,13 @@ def _rows_kernels(x: KernelModel, op: str, s: dict, backward: bool) -> list[Kern
 def _attention_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
     b, sq, h = s["batch"], s["seq_len"], s["n_heads"]
     dqk, dv, causal = s["qk_head_dim"], s["v_head_dim"], s["causal"]
-    skv = s["kv_seq_len"] or sq
+    skv, hk = s["kv_seq_len"] or sq, s["kv_heads"] or h
     backend = attention_backend(dqk, dv, x.cal)
     pairs = attention_pairs(1, sq, skv - sq, causal)  # the queries are the last sq positions
     flops_f = 2.0 * b * h * pairs * (dqk + dv)
-    io = 2.0 * b * h * (sq * dqk + skv * dqk + skv * dv + sq * dv)  # q, k, v in; o out
+    # q in, o out per query head; k and v once per KV head (GQA: the query heads of a group run
+    # side by side and share the tiles they read; not yet measured on a GPU: module docstring)
+    io = 2.0 * b * (h * sq * (dqk + dv) + hk * skv * (dqk + dv))
     if backend == "math":
         ks = [
             x.gemm("scores = q @ k^T", sq, skv, dqk, b * h),
@@ -369,6 +375,12 @@ def _check(
                 f"{name} must be <= {MAX_ATTN_TOKENS:,} for the attention time model (it schedules "
                 f"every block of queries and keys), got {full[name]:,}"
             )
+    kvh = full.get("kv_heads")
+    if op == "attention" and kvh is not None and full["n_heads"] % kvh:
+        raise ValueError(
+            f"kv_heads must divide n_heads (each KV head serves a group of query heads), got "
+            f"kv_heads={kvh} and n_heads={full['n_heads']}"
+        )
     if op == "attention" and full["causal"] and kv is not None and kv < full["seq_len"]:
         raise ValueError(
             f"kv_seq_len must be >= seq_len for causal attention, got kv_seq_len={kv} and "
@@ -412,7 +424,8 @@ def op_time(
     op and its shape arguments (module docstring for what each times exactly):
       "gemm" m, n, k [, batch];
       "moe_ffn" tokens, dim, moe_inter_dim, n_routed_experts, n_activated_experts [, renormalize];
-      "attention" batch, seq_len, n_heads, qk_head_dim, v_head_dim, causal [, kv_seq_len];
+      "attention" batch, seq_len, n_heads, qk_head_dim, v_head_dim, causal [, kv_seq_len,
+      kv_heads];
       "rmsnorm" tokens, dim; "elementwise" bytes [, kernels];
       "gate" tokens, dim, n_routed_experts, n_activated_experts [, renormalize];
       "grouped_gemm" tokens, n, k, groups; "sort" n; "gather_rows" / "index_select_rows" /
@@ -463,10 +476,11 @@ def roofline_work(
     elif op == "attention":
         b_, sq, h = s["batch"], s["seq_len"], s["n_heads"]
         dqk, dv, skv = s["qk_head_dim"], s["v_head_dim"], s["kv_seq_len"] or sq
+        hk = s["kv_heads"] or h
         pairs = attention_pairs(1, sq, skv - sq, s["causal"])
         fwd_bwd = 1.0 + (3 * dqk + 2 * dv) / (dqk + dv) if backward else 1.0
         f = 2.0 * b_ * h * pairs * (dqk + dv) * fwd_bwd
-        b = 2.0 * b_ * h * (sq * dqk + skv * dqk + skv * dv + sq * dv) * (3 if backward else 1)
+        b = 2.0 * b_ * (h * sq + hk * skv) * (dqk + dv) * (3 if backward else 1)
     elif op == "grouped_gemm":
         passes = 3 if backward else 1
         f = 2.0 * s["tokens"] * s["n"] * s["k"] * passes
