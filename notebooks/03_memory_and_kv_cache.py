@@ -15,6 +15,7 @@ import torch
 from IPython.display import display
 
 import dsim
+from dsim.claims.models import deepseek_llm_67b
 from dsim.config import ModelArgs, preset, preset_names, scaled_down
 from dsim.cost import bytes_per_param, kv_cache_bytes_per_token, memory, params
 from dsim.cost.memory import (
@@ -293,23 +294,7 @@ viz.show(fig, fig.get_label(), alt=fig.get_label())  # the diagram says what it 
 # against 67B's 16-bit cache. The appendix table of MHA against MLA follows from the same formulas.
 
 # %% tags=["anchor:v2", "remove-input"]
-ds67b = ModelArgs(
-    vocab_size=102400,
-    dim=8192,
-    inter_dim=22016,
-    n_layers=95,
-    n_dense_layers=95,
-    n_heads=64,
-    n_routed_experts=0,
-    n_shared_experts=0,
-    n_activated_experts=0,
-    attn_type="gqa",
-    head_dim=128,
-    n_kv_heads=8,
-    max_seq_len=4096,
-    original_seq_len=4096,
-    name="deepseek-67b",
-)
+ds67b = deepseek_llm_67b()  # its config.json, as the claims checker reads it
 v2 = preset("deepseek-v2")
 e67, ev2 = kv_cache_elements_per_token(ds67b), kv_cache_elements_per_token(v2)
 print(f"DeepSeek 67B: 2 x 8 x 128 x 95 = {e67:,d} elements per token")

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from dsim.claims.models import deepseek_llm_67b
 from dsim.config import ModelArgs, preset, preset_names, scaled_down
 from dsim.cost import bytes_per_param, kv_cache_bytes_per_token, memory, params, weight_bytes
 from dsim.cost.memory import (
@@ -110,23 +111,7 @@ def test_deepseek_v2_table_small_and_large_moe():
 
 # DeepSeek LLM 67B (arXiv:2401.02954, Table 2): 95 layers, width 8192, 64
 # heads of 128, GQA 8 KV heads.
-DEEPSEEK_67B = ModelArgs(
-    vocab_size=102400,
-    dim=8192,
-    inter_dim=22016,
-    n_layers=95,
-    n_dense_layers=95,
-    n_heads=64,
-    n_routed_experts=0,
-    n_shared_experts=0,
-    n_activated_experts=0,
-    attn_type="gqa",
-    head_dim=128,
-    n_kv_heads=8,
-    max_seq_len=4096,
-    original_seq_len=4096,
-    name="deepseek-67b",
-)
+DEEPSEEK_67B = deepseek_llm_67b()
 
 
 def test_deepseek_v2_reduces_kv_cache_by_93_3_percent():
