@@ -473,6 +473,35 @@ def _backward_fn(forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor]
     return fn, setup
 
 
+def moe_layer_args(dim: int, inter: int, experts: int, top_k: int) -> ModelArgs:
+    """One MoE layer as the time model's moe_ffn and gate ops describe it: softmax routing over
+    `experts`, top_k renormalised, no shared expert."""
+    return ModelArgs(
+        dim=dim,
+        moe_inter_dim=inter,
+        n_routed_experts=experts,
+        n_activated_experts=top_k,
+        n_shared_experts=0,
+        n_layers=1,
+        n_dense_layers=0,
+        inter_dim=0,
+        score_func="softmax",
+        route_norm=True,
+        name="timing",
+    )
+
+
+def in_bf16(module: type[torch.nn.Module], args: ModelArgs, device: torch.device):
+    """module(args) with its weights built directly in bf16 on the device."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            return module(args)
+    finally:
+        torch.set_default_dtype(default)
+
+
 class MoECache:
     """Keeps one MoE module per (dim, moe_inter_dim, n_routed_experts, n_activated_experts) while
     its cases run (weights are large)."""
@@ -486,28 +515,7 @@ class MoECache:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             dim, inter, experts, top_k = fam
-            args = ModelArgs(
-                dim=dim,
-                moe_inter_dim=inter,
-                n_routed_experts=experts,
-                n_activated_experts=top_k,
-                n_shared_experts=0,
-                n_layers=1,
-                n_dense_layers=0,
-                inter_dim=0,
-                score_func="softmax",
-                route_norm=True,
-                name="timing",
-            )
-            default = torch.get_default_dtype()
-            torch.set_default_dtype(
-                torch.bfloat16
-            )  # build the weights directly in bf16 on the device
-            try:
-                with torch.device(device):
-                    self.moe = MoE(args)
-            finally:
-                torch.set_default_dtype(default)
+            self.moe = in_bf16(MoE, moe_layer_args(dim, inter, experts, top_k), device)
             self.key = fam
         return self.moe
 
@@ -639,26 +647,8 @@ def build(c: dict, device: torch.device):
                 "cast": lambda: a.float(),
             }[kind]
     elif op == "gate":
-        args = ModelArgs(
-            dim=s["dim"],
-            n_routed_experts=s["n_routed_experts"],
-            n_activated_experts=s["n_activated_experts"],
-            n_shared_experts=0,
-            n_layers=1,
-            n_dense_layers=0,
-            inter_dim=0,
-            moe_inter_dim=16,
-            score_func="softmax",
-            route_norm=True,
-            name="timing",
-        )
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            with torch.device(device):
-                gate = Gate(args)
-        finally:
-            torch.set_default_dtype(default)
+        args = moe_layer_args(s["dim"], 16, s["n_routed_experts"], s["n_activated_experts"])
+        gate = in_bf16(Gate, args, device)
         x = _randn(s["tokens"], s["dim"], device=device)
 
         def fn():
