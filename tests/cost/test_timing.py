@@ -728,3 +728,44 @@ def test_gqa_reads_keys_and_values_once_per_kv_head():
         :1
     ]
     assert sdpa.shape["kv_heads"] == mistral.kv_heads == 8 < mistral.n_heads
+
+
+class _Elementwise(TorchDispatchMode):
+    """Counts the pointwise and indexing kernels (not GEMMs, sorts or reductions) a module runs."""
+
+    KINDS = ("add", "mul", "clamp", "sigmoid", "silu", "index.Tensor", "rsub", "sub")
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func).removeprefix("aten.")
+        if name.split(".")[0].rstrip("_") in self.KINDS or name.startswith("index.Tensor"):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_gpt_oss_experts_add_the_kernels_dsim_model_runs_for_biases_and_the_clamp():
+    """gpt-oss's expert biases (a gather and an add per projection, and the experts' ids gathered
+    once more) and clamped SwiGLU (seven pointwise kernels for SwiGLU's two) are extra time
+    entries of the experts op: as many kernels as Experts.forward_grouped runs beyond the plain
+    layer's."""
+    T, D, I, E, K = 24, 32, 16, 4, 2
+    plain = ModelArgs(
+        dim=D, moe_inter_dim=I, n_routed_experts=E, n_activated_experts=K, n_shared_experts=0,
+        n_layers=1, n_dense_layers=0, inter_dim=0, route_norm=True,
+    )  # fmt: skip
+    oss = plain.replace(expert_bias=True, swiglu_limit=7.0)
+    counts = []
+    for args in (plain, oss):
+        experts = M.MoE(args).experts
+        x, idx = torch.randn(T, D), torch.randint(0, E, (T, K))
+        trace = _Elementwise()
+        with trace, torch.no_grad():
+            experts.forward_grouped(x, idx, torch.rand(T, K))
+        counts.append(trace.count)
+    extra = [p for p in step_plan(oss, 1, T, "prefill") if p.label.startswith("layers.0.experts:")]
+    assert [p.shape["kernels"] for p in extra] == [7, 5]
+    assert counts[1] - counts[0] == 7 + 5
+    assert not [p for p in step_plan(plain, 1, T, "prefill") if "experts:" in p.label]

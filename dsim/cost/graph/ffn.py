@@ -10,6 +10,7 @@ from dsim.cost.graph.ops import (
     Item,
     cached_bytes,
     elementwise,
+    ew,
     linear,
     make_op,
     matmul_flops,
@@ -107,6 +108,14 @@ def _experts(c: Ctx) -> GraphOp:
         renormalize=a.renormalize,
     )
     time = [("moe (gate + routed experts)", "moe_ffn", shape)]
+    if a.expert_bias:  # gpt-oss: b1, b3 [E, I] and b2 [E, D] gathered for each row, then added
+        # per bias: write the gathered rows, then the add reads two and writes one (a seventh
+        # kernel gathers the rows' expert ids again for b2: N int64, left out of the bytes)
+        time.append(ew("experts: biases (gather + add)", 4 * N * (2 * I + D) * e, 7))
+    if a.swiglu_limit:  # gpt-oss: clamp gate and up, then (up + 1) * gate * sigmoid(1.702 gate)
+        # seven kernels (two clamps, scale, sigmoid, two products, add one) where SwiGLU runs two:
+        # the passes beyond those moe_ffn times (silu(h1) reads one and writes one, * h3 three)
+        time.append(ew("experts: clamped SwiGLU (beyond silu * up)", (16 - 5) * N * I * e, 5))
     f = matmul_flops(c, 6 * N * D * I)  # three D x moe_inter matmuls per row
     m = f"{c.block}.ffn.experts"
     return make_op(c, "experts", m, C.ROUTED_EXPERTS, time, flops=f, saved=kept, **io)
