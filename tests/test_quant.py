@@ -425,10 +425,8 @@ def test_absorbed_mla_reads_the_quantized_wkv_b():
 
 def test_memory_model_matches_quantized_bytes():
     """dsim.cost.weight_bytes (the memory model) must count what a QuantizedTensor stores."""
-    try:
-        from dsim.cost import weight_bytes
-    except ImportError:
-        pytest.skip("dsim.cost.weight_bytes is not importable yet")
+    from dsim.cost import weight_bytes
+
     w = randn(256, 512)
     n = w.numel()
     assert quantize(w, 8, "channel").nbytes == weight_bytes(n, "int8", 512)
