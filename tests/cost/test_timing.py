@@ -66,10 +66,7 @@ MIN_CASES = {kind: 40 for kind in TARGETS if kind != "gemm:fp32"}
 @pytest.mark.parametrize("key", ["h100", "h200"])
 def test_predictions_meet_the_targets_on_held_out_shapes(key):
     path = DATA / f"timing_{key}.json"
-    if not path.exists():
-        pytest.skip(
-            f"{path.name} not committed yet (run bench/timing_measure.py on a {key.upper()})"
-        )
+    assert path.exists(), f"{path.name} is missing (bench/timing_measure.py on a {key.upper()})"
     data = json.loads(path.read_text())
     cal = gpu_calibration(data["env"]["gpu"])
     rows = validate([r for r in data["records"] if r["split"] == "validation"], cal)
@@ -137,10 +134,9 @@ def prediction_mismatches(
 
 
 def _measured(key: str) -> tuple[dict, list[dict]]:
-    """The measurement file of `key` and its usable records (both splits); skip if absent."""
+    """The measurement file of `key` and its usable records (both splits); both are committed."""
     path, cal_path = DATA / f"timing_{key}.json", DATA / f"timing_calibration_{key}.json"
-    if not path.exists() or not cal_path.exists():
-        pytest.skip(f"{path.name} / {cal_path.name} not committed yet")
+    assert path.exists() and cal_path.exists(), f"{path.name} / {cal_path.name} are missing"
     data = json.loads(path.read_text())
     return data, [r for r in data["records"] if "error" not in r and r.get("time_s", 0) > 0]
 
