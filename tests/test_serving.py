@@ -378,7 +378,7 @@ def test_balanced_prefill_chunks_keep_long_contexts_from_stalling_the_unit():
 def test_a_sliding_window_model_is_served_with_a_cache_that_never_overcommits():
     """gpt-oss keeps only the last 128 tokens in half its layers. The simulator counts cache in
     tokens, so it prices each token as a sequence within the window does (every layer keeps it):
-    the capacity of the same model without windows."""
+    the capacity of the same model without windows. Its steps read only the windows."""
     from pathlib import Path
 
     from dsim.config import ModelArgs
@@ -388,10 +388,13 @@ def test_a_sliding_window_model_is_served_with_a_cache_that_never_overcommits():
     full = oss.replace(sliding_window=0, window_layers=())
     windowed, unwindowed = (StepCost(a, "H800", 16, max_step_tokens=4096) for a in (oss, full))
     assert windowed.kv_capacity_tokens == unwindowed.kv_capacity_tokens > 0
-    # a fused kernel over the cache reads only a window layer's window (dsim.model masks a full
-    # cache, so its default decode attention reads every key)
-    long = StepShape(decode_seqs=8, decode_context=8192)
-    assert windowed(long) == unwindowed(long)
+    # a window layer's cache holds its window only, so a step at a long context reads less, with
+    # PyTorch's attention or a fused kernel over the cache; short of the window nothing changes
+    long, short = (
+        StepShape(decode_seqs=8, decode_context=8192),
+        StepShape(decode_seqs=8, decode_context=64),
+    )
+    assert windowed(long) < unwindowed(long) and windowed(short) == unwindowed(short)
     fused = [
         StepCost(a, "H800", 16, decode_attention="flashmla", max_step_tokens=4096)
         for a in (oss, full)
@@ -400,3 +403,23 @@ def test_a_sliding_window_model_is_served_with_a_cache_that_never_overcommits():
     pool = Pool("both", 1, 16, 16, windowed, windowed.kv_capacity_tokens, 64, 4096)
     trace = Simulator([pool]).run(poisson_requests(5.0, 40, 512, 32, seed=0))
     assert littles_law(trace).requests == 40
+
+
+def test_a_model_windowed_in_every_layer_decodes_as_fast_past_its_window():
+    """Mistral-7B's every layer keeps its last 4096 tokens: a decode step after 32K cached tokens
+    reads and holds what one after 8K does, so the steady-state plan is the same; a model without
+    the window pays for the longer context."""
+    from pathlib import Path
+
+    from dsim.config import ModelArgs
+
+    cfg = Path(__file__).resolve().parents[1] / "dsim" / "data" / "hf_configs"
+    mistral = ModelArgs.from_hf_config(cfg / "mistral-7b-instruct-v0.1.json")
+    full = mistral.replace(sliding_window=0, window_layers=())
+    at = {
+        (m.sliding_window, ctx): plan_serving(m, "H100-SXM", "decode", 8, batch=16, context=ctx)
+        for m in (mistral, full)
+        for ctx in (8192, 32000)
+    }
+    assert at[4096, 32000].step_time_s == at[4096, 8192].step_time_s
+    assert at[0, 32000].step_time_s > at[0, 8192].step_time_s > at[4096, 8192].step_time_s

@@ -33,7 +33,7 @@ import numpy as np
 from dsim.config import ModelArgs
 from dsim.cost import timing
 from dsim.cost.components import Component
-from dsim.cost.graph import is_moe_layer
+from dsim.cost.graph import is_moe_layer, served_context
 from dsim.cost.graph.rules import layer_window
 from dsim.cost.kv_cache import kv_cache_bytes_per_token
 from dsim.cost.layout import kv_tp_split
@@ -220,10 +220,9 @@ class StepCost:
         d, p = shape.decode_seqs, shape.prefill_seqs
         extra = 0.0
         dec, pre = [], []
-        if d:
-            dec = block_plan(
-                self.dec_args, layer, d, shape.decode_tokens, shape.decode_context, "decode"
-            )
+        if d:  # a sliding-window layer's cache holds its window only (`served_context`)
+            ctx = served_context(self.args, layer, shape.decode_context)
+            dec = block_plan(self.dec_args, layer, d, shape.decode_tokens, ctx, "decode")
             if self.decode_attention == "flashmla":
                 dec = [o for o in dec if o.component != Component.ATTN_CORE]
                 window = layer_window(self.args, layer)
@@ -232,7 +231,8 @@ class StepCost:
                 )
         if p:
             new = -(-shape.prefill_tokens // p)
-            pre = block_plan(self.pre_args, layer, p, new, shape.prefill_context, "prefill")
+            ctx = served_context(self.args, layer, shape.prefill_context)
+            pre = block_plan(self.pre_args, layer, p, new, ctx, "prefill")
         ops = dec + pre
         if d and p:  # one pass of the linear layers over all tokens; each attention at its shape
             linear = block_plan(self.pre_args, layer, 1, shape.tokens, 0, "prefill")

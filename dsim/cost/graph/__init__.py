@@ -41,6 +41,7 @@ from dsim.cost.graph.rules import (
     mtp_depths,
     mtp_layer_id,
     sdpa_kernel,
+    served_context,
     step_shape,
 )
 
@@ -63,6 +64,7 @@ __all__ = [
     "mtp_layer_id",
     "plan",
     "sdpa_kernel",
+    "served_context",
     "step_graph",
     "step_plan",
     "step_shape",

@@ -55,6 +55,16 @@ def layer_window(args: ModelArgs, layer_id: int) -> int:
     return args.sliding_window if layer_id in args.window_layers else 0
 
 
+def served_context(args: ModelArgs, layer_id: int, context: int) -> int:
+    """Cached tokens a serving deployment's Block(layer_id) attends to after `context` earlier
+    ones: a sliding-window layer keeps only its last window - 1 (with the new token, its window:
+    the cache `dsim.cost.kv_cache` counts); every other layer all of them. (dsim.model itself
+    keeps and masks the whole cache.)"""
+    if layer_id in args.window_layers:
+        return min(context, args.sliding_window - 1)
+    return context
+
+
 def windowed_pairs(batch: int, seq_len: int, context: int, window: int) -> int:
     """Causal (query, key) pairs when each query sees at most its last `window` keys (itself
     included): query at position p sees min(p + 1, window) keys, summed over p = context ..

@@ -24,7 +24,7 @@ from dsim.config import ModelArgs
 from dsim.cost import timing
 from dsim.cost.checks import check_real
 from dsim.cost.components import Component
-from dsim.cost.graph import first_moe_layer, is_moe_layer
+from dsim.cost.graph import first_moe_layer, is_moe_layer, served_context
 from dsim.cost.hardware import GPU, get_gpu
 from dsim.cost.layout import kv_tp_split, replicated_under_tp
 from dsim.cost.memory import bytes_per_param, kv_cache_bytes_per_token, layer_activation_bytes
@@ -254,10 +254,10 @@ class Serving:
         overlap = self.overlap and batch >= 2
         for i in range(a.n_layers):
             moe = a.is_moe and is_moe_layer(a, i)
-            key = ("serve-block", moe, batch, overlap)
+            ctx = served_context(a, i, self.ctx)  # a sliding-window layer reads its window only
+            key = ("serve-block", moe, ctx, batch, overlap)
             if key not in op_times._memo:
-                layer = first_moe_layer(a) if moe else 0
-                ops = block_plan(sa, layer, batch, self.new, self.ctx, self.phase)
+                ops = block_plan(sa, i, batch, self.new, ctx, self.phase)
                 ops = [p for p in ops if p.op != "moe_ffn"]
                 op_times._memo[key] = self.block_time(ops, tokens, moe, overlap)
             c, e = op_times._memo[key]
