@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from timing_measure import Timer, environment  # noqa: E402
+from timing_measure import Timer, environment, in_bf16  # noqa: E402
 
 from dsim.config import ModelArgs  # noqa: E402
 from dsim.model import Experts, MoE, _Permute, grouped_mm  # noqa: E402
@@ -141,13 +141,7 @@ def build_dsim(shape: tuple, device: torch.device) -> MoE:
         inter_dim=0,
         name=name,
     )
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            return MoE(args)
-    finally:
-        torch.set_default_dtype(default)
+    return in_bf16(MoE, args, device)
 
 
 def build_hf(
