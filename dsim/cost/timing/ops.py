@@ -19,9 +19,9 @@ What each op times (exactly what bench/timing_measure.py measures), `op_time(op,
                              F.scaled_dot_product_attention on [batch, n_heads, seq_len, d]
                              (kv_seq_len keys, default seq_len; decode: seq_len=1); with
                              kv_heads < n_heads (GQA, enable_gqa) keys and values are
-                             [batch, kv_heads, kv_seq_len, d] and read once per KV head (not
-                             yet measured: the committed rows are MHA and MLA; the GQA
-                             validation rows of bench/timing_measure.py will check it).
+                             [batch, kv_heads, kv_seq_len, d] and read once per KV head, and
+                             a decode packs each group's query heads into one tile (checked on
+                             an H100: dsim/data/timing_attention_h100.json's GQA rows).
   rmsnorm(tokens, dim)       F.rms_norm.
   elementwise(bytes[, kernels, kind, numel])   memory-bound kernels moving `bytes` in total (read
                              + written); kind (ELEMENTWISE_KINDS) says which PyTorch kernel.
@@ -140,11 +140,16 @@ def _attention_kernels(x: KernelModel, s: dict, backward: bool) -> list[Kernel]:
     b, sq, h = s["batch"], s["seq_len"], s["n_heads"]
     dqk, dv, causal = s["qk_head_dim"], s["v_head_dim"], s["causal"]
     skv, hk = s["kv_seq_len"] or sq, s["kv_heads"] or h
+    if hk < h and sq == 1 and not causal and not backward:
+        # GQA decoding: the kernel packs the query heads of a group as the rows of one tile
+        # (FlashAttention's "seqlen_q / ngroups swap"): hk heads of h / hk queries each, the same
+        # FLOPs and bytes on fewer, fuller tiles. Measured on an H100 (timing_attention_h100.json)
+        sq, h = h // hk, hk
     backend = attention_backend(dqk, dv, x.cal)
     pairs = attention_pairs(1, sq, skv - sq, causal)  # the queries are the last sq positions
     flops_f = 2.0 * b * h * pairs * (dqk + dv)
     # q in, o out per query head; k and v once per KV head (GQA: the query heads of a group run
-    # side by side and share the tiles they read; not yet measured on a GPU: module docstring)
+    # side by side and share the tiles they read)
     io = 2.0 * b * (h * sq * (dqk + dv) + hk * skv * (dqk + dv))
     if backend == "math":
         ks = [
