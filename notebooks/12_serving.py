@@ -20,10 +20,12 @@
 # %% tags=["anchor:setup"]
 # %matplotlib inline
 import math
+from pathlib import Path
 
 import numpy as np
 from IPython.display import display
 
+import dsim
 from dsim import viz
 from dsim.config import preset
 from dsim.serving import (
@@ -303,6 +305,24 @@ print(
     f"median error {check['step_error_median']['decode']:+.0%} (decode), "
     f"{check['step_error_median']['prefill']:+.0%} (prefill)"
 )
+
+# %% tags=["anchor:realcheck-gpu"]
+# The same loop on an H100 (DeepSeek-V3's widths, 4 layers, 32 experts, 200 requests at 8/s):
+# step times fitted on its isolated steps, then from dsim's time model with nothing fitted.
+gpu_run = load_measured(Path(dsim.__file__).parent / "data" / "serve_real_h100.json")
+fitted = compare_measured(gpu_run)
+modelled = compare_measured(gpu_run, timer="time-model", gpu="H100-SXM")
+rows = [
+    [name, f"{fitted[key]['measured_s'] * 1e3:.1f}", f"{fitted[key]['simulated_s'] * 1e3:.1f}",
+     f"{fitted[key]['error']:+.0%}", f"{modelled[key]['simulated_s'] * 1e3:.1f}",
+     f"{modelled[key]['error']:+.0%}"]
+    for name, key in (
+        ("TTFT p50", "ttft_p50"), ("TTFT p90", "ttft_p90"), ("TPOT p50", "tpot_p50"),
+        ("TPOT p90", "tpot_p90"), ("end-to-end p50", "e2e_p50"), ("end-to-end p90", "e2e_p90"),
+    )
+]  # fmt: skip
+header = ["H100", "measured (ms)", "fitted steps (ms)", "error", "time model (ms)", "error"]
+display(viz.table(rows, header))
 
 # %% [markdown]
 # ## 7. DeepSeek's day of serving

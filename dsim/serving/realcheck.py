@@ -46,10 +46,14 @@ def fit_step_cost(fit: dict[str, list[dict]]) -> LinearStepCost:
 
 
 def time_model_step_cost(data: dict[str, Any], gpu: str = "H200") -> StepCost:
-    """dsim's time model for the run's model on one GPU, in bf16 as the loop runs it (a GPU run
-    only: the time model knows GPUs, not CPUs)."""
+    """dsim's time model for the run's model on one GPU, in bf16 and with MLA's prefill as the loop
+    runs them (a GPU run only: the time model knows GPUs, not CPUs)."""
     args = ModelArgs(**data["model_args"])
-    return StepCost(args, gpu, n_gpus=1, ep=1, dtype="bf16", overlap=False)
+    longest = max(r["prompt_tokens"] for r in data["trace"])  # the loop's largest step
+    impl = dict(prefill_mla=args.attn_impl) if args.attn_type == "mla" else {}  # as the loop ran
+    return StepCost(
+        args, gpu, n_gpus=1, ep=1, dtype="bf16", overlap=False, max_step_tokens=longest, **impl
+    )
 
 
 def simulate_measured(data: dict[str, Any], timer: str = "fit", gpu: str = "H200") -> Trace:

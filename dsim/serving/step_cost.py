@@ -139,7 +139,9 @@ class StepCost:
     The unit: `n_gpus` GPUs of `gpu`, attention data-parallel over n_gpus / tp ranks, routed
     experts over `ep` GPUs (n_routed_experts + redundant_experts replicas, balanced), weights in
     `dtype`, KV cache in `kv_dtype`. `kv_capacity_tokens` is what one rank's cache holds next to
-    the weights, a reserve and the activations of `max_step_tokens` tokens."""
+    the weights, a reserve and the activations of `max_step_tokens` tokens. MLA decodes absorbed
+    and prefills naive (`prefill_mla`), as DeepSeek serves it; dsim.model's serving loop runs
+    absorbed in both (`prefill_mla="absorb"`)."""
 
     def __init__(
         self,
@@ -155,9 +157,12 @@ class StepCost:
         gpus_per_node: int = 8,
         reserved_bytes: float = RESERVED_BYTES,
         decode_attention: str = "dsim",
+        prefill_mla: str = "naive",
         max_step_tokens: int = 16384,
         calibration: timing.Calibration | None = None,
     ):
+        if prefill_mla not in ("naive", "absorb"):
+            raise ValueError(f"prefill_mla must be 'naive' or 'absorb', got {prefill_mla!r}")
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(
                 f"decode_attention must be one of {', '.join(DECODE_ATTENTION)}, "
@@ -196,7 +201,7 @@ class StepCost:
         self.kinds = {k: (v[0], len(v)) for k, v in kinds.items()}
         mla = args.attn_type == "mla"
         self.dec_args = shard_args(args.replace(attn_impl="absorb") if mla else args, tp)
-        self.pre_args = shard_args(args.replace(attn_impl="naive") if mla else args, tp)
+        self.pre_args = shard_args(args.replace(attn_impl=prefill_mla) if mla else args, tp)
         self._memo: dict[tuple, float] = {}
 
     # -- the parts of a step ---------------------------------------------------------------------
