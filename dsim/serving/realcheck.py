@@ -10,8 +10,8 @@ alternately: `Pool(mixed_steps=False)`), and its latencies are compared with the
 loop's own iterations were never seen by the fit. On a GPU run, `timer="time-model"` takes the
 step times from dsim's time model instead (nothing fitted to the run at all).
 
-For a GPU session: `python3 bench/serve_measure.py --device cuda --out $OUT/serve_h200.json`,
-then `compare_measured(load_measured(path), timer="time-model", gpu="H200")`.
+The committed GPU run is dsim/data/serve_real_h100.json (`bench/serve_measure.py --device cuda` on
+an H100): `compare_measured(load_measured(path), timer="time-model", gpu="H100-SXM")`.
 """
 
 from __future__ import annotations
